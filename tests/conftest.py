@@ -1,0 +1,81 @@
+"""Tiny random-config models for every supported architecture (no downloads, milliseconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+_COMMON = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    head_dim=8,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+CONFIGS = {
+    "llama": lambda: T.LlamaConfig(**_COMMON),
+    "mistral": lambda: T.MistralConfig(**_COMMON),
+    "qwen2": lambda: T.Qwen2Config(**_COMMON),
+    "qwen3": lambda: T.Qwen3Config(**_COMMON),
+    "gemma": lambda: T.GemmaConfig(**_COMMON),
+    "gemma2": lambda: T.Gemma2Config(**_COMMON),
+    "gemma3_text": lambda: T.Gemma3TextConfig(**_COMMON),
+    "phi3": lambda: T.Phi3Config(**_COMMON),
+    "olmo2": lambda: T.Olmo2Config(**_COMMON),
+    "mixtral": lambda: T.MixtralConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": lambda: T.Qwen2MoeConfig(
+        **_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=48
+    ),
+    "qwen3_moe": lambda: T.Qwen3MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16),
+    "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=128, bos_token_id=1, eos_token_id=2),
+}
+ARCHS = sorted(CONFIGS)
+POST_NORM_ARCHS = {"gemma2", "gemma3_text", "olmo2"}
+
+
+def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(CONFIGS[arch]())
+    # Random init leaves norms at 1 and biases at 0; perturb everything so no term hides.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A small real tokenizer (word-level, with a chat template), saved to a folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "hello", "world", "user", "assistant"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}"
+    )
+    path = tmp_path_factory.mktemp("tok")
+    fast.save_pretrained(path)
+    return path
+
+
+def save_tiny(arch: str, folder, dtype: torch.dtype = torch.float32, tokenizer_dir=None) -> torch.nn.Module:
+    """Write a tiny model (and optionally a tokenizer) as a standard safetensors checkpoint."""
+    model = tiny_model(arch, dtype)
+    model.save_pretrained(folder)
+    if tokenizer_dir is not None:
+        T.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return model

@@ -1,0 +1,65 @@
+"""The edit math on plain tensors: each method's formula, exactly."""
+
+import pytest
+import torch
+
+from rosi.rank_one import RIGHT_FACTORS, edited_weight, unit
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(16, 24, generator=g, dtype=torch.float64)
+    s = torch.randn(16, generator=g, dtype=torch.float64)
+    s = s / s.norm()
+    x = torch.randn(5, 24, generator=g, dtype=torch.float64)
+    return W, s, x
+
+
+def test_rosi_adds_mean_coordinate_along_direction(data):
+    W, s, x = data
+    new, right = edited_weight(W, s, "rosi", 3.0)
+    w_bar = W.mean(dim=0)
+    expected = x @ W.T + 3.0 * (x @ w_bar)[:, None] * s[None, :]
+    torch.testing.assert_close(x @ new.T, expected)
+    # w_bar . x is the mean coordinate of W x
+    torch.testing.assert_close(x @ w_bar, (x @ W.T).mean(dim=1))
+
+
+def test_scale_multiplies_the_component_along_s(data):
+    W, s, x = data
+    new, _ = edited_weight(W, s, "scale", 0.5)
+    y, y_new = x @ W.T, x @ new.T
+    torch.testing.assert_close(y_new @ s, 1.5 * (y @ s))
+    orth = lambda v: v - (v @ s)[:, None] * s[None, :]  # noqa: E731
+    torch.testing.assert_close(orth(y_new), orth(y))
+
+
+def test_ablate_removes_the_component(data):
+    W, s, x = data
+    new, _ = edited_weight(W, s, "ablate", 1.0)
+    torch.testing.assert_close(x @ new.T @ s, torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(new, W - torch.outer(s, s @ W))
+
+
+@pytest.mark.parametrize("method", sorted(RIGHT_FACTORS))
+def test_batched_expert_stack_equals_per_matrix(data, method):
+    W, s, _ = data
+    stack = torch.stack([W, 2 * W, -W])
+    new, right = edited_weight(stack, s, method, 0.7)
+    for i in range(3):
+        single, r = edited_weight(stack[i], s, method, 0.7)
+        torch.testing.assert_close(new[i], single)
+        torch.testing.assert_close(right[i], r)
+
+
+def test_update_is_rank_one(data):
+    W, s, _ = data
+    new, _ = edited_weight(W, s, "rosi", 5.0)
+    assert torch.linalg.matrix_rank(new - W).item() == 1
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(4), torch.tensor([1.0, float("nan"), 0, 0]), torch.tensor([float("inf"), 0, 0, 0])])
+def test_unit_refuses_degenerate_vectors(bad):
+    with pytest.raises(ValueError):
+        unit(bad)
