@@ -1,0 +1,102 @@
+"""The safety direction as a value with a file format.
+
+A direction file is a safetensors file with one float32 tensor named ``direction`` of shape
+``[hidden_size]`` (any norm: edits normalise it) and string metadata, at least ``layer``,
+``position`` and ``model``. Files written by other tools are accepted as long as they hold that
+tensor; missing metadata is read as unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from rosi._fs import atomic_file
+from rosi.errors import DirectionError
+from rosi.rank_one import unit
+
+TENSOR_NAME = "direction"
+FORMAT = "rosi-direction/1"
+
+
+@dataclass(frozen=True)
+class Direction:
+    vector: torch.Tensor  # float32 [hidden_size], as extracted (not normalised)
+    layer: int | None = None  # residual stream after this layer (0-based); None if unknown
+    position: str | None = None  # which token position it was taken at, e.g. "-1"
+    model: str | None = None  # the model it was extracted from
+    metadata: dict[str, str] = field(default_factory=dict)  # anything else (system prompt, counts, ...)
+
+    def __post_init__(self) -> None:
+        v = self.vector
+        if v.ndim != 1:
+            raise DirectionError(f"a direction must be a vector, got shape {tuple(v.shape)}")
+        if not torch.is_floating_point(v) or not torch.isfinite(v).all():
+            raise DirectionError("the direction has non-finite values (NaN or inf); re-extract it")
+        if not v.abs().sum() > 0:
+            raise DirectionError("the direction is the zero vector; re-extract it with prompts that differ")
+        object.__setattr__(self, "vector", v.detach().to(device="cpu", dtype=torch.float32).contiguous())
+
+    @property
+    def size(self) -> int:
+        return int(self.vector.shape[0])
+
+    @property
+    def unit(self) -> torch.Tensor:
+        return unit(self.vector)
+
+    def check_size(self, hidden_size: int) -> None:
+        if self.size != hidden_size:
+            raise DirectionError(
+                f"the direction has {self.size} values but the model's hidden size is {hidden_size}; "
+                "use a direction extracted from this model"
+            )
+
+    def info(self) -> dict[str, str]:
+        """All metadata as strings, as stored in the file."""
+        out = {"format": FORMAT, "layer": _str(self.layer), "position": _str(self.position), "model": _str(self.model)}
+        out.update(self.metadata)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_file(path) as tmp:
+            save_file({TENSOR_NAME: self.vector}, str(tmp), metadata=self.info())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Direction:
+        path = Path(path)
+        if not path.is_file():
+            raise DirectionError(f"direction file {path} does not exist")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DirectionError(f"{path} is not a readable safetensors file ({e}); pass a file written by `rosi direction`") from None
+        if TENSOR_NAME not in tensors:
+            raise DirectionError(f"{path} has no tensor named {TENSOR_NAME!r} (it has: {sorted(tensors) or 'none'})")
+        layer = meta.pop("layer", None)
+        position = meta.pop("position", None)
+        model = meta.pop("model", None)
+        meta.pop("format", None)
+        try:
+            layer_index = None if layer in (None, "", "unknown") else int(layer)
+        except ValueError:
+            raise DirectionError(f"{path}: metadata 'layer' must be an integer, got {layer!r}") from None
+        return cls(
+            tensors[TENSOR_NAME],
+            layer=layer_index,
+            position=None if position in (None, "unknown") else position,
+            model=None if model in (None, "unknown") else model,
+            metadata=meta,
+        )
+
+
+def _str(value: object) -> str:
+    return "unknown" if value is None else str(value)

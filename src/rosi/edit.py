@@ -1,0 +1,239 @@
+"""Apply a rank-one edit to every chosen residual writer of a model, and revert it.
+
+The math is in :mod:`rosi.rank_one`; this module walks the architecture map, handles weight
+layouts and dtypes (computed in float32 from the original weights, written back in the
+original dtype), tied embeddings and post-norms, and returns an :class:`EditRecord`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from rosi._fs import atomic_file
+from rosi.architecture import DEFAULT_TARGETS, Layout, ResidualWriter, WriterKind, architecture_map
+from rosi.direction import Direction
+from rosi.errors import EditError
+from rosi.rank_one import RIGHT_FACTORS, add_in_place, edit_in_place
+
+METHODS = tuple(RIGHT_FACTORS)
+RECORD_FORMAT = "rosi-edit/1"
+
+
+class PostNormWarning(UserWarning):
+    """An edited matrix's output is normalised before it joins the residual stream."""
+
+
+@dataclass(frozen=True)
+class MatrixEdit:
+    name: str
+    kind: WriterKind
+    layout: Layout
+    layer: int | None
+    right: torch.Tensor  # float32 right factor on the CPU: W' = W + outer(s_hat, right) in [out, in] layout
+
+
+@dataclass
+class EditRecord:
+    """What an edit did, enough to describe, save and revert it."""
+
+    method: str
+    strength: float
+    direction: Direction
+    targets: tuple[str, ...]
+    layers: tuple[int, ...] | None
+    matrices: tuple[MatrixEdit, ...]
+    untied_embeddings: bool = False
+    # Bit-exact copies of the edited weights (only with keep_originals=True; never saved).
+    originals: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> dict[str, object]:
+        kinds: dict[str, int] = {}
+        for m in self.matrices:
+            kinds[m.kind.value] = kinds.get(m.kind.value, 0) + 1
+        return {
+            "method": self.method,
+            "strength": self.strength,
+            "targets": list(self.targets),
+            "layers": None if self.layers is None else list(self.layers),
+            "matrices_edited": len(self.matrices),
+            "matrices_by_kind": kinds,
+            "untied_embeddings": self.untied_embeddings,
+            "direction": self.direction.info(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: the direction, every right factor, and the rest as JSON metadata."""
+        path = Path(path)
+        tensors = {"direction": self.direction.vector}
+        tensors.update({f"right/{m.name}": m.right.contiguous() for m in self.matrices})
+        header = {
+            "format": RECORD_FORMAT,
+            **{k: v for k, v in self.summary().items() if k != "matrices_by_kind"},
+            "matrices": [{"name": m.name, "kind": m.kind.value, "layout": m.layout.value, "layer": m.layer} for m in self.matrices],
+        }
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"rosi_edit": json.dumps(header)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EditRecord:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})["rosi_edit"])
+            d = header["direction"]
+            direction = Direction(
+                f.get_tensor("direction"),
+                layer=None if d.get("layer") in (None, "unknown") else int(d["layer"]),
+                position=None if d.get("position") in (None, "unknown") else d["position"],
+                model=None if d.get("model") in (None, "unknown") else d["model"],
+                metadata={k: v for k, v in d.items() if k not in ("layer", "position", "model", "format")},
+            )
+            matrices = tuple(
+                MatrixEdit(m["name"], WriterKind(m["kind"]), Layout(m["layout"]), m["layer"], f.get_tensor(f"right/{m['name']}"))
+                for m in header["matrices"]
+            )
+        return cls(
+            method=header["method"],
+            strength=float(header["strength"]),
+            direction=direction,
+            targets=tuple(header["targets"]),
+            layers=None if header["layers"] is None else tuple(header["layers"]),
+            matrices=matrices,
+            untied_embeddings=bool(header["untied_embeddings"]),
+        )
+
+
+def check_strength(method: str, strength: float) -> float:
+    if method not in RIGHT_FACTORS:
+        raise EditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise EditError(f"the strength (alpha) must be a number, got {strength!r}") from None
+    if not math.isfinite(value):
+        raise EditError(f"the strength (alpha) must be finite, got {strength!r}")
+    if value < 0:
+        raise EditError(
+            f"the strength (alpha) of method {method!r} must be >= 0, got {value}; "
+            "the method gives the sign (use 'ablate' to remove the direction)"
+        )
+    return value
+
+
+@torch.no_grad()
+def apply_edit(
+    model: nn.Module,
+    direction: Direction,
+    method: str = "rosi",
+    strength: float = 1.0,
+    *,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
+    layers: tuple[int, ...] | None = None,
+    untie_embeddings: bool = False,
+    keep_originals: bool = False,
+    progress: bool = False,
+) -> EditRecord:
+    """Edit ``model`` in place and return the record of what changed.
+
+    ``strength`` is ``alpha`` for ``rosi`` and ``ablate`` and ``beta`` for ``scale``.
+    ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
+    :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
+    """
+    strength = check_strength(method, strength)
+    arch = architecture_map(model)
+    direction.check_size(arch.hidden_size)
+    try:
+        writers = arch.select(tuple(targets), None if layers is None else tuple(layers))
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    if not writers:
+        raise EditError(f"no matrices selected (targets {list(targets)}, layers {layers}); nothing to edit")
+    untied = False
+    if any(w.kind is WriterKind.EMBEDDING for w in writers) and arch.tied_embeddings:
+        if not untie_embeddings:
+            raise EditError(
+                "the token embedding is tied to the output head, so editing it would also edit the unembedding; "
+                "pass untie_embeddings=True (CLI: --untie-embeddings) to give the head its own copy, or leave out the embedding target"
+            )
+        _untie(model)
+        untied = True
+    post_normed = [w for w in writers if w.post_norm]
+    if post_normed:
+        warnings.warn(
+            f"{arch.model_type}: {len(post_normed)} edited matrices are followed by a norm (e.g. {post_normed[0].post_norm}), "
+            "so the injected term is renormalised and scaled per channel before it joins the residual stream; "
+            "the effective strength differs from other architectures",
+            PostNormWarning,
+            stacklevel=3,  # past torch.no_grad's wrapper, to the caller
+        )
+    params = dict(model.named_parameters(remove_duplicate=False))
+    s_hat = direction.unit
+    originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
+    matrices = []
+    for w in tqdm(writers, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
+        param = params[w.name]
+        if originals is not None:
+            originals[w.name] = param.detach().to("cpu", copy=True)
+        right = _edit_parameter(param, w, s_hat, method, strength)
+        matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
+    return EditRecord(
+        method=method,
+        strength=strength,
+        direction=direction,
+        targets=tuple(targets),
+        layers=None if layers is None else tuple(layers),
+        matrices=tuple(matrices),
+        untied_embeddings=untied,
+        originals=originals,
+    )
+
+
+def _edit_parameter(param: nn.Parameter, writer: ResidualWriter, s_hat: torch.Tensor, method: str, strength: float) -> torch.Tensor:
+    weight = writer.layout.as_out_in(param.detach())  # a view of the stored tensor
+    return edit_in_place(weight, s_hat.to(param.device), method, strength).to("cpu")
+
+
+@torch.no_grad()
+def revert_edit(model: nn.Module, record: EditRecord) -> None:
+    """Undo ``record`` on ``model``: bit for bit with kept originals, else W' - outer(s_hat, r)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [m.name for m in record.matrices if m.name not in params]
+    if missing:
+        raise EditError(f"this edit record does not match the model: it has no parameter {missing[0]!r}")
+    s_hat = record.direction.unit
+    for m in record.matrices:
+        param = params[m.name]
+        if record.originals is not None:
+            param.data.copy_(record.originals[m.name])
+            continue
+        add_in_place(m.layout.as_out_in(param.detach()), s_hat.to(param.device), -m.right.to(param.device))
+    if record.untied_embeddings:
+        _tie(model)
+    record.originals = None
+
+
+def _untie(model: nn.Module) -> None:
+    head = model.get_output_embeddings()
+    head.weight = nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    _set_tie(model, False)
+
+
+def _tie(model: nn.Module) -> None:
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    _set_tie(model, True)
+
+
+def _set_tie(model: nn.Module, value: bool) -> None:
+    model.config.tie_word_embeddings = value
+    text_config = getattr(model.config, "get_text_config", lambda: None)()
+    if text_config is not None:
+        text_config.tie_word_embeddings = value
