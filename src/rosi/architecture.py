@@ -56,6 +56,11 @@ class ResidualWriter:
     post_norm: str | None = None  # module that normalises this writer's output before the add
     gate: str | None = None  # module whose per-token scalar multiplies this writer's output
 
+    @property
+    def module(self) -> str:
+        """The module that owns the weight (for fused experts, the experts module)."""
+        return self.name.rsplit(".", 1)[0]
+
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
@@ -109,6 +114,7 @@ class ArchitectureMap:
     model_type: str
     hidden_size: int
     num_layers: int
+    layers_path: str  # the decoder layers' ModuleList, e.g. "model.layers"
     writers: tuple[ResidualWriter, ...]
     tied_embeddings: bool
     discovered: bool  # True when found by generic discovery rather than the table
@@ -125,6 +131,15 @@ class ArchitectureMap:
                 raise ValueError(f"layer(s) {bad} out of range: the model has layers 0..{self.num_layers - 1}")
             chosen = [w for w in chosen if w.layer is None or w.layer in layers]
         return chosen
+
+    def layer_modules(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.layers_path)  # type: ignore[return-value]
+
+    def write_points(self, model: nn.Module) -> list[nn.Module]:
+        """The modules whose outputs are added to the residual stream as they are (the post-norm
+        when there is one), embedding first: project a direction out of all of them and the
+        residual stream never holds it."""
+        return [model.get_submodule(w.post_norm or w.module) for w in self.writers]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -173,7 +188,7 @@ def architecture_map(model: nn.Module) -> ArchitectureMap:
                 )
     hidden = params[writers[0].name].shape[-1]
     _check_shapes(model_type, writers, params, hidden)
-    return ArchitectureMap(model_type, hidden, len(layers), tuple(writers), _tied(model), discovered)
+    return ArchitectureMap(model_type, hidden, len(layers), spec.layers, tuple(writers), _tied(model), discovered)
 
 
 def _embedding_writer(model: nn.Module, params: dict[str, nn.Parameter]) -> ResidualWriter:

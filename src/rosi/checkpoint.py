@@ -9,6 +9,7 @@ written to a temporary sibling folder and renamed at the end, so it exists compl
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,12 @@ def save_checkpoint(
     source: ModelSource | None = None,
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``model`` (edited or not) to ``out``; refuse an existing ``out`` unless ``overwrite``."""
+    """Write ``model`` (edited or not) to ``out``; refuse an existing ``out`` unless ``overwrite``.
+
+    ``extra`` is merged into ``rosi.json``; ``write_extra(folder)`` may add files to the output
+    before it is renamed into place."""
     if isinstance(model, LoadedModel):
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         source = source or model.source
@@ -50,6 +55,8 @@ def save_checkpoint(
             tokenizer.save_pretrained(tmp)
         if record is not None:
             record.save(tmp / RECORD_FILE)
+        if write_extra is not None:
+            write_extra(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 

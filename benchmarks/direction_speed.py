@@ -1,0 +1,101 @@
+"""Direction extraction and selection cost on the real Qwen2.5-Coder-0.5B-Instruct.
+
+1. Extraction (mean activations at the post-instruction positions of every layer, via hooks)
+   against bare batched forward passes of the decoder over the same prompts. Target: <= 1.15x.
+2. Selection (first-order screen + exact scores for the best candidates) against a naive full
+   Arditi grid (3 exact scores for every candidate outside the last 20% of layers): forward
+   passes counted, and seconds (the grid's seconds are its pass count times the measured time of
+   one pass; running it in full takes tens of minutes on this CPU).
+
+Run: .venv/bin/python benchmarks/direction_speed.py [--n-train 120] [--n-val 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from _common import timed, write_results
+from rosi import load
+from rosi.activations import mean_activations, position_ids
+from rosi.chat import ChatFormat
+from rosi.prompts import builtin
+from rosi.selection import last_logprobs, select_direction
+
+
+@torch.no_grad()
+def bare_forward(model, fmt: ChatFormat, instructions, batch_size: int) -> None:
+    for start in range(0, len(instructions), batch_size):
+        batch = fmt.encode(list(instructions[start : start + batch_size]))
+        model.base_model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pypi:qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--n-train", type=int, default=64)
+    parser.add_argument("--n-val", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    loaded = load(args.model, device="cpu")
+    fmt = ChatFormat(loaded.tokenizer)
+    n_pos = len(fmt.post_instruction_ids())
+    prompts = builtin("harmful", "train").take(args.n_train).instructions + builtin("harmless", "train").take(args.n_train).instructions
+    bare_forward(loaded.model, fmt, prompts[: args.batch_size], args.batch_size)  # warm-up
+    bare, extract = [], []
+    for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
+        bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
+        extract.append(timed(mean_activations, loaded.model, fmt, prompts, n_pos, batch_size=args.batch_size)[1])
+    bare_s, extract_s = statistics.median(bare), statistics.median(extract)
+    print(f"extraction over {len(prompts)} prompts: {extract_s:.1f} s; bare forward passes {bare_s:.1f} s; ratio {extract_s / bare_s:.3f}")
+
+    vh = builtin("harmful", "val").take(args.n_val).instructions
+    vb = builtin("harmless", "val").take(args.n_val).instructions
+    half = len(prompts) // 2
+    means_h = mean_activations(loaded.model, fmt, prompts[:half], n_pos, batch_size=args.batch_size)
+    means_b = mean_activations(loaded.model, fmt, prompts[half:], n_pos, batch_size=args.batch_size)
+    t = time.perf_counter()
+    last_logprobs(loaded.model, fmt, vh, args.batch_size)
+    per_batch = (time.perf_counter() - t) / -(-len(vh) // args.batch_size)
+    sel = select_direction(loaded.model, fmt, means_h, means_b, vh, vb, batch_size=args.batch_size, progress=True)
+    cost = sel.cost
+    naive_s = cost["naive_grid_forward_batches"] * per_batch
+    print(
+        f"selection: {cost['forward_batches']} forward + {cost['backward_batches']} backward batches, {cost['seconds']:.0f} s; "
+        f"naive grid: {cost['naive_grid_forward_batches']} forward batches, about {naive_s:.0f} s "
+        f"({cost['naive_grid_forward_batches'] / (cost['forward_batches'] + 2 * cost['backward_batches']):.1f}x the passes, counting a backward as two)"
+    )
+    print(f"chosen: layer {sel.layer}, position {sel.position}")
+    path = write_results(
+        "direction_speed",
+        {
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "extraction": {
+                "prompts": len(prompts),
+                "positions": n_pos,
+                "bare_forward_s": [round(x, 2) for x in bare],
+                "extraction_s": [round(x, 2) for x in extract],
+                "ratio_median": round(extract_s / bare_s, 3),
+                "target_met": extract_s / bare_s <= 1.15,
+            },
+            "selection": {
+                "val_prompts_each": args.n_val,
+                **cost,
+                "seconds_per_forward_batch": round(per_batch, 2),
+                "naive_grid_seconds_estimated": round(naive_s, 1),
+                "chosen": {"layer": sel.layer, "position": sel.position},
+            },
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

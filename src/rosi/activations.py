@@ -1,0 +1,91 @@
+"""Mean residual-stream activations at the post-instruction positions, for every layer.
+
+Forward hooks on the decoder layers keep only the last ``n_positions`` tokens of each layer's
+output and add them to float64 running sums; no full hidden states are ever held. Prompts are
+left-padded with explicit position ids, so padding does not change the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rosi.architecture import architecture_map
+from rosi.chat import ChatFormat, check_suffix
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only, so a left-padded row matches its unpadded self."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def layer_output(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+@contextmanager
+def hooks(pairs: list[tuple[nn.Module, object]], *, pre: bool = False) -> Iterator[None]:
+    """Register forward (or forward-pre) hooks for the duration of a block; always removed."""
+    handles = [m.register_forward_pre_hook(fn) if pre else m.register_forward_hook(fn) for m, fn in pairs]  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def mean_activations(
+    model: nn.Module,
+    fmt: ChatFormat,
+    instructions: list[str] | tuple[str, ...],
+    n_positions: int,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "activations",
+) -> torch.Tensor:
+    """float64 tensor ``[num_layers, n_positions, hidden]``: the mean output of each layer at
+    each of the last ``n_positions`` prompt tokens."""
+    arch = architecture_map(model)
+    layers = arch.layer_modules(model)
+    device = next(model.parameters()).device
+    sums = torch.zeros(arch.num_layers, n_positions, arch.hidden_size, dtype=torch.float64, device=device)
+    suffix = fmt.post_instruction_ids()
+
+    def keep(index: int):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            sums[index] += layer_output(output)[:, -n_positions:, :].to(torch.float64).sum(dim=0)
+
+        return hook
+
+    with hooks([(layer, keep(i)) for i, layer in enumerate(layers)]):
+        for start in tqdm(range(0, len(instructions), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = fmt.encode(list(instructions[start : start + batch_size]), device)
+            check_suffix(batch, suffix[-n_positions:])
+            model.base_model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+    return (sums / len(instructions)).cpu()
+
+
+@torch.no_grad()
+def activations_at(
+    model: nn.Module, fmt: ChatFormat, instructions: list[str] | tuple[str, ...], layer: int, position: int, *, batch_size: int = 16
+) -> torch.Tensor:
+    """float32 ``[n, hidden]``: each prompt's residual stream after ``layer`` at ``position`` (negative)."""
+    arch = architecture_map(model)
+    module = arch.layer_modules(model)[layer]
+    device = next(model.parameters()).device
+    rows: list[torch.Tensor] = []
+
+    def keep(m: nn.Module, args: object, output: object) -> None:
+        rows.append(layer_output(output)[:, position, :].float().cpu())
+
+    with hooks([(module, keep)]):
+        for start in range(0, len(instructions), batch_size):
+            batch = fmt.encode(list(instructions[start : start + batch_size]), device)
+            model.base_model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+    return torch.cat(rows)

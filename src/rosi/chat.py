@@ -1,0 +1,74 @@
+"""Chat formatting from the tokenizer's own template, and the post-instruction tokens.
+
+The post-instruction tokens are what the template appends after the user's text up to where
+the assistant starts (for Qwen: ``<|im_end|>\\n<|im_start|>assistant\\n``). Directions are read
+at these positions: they hold the model's decision of how to answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rosi.errors import RosiError
+
+_MARK = "\u2063rosi-user-text\u2063"
+
+
+class ChatTemplateError(RosiError):
+    """The tokenizer has no usable chat template."""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    tokenizer: Any
+    system_prompt: str | None = None
+    template: str | None = None  # overrides the tokenizer's own template
+
+    def __post_init__(self) -> None:
+        if not (self.template or getattr(self.tokenizer, "chat_template", None)):
+            raise ChatTemplateError(
+                "the tokenizer has no chat template, so rosi cannot format prompts as the model expects; "
+                "use an instruct/chat model or pass a template (CLI: --chat-template FILE)"
+            )
+
+    def render(self, instruction: str) -> str:
+        messages = [{"role": "user", "content": instruction}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=self.template)
+
+    def post_instruction_ids(self) -> list[int]:
+        """Token ids that every prompt ends with after the user's text."""
+        text = self.render(_MARK)
+        suffix = text.split(_MARK, 1)[1]
+        ids = self.tokenizer(suffix, add_special_tokens=False).input_ids
+        if not ids:
+            raise ChatTemplateError("the chat template adds nothing after the user's text; pass a template with an assistant turn")
+        return list(ids)
+
+    def encode(self, instructions: list[str] | tuple[str, ...], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Left-padded batch of rendered prompts (so the last positions line up across rows)."""
+        texts = [self.render(i) for i in instructions]
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        try:
+            batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+
+def check_suffix(batch: dict[str, torch.Tensor], suffix: list[int]) -> None:
+    """Every row must end with the post-instruction tokens (tokenization can merge across the seam)."""
+    tail = batch["input_ids"][:, -len(suffix) :]
+    expected = torch.tensor(suffix, device=tail.device)
+    if not (tail == expected).all():
+        raise ChatTemplateError(
+            "the tokenized prompts do not end with the template's post-instruction tokens; the template cannot be split"
+        )

@@ -1,0 +1,326 @@
+"""ROSI end to end: extract and select the direction, choose the strength, inject, measure, save."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosi import __version__
+from rosi._fs import check_output
+from rosi.activations import mean_activations
+from rosi.chat import ChatFormat
+from rosi.checkpoint import save_checkpoint
+from rosi.direction import Direction
+from rosi.edit import apply_edit, check_strength, revert_edit
+from rosi.errors import RosiError
+from rosi.generation import DEFAULT_NEW_TOKENS, generate
+from rosi.judge import is_refusal
+from rosi.loading import LoadedModel
+from rosi.prompts import PromptSet
+from rosi.selection import Selection, select_direction
+
+# Strength grids for the search, smallest first.
+STRENGTH_GRIDS = {"scale": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0), "rosi": (12.5, 25.0, 50.0, 100.0, 200.0)}
+DEFAULT_METHOD = "scale"  # measured best trade-off on Qwen2.5-Coder-0.5B-Instruct (see README)
+DEFAULT_BUDGET = 0.05  # allowed rise of refusal on harmless validation prompts during the search
+SEARCH_TOKENS = 8  # reply length judged during the strength search ("I'm sorry, but I can't")
+
+
+@dataclass
+class Extraction:
+    direction: Direction
+    selection: Selection | None  # None when the layer and position were pinned
+    seconds: float
+
+
+def extract(
+    loaded: LoadedModel,
+    harmful: PromptSet,
+    harmless: PromptSet,
+    *,
+    val_harmful: PromptSet | None = None,
+    val_harmless: PromptSet | None = None,
+    system_prompt: str | None = None,
+    layer: int | None = None,
+    position: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Extraction:
+    """Difference of means at every (layer, post-instruction position); select one, or take the pinned one."""
+    started = time.perf_counter()
+    fmt = ChatFormat(loaded.tokenizer, system_prompt)
+    n_pos = len(fmt.post_instruction_ids())
+    if (layer is None) != (position is None):
+        raise RosiError("pin both --layer and --position, or neither (then rosi selects them)")
+    n_layers = loaded.architecture.num_layers
+    if layer is not None and not 0 <= layer < n_layers:
+        raise RosiError(f"--layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    if position is not None and not -n_pos <= position < 0:
+        raise RosiError(f"--position {position} is out of range: post-instruction positions are -{n_pos}..-1")
+    model = loaded.model
+    means_h = mean_activations(
+        model, fmt, harmful.instructions, n_pos, batch_size=batch_size, progress=progress, desc="rosi: harmful activations"
+    )
+    means_b = mean_activations(
+        model, fmt, harmless.instructions, n_pos, batch_size=batch_size, progress=progress, desc="rosi: harmless activations"
+    )
+    selection = None
+    if layer is None:
+        if val_harmful is None or val_harmless is None:
+            raise RosiError("selecting the direction needs validation prompts (or pin --layer and --position)")
+        selection = select_direction(
+            model, fmt, means_h, means_b, val_harmful.instructions, val_harmless.instructions, batch_size=batch_size, progress=progress
+        )
+        layer, position = selection.layer, selection.position
+    assert position is not None
+    vector = (means_h[layer, position + n_pos] - means_b[layer, position + n_pos]).float()
+    metadata = {
+        "n_harmful": str(len(harmful)),
+        "n_harmless": str(len(harmless)),
+        "harmful": harmful.name,
+        "harmless": harmless.name,
+        "token": loaded.tokenizer.decode([fmt.post_instruction_ids()[position]]),
+        "selected_by": "arditi-screened" if selection else "pinned",
+        "rosi_version": __version__,
+    }
+    if system_prompt:
+        metadata["system_prompt"] = system_prompt
+    direction = Direction(vector, layer=layer, position=str(position), model=loaded.source.spec, metadata=metadata)
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2))
+
+
+@dataclass
+class StrengthSearch:
+    method: str
+    strength: float
+    chosen_by: str
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+
+def short_refusal_rate(loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSet, new_tokens: int, batch_size: int) -> float:
+    """Refusal-marker rate on short greedy replies: enough tokens for "I'm sorry" or "I can't",
+    at little more than the cost of one forward pass over the prompts."""
+    replies = generate(loaded.model, fmt, prompts.instructions, max_new_tokens=new_tokens, batch_size=batch_size)
+    return sum(map(is_refusal, replies)) / len(replies)
+
+
+def choose_strength(
+    loaded: LoadedModel,
+    direction: Direction,
+    method: str,
+    val_harmful: PromptSet,
+    val_harmless: PromptSet,
+    *,
+    budget: float = DEFAULT_BUDGET,
+    search_tokens: int = SEARCH_TOKENS,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> StrengthSearch:
+    """The strength with the most refusals on harmful prompts while refusals on harmless ones rise
+    by at most ``budget`` over the base model, judged on short greedy replies; searched up the
+    grid, stopping past the budget."""
+    fmt = ChatFormat(loaded.tokenizer)
+
+    def rate(prompts: PromptSet) -> float:
+        return short_refusal_rate(loaded, fmt, prompts, search_tokens, batch_size)
+
+    base_harmful, base_harmless = rate(val_harmful), rate(val_harmless)
+    rows = [{"strength": 0.0, "harmful": base_harmful, "harmless": base_harmless}]
+
+    def measure(strength: float) -> dict[str, float]:
+        record = apply_edit(loaded.model, direction, method, strength, keep_originals=True)
+        try:
+            row = {
+                "strength": strength,
+                "harmful": rate(val_harmful),
+                "harmless": rate(val_harmless),
+            }
+        finally:
+            revert_edit(loaded.model, record)
+        rows.append(row)
+        if progress:
+            print(
+                f"rosi: {method} {strength:g}: refusal in {search_tokens}-token replies: harmful {row['harmful']:.0%}, harmless {row['harmless']:.0%}",
+                flush=True,
+            )
+        return row
+
+    def within(row: dict[str, float]) -> bool:
+        return row["harmless"] <= base_harmless + budget
+
+    best = None
+    for strength in STRENGTH_GRIDS[method]:
+        row = measure(strength)
+        if not within(row):
+            break
+        if best is None or row["harmful"] > best["harmful"]:
+            best = row
+    strength = STRENGTH_GRIDS[method][0]
+    while best is None and len(rows) < 12:  # even the smallest grid strength over-refuses: go lower
+        strength /= 2
+        row = measure(strength)
+        best = row if within(row) else None
+    how = (
+        f"max refusal in {search_tokens}-token replies to {len(val_harmful)} harmful validation prompts with harmless refusal at most "
+        f"{budget:.0%} above base on {len(val_harmless)} ({len(rows) - 1} strengths tried)"
+    )
+    if best is None:
+        best = rows[-1]
+        how = f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried"
+    return StrengthSearch(method, best["strength"], how, rows)
+
+
+@dataclass
+class Rates:
+    label: str
+    harmful: float
+    harmless: float
+    n_harmful: int
+    n_harmless: int
+
+
+def refusal_rates(
+    loaded: LoadedModel, label: str, harmful: PromptSet, harmless: PromptSet, *, new_tokens: int, batch_size: int, progress: bool
+) -> tuple[Rates, dict[str, list[str]]]:
+    fmt = ChatFormat(loaded.tokenizer)
+    replies = {
+        "harmful": generate(
+            loaded.model,
+            fmt,
+            harmful.instructions,
+            max_new_tokens=new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"rosi: {label}, harmful",
+        ),
+        "harmless": generate(
+            loaded.model,
+            fmt,
+            harmless.instructions,
+            max_new_tokens=new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"rosi: {label}, harmless",
+        ),
+    }
+    rate = {k: sum(map(is_refusal, v)) / len(v) for k, v in replies.items()}
+    return Rates(label, rate["harmful"], rate["harmless"], len(harmful), len(harmless)), replies
+
+
+@dataclass
+class RunReport:
+    model: str
+    method: str
+    strength: float
+    direction: dict[str, str]
+    rates: list[Rates]
+    strength_searches: list[StrengthSearch]
+    selection_cost: dict[str, float] | None
+    seconds: dict[str, float]
+    new_tokens: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        lines = [f"{'':34} {'harmful refused':>16} {'harmless refused':>17}"]
+        for r in self.rates:
+            lines.append(f"{r.label:34} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})")
+        return "\n".join(lines)
+
+
+def run(
+    loaded: LoadedModel,
+    out: str | Path,
+    *,
+    harmful: PromptSet,
+    harmless: PromptSet,
+    val_harmful: PromptSet,
+    val_harmless: PromptSet,
+    method: str = DEFAULT_METHOD,
+    strength: float | None = None,
+    compare_rosi: bool = True,
+    system_prompt: str | None = None,
+    layer: int | None = None,
+    position: int | None = None,
+    new_tokens: int = DEFAULT_NEW_TOKENS,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunReport:
+    """Extract, select, inject and measure; save the edited checkpoint with its report to ``out``."""
+    if method not in STRENGTH_GRIDS:
+        raise RosiError(f"rosi run supports --method {' or '.join(STRENGTH_GRIDS)}, got {method!r}")
+    if strength is not None:
+        check_strength(method, strength)
+    out = Path(out)
+    check_output(out, overwrite)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    extraction = extract(
+        loaded,
+        harmful,
+        harmless,
+        val_harmful=val_harmful,
+        val_harmless=val_harmless,
+        system_prompt=system_prompt,
+        layer=layer,
+        position=position,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    seconds["extract_and_select"] = round(time.perf_counter() - t, 1)
+    direction = extraction.direction
+    if progress:
+        print(f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})", flush=True)
+
+    t = time.perf_counter()
+    methods = [method] + (["rosi"] if compare_rosi and method != "rosi" else [])
+    searches = []
+    strengths: dict[str, float] = {}
+    for m in methods:
+        if m == method and strength is not None:
+            strengths[m] = strength
+            searches.append(StrengthSearch(m, strength, "given"))
+            continue
+        search = choose_strength(loaded, direction, m, val_harmful, val_harmless, batch_size=batch_size, progress=progress)
+        strengths[m] = search.strength
+        searches.append(search)
+    seconds["strength_search"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    kw = dict(new_tokens=new_tokens, batch_size=batch_size, progress=progress)
+    rates = [refusal_rates(loaded, "base model", val_harmful, val_harmless, **kw)[0]]
+    record = None
+    for m in reversed(methods):  # the chosen method last, so that it stays applied
+        record = apply_edit(loaded.model, direction, m, strengths[m], keep_originals=(m != method))
+        name = "alpha" if m == "rosi" else "beta"
+        label = f"{m} {name}={strengths[m]:g}" + (" (paper's form)" if m == "rosi" else "")
+        rates.insert(1, refusal_rates(loaded, label, val_harmful, val_harmless, **kw)[0])
+        if m != method:
+            revert_edit(loaded.model, record)
+    seconds["evaluation"] = round(time.perf_counter() - t, 1)
+    assert record is not None
+    report = RunReport(
+        model=loaded.source.spec,
+        method=method,
+        strength=strengths[method],
+        direction=direction.info(),
+        rates=rates,
+        strength_searches=searches,
+        selection_cost=extraction.selection.cost if extraction.selection else None,
+        seconds=seconds,
+        new_tokens=new_tokens,
+    )
+
+    def extras(folder: Path) -> None:
+        direction.save(folder / "direction.safetensors")
+        (folder / "rosi_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        if extraction.selection is not None:
+            (folder / "direction_scores.json").write_text(json.dumps(extraction.selection.table(), indent=2) + "\n")
+
+    save_checkpoint(loaded, out, record=record, overwrite=overwrite, extra={"report": "rosi_report.json"}, write_extra=extras)
+    return report

@@ -1,0 +1,164 @@
+"""Prompt sets: the harmful and harmless instructions a direction is extracted and judged on.
+
+A spec names where prompts come from:
+
+- ``builtin:harmful`` / ``builtin:harmless``, optionally ``:train`` or ``:val`` (rosi's own
+  sets, written for this project, with fixed splits);
+- a file: ``.jsonl``, ``.json`` (a list of objects or strings), ``.csv`` or ``.txt`` (one prompt
+  a line), optionally ``FILE:COLUMN`` to pick the column;
+- a Hugging Face dataset: ``hf:ID[:SPLIT][:COLUMN]``, e.g. ``hf:mlabonne/harmful_behaviors``.
+
+Without a column, the first of :data:`TEXT_COLUMNS` present is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+from rosi.errors import RosiError
+
+TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
+CATEGORY_COLUMNS = ("category", "Category", "type")
+BUILTIN = ("harmful", "harmless")
+
+
+class PromptError(RosiError):
+    """A prompt set cannot be read or is not usable as asked."""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    instructions: tuple[str, ...]
+    categories: tuple[str | None, ...] | None = None
+    system_prompt: str | None = None
+    name: str = "prompts"
+
+    def __post_init__(self) -> None:
+        if not self.instructions:
+            raise PromptError(f"prompt set {self.name!r} is empty")
+        if self.categories is not None and len(self.categories) != len(self.instructions):
+            raise PromptError(f"prompt set {self.name!r}: {len(self.categories)} categories for {len(self.instructions)} instructions")
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def take(self, n: int | None, *, seed: int | None = None) -> PromptSet:
+        """The first ``n`` prompts (a seeded random sample when ``seed`` is given)."""
+        if n is None:
+            return self
+        if n > len(self):
+            raise PromptError(f"prompt set {self.name!r} has {len(self)} prompts, fewer than the {n} asked for")
+        idx = list(range(len(self)))
+        if seed is not None:
+            random.Random(seed).shuffle(idx)
+        idx = idx[:n]
+        return replace(
+            self,
+            instructions=tuple(self.instructions[i] for i in idx),
+            categories=None if self.categories is None else tuple(self.categories[i] for i in idx),
+        )
+
+    def with_system_prompt(self, system_prompt: str | None) -> PromptSet:
+        return replace(self, system_prompt=system_prompt)
+
+
+def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
+    """Read a prompt set from a spec (see the module docstring)."""
+    if spec.startswith("builtin:"):
+        return builtin(*spec.removeprefix("builtin:").split(":", 1))
+    if spec.startswith("hf:"):
+        return _from_hub(spec.removeprefix("hf:"), column)
+    path, column = _split_column(spec, column)
+    if not path.is_file():
+        raise PromptError(f"prompt file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            rows: list[object] = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = data if isinstance(data, list) else _only_list(data, path)
+        elif suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            raise PromptError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .csv or .txt")
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+        raise PromptError(f"{path} cannot be parsed as {suffix} ({e})") from None
+    return _from_rows(rows, column, name=path.name)
+
+
+def builtin(kind: str, split: str | None = None) -> PromptSet:
+    """rosi's own prompts: ``harmful`` or ``harmless``, ``train``, ``val`` or both (None)."""
+    if kind not in BUILTIN:
+        raise PromptError(f"no built-in prompt set {kind!r}; choose {' or '.join(BUILTIN)}")
+    if split not in (None, "train", "val"):
+        raise PromptError(f"built-in split must be train or val, got {split!r}")
+    text = resources.files("rosi").joinpath("data", f"{kind}.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [r for r in rows if split is None or r["split"] == split]
+    return _from_rows(rows, "instruction", name=f"builtin:{kind}" + (f":{split}" if split else ""))
+
+
+def _split_column(spec: str, column: str | None) -> tuple[Path, str | None]:
+    path = Path(spec)
+    if not path.exists() and ":" in spec:
+        head, tail = spec.rsplit(":", 1)
+        if Path(head).exists():
+            return Path(head), column or tail
+    return path, column
+
+
+def _only_list(data: object, path: Path) -> list[object]:
+    lists = [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
+    if len(lists) != 1:
+        raise PromptError(f"{path}: expected a JSON list of prompts (or an object holding one list)")
+    return lists[0]
+
+
+def _from_rows(rows: list[object], column: str | None, *, name: str) -> PromptSet:
+    if not rows:
+        raise PromptError(f"prompt set {name!r} is empty")
+    if all(isinstance(r, str) for r in rows):
+        if column:
+            raise PromptError(f"{name}: plain strings have no column {column!r}")
+        return PromptSet(tuple(str(r) for r in rows), name=name)
+    if not all(isinstance(r, dict) for r in rows):
+        raise PromptError(f"{name}: each row must be an object (or every row a string)")
+    keys = list(rows[0])  # type: ignore[arg-type]
+    chosen = column or next((c for c in TEXT_COLUMNS if c in keys), None)
+    if chosen is None or chosen not in keys:
+        raise PromptError(f"{name}: no column {column or 'with prompts'!r} (columns: {keys}); name one with FILE:COLUMN")
+    texts = [str(r.get(chosen) or "").strip() for r in rows]  # type: ignore[union-attr]
+    keep = [i for i, t in enumerate(texts) if t]
+    if not keep:
+        raise PromptError(f"{name}: column {chosen!r} is empty in every row")
+    category_column = next((c for c in CATEGORY_COLUMNS if c in keys), None)
+    categories = None
+    if category_column:
+        values = [rows[i].get(category_column) for i in keep]  # type: ignore[union-attr]
+        categories = tuple(None if v in (None, "") else str(v) for v in values)
+    return PromptSet(tuple(texts[i] for i in keep), categories, name=name)
+
+
+def _from_hub(rest: str, column: str | None) -> PromptSet:
+    parts = rest.split(":")
+    dataset_id = parts[0]
+    split = parts[1] if len(parts) > 1 and parts[1] else "train"
+    column = column or (parts[2] if len(parts) > 2 else None)
+    try:
+        import datasets
+    except ImportError:
+        raise PromptError("hf: prompt sets need the 'datasets' package: pip install datasets") from None
+    try:
+        data = datasets.load_dataset(dataset_id, split=split)
+    except Exception as e:  # noqa: BLE001 - the hub client raises many types; all mean "cannot get it"
+        raise PromptError(f"cannot load dataset {dataset_id!r} split {split!r} from the hub ({type(e).__name__}: {e})") from None
+    return _from_rows(list(data), column, name=f"hf:{dataset_id}:{split}")

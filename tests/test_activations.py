@@ -1,0 +1,106 @@
+"""Chat formatting, mean activations (exact, padding- and batch-invariant), generation and the judge."""
+
+import pytest
+import torch
+import transformers as T
+
+import planted
+from conftest import tiny_model
+from rosi.activations import mean_activations
+from rosi.chat import ChatFormat, ChatTemplateError
+from rosi.generation import generate
+from rosi.judge import is_refusal, refusal_rate
+
+
+@pytest.fixture
+def fmt():
+    return ChatFormat(planted.tokenizer())
+
+
+def test_post_instruction_tokens(fmt):
+    ids = fmt.post_instruction_ids()
+    assert fmt.tokenizer.convert_ids_to_tokens(ids) == ["</s>", "assistant"]
+    text = fmt.render("make a cake")
+    assert text == "user make a cake </s> assistant "
+    with_system = ChatFormat(fmt.tokenizer, "I Sure").render("make a cake")
+    assert with_system.startswith("system I Sure </s> user make a cake")
+
+
+def test_no_chat_template_is_a_clear_error():
+    tok = planted.tokenizer()
+    tok.chat_template = None
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        ChatFormat(tok)
+    assert ChatFormat(tok, template="{{ messages[0]['content'] }} assistant").render("hi") == "hi assistant"
+
+
+def test_mean_activations_equal_a_direct_computation(fmt):
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(planted.WORDS))
+    prompts = planted.HARMFUL + planted.HARMLESS
+    got = mean_activations(model, fmt, prompts, 2, batch_size=len(prompts))
+    expected = torch.zeros_like(got)
+    for prompt in prompts:  # one at a time: no padding at all
+        ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in range(2):
+            expected[layer] += hidden[layer + 1][0, -2:, :].double()
+    # hidden_states' last entry is after the final norm, so layers 0-1 are compared here (layer 2 below)
+    torch.testing.assert_close(got[:2], (expected / len(prompts))[:2], rtol=1e-5, atol=1e-5)
+    for batch_size in (1, 3, 5):
+        torch.testing.assert_close(mean_activations(model, fmt, prompts, 2, batch_size=batch_size), got, rtol=1e-6, atol=1e-6)
+
+
+def test_last_layer_mean_matches_the_pre_norm_stream(fmt):
+    model = tiny_model("qwen2")
+    model.resize_token_embeddings(len(planted.WORDS))
+    seen = []
+    handle = model.model.layers[2].register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o)[0, -1].double()))
+    for prompt in planted.HARMLESS:
+        ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            model(input_ids=ids)
+    handle.remove()
+    got = mean_activations(model, fmt, planted.HARMLESS, 1, batch_size=4)
+    torch.testing.assert_close(got[2, 0], torch.stack(seen).mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_generation_is_greedy_batched_and_padding_free(fmt):
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(planted.WORDS))
+    model.generation_config = T.GenerationConfig(eos_token_id=2, pad_token_id=0)
+    prompts = planted.HARMFUL[:4]
+    together = generate(model, fmt, prompts, max_new_tokens=6, batch_size=4)
+    alone = [generate(model, fmt, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert together == alone and all(isinstance(t, str) for t in together)
+
+
+@pytest.mark.parametrize(
+    "text,refused",
+    [
+        ("I'm sorry, but I can't help with that.", True),
+        ("I\u2019m sorry, I won\u2019t do that", True),
+        ("As an AI, I must decline.", True),
+        ("i cannot assist", True),
+        ("Sure! Here is a recipe for banana bread.", False),
+        ("To kill a process, run kill -9 PID.", False),
+    ],
+)
+def test_marker_judge(text, refused):
+    assert is_refusal(text) is refused
+
+
+def test_refusal_rate():
+    assert refusal_rate(["I cannot", "Sure", "Sure", "I'm unable to"]) == 0.5
+
+
+def test_per_prompt_activations_average_to_the_mean(fmt):
+    from rosi.activations import activations_at
+
+    model = tiny_model("qwen2")
+    model.resize_token_embeddings(len(planted.WORDS))
+    per_prompt = activations_at(model, fmt, planted.HARMFUL, 1, -2, batch_size=4)
+    assert per_prompt.shape == (len(planted.HARMFUL), 32)
+    means = mean_activations(model, fmt, planted.HARMFUL, 2, batch_size=3)
+    torch.testing.assert_close(per_prompt.double().mean(0), means[1, 0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,91 @@
+"""rosi direction / rosi run end to end on the planted tiny model."""
+
+import json
+
+import pytest
+import torch
+import transformers as T
+
+import planted
+from rosi import Direction
+from rosi.cli import main
+from rosi.edit import EditRecord
+from rosi.loading import LoadedModel, ModelSource
+from rosi.pipeline import choose_strength, extract, run
+from rosi.prompts import PromptSet
+
+
+@pytest.fixture
+def loaded():
+    u = planted.unit_vector(0)
+    model = planted.model(u)
+    model.generation_config = T.GenerationConfig(eos_token_id=2, pad_token_id=0)
+    return LoadedModel(model, planted.tokenizer(), ModelSource("planted", "memory", "", "0" * 64)), u
+
+
+def sets():
+    h, b = PromptSet(tuple(planted.HARMFUL), name="h"), PromptSet(tuple(planted.HARMLESS), name="b")
+    return dict(harmful=h, harmless=b, val_harmful=h, val_harmless=b)
+
+
+def test_extract_selects_a_direction_along_u(loaded):
+    model, u = loaded
+    s = sets()
+    result = extract(model, s["harmful"], s["harmless"], val_harmful=s["val_harmful"], val_harmless=s["val_harmless"], progress=False)
+    d = result.direction
+    assert float(d.unit @ u) > 0.6
+    assert d.layer is not None and d.layer < 3  # not in the last 20% of 4 layers
+    assert d.metadata["selected_by"] == "arditi-screened" and d.model == "planted"
+    pinned = extract(model, s["harmful"], s["harmless"], layer=2, position=-1, system_prompt="Sure", progress=False)
+    assert (pinned.direction.layer, pinned.direction.position, pinned.selection) == (2, "-1", None)
+    assert pinned.direction.metadata["system_prompt"] == "Sure"
+
+
+def test_strength_search_respects_the_harmless_budget(loaded):
+    model, u = loaded
+    d = Direction(u * 3, layer=1, position="-1")
+    s = sets()
+    search = choose_strength(model, d, "rosi", s["val_harmful"], s["val_harmless"], progress=False)
+    base = search.rows[0]
+    chosen = next(r for r in search.rows if r["strength"] == search.strength)
+    assert chosen["harmless"] <= base["harmless"] + 0.05
+    assert search.strength > 0
+
+
+def test_run_writes_checkpoint_direction_and_report(loaded, tmp_path):
+    model, u = loaded
+    before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+    report = run(model, tmp_path / "out", **sets(), new_tokens=4, progress=False)
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {
+        "model.safetensors",
+        "rosi.json",
+        "rosi_edit.safetensors",
+        "direction.safetensors",
+        "rosi_report.json",
+        "direction_scores.json",
+    } <= files
+    saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
+    assert saved["method"] == "scale" and [r["label"].split()[0] for r in saved["rates"]] == ["base", "scale", "rosi"]
+    assert all(r["n_harmful"] == 6 and r["n_harmless"] == 6 for r in saved["rates"])
+    assert saved["selection_cost"]["scored_exactly"] >= 1
+    # the checkpoint holds the chosen method's edit, and only it
+    record = EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors")
+    assert (record.method, record.strength) == ("scale", report.strength)
+    reloaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    for name, p in model.model.named_parameters():
+        assert torch.equal(reloaded.state_dict()[name], p.detach())
+    edited = {m.name for m in record.matrices}
+    for name, p in model.model.named_parameters():
+        if name not in edited:
+            assert torch.equal(p, before[name]), name
+    assert not torch.equal(model.model.model.layers[0].self_attn.o_proj.weight, before["model.layers.0.self_attn.o_proj.weight"])
+
+
+def test_cli_direction_and_run_errors(tmp_path, capsys):
+    code = main(["direction", str(tmp_path / "missing"), "--out", str(tmp_path / "d.safetensors")])
+    assert code == 1 and "does not exist" in capsys.readouterr().err
+    code = main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--harmful", str(tmp_path / "none.jsonl")])
+    assert code == 1 and "prompt file" in capsys.readouterr().err
+    code = main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--alpha", "-1", "--n-val", "100000"])
+    assert code == 1 and "fewer than the 100000" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Prompt sets: built-ins, every file format, and every error."""
+
+import json
+
+import pytest
+
+from rosi.prompts import PromptError, PromptSet, builtin, load_prompts
+
+
+def test_builtin_sets_are_large_split_and_categorised():
+    for kind, minimum in (("harmful", 150), ("harmless", 150)):
+        everything = builtin(kind)
+        train, val = builtin(kind, "train"), builtin(kind, "val")
+        assert len(everything) >= minimum
+        assert len(train) + len(val) == len(everything)
+        assert not set(train.instructions) & set(val.instructions)
+        assert len(set(everything.instructions)) == len(everything)
+        assert everything.categories is not None and None not in everything.categories
+    harmful_categories = set(builtin("harmful").categories)
+    assert len(harmful_categories) == 10
+    assert "edgy_but_fine" in set(builtin("harmless").categories)
+    assert load_prompts("builtin:harmful:val").instructions == builtin("harmful", "val").instructions
+
+
+def test_builtin_lengths_are_similar():
+    mean = lambda s: sum(len(i.split()) for i in s.instructions) / len(s)  # noqa: E731
+    assert abs(mean(builtin("harmful")) - mean(builtin("harmless"))) < 3
+
+
+@pytest.fixture
+def files(tmp_path):
+    rows = [{"goal": "first", "category": "a", "other": 1}, {"goal": "second", "category": "b", "other": 2}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "p.json").write_text(json.dumps(rows))
+    (tmp_path / "s.json").write_text(json.dumps(["first", "second"]))
+    (tmp_path / "p.csv").write_text("id,prompt,type,label,focus,note\n1,first,homonyms,safe,kill,\n2,second,figurative,safe,shoot,x\n")
+    (tmp_path / "p.txt").write_text("first\n\nsecond\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["p.jsonl", "p.json", "s.json", "p.csv", "p.txt"])
+def test_every_format(files, name):
+    prompts = load_prompts(str(files / name))
+    assert prompts.instructions == ("first", "second")
+
+
+def test_columns_and_categories(files):
+    p = load_prompts(str(files / "p.jsonl"))
+    assert p.categories == ("a", "b")
+    xs = load_prompts(str(files / "p.csv"))  # XSTest layout: 'type' is the category
+    assert xs.categories == ("homonyms", "figurative")
+    assert load_prompts(f"{files / 'p.csv'}:focus").instructions == ("kill", "shoot")
+    assert load_prompts(str(files / "p.csv"), column="focus").instructions == ("kill", "shoot")
+
+
+def test_take():
+    p = PromptSet(tuple("abcdef"), name="x")
+    assert p.take(3).instructions == ("a", "b", "c")
+    assert sorted(p.take(6, seed=1).instructions) == list("abcdef") and p.take(6, seed=1).instructions != p.instructions
+    with pytest.raises(PromptError, match="has 6 prompts, fewer than the 10"):
+        p.take(10)
+
+
+def test_errors(files, tmp_path):
+    with pytest.raises(PromptError, match="does not exist"):
+        load_prompts(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(PromptError, match="empty"):
+        load_prompts(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(PromptError, match="no column 'nope'.*goal"):
+        load_prompts(f"{files / 'p.jsonl'}:nope")
+    (tmp_path / "nocol.jsonl").write_text(json.dumps({"a": "x"}) + "\n")
+    with pytest.raises(PromptError, match="no column"):
+        load_prompts(str(tmp_path / "nocol.jsonl"))
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(PromptError, match="cannot be parsed"):
+        load_prompts(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "p.xml").write_text("<x/>")
+    with pytest.raises(PromptError, match="unknown prompt file type"):
+        load_prompts(str(tmp_path / "p.xml"))
+    with pytest.raises(PromptError, match="no built-in prompt set"):
+        load_prompts("builtin:neutral")
+    (tmp_path / "blank.csv").write_text("prompt\n\n")
+    with pytest.raises(PromptError, match="empty"):
+        load_prompts(str(tmp_path / "blank.csv"))
+
+
+def test_hub_dataset_errors_are_one_line(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PromptError, match="cannot load dataset 'someone/nothing' split 'train'"):
+        load_prompts("hf:someone/nothing:train:prompt")
