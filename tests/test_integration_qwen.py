@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from rosi import load
+from rosi import Direction, load
 from rosi.pipeline import run
 from rosi.prompts import builtin
 
@@ -32,6 +32,7 @@ def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):
     assert base.label == "base model" and edited.label.startswith("scale")
     assert edited.harmful > base.harmful
     assert edited.harmless <= base.harmless + 0.15
+    direction = Direction.load(tmp_path / "out" / "direction.safetensors")
+    assert direction.size == 896 and direction.layer < 20  # outside the last 20% of Qwen's 24 layers
     saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
-    assert saved["direction"]["layer"] == str(report.direction["layer"])
-    assert int(saved["direction"]["layer"]) < 20  # outside the last 20% of Qwen's 24 layers
+    assert saved["strength"] == report.strength > 0 and saved["selection_cost"]["scored_exactly"] >= 1

@@ -45,7 +45,7 @@ def mean_activations(
     instructions: list[str] | tuple[str, ...],
     n_positions: int,
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     progress: bool = False,
     desc: str = "activations",
 ) -> torch.Tensor:
@@ -73,7 +73,7 @@ def mean_activations(
 
 @torch.no_grad()
 def activations_at(
-    model: nn.Module, fmt: ChatFormat, instructions: list[str] | tuple[str, ...], layer: int, position: int, *, batch_size: int = 16
+    model: nn.Module, fmt: ChatFormat, instructions: list[str] | tuple[str, ...], layer: int, position: int, *, batch_size: int = 32
 ) -> torch.Tensor:
     """float32 ``[n, hidden]``: each prompt's residual stream after ``layer`` at ``position`` (negative)."""
     arch = architecture_map(model)

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("scale", "rosi"), default="scale", help="edit form (default: scale, the best measured trade-off)")
     p.add_argument("--alpha", type=float, default=None, help="strength (default: chosen on the validation prompts)")
     p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
+    p.add_argument(
+        "--budget", type=float, default=0.05, help="allowed rise of harmless refusal while searching the strength (default: %(default)s)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per reply when measuring refusal (default: 64)")
     _prompt_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -119,7 +122,7 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--layer", type=int, default=None, help="pin the layer (0-based; with --position) instead of selecting")
     g.add_argument("--position", type=int, default=None, help="pin the post-instruction position, e.g. -1 (with --layer)")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass or generation batch (default: %(default)s)")
 
 
 def _prompts(args: argparse.Namespace):
@@ -184,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         method=args.method,
         strength=args.alpha,
         compare_rosi=not args.no_compare,
+        budget=args.budget,
         system_prompt=system,
         layer=args.layer,
         position=args.position,

@@ -46,7 +46,7 @@ def extract(
     system_prompt: str | None = None,
     layer: int | None = None,
     position: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     progress: bool = True,
 ) -> Extraction:
     """Difference of means at every (layer, post-instruction position); select one, or take the pinned one."""
@@ -116,7 +116,8 @@ def choose_strength(
     *,
     budget: float = DEFAULT_BUDGET,
     search_tokens: int = SEARCH_TOKENS,
-    batch_size: int = 16,
+    base_rates: tuple[float, float] | None = None,
+    batch_size: int = 32,
     progress: bool = True,
 ) -> StrengthSearch:
     """The strength with the most refusals on harmful prompts while refusals on harmless ones rise
@@ -127,8 +128,13 @@ def choose_strength(
     def rate(prompts: PromptSet) -> float:
         return short_refusal_rate(loaded, fmt, prompts, search_tokens, batch_size)
 
-    base_harmful, base_harmless = rate(val_harmful), rate(val_harmless)
+    base_harmful, base_harmless = base_rates or (rate(val_harmful), rate(val_harmless))
     rows = [{"strength": 0.0, "harmful": base_harmful, "harmless": base_harmless}]
+    if progress and base_rates is None:
+        print(
+            f"rosi: base model: refusal in {search_tokens}-token replies: harmful {base_harmful:.0%}, harmless {base_harmless:.0%}",
+            flush=True,
+        )
 
     def measure(strength: float) -> dict[str, float]:
         record = apply_edit(loaded.model, direction, method, strength, keep_originals=True)
@@ -243,11 +249,12 @@ def run(
     method: str = DEFAULT_METHOD,
     strength: float | None = None,
     compare_rosi: bool = True,
+    budget: float = DEFAULT_BUDGET,
     system_prompt: str | None = None,
     layer: int | None = None,
     position: int | None = None,
     new_tokens: int = DEFAULT_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
 ) -> RunReport:
@@ -281,12 +288,16 @@ def run(
     methods = [method] + (["rosi"] if compare_rosi and method != "rosi" else [])
     searches = []
     strengths: dict[str, float] = {}
+    base_rates: tuple[float, float] | None = None
     for m in methods:
         if m == method and strength is not None:
             strengths[m] = strength
             searches.append(StrengthSearch(m, strength, "given"))
             continue
-        search = choose_strength(loaded, direction, m, val_harmful, val_harmless, batch_size=batch_size, progress=progress)
+        search = choose_strength(
+            loaded, direction, m, val_harmful, val_harmless, budget=budget, base_rates=base_rates, batch_size=batch_size, progress=progress
+        )
+        base_rates = (search.rows[0]["harmful"], search.rows[0]["harmless"])  # measured once, shared by both searches
         strengths[m] = search.strength
         searches.append(search)
     seconds["strength_search"] = round(time.perf_counter() - t, 1)

@@ -203,7 +203,7 @@ def select_direction(
     val_harmless: tuple[str, ...],
     *,
     exact_candidates: int = 4,
-    max_exact: int = 8,
+    max_exact: int = 6,
     max_layer_fraction: float = 0.8,
     kl_threshold: float = 0.1,
     batch_size: int = 32,
