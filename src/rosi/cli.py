@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print()
-    print(f"Refusal on held-out validation prompts ({report.new_tokens} new tokens, marker judge):")
+    print(f"Refusal on validation prompts, held out from extraction ({report.new_tokens} new tokens, marker judge):")
     print(report.table())
     print()
     print(
