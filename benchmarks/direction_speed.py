@@ -21,7 +21,7 @@ import torch
 
 from _common import timed, write_results
 from rosi import load
-from rosi.activations import mean_activations, position_ids
+from rosi.activations import forward, mean_activations
 from rosi.chat import ChatFormat
 from rosi.prompts import builtin
 from rosi.selection import last_logprobs, select_direction
@@ -29,9 +29,8 @@ from rosi.selection import last_logprobs, select_direction
 
 @torch.no_grad()
 def bare_forward(model, fmt: ChatFormat, instructions, batch_size: int) -> None:
-    for start in range(0, len(instructions), batch_size):
-        batch = fmt.encode(list(instructions[start : start + batch_size]))
-        model.base_model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+    for batch in fmt.batches(instructions, batch_size):
+        forward(model.base_model, batch)
 
 
 def main() -> int:

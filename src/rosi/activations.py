@@ -23,6 +23,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def forward(module: nn.Module, batch: dict[str, torch.Tensor], **kwargs: object) -> object:
+    """Run a model (or its decoder) on a left-padded batch with padding-proof positions, no cache."""
+    return module(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False, **kwargs)
+
+
 def layer_output(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
 
@@ -64,10 +69,10 @@ def mean_activations(
         return hook
 
     with hooks([(layer, keep(i)) for i, layer in enumerate(layers)]):
-        for start in tqdm(range(0, len(instructions), batch_size), desc=desc, unit="batch", disable=not progress):
-            batch = fmt.encode(list(instructions[start : start + batch_size]), device)
+        n_batches = -(-len(instructions) // batch_size)
+        for batch in tqdm(fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress):
             check_suffix(batch, suffix[-n_positions:])
-            model.base_model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+            forward(model.base_model, batch)
     return (sums / len(instructions)).cpu()
 
 
@@ -85,7 +90,6 @@ def activations_at(
         rows.append(layer_output(output)[:, position, :].float().cpu())
 
     with hooks([(module, keep)]):
-        for start in range(0, len(instructions), batch_size):
-            batch = fmt.encode(list(instructions[start : start + batch_size]), device)
-            model.base_model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+        for batch in fmt.batches(instructions, batch_size, device):
+            forward(model.base_model, batch)
     return torch.cat(rows)

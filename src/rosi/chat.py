@@ -7,6 +7,7 @@ at these positions: they hold the model's decision of how to answer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,13 @@ class ChatFormat:
         if not ids:
             raise ChatTemplateError("the chat template adds nothing after the user's text; pass a template with an assistant turn")
         return list(ids)
+
+    def batches(
+        self, instructions: list[str] | tuple[str, ...], batch_size: int, device: torch.device | str = "cpu"
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """``encode`` over consecutive slices of ``batch_size`` prompts."""
+        for start in range(0, len(instructions), batch_size):
+            yield self.encode(instructions[start : start + batch_size], device)
 
     def encode(self, instructions: list[str] | tuple[str, ...], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Left-padded batch of rendered prompts (so the last positions line up across rows)."""

@@ -27,8 +27,7 @@ def generate(
     tok = fmt.tokenizer
     replies: list[str] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
-    for start in range(0, len(instructions), batch_size):
-        batch = fmt.encode(list(instructions[start : start + batch_size]), device)
+    for batch in fmt.batches(instructions, batch_size, device):
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

@@ -17,7 +17,7 @@ from rosi.direction import Direction
 from rosi.edit import apply_edit, check_strength, revert_edit
 from rosi.errors import RosiError
 from rosi.generation import DEFAULT_NEW_TOKENS, generate
-from rosi.judge import is_refusal
+from rosi.judge import refusal_rate
 from rosi.loading import LoadedModel
 from rosi.prompts import PromptSet
 from rosi.selection import Selection, select_direction
@@ -104,7 +104,7 @@ def short_refusal_rate(loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSet,
     """Refusal-marker rate on short greedy replies: enough tokens for "I'm sorry" or "I can't",
     at little more than the cost of one forward pass over the prompts."""
     replies = generate(loaded.model, fmt, prompts.instructions, max_new_tokens=new_tokens, batch_size=batch_size)
-    return sum(map(is_refusal, replies)) / len(replies)
+    return refusal_rate(replies)
 
 
 def choose_strength(
@@ -212,7 +212,7 @@ def refusal_rates(
             desc=f"rosi: {label}, harmless",
         ),
     }
-    rate = {k: sum(map(is_refusal, v)) / len(v) for k, v in replies.items()}
+    rate = {k: refusal_rate(v) for k, v in replies.items()}
     return Rates(label, rate["harmful"], rate["harmless"], len(harmful), len(harmless)), replies
 
 

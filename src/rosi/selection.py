@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rosi.activations import hooks, layer_output, position_ids
+from rosi.activations import forward, hooks, layer_output
 from rosi.architecture import architecture_map
 from rosi.chat import ChatFormat
 from rosi.errors import RosiError
@@ -114,9 +114,8 @@ def last_logprobs(
     """float32 ``[n, vocab]`` log-probabilities of the first generated token."""
     device = next(model.parameters()).device
     rows = []
-    for start in range(0, len(instructions), batch_size):
-        batch = fmt.encode(list(instructions[start : start + batch_size]), device)
-        logits = model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False, logits_to_keep=1).logits
+    for batch in fmt.batches(instructions, batch_size, device):
+        logits = forward(model, batch, logits_to_keep=1).logits  # type: ignore[attr-defined]
         rows.append(torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu())
         if counter:
             counter.forward += 1
@@ -173,12 +172,11 @@ def _screen(
         out.retain_grad()
         states.append(out)
 
-    for start in range(0, len(instructions), batch_size):
+    for batch in fmt.batches(instructions, batch_size, device):
         states.clear()
-        batch = fmt.encode(list(instructions[start : start + batch_size]), device)
         mask = batch["attention_mask"].unsqueeze(-1).to(torch.float64)
         with torch.enable_grad(), hooks([(embedding, keep)] + [(layer, keep) for layer in layers]):
-            logits = model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False, logits_to_keep=1).logits
+            logits = forward(model, batch, logits_to_keep=1).logits  # type: ignore[attr-defined]
             score = refusal_log_odds(torch.log_softmax(logits[:, -1, :].float(), dim=-1), token_ids).sum()
             score.backward()
         counter.forward += 1
