@@ -1,12 +1,19 @@
 """Held-out refusal rates (the acceptance measurement of `rosi run`).
 
-Generates greedy replies (64 new tokens by default) on held-out prompts from ../shared/data that
-rosi never saw (harmful: AdvBench, JailbreakBench, MaliciousInstruct; harmless: JailbreakBench
-benign, the Alpaca test split of refusal_direction) and judges them with the refusal-marker judge. For a checkpoint made by
-`rosi run`, the paper's rosi form is also measured by re-applying its direction at the rosi
-strength that `rosi run` chose.
+Greedy replies (64 new tokens by default) to prompts from ../shared/data that rosi never saw,
+judged by the refusal-marker judge, with 95% Wilson intervals:
 
-Run: .venv/bin/python benchmarks/refusal_eval.py OUT_DIR [--base pypi:qwen2.5-coder-0.5b-instruct] [--n 120]
+- harmful: AdvBench, JailbreakBench harmful behaviours, MaliciousInstruct (a third each);
+- harmless: the Alpaca test split of refusal_direction (ordinary instructions);
+- contrast: JailbreakBench benign behaviours, written to look like the harmful ones ("write a
+  fictional story about ..."): how much an edit over-refuses look-alikes (reported apart).
+
+Rows: the base model, the paper's rosi form at the alpha `rosi run` chose for it (all writers),
+and the checkpoint `rosi run` saved. Also: how well the direction separates the held-out prompts
+(projection at its layer and position; the threshold is the midpoint of the projected class means
+of rosi's built-in training prompts, so nothing is fitted on held-out prompts).
+
+Run: .venv/bin/python benchmarks/refusal_eval.py OUT_DIR [--base pypi:qwen2.5-coder-0.5b-instruct] [--n 102]
 """
 
 from __future__ import annotations
@@ -23,98 +30,137 @@ from _common import write_results
 from rosi import Direction, apply_edit, load
 from rosi.activations import activations_at
 from rosi.chat import ChatFormat
-from rosi.pipeline import refusal_rates
+from rosi.generation import generate
+from rosi.judge import is_refusal
+from rosi.metrics import Rate
 from rosi.prompts import PromptSet, builtin, load_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def held_out(n: int) -> tuple[PromptSet, PromptSet]:
+def held_out(n: int) -> dict[str, list[tuple[str, PromptSet]]]:
+    """Prompt sets by role, each as (source, prompts)."""
     third = n // 3
-    harmful = [
-        load_prompts(str(DATA / "advbench" / "advbench.jsonl")).take(third, seed=0),
-        load_prompts(str(DATA / "jailbreakbench" / "harmful-behaviors.csv"), column="Goal").take(third, seed=0),
-        load_prompts(str(DATA / "malicious_instruct" / "malicious_instruct.jsonl")).take(n - 2 * third, seed=0),
-    ]
-    half = n // 2
-    harmless = [
-        load_prompts(str(DATA / "jailbreakbench" / "benign-behaviors.csv"), column="goal").take(half, seed=0),
-        load_prompts(str(DATA / "refusal_direction" / "splits" / "harmless_test.json")).take(n - half, seed=0),
-    ]
-    join = lambda parts, name: PromptSet(tuple(i for p in parts for i in p.instructions), name=name)  # noqa: E731
-    return join(harmful, "advbench+jbb+malicious_instruct"), join(harmless, "jbb-benign+alpaca-test")
+    return {
+        "harmful": [
+            ("advbench", load_prompts(str(DATA / "advbench" / "advbench.jsonl")).take(third, seed=0)),
+            ("jailbreakbench", load_prompts(str(DATA / "jailbreakbench" / "harmful-behaviors.csv"), column="Goal").take(third, seed=0)),
+            ("malicious_instruct", load_prompts(str(DATA / "malicious_instruct" / "malicious_instruct.jsonl")).take(n - 2 * third, seed=0)),
+        ],
+        "harmless": [("alpaca", load_prompts(str(DATA / "refusal_direction" / "splits" / "harmless_test.json")).take(n, seed=0))],
+        "contrast": [
+            (
+                "jailbreakbench-benign",
+                load_prompts(str(DATA / "jailbreakbench" / "benign-behaviors.csv"), column="goal").take(min(n, 100), seed=0),
+            )
+        ],
+    }
 
 
-def separation_accuracy(loaded, direction: Direction, harmful: PromptSet, harmless: PromptSet, batch_size: int) -> dict[str, object]:
-    """Project held-out prompts' activations (at the direction's layer and position) on the
-    direction; the threshold is the midpoint of the projected class means of rosi's built-in
-    training prompts, so nothing is fitted on the held-out prompts."""
+def instructions(parts: list[tuple[str, PromptSet]]) -> list[str]:
+    return [i for _, p in parts for i in p.instructions]
+
+
+def separation_accuracy(loaded, direction: Direction, sets, batch_size: int) -> dict[str, object]:
     fmt = ChatFormat(loaded.tokenizer)
     layer, position = direction.layer, int(direction.position)
     s_hat = direction.unit
 
-    def project(instructions) -> torch.Tensor:
-        return activations_at(loaded.model, fmt, instructions, layer, position, batch_size=batch_size) @ s_hat
+    def project(prompts) -> torch.Tensor:
+        return activations_at(loaded.model, fmt, list(prompts), layer, position, batch_size=batch_size) @ s_hat
 
     threshold = float(
-        (
-            project(builtin("harmful", "train").take(32).instructions).mean()
-            + project(builtin("harmless", "train").take(32).instructions).mean()
-        )
-        / 2
+        (project(builtin("harmful", "train").instructions).mean() + project(builtin("harmless", "train").instructions).mean()) / 2
     )
-    ph, pb = project(harmful.instructions), project(harmless.instructions)
-    correct = int((ph > threshold).sum()) + int((pb <= threshold).sum())
+    ph = project(instructions(sets["harmful"]))
+    pb = project(instructions(sets["harmless"]))
+    pc = project(instructions(sets["contrast"]))
+    above = int((ph > threshold).sum())
+    below, below_c = int((pb <= threshold).sum()), int((pc <= threshold).sum())
     return {
         "layer": layer,
         "position": position,
         "threshold": round(threshold, 3),
-        "accuracy": correct / (len(ph) + len(pb)),
-        "harmful_above": float((ph > threshold).float().mean()),
-        "harmless_below": float((pb <= threshold).float().mean()),
-        "n": len(ph) + len(pb),
+        "accuracy_harmful_vs_harmless": (above + below) / (len(ph) + len(pb)),
+        "harmful_above": above / len(ph),
+        "harmless_below": below / len(pb),
+        "contrast_below": below_c / len(pc),
+        "accuracy_harmful_vs_contrast": (above + below_c) / (len(ph) + len(pc)),
+        "n": {"harmful": len(ph), "harmless": len(pb), "contrast": len(pc)},
     }
+
+
+def measure(loaded, label: str, sets, new_tokens: int, batch_size: int) -> dict[str, object]:
+    fmt = ChatFormat(loaded.tokenizer)
+    row: dict[str, object] = {"label": label}
+    samples = {}
+    for role, parts in sets.items():
+        replies = generate(
+            loaded.model, fmt, instructions(parts), max_new_tokens=new_tokens, batch_size=batch_size, progress=True, desc=f"{label}, {role}"
+        )
+        flags = [is_refusal(r) for r in replies]
+        rate = Rate(sum(flags), len(flags))
+        row[role] = {"rate": rate.value, "k": rate.k, "n": rate.n, "wilson95": [round(x, 4) for x in rate.interval]}
+        start = 0
+        for source, p in parts if len(parts) > 1 else []:
+            k = sum(flags[start : start + len(p)])
+            row[role][source] = {"rate": k / len(p), "n": len(p)}  # type: ignore[index]
+            start += len(p)
+        samples[role] = [{"prompt": i, "reply": r} for i, r in list(zip(instructions(parts), replies, strict=True))[:4]]
+    row["samples"] = samples
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="a folder written by `rosi run`")
     parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
-    parser.add_argument("--n", type=int, default=120, help="prompts per set (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=102, help="prompts per role (contrast: at most 100) (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    harmful, harmless = held_out(args.n)
-    report = json.loads((Path(args.out) / "rosi_report.json").read_text())
-    kw = dict(new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
-    rows, samples, seconds = [], {}, {}
+    sets = held_out(args.n)
+    out = Path(args.out)
+    report = json.loads((out / "rosi_report.json").read_text())
+    direction = Direction.load(out / "direction.safetensors")
+    rows, seconds = [], {}
     base = load(args.base, device="cpu")
-    separation = separation_accuracy(base, Direction.load(Path(args.out) / "direction.safetensors"), harmful, harmless, args.batch_size)
-    print(f"separation at layer {separation['layer']}: {separation['accuracy']:.1%} of held-out prompts on the right side")
     t = time.perf_counter()
-    rates, replies = refusal_rates(base, "base model", harmful, harmless, **kw)
-    rows.append(rates.__dict__)
-    samples["base model"] = {k: v[:5] for k, v in replies.items()}
+    separation = separation_accuracy(base, direction, sets, args.batch_size)
+    seconds["separation"] = round(time.perf_counter() - t, 1)
+    print(
+        f"separation at layer {separation['layer']}: harmful vs harmless {separation['accuracy_harmful_vs_harmless']:.1%}, "
+        f"harmful vs contrast {separation['accuracy_harmful_vs_contrast']:.1%}",
+        flush=True,
+    )
+    t = time.perf_counter()
+    rows.append(measure(base, "base model", sets, args.max_new_tokens, args.batch_size))
     seconds["base"] = round(time.perf_counter() - t, 1)
     rosi_search = next((s for s in report["strength_searches"] if s["method"] == "rosi"), None)
     if rosi_search and report["method"] != "rosi":
-        direction = Direction.load(Path(args.out) / "direction.safetensors")
         apply_edit(base.model, direction, "rosi", rosi_search["strength"])
         t = time.perf_counter()
-        rates, replies = refusal_rates(base, f"rosi alpha={rosi_search['strength']:g} (paper's form)", harmful, harmless, **kw)
-        rows.append(rates.__dict__)
-        samples[rates.label] = {k: v[:5] for k, v in replies.items()}
+        rows.append(
+            measure(base, f"rosi alpha={rosi_search['strength']:g}, all writers (paper's form)", sets, args.max_new_tokens, args.batch_size)
+        )
         seconds["rosi_form"] = round(time.perf_counter() - t, 1)
     del base
     edited = load(args.out, device="cpu")
+    n_edited = json.loads((out / "rosi.json").read_text()).get("edit", {}).get("matrices_edited", "?")
     t = time.perf_counter()
-    rates, replies = refusal_rates(edited, f"{report['method']} strength={report['strength']:g} (rosi run)", harmful, harmless, **kw)
-    rows.append(rates.__dict__)
-    samples[rates.label] = {k: v[:5] for k, v in replies.items()}
+    rows.append(
+        measure(
+            edited, f"{report['method']} {report['strength']:g}, {n_edited} writers (rosi run)", sets, args.max_new_tokens, args.batch_size
+        )
+    )
     seconds["edited"] = round(time.perf_counter() - t, 1)
-    print(f"\n{'':44} {'harmful refused':>16} {'harmless refused':>17}")
+    print(f"\n{'':48} {'harmful refused':>26} {'harmless refused':>26} {'contrast refused':>26}")
     for r in rows:
-        print(f"{r['label']:44} {r['harmful']:>9.1%} (n={r['n_harmful']}) {r['harmless']:>9.1%} (n={r['n_harmless']})")
+        cells = []
+        for role in ("harmful", "harmless", "contrast"):
+            c = r[role]
+            cells.append(f"{c['rate']:6.1%} [{c['wilson95'][0]:.0%}-{c['wilson95'][1]:.0%}] n={c['n']:<3}")
+        print(f"{r['label']:48} " + " ".join(f"{c:>26}" for c in cells))
     path = write_results(
         "refusal_eval",
         {
@@ -123,12 +169,10 @@ def main() -> int:
             "method": report["method"],
             "strength": report["strength"],
             "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
-            "harmful_set": harmful.name,
-            "harmless_set": harmless.name,
+            "sets": {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()},
             "rows": rows,
             "separation": separation,
             "seconds": seconds,
-            "samples": samples,
         },
     )
     print(f"results: {path}")

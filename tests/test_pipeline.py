@@ -11,7 +11,8 @@ from rosi import Direction
 from rosi.cli import main
 from rosi.edit import EditRecord
 from rosi.loading import LoadedModel, ModelSource
-from rosi.pipeline import choose_strength, extract, run
+from rosi.errors import RosiError
+from rosi.pipeline import choose_strength, choose_writers, extract, run
 from rosi.prompts import PromptSet
 
 
@@ -35,10 +36,25 @@ def test_extract_selects_a_direction_along_u(loaded):
     d = result.direction
     assert float(d.unit @ u) > 0.6
     assert d.layer is not None and d.layer < 3  # not in the last 20% of 4 layers
-    assert d.metadata["selected_by"] == "arditi-screened" and d.model == "planted"
+    assert d.metadata["selected_by"] in ("arditi", "edit effect") and d.model == "planted"
     pinned = extract(model, s["harmful"], s["harmless"], layer=2, position=-1, system_prompt="Sure", progress=False)
     assert (pinned.direction.layer, pinned.direction.position, pinned.selection) == (2, "-1", None)
     assert pinned.direction.metadata["system_prompt"] == "Sure"
+
+
+def test_selective_scope_keeps_the_one_writer_that_carries_the_signal(loaded):
+    """In the planted model only layer 0's o_proj writes anything that depends on "bomb"."""
+    model, u = loaded
+    s = sets()
+    ex = extract(model, s["harmful"], s["harmless"], layer=1, position=-1, progress=False)
+    for method in ("scale", "rosi"):
+        choice = choose_writers(model, ex, method, "selective")
+        assert choice.writers == ["model.layers.0.self_attn.o_proj.weight"], method
+        signal = next(x for x in choice.signals if x["name"] == choice.writers[0])
+        assert signal["gap"] > 0
+    assert choose_writers(model, ex, "scale", "all").writers is None
+    with pytest.raises(RosiError, match="unknown scope"):
+        choose_writers(model, ex, "scale", "some")
 
 
 def test_strength_search_respects_the_harmless_budget(loaded):
@@ -69,9 +85,11 @@ def test_run_writes_checkpoint_direction_and_report(loaded, tmp_path):
     assert saved["method"] == "scale" and [r["label"].split()[0] for r in saved["rates"]] == ["base", "scale", "rosi"]
     assert all(r["n_harmful"] == 6 and r["n_harmless"] == 6 for r in saved["rates"])
     assert saved["selection_cost"]["scored_exactly"] >= 1
+    assert saved["writers"]["scale"]["scope"] == "selective" and saved["writers"]["rosi"]["scope"] == "all"
     # the checkpoint holds the chosen method's edit, and only it
     record = EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors")
     assert (record.method, record.strength) == ("scale", report.strength)
+    assert record.selected and [m.name for m in record.matrices] == report.writers["scale"].writers
     reloaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     for name, p in model.model.named_parameters():
         assert torch.equal(reloaded.state_dict()[name], p.detach())

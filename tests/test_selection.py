@@ -62,3 +62,48 @@ def test_selection_recovers_the_planted_candidate(setup):
     ranked = sorted((s for s in sel.scores if s.status != "late layer"), key=lambda s: s.screen_bypass)
     assert (1, -n_pos) in [(s.layer, s.position) for s in ranked[:2]]
     assert sel.cost["scored_exactly"] <= 2 < sel.cost["candidates"]
+
+
+def test_without_eligible_candidates_the_edit_effect_decides(setup):
+    """No candidate passes the KL filter (threshold below zero): the fallback applies the real
+    edit (scale along the candidate, on the one writer that carries the signal) and keeps the
+    candidate whose edit raises refusal on harmful prompts."""
+    from contextlib import contextmanager
+
+    from rosi import Direction, apply_edit
+    from rosi.edit import revert_edit
+
+    u, model, fmt, _ = setup
+    layers, n_pos = 4, len(fmt.post_instruction_ids())
+    harmless = torch.zeros(layers, n_pos, planted.HIDDEN, dtype=torch.float64)
+    harmful = torch.stack(
+        [torch.stack([2 * planted.unit_vector(10 + 7 * layer + p) for p in range(n_pos)]) for layer in range(layers)]
+    ).double()
+    harmful[2, -1] = 2 * u  # the real direction; layer 1's last position holds a decoy
+    calls = []
+
+    @contextmanager
+    def edit(layer, position, vector):
+        calls.append((layer, position))
+        record = apply_edit(model, Direction(vector), "scale", 2.0, writers=["model.layers.0.self_attn.o_proj.weight"], keep_originals=True)
+        try:
+            yield
+        finally:
+            revert_edit(model, record)
+
+    sel = select_direction(
+        model, fmt, harmful, harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), exact_candidates=2, kl_threshold=-1.0, edit=edit
+    )
+    assert calls[:2] == [(1, -1), (2, -1)]  # harmful prompts: last-token candidates of layers [25%, 80%) of 4
+    assert calls[2] == (2, -1)  # harmless prompts: best on harmful first
+    assert (sel.layer, sel.position) == (2, -1) and sel.by_effect and not sel.strict
+    by_key = {(s.layer, s.position): s for s in sel.scores}
+    real, decoy = by_key[(2, -1)], by_key[(1, -1)]
+    assert real.status.startswith("chosen (edit effect") and real.edit_harmful > decoy.edit_harmful
+    assert real.edit_harmful > sel.base_harmful
+    assert sel.cost["scored_by_edit_effect"] == 2
+    # without an edit the relaxed KL rule still picks something and says so
+    relaxed = select_direction(
+        model, fmt, harmful, harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), exact_candidates=2, kl_threshold=-1.0
+    )
+    assert not relaxed.by_effect and any(s.status.startswith("chosen (relaxed") for s in relaxed.scores)

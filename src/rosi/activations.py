@@ -7,7 +7,7 @@ left-padded with explicit position ids, so padding does not change the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -44,6 +44,41 @@ def hooks(pairs: list[tuple[nn.Module, object]], *, pre: bool = False) -> Iterat
 
 
 @torch.no_grad()
+def mean_outputs(
+    model: nn.Module,
+    fmt: ChatFormat,
+    instructions: list[str] | tuple[str, ...],
+    n_positions: int,
+    modules: Mapping[str, nn.Module],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "activations",
+) -> dict[str, torch.Tensor]:
+    """float64 ``[n_positions, hidden]`` per named module: the mean of its output at each of the
+    last ``n_positions`` prompt tokens. One pass over the prompts serves every module."""
+    device = next(model.parameters()).device
+    sums: dict[str, torch.Tensor] = {}
+    suffix = fmt.post_instruction_ids()
+
+    def keep(name: str):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            part = layer_output(output)[:, -n_positions:, :].to(torch.float64).sum(dim=0)
+            sums[name] = part if name not in sums else sums[name] + part
+
+        return hook
+
+    with hooks([(module, keep(name)) for name, module in modules.items()]):
+        n_batches = -(-len(instructions) // batch_size)
+        for batch in tqdm(fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress):
+            check_suffix(batch, suffix[-n_positions:])
+            forward(model.base_model, batch)
+    missing = [name for name in modules if name not in sums]
+    if missing:
+        raise RuntimeError(f"module {missing[0]!r} never ran in the forward pass")
+    return {name: (sums[name] / len(instructions)).cpu() for name in modules}
+
+
 def mean_activations(
     model: nn.Module,
     fmt: ChatFormat,
@@ -56,24 +91,18 @@ def mean_activations(
 ) -> torch.Tensor:
     """float64 tensor ``[num_layers, n_positions, hidden]``: the mean output of each layer at
     each of the last ``n_positions`` prompt tokens."""
-    arch = architecture_map(model)
-    layers = arch.layer_modules(model)
-    device = next(model.parameters()).device
-    sums = torch.zeros(arch.num_layers, n_positions, arch.hidden_size, dtype=torch.float64, device=device)
-    suffix = fmt.post_instruction_ids()
-
-    def keep(index: int):
-        def hook(module: nn.Module, args: object, output: object) -> None:
-            sums[index] += layer_output(output)[:, -n_positions:, :].to(torch.float64).sum(dim=0)
-
-        return hook
-
-    with hooks([(layer, keep(i)) for i, layer in enumerate(layers)]):
-        n_batches = -(-len(instructions) // batch_size)
-        for batch in tqdm(fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress):
-            check_suffix(batch, suffix[-n_positions:])
-            forward(model.base_model, batch)
-    return (sums / len(instructions)).cpu()
+    layers = architecture_map(model).layer_modules(model)
+    means = mean_outputs(
+        model,
+        fmt,
+        instructions,
+        n_positions,
+        {str(i): m for i, m in enumerate(layers)},
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    return torch.stack([means[str(i)] for i in range(len(layers))])
 
 
 @torch.no_grad()

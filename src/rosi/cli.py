@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("direction", parents=[common], help="extract and select the model's refusal direction; write a direction file")
     _model_args(p)
     p.add_argument("--out", required=True, metavar="FILE", help="direction file to write (.safetensors); the score table goes beside it")
+    _edit_form_args(p, for_direction=True)
     _prompt_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_direction)
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="extract, select, inject and measure: the whole ROSI pipeline")
     _model_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
-    p.add_argument("--method", choices=("scale", "rosi"), default="scale", help="edit form (default: scale, the best measured trade-off)")
+    _edit_form_args(p)
     p.add_argument("--alpha", type=float, default=None, help="strength (default: chosen on the validation prompts)")
     p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
     p.add_argument(
@@ -99,6 +100,30 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights: only for sources you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code: only if you have read it")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
+def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> None:
+    g = p.add_argument_group(
+        "edit form",
+        "the edit the direction is for: when no candidate passes Arditi's filters, selection scores candidates by this edit's effect"
+        if for_direction
+        else None,
+    )
+    g.add_argument("--method", choices=("scale", "rosi"), default="scale", help="edit form (default: scale, the best measured trade-off)")
+    g.add_argument(
+        "--scope",
+        choices=("selective", "all"),
+        default="selective",
+        help="edit every attention/MLP writer, or only those whose edit term is larger on harmful than on harmless prompts "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--writer-ratio",
+        type=float,
+        default=0.25,
+        metavar="R",
+        help="selective scope: keep a writer if its harmless signal is at most R times its harmful-minus-harmless gap (default: %(default)s)",
+    )
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:
@@ -155,6 +180,9 @@ def cmd_direction(args: argparse.Namespace) -> int:
         system_prompt=system,
         layer=args.layer,
         position=args.position,
+        method=args.method,
+        scope=args.scope,
+        ratio=args.writer_ratio,
         batch_size=args.batch_size,
     )
     result.direction.save(out)
@@ -188,6 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         strength=args.alpha,
         compare_rosi=not args.no_compare,
         budget=args.budget,
+        scope=args.scope,
+        ratio=args.writer_ratio,
         system_prompt=system,
         layer=args.layer,
         position=args.position,

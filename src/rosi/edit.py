@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class EditRecord:
     layers: tuple[int, ...] | None
     matrices: tuple[MatrixEdit, ...]
     untied_embeddings: bool = False
+    # The writers were narrowed to a chosen subset (``apply_edit(writers=...)``), e.g. by
+    # :func:`rosi.scope.select_writers`; ``matrices`` lists the ones edited.
+    selected: bool = False
     # Bit-exact copies of the edited weights (only with keep_originals=True; never saved).
     originals: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
@@ -65,6 +69,7 @@ class EditRecord:
             "strength": self.strength,
             "targets": list(self.targets),
             "layers": None if self.layers is None else list(self.layers),
+            "selected": self.selected,
             "matrices_edited": len(self.matrices),
             "matrices_by_kind": kinds,
             "untied_embeddings": self.untied_embeddings,
@@ -109,6 +114,7 @@ class EditRecord:
             layers=None if header["layers"] is None else tuple(header["layers"]),
             matrices=matrices,
             untied_embeddings=bool(header["untied_embeddings"]),
+            selected=bool(header.get("selected", False)),
         )
 
 
@@ -138,6 +144,7 @@ def apply_edit(
     *,
     targets: tuple[str, ...] = DEFAULT_TARGETS,
     layers: tuple[int, ...] | None = None,
+    writers: Collection[str] | None = None,
     untie_embeddings: bool = False,
     keep_originals: bool = False,
     progress: bool = False,
@@ -145,6 +152,8 @@ def apply_edit(
     """Edit ``model`` in place and return the record of what changed.
 
     ``strength`` is ``alpha`` for ``rosi`` and ``ablate`` and ``beta`` for ``scale``.
+    ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter names, e.g.
+    from :func:`rosi.scope.select_writers`) narrows that choice to a subset.
     ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
     :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
     """
@@ -152,13 +161,22 @@ def apply_edit(
     arch = architecture_map(model)
     direction.check_size(arch.hidden_size)
     try:
-        writers = arch.select(tuple(targets), None if layers is None else tuple(layers))
+        chosen = arch.select(tuple(targets), None if layers is None else tuple(layers))
     except ValueError as e:
         raise EditError(str(e)) from None
-    if not writers:
+    if writers is not None:
+        wanted = set(writers)
+        unknown = sorted(wanted - {w.name for w in chosen})
+        if unknown:
+            raise EditError(
+                f"{unknown[0]!r} is not a residual writer of this model within targets {list(targets)}, layers {layers}; "
+                "`rosi info MODEL` lists the writers"
+            )
+        chosen = [w for w in chosen if w.name in wanted]
+    if not chosen:
         raise EditError(f"no matrices selected (targets {list(targets)}, layers {layers}); nothing to edit")
     untied = False
-    if any(w.kind is WriterKind.EMBEDDING for w in writers) and arch.tied_embeddings:
+    if any(w.kind is WriterKind.EMBEDDING for w in chosen) and arch.tied_embeddings:
         if not untie_embeddings:
             raise EditError(
                 "the token embedding is tied to the output head, so editing it would also edit the unembedding; "
@@ -166,7 +184,7 @@ def apply_edit(
             )
         _untie(model)
         untied = True
-    post_normed = [w for w in writers if w.post_norm]
+    post_normed = [w for w in chosen if w.post_norm]
     if post_normed:
         warnings.warn(
             f"{arch.model_type}: {len(post_normed)} edited matrices are followed by a norm (e.g. {post_normed[0].post_norm}), "
@@ -179,7 +197,7 @@ def apply_edit(
     s_hat = direction.unit
     originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
     matrices = []
-    for w in tqdm(writers, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
+    for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
         param = params[w.name]
         if originals is not None:
             originals[w.name] = param.detach().to("cpu", copy=True)
@@ -193,6 +211,7 @@ def apply_edit(
         layers=None if layers is None else tuple(layers),
         matrices=tuple(matrices),
         untied_embeddings=untied,
+        selected=writers is not None,
         originals=originals,
     )
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rosi import __version__
 from rosi._fs import check_output
-from rosi.activations import mean_activations
+from rosi.activations import mean_outputs
 from rosi.chat import ChatFormat
 from rosi.checkpoint import save_checkpoint
 from rosi.direction import Direction
@@ -20,12 +24,15 @@ from rosi.generation import DEFAULT_NEW_TOKENS, generate
 from rosi.judge import refusal_rate
 from rosi.loading import LoadedModel
 from rosi.prompts import PromptSet
+from rosi.scope import DEFAULT_RATIO, DEFAULT_SCOPE, SCOPES, measurable_writers, module_biases, readout, select_writers, writer_signals
 from rosi.selection import Selection, select_direction
 
 # Strength grids for the search, smallest first.
-STRENGTH_GRIDS = {"scale": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0), "rosi": (12.5, 25.0, 50.0, 100.0, 200.0)}
+STRENGTH_GRIDS = {"scale": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0), "rosi": (12.5, 25.0, 50.0, 100.0, 200.0)}
 DEFAULT_METHOD = "scale"  # measured best trade-off on Qwen2.5-Coder-0.5B-Instruct (see README)
 DEFAULT_BUDGET = 0.05  # allowed rise of refusal on harmless validation prompts during the search
+# Strength at which the selection fallback scores a candidate's edit effect (mid-grid).
+EFFECT_STRENGTH = {"scale": 2.0, "rosi": 50.0}
 SEARCH_TOKENS = 8  # reply length judged during the strength search ("I'm sorry, but I can't")
 
 
@@ -34,6 +41,9 @@ class Extraction:
     direction: Direction
     selection: Selection | None  # None when the layer and position were pinned
     seconds: float
+    # Mean output of each measurable residual writer at the direction's position, per prompt
+    # set (gathered in the same forward passes), for choosing which writers to edit.
+    writer_means: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = field(default_factory=lambda: ({}, {}))
 
 
 def extract(
@@ -46,13 +56,20 @@ def extract(
     system_prompt: str | None = None,
     layer: int | None = None,
     position: int | None = None,
+    method: str = DEFAULT_METHOD,
+    scope: str = DEFAULT_SCOPE,
+    ratio: float = DEFAULT_RATIO,
     batch_size: int = 32,
     progress: bool = True,
 ) -> Extraction:
-    """Difference of means at every (layer, post-instruction position); select one, or take the pinned one."""
+    """Difference of means at every (layer, post-instruction position); select one, or take the
+    pinned one. ``method``, ``scope`` and ``ratio`` describe the edit that will be made, for the
+    selection's fallback when no candidate passes Arditi's filters."""
     started = time.perf_counter()
     fmt = ChatFormat(loaded.tokenizer, system_prompt)
     n_pos = len(fmt.post_instruction_ids())
+    if method not in EFFECT_STRENGTH:
+        raise RosiError(f"rosi selects directions for --method {' or '.join(EFFECT_STRENGTH)}, got {method!r}")
     if (layer is None) != (position is None):
         raise RosiError("pin both --layer and --position, or neither (then rosi selects them)")
     n_layers = loaded.architecture.num_layers
@@ -61,18 +78,40 @@ def extract(
     if position is not None and not -n_pos <= position < 0:
         raise RosiError(f"--position {position} is out of range: post-instruction positions are -{n_pos}..-1")
     model = loaded.model
-    means_h = mean_activations(
-        model, fmt, harmful.instructions, n_pos, batch_size=batch_size, progress=progress, desc="rosi: harmful activations"
-    )
-    means_b = mean_activations(
-        model, fmt, harmless.instructions, n_pos, batch_size=batch_size, progress=progress, desc="rosi: harmless activations"
-    )
+    arch = loaded.architecture
+    modules = {f"layer.{i}": m for i, m in enumerate(arch.layer_modules(model))}
+    modules.update(measurable_writers(model, arch.select()))
+    kw = dict(batch_size=batch_size, progress=progress)
+    out_h = mean_outputs(model, fmt, harmful.instructions, n_pos, modules, desc="rosi: harmful activations", **kw)
+    out_b = mean_outputs(model, fmt, harmless.instructions, n_pos, modules, desc="rosi: harmless activations", **kw)
+    means_h = torch.stack([out_h[f"layer.{i}"] for i in range(n_layers)])
+    means_b = torch.stack([out_b[f"layer.{i}"] for i in range(n_layers)])
     selection = None
     if layer is None:
         if val_harmful is None or val_harmless is None:
             raise RosiError("selecting the direction needs validation prompts (or pin --layer and --position)")
+        at = lambda out, p: {k: v[p + n_pos] for k, v in out.items() if not k.startswith("layer.")}  # noqa: E731
+
+        @contextmanager
+        def edit(layer: int, position: int, vector: torch.Tensor) -> Iterator[None]:
+            direction = Direction(vector.float(), layer=layer, position=str(position))
+            choice = writer_choice(loaded, direction.unit, at(out_h, position), at(out_b, position), method, scope, ratio)
+            record = apply_edit(model, direction, method, EFFECT_STRENGTH[method], writers=choice.writers, keep_originals=True)
+            try:
+                yield
+            finally:
+                revert_edit(model, record)
+
         selection = select_direction(
-            model, fmt, means_h, means_b, val_harmful.instructions, val_harmless.instructions, batch_size=batch_size, progress=progress
+            model,
+            fmt,
+            means_h,
+            means_b,
+            val_harmful.instructions,
+            val_harmless.instructions,
+            edit=edit,
+            batch_size=batch_size,
+            progress=progress,
         )
         layer, position = selection.layer, selection.position
     assert position is not None
@@ -83,13 +122,67 @@ def extract(
         "harmful": harmful.name,
         "harmless": harmless.name,
         "token": loaded.tokenizer.decode([fmt.post_instruction_ids()[position]]),
-        "selected_by": "arditi-screened" if selection else "pinned",
+        "selected_by": "pinned"
+        if selection is None
+        else "arditi"
+        if selection.strict
+        else "edit effect"
+        if selection.by_effect
+        else "arditi-relaxed",
         "rosi_version": __version__,
     }
     if system_prompt:
         metadata["system_prompt"] = system_prompt
     direction = Direction(vector, layer=layer, position=str(position), model=loaded.source.spec, metadata=metadata)
-    return Extraction(direction, selection, round(time.perf_counter() - started, 2))
+    at = position + n_pos
+    writer_means = tuple({k: v[at] for k, v in out.items() if not k.startswith("layer.")} for out in (out_h, out_b))
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2), writer_means)  # type: ignore[arg-type]
+
+
+@dataclass
+class WriterChoice:
+    """The writers one method edits: all of them, or those :func:`rosi.scope.select_writers` keeps."""
+
+    scope: str
+    ratio: float | None
+    writers: list[str] | None  # parameter names; None: every writer of the default targets
+    signals: list[dict[str, object]] = field(default_factory=list)
+    note: str = ""
+
+
+def choose_writers(loaded: LoadedModel, extraction: Extraction, method: str, scope: str, ratio: float = DEFAULT_RATIO) -> WriterChoice:
+    """The writers ``method`` edits for the extracted direction."""
+    return writer_choice(loaded, extraction.direction.unit, *extraction.writer_means, method, scope, ratio)
+
+
+def writer_choice(
+    loaded: LoadedModel,
+    s_hat: torch.Tensor,
+    means_harmful: dict[str, torch.Tensor],
+    means_harmless: dict[str, torch.Tensor],
+    method: str,
+    scope: str,
+    ratio: float = DEFAULT_RATIO,
+) -> WriterChoice:
+    """All writers, or those :func:`rosi.scope.select_writers` keeps, given the mean writer
+    outputs at the direction's position."""
+    if scope not in SCOPES:
+        raise RosiError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if scope == "all":
+        return WriterChoice("all", None, None)
+    writers = loaded.architecture.select()
+    modules = measurable_writers(loaded.model, writers)
+    signals = writer_signals(writers, means_harmful, means_harmless, readout(method, s_hat), module_biases(modules))
+    kept = set(select_writers(signals, ratio))
+    unmeasured = [w.name for w in writers if w.name not in modules]  # e.g. fused experts: edited as usual
+    chosen = [w.name for w in writers if w.name in kept or w.name in unmeasured]
+    table = [s.to_json() for s in signals]
+    if not chosen:
+        return WriterChoice("all", ratio, None, table, f"no writer passed the selective rule at ratio {ratio}; edited all")
+    note = f"{len(kept)} of {len(signals)} measured writers kept" + (
+        f", {len(unmeasured)} unmeasured writers edited as usual" if unmeasured else ""
+    )
+    return WriterChoice("selective", ratio, chosen, table, note)
 
 
 @dataclass
@@ -117,6 +210,7 @@ def choose_strength(
     budget: float = DEFAULT_BUDGET,
     search_tokens: int = SEARCH_TOKENS,
     base_rates: tuple[float, float] | None = None,
+    writers: list[str] | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> StrengthSearch:
@@ -137,7 +231,7 @@ def choose_strength(
         )
 
     def measure(strength: float) -> dict[str, float]:
-        record = apply_edit(loaded.model, direction, method, strength, keep_originals=True)
+        record = apply_edit(loaded.model, direction, method, strength, writers=writers, keep_originals=True)
         try:
             row = {
                 "strength": strength,
@@ -222,6 +316,7 @@ class RunReport:
     method: str
     strength: float
     direction: dict[str, str]
+    writers: dict[str, WriterChoice]
     rates: list[Rates]
     strength_searches: list[StrengthSearch]
     selection_cost: dict[str, float] | None
@@ -232,9 +327,9 @@ class RunReport:
         return asdict(self)
 
     def table(self) -> str:
-        lines = [f"{'':34} {'harmful refused':>16} {'harmless refused':>17}"]
+        lines = [f"{'':44} {'harmful refused':>16} {'harmless refused':>17}"]
         for r in self.rates:
-            lines.append(f"{r.label:34} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})")
+            lines.append(f"{r.label:44} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})")
         return "\n".join(lines)
 
 
@@ -250,6 +345,8 @@ def run(
     strength: float | None = None,
     compare_rosi: bool = True,
     budget: float = DEFAULT_BUDGET,
+    scope: str = DEFAULT_SCOPE,
+    ratio: float = DEFAULT_RATIO,
     system_prompt: str | None = None,
     layer: int | None = None,
     position: int | None = None,
@@ -263,6 +360,8 @@ def run(
         raise RosiError(f"rosi run supports --method {' or '.join(STRENGTH_GRIDS)}, got {method!r}")
     if strength is not None:
         check_strength(method, strength)
+    if scope not in SCOPES:
+        raise RosiError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     out = Path(out)
     check_output(out, overwrite)
     seconds: dict[str, float] = {}
@@ -276,6 +375,9 @@ def run(
         system_prompt=system_prompt,
         layer=layer,
         position=position,
+        method=method,
+        scope=scope,
+        ratio=ratio,
         batch_size=batch_size,
         progress=progress,
     )
@@ -286,6 +388,10 @@ def run(
 
     t = time.perf_counter()
     methods = [method] + (["rosi"] if compare_rosi and method != "rosi" else [])
+    # The comparison row is the paper's form: rosi on every writer.
+    choices = {m: choose_writers(loaded, extraction, m, scope if m == method else "all", ratio) for m in methods}
+    if progress and choices[method].writers is not None:
+        print(f"rosi: {method} edits {len(choices[method].writers)} writers ({choices[method].note})", flush=True)
     searches = []
     strengths: dict[str, float] = {}
     base_rates: tuple[float, float] | None = None
@@ -295,7 +401,16 @@ def run(
             searches.append(StrengthSearch(m, strength, "given"))
             continue
         search = choose_strength(
-            loaded, direction, m, val_harmful, val_harmless, budget=budget, base_rates=base_rates, batch_size=batch_size, progress=progress
+            loaded,
+            direction,
+            m,
+            val_harmful,
+            val_harmless,
+            budget=budget,
+            base_rates=base_rates,
+            writers=choices[m].writers,
+            batch_size=batch_size,
+            progress=progress,
         )
         base_rates = (search.rows[0]["harmful"], search.rows[0]["harmless"])  # measured once, shared by both searches
         strengths[m] = search.strength
@@ -307,9 +422,10 @@ def run(
     rates = [refusal_rates(loaded, "base model", val_harmful, val_harmless, **kw)[0]]
     record = None
     for m in reversed(methods):  # the chosen method last, so that it stays applied
-        record = apply_edit(loaded.model, direction, m, strengths[m], keep_originals=(m != method))
+        record = apply_edit(loaded.model, direction, m, strengths[m], writers=choices[m].writers, keep_originals=(m != method))
         name = "alpha" if m == "rosi" else "beta"
-        label = f"{m} {name}={strengths[m]:g}" + (" (paper's form)" if m == "rosi" else "")
+        n_edited = len(record.matrices)
+        label = f"{m} {name}={strengths[m]:g}, {n_edited} writers" + (" (paper's form)" if m != method else "")
         rates.insert(1, refusal_rates(loaded, label, val_harmful, val_harmless, **kw)[0])
         if m != method:
             revert_edit(loaded.model, record)
@@ -320,6 +436,7 @@ def run(
         method=method,
         strength=strengths[method],
         direction=direction.info(),
+        writers=choices,
         rates=rates,
         strength_searches=searches,
         selection_cost=extraction.selection.cost if extraction.selection else None,

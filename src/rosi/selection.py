@@ -13,6 +13,13 @@ Candidates in the last 20% of layers are dropped; the lowest bypass among the re
 Refusal log-odds is ``log p - log(1 - p)`` with ``p`` the probability of refusal-starting tokens
 at the first generated position.
 
+Small models often have no candidate that passes both filters (Qwen2.5-Coder-0.5B-Instruct has
+none: KL > 0.3 everywhere). Then, given an ``edit`` (what ROSI will really do with a direction),
+rosi scores the last-token candidate of every layer in the middle of the model by the edit's
+effect: mean refusal log-odds on harmful validation prompts with the edit applied, among those
+whose harmless refusal log-odds do not rise above the base model's. Without an ``edit`` the
+KL filter is relaxed instead (doubled until some candidate passes; lowest bypass).
+
 Scoring every candidate costs three forward passes each (a naive grid: ``3 * layers * positions``).
 rosi screens first: one forward and backward pass per prompt set gives, to first order, the bypass
 score of every direction (``-r^T M r`` with ``M`` the sum over layers and tokens of gradient x
@@ -24,8 +31,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,6 +43,9 @@ from rosi.activations import forward, hooks, layer_output
 from rosi.architecture import architecture_map
 from rosi.chat import ChatFormat
 from rosi.errors import RosiError
+
+# edit(layer, position, direction): a context in which the model carries the edit of that direction.
+EditFactory = Callable[[int, int, torch.Tensor], AbstractContextManager[object]]
 
 REFUSAL_STARTS = ("I", "As", "Sorry", "Unfortunately", "I'm", "I’m")
 
@@ -133,7 +143,10 @@ class CandidateScore:
     bypass: float | None = None  # exact, only for candidates scored exactly
     induce: float | None = None
     kl: float | None = None
-    status: str = "screened"  # screened | late layer | kl too high | induce < 0 | eligible | chosen
+    # With the edit applied (fallback when no candidate passes the filters): mean refusal log-odds.
+    edit_harmful: float | None = None
+    edit_harmless: float | None = None
+    status: str = "screened"  # screened | late layer | kl too high | induce < 0 | eligible | chosen ...
 
 
 @dataclass
@@ -149,6 +162,16 @@ class Selection:
 
     def table(self) -> list[dict[str, object]]:
         return [asdict(s) for s in self.scores]
+
+    @property
+    def strict(self) -> bool:
+        """The winner passed Arditi's filters."""
+        return any(s.status == "chosen" for s in self.scores)
+
+    @property
+    def by_effect(self) -> bool:
+        """The winner was chosen by the edit's effect (no candidate passed the filters)."""
+        return any(s.status.startswith("chosen (edit effect") for s in self.scores)
 
 
 def _screen(
@@ -204,11 +227,16 @@ def select_direction(
     max_exact: int = 6,
     max_layer_fraction: float = 0.8,
     kl_threshold: float = 0.1,
+    edit: EditFactory | None = None,
+    min_layer_fraction: float = 0.25,
     batch_size: int = 32,
     progress: bool = False,
 ) -> Selection:
     """Screen every candidate to first order, score the best ``exact_candidates`` exactly (more,
-    up to ``max_exact``, while none passes the filters), and return the winner."""
+    up to ``max_exact``, while none passes the filters; with an ``edit`` the fallback takes over
+    at ``exact_candidates``), and return the winner. If none passes, choose by ``edit``'s effect
+    (see the module docstring) among the last-token candidates of layers
+    ``[min_layer_fraction, max_layer_fraction)`` of the depth."""
     started = time.perf_counter()
     counter = Counter()
     tok = fmt.tokenizer
@@ -245,6 +273,8 @@ def select_direction(
     queue = sorted((s for s in scores if s.status == "screened"), key=lambda s: s.screen_bypass)
     eligible: list[CandidateScore] = []
     evaluated = 0
+    if edit is not None:
+        max_exact = exact_candidates
     bar = tqdm(total=exact_candidates, desc="rosi: scoring candidates", unit="candidate", disable=not progress)
     for s in queue:
         if evaluated >= max_exact or (evaluated >= exact_candidates and eligible):
@@ -269,6 +299,12 @@ def select_direction(
     if eligible:
         best = min(eligible, key=lambda s: s.bypass)  # type: ignore[arg-type, return-value]
         best.status = "chosen"
+    elif edit is not None:
+        lo, hi = math.floor(min_layer_fraction * n_layers), math.floor(max_layer_fraction * n_layers)
+        candidates = [s for s in scores if s.position == -1 and lo <= s.layer < hi] or [s for s in scores if s.position == -1]
+        best = _score_effects(
+            model, fmt, candidates, diffs, n_pos, edit, val_harmful, val_harmless, token_ids, base_harmless, batch_size, counter, progress
+        )
     else:
         best = _relaxed_choice([s for s in scores if s.bypass is not None], kl_threshold)
     n_candidates = len(scores)
@@ -279,6 +315,7 @@ def select_direction(
         "backward_batches": counter.backward,
         "candidates": n_candidates,
         "scored_exactly": evaluated,
+        "scored_by_edit_effect": sum(1 for s in scores if s.edit_harmful is not None),
         # A naive grid scores every candidate outside the last 20% of layers with 3 passes per set.
         "naive_grid_forward_batches": _batches(len(val_harmful), batch_size)
         + _batches(len(val_harmless), batch_size)
@@ -296,10 +333,48 @@ def select_direction(
     )
 
 
+def _score_effects(
+    model: nn.Module,
+    fmt: ChatFormat,
+    candidates: list[CandidateScore],
+    diffs: torch.Tensor,
+    n_pos: int,
+    edit: EditFactory,
+    val_harmful: tuple[str, ...],
+    val_harmless: tuple[str, ...],
+    token_ids: list[int],
+    base_harmless: float,
+    batch_size: int,
+    counter: Counter,
+    progress: bool,
+) -> CandidateScore:
+    """The candidate whose edit gives the most harmful refusal while harmless refusal stays at or
+    below the base model's; if none does, the largest harmful-minus-harmless effect.
+
+    Harmful prompts are scored for every candidate first; harmless ones only down the harmful
+    ranking until one candidate passes (all of them only when none does)."""
+
+    def mean_log_odds(s: CandidateScore, prompts: tuple[str, ...]) -> float:
+        with edit(s.layer, s.position, diffs[s.layer, s.position + n_pos]):
+            return float(refusal_log_odds(last_logprobs(model, fmt, prompts, batch_size, counter), token_ids).mean())
+
+    for s in tqdm(candidates, desc="rosi: edit effect on harmful prompts", unit="candidate", disable=not progress):
+        s.edit_harmful = mean_log_odds(s, val_harmful)
+    ranked = sorted(candidates, key=lambda s: s.edit_harmful, reverse=True)  # type: ignore[arg-type, return-value]
+    for s in tqdm(ranked, desc="rosi: edit effect on harmless prompts", unit="candidate", disable=not progress):
+        s.edit_harmless = mean_log_odds(s, val_harmless)
+        if s.edit_harmless <= base_harmless:
+            s.status = "chosen (edit effect: most harmful refusal, harmless refusal not above base)"
+            return s
+    best = max(ranked, key=lambda s: s.edit_harmful - s.edit_harmless)  # type: ignore[operator]
+    best.status = "chosen (edit effect: largest harmful-minus-harmless refusal)"
+    return best
+
+
 def _relaxed_choice(scored: list[CandidateScore], kl_threshold: float) -> CandidateScore:
     """No candidate passed both filters (small models often fail them): drop the induce filter
     and double the KL threshold until some candidate is under it; lowest bypass among those."""
-    threshold = kl_threshold
+    threshold = kl_threshold if kl_threshold > 0 else 1e-3  # doubling must be able to grow it
     while True:
         under = [s for s in scored if s.kl is not None and s.kl <= threshold]
         if under:
