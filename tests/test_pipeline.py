@@ -10,8 +10,8 @@ import planted
 from rosi import Direction
 from rosi.cli import main
 from rosi.edit import EditRecord
-from rosi.loading import LoadedModel, ModelSource
 from rosi.errors import RosiError
+from rosi.loading import LoadedModel, ModelSource
 from rosi.pipeline import choose_strength, choose_writers, extract, run
 from rosi.prompts import PromptSet
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import tiny_model
 
+from conftest import tiny_model
 from rosi import Direction, apply_edit
 from rosi.architecture import architecture_map
 from rosi.edit import EditRecord, revert_edit
