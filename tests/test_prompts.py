@@ -91,3 +91,11 @@ def test_hub_dataset_errors_are_one_line(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PromptError, match="cannot load dataset 'someone/nothing' split 'train'"):
         load_prompts("hf:someone/nothing:train:prompt")
+
+
+def test_unicode_line_separators_inside_a_prompt_do_not_split_it(tmp_path):
+    text = "first part\u2028second part"
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": text}, ensure_ascii=False) + "\r\n")
+    (tmp_path / "p.txt").write_text(text + "\r\nnext\n")
+    assert load_prompts(str(tmp_path / "p.jsonl")).instructions == (text,)
+    assert load_prompts(str(tmp_path / "p.txt")).instructions == (text, "next")

@@ -79,9 +79,9 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
-            rows: list[object] = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows: list[object] = [line.strip() for line in _lines(path.read_text(encoding="utf-8"))]
         elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [json.loads(line) for line in _lines(path.read_text(encoding="utf-8"))]
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             rows = data if isinstance(data, list) else _only_list(data, path)
@@ -95,6 +95,12 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     return _from_rows(rows, column, name=path.name)
 
 
+def _lines(text: str) -> list[str]:
+    """Non-blank lines split at newlines only: ``str.splitlines`` also splits at U+2028 and other
+    Unicode separators, which may sit inside a JSON string or a prompt."""
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
 def builtin(kind: str, split: str | None = None) -> PromptSet:
     """rosi's own prompts: ``harmful`` or ``harmless``, ``train``, ``val`` or both (None)."""
     if kind not in BUILTIN:
@@ -102,7 +108,7 @@ def builtin(kind: str, split: str | None = None) -> PromptSet:
     if split not in (None, "train", "val"):
         raise PromptError(f"built-in split must be train or val, got {split!r}")
     text = resources.files("rosi").joinpath("data", f"{kind}.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in _lines(text)]
     rows = [r for r in rows if split is None or r["split"] == split]
     return _from_rows(rows, "instruction", name=f"builtin:{kind}" + (f":{split}" if split else ""))
 

