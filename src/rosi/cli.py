@@ -14,6 +14,7 @@ from rosi import __version__
 from rosi.architecture import DEFAULT_TARGETS, TARGETS
 from rosi.errors import RosiError
 from rosi.packaged import PACKAGED
+from rosi.pipeline import DEFAULT_BUDGET
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None, help="strength (default: chosen on the validation prompts)")
     p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
     p.add_argument(
-        "--budget", type=float, default=0.05, help="allowed rise of harmless refusal while searching the strength (default: %(default)s)"
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="allowed rise of harmless refusal while searching the strength (default: %(default)s)",
     )
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per reply when measuring refusal (default: 64)")
     _prompt_args(p)

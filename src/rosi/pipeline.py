@@ -30,7 +30,7 @@ from rosi.selection import Selection, select_direction
 # Strength grids for the search, smallest first.
 STRENGTH_GRIDS = {"scale": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0), "rosi": (12.5, 25.0, 50.0, 100.0, 200.0)}
 DEFAULT_METHOD = "scale"  # measured best trade-off on Qwen2.5-Coder-0.5B-Instruct (see README)
-DEFAULT_BUDGET = 0.05  # allowed rise of refusal on harmless validation prompts during the search
+DEFAULT_BUDGET = 0.10  # allowed rise of refusal on harmless validation prompts during the search
 # Strength at which the selection fallback scores a candidate's edit effect (mid-grid).
 EFFECT_STRENGTH = {"scale": 2.0, "rosi": 50.0}
 SEARCH_TOKENS = 8  # reply length judged during the strength search ("I'm sorry, but I can't")
