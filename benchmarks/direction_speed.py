@@ -1,8 +1,10 @@
 """Direction extraction and selection cost on the real Qwen2.5-Coder-0.5B-Instruct.
 
-1. Extraction (mean activations at the post-instruction positions of every layer, via hooks)
-   against bare batched forward passes of the decoder over the same prompts. Target: <= 1.15x.
-2. Selection (first-order screen + exact scores for the best candidates) against a naive full
+1. Extraction as `rosi run` does it (mean outputs at the post-instruction positions of every
+   layer and of every attention/MLP writer, via hooks, float64 sums) against bare batched forward
+   passes of the decoder over the same prompts. Target: <= 1.15x.
+2. Selection as `rosi run` does it (first-order screen + exact scores for the best candidates,
+   then the edit-effect fallback when none passes the filters) against a naive full
    Arditi grid (3 exact scores for every candidate outside the last 20% of layers): forward
    passes counted, and seconds (the grid's seconds are its pass count times the measured time of
    one pass; running it in full takes tens of minutes on this CPU).
@@ -21,10 +23,12 @@ import torch
 
 from _common import timed, write_results
 from rosi import load
-from rosi.activations import forward, mean_activations
+from rosi.activations import forward, mean_outputs
 from rosi.chat import ChatFormat
+from rosi.pipeline import extract
 from rosi.prompts import builtin
-from rosi.selection import last_logprobs, select_direction
+from rosi.scope import measurable_writers
+from rosi.selection import last_logprobs
 
 
 @torch.no_grad()
@@ -46,22 +50,30 @@ def main() -> int:
     n_pos = len(fmt.post_instruction_ids())
     prompts = builtin("harmful", "train").take(args.n_train).instructions + builtin("harmless", "train").take(args.n_train).instructions
     bare_forward(loaded.model, fmt, prompts[: args.batch_size], args.batch_size)  # warm-up
-    bare, extract = [], []
+    modules = {f"layer.{i}": m for i, m in enumerate(loaded.architecture.layer_modules(loaded.model))}
+    modules.update(measurable_writers(loaded.model, loaded.architecture.select()))
+    bare, extraction = [], []
     for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
         bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
-        extract.append(timed(mean_activations, loaded.model, fmt, prompts, n_pos, batch_size=args.batch_size)[1])
-    bare_s, extract_s = statistics.median(bare), statistics.median(extract)
+        extraction.append(timed(mean_outputs, loaded.model, fmt, prompts, n_pos, modules, batch_size=args.batch_size)[1])
+    bare_s, extract_s = statistics.median(bare), statistics.median(extraction)
     print(f"extraction over {len(prompts)} prompts: {extract_s:.1f} s; bare forward passes {bare_s:.1f} s; ratio {extract_s / bare_s:.3f}")
 
-    vh = builtin("harmful", "val").take(args.n_val).instructions
-    vb = builtin("harmless", "val").take(args.n_val).instructions
-    half = len(prompts) // 2
-    means_h = mean_activations(loaded.model, fmt, prompts[:half], n_pos, batch_size=args.batch_size)
-    means_b = mean_activations(loaded.model, fmt, prompts[half:], n_pos, batch_size=args.batch_size)
+    vh = builtin("harmful", "val").take(args.n_val)
+    vb = builtin("harmless", "val").take(args.n_val)
     t = time.perf_counter()
-    last_logprobs(loaded.model, fmt, vh, args.batch_size)
+    last_logprobs(loaded.model, fmt, vh.instructions, args.batch_size)
     per_batch = (time.perf_counter() - t) / -(-len(vh) // args.batch_size)
-    sel = select_direction(loaded.model, fmt, means_h, means_b, vh, vb, batch_size=args.batch_size, progress=True)
+    # Selection as `rosi run` does it (Arditi screen + exact scores, edit-effect fallback).
+    sel = extract(
+        loaded,
+        builtin("harmful", "train").take(args.n_train),
+        builtin("harmless", "train").take(args.n_train),
+        val_harmful=vh,
+        val_harmless=vb,
+        batch_size=args.batch_size,
+    ).selection
+    assert sel is not None
     cost = sel.cost
     naive_s = cost["naive_grid_forward_batches"] * per_batch
     print(
@@ -78,8 +90,9 @@ def main() -> int:
             "extraction": {
                 "prompts": len(prompts),
                 "positions": n_pos,
+                "hooked_modules": len(modules),
                 "bare_forward_s": [round(x, 2) for x in bare],
-                "extraction_s": [round(x, 2) for x in extract],
+                "extraction_s": [round(x, 2) for x in extraction],
                 "ratio_median": round(extract_s / bare_s, 3),
                 "target_met": extract_s / bare_s <= 1.15,
             },

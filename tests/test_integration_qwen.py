@@ -36,3 +36,5 @@ def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):
     assert direction.size == 896 and direction.layer < 20  # outside the last 20% of Qwen's 24 layers
     saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
     assert saved["strength"] == report.strength > 0 and saved["selection_cost"]["scored_exactly"] >= 1
+    choice = saved["writers"]["scale"]
+    assert choice["scope"] == "selective" and 0 < len(choice["writers"]) < 48  # a subset of the 48 attention/MLP writers
