@@ -20,6 +20,13 @@ def scores(model, fmt, prompts, ids):
     return refusal_log_odds(last_logprobs(model, fmt, prompts), ids)
 
 
+def decoy_means(layers, n_pos):
+    """Mean activations where every candidate difference is a different decoy direction."""
+    harmless = torch.zeros(layers, n_pos, planted.HIDDEN, dtype=torch.float64)
+    harmful = torch.stack([torch.stack([2 * planted.unit_vector(10 + 7 * layer + p) for p in range(n_pos)]) for layer in range(layers)])
+    return harmful.double(), harmless
+
+
 def test_the_planted_model_refuses_through_u(setup):
     u, model, fmt, ids = setup
     assert ids == [planted.WORDS.index("I")]
@@ -44,11 +51,8 @@ def test_selection_recovers_the_planted_candidate(setup):
     """Every candidate but one is a decoy direction; the real one must win, and a copy of it in
     the last 20% of layers must be dropped."""
     u, model, fmt, _ = setup
-    layers, n_pos = 4, len(fmt.post_instruction_ids())
-    harmless = torch.zeros(layers, n_pos, planted.HIDDEN, dtype=torch.float64)
-    harmful = torch.stack(
-        [torch.stack([2 * planted.unit_vector(10 + 7 * layer + p) for p in range(n_pos)]) for layer in range(layers)]
-    ).double()
+    n_pos = len(fmt.post_instruction_ids())
+    harmful, harmless = decoy_means(4, n_pos)
     harmful[1, 0] = 2 * u  # the real direction, at layer 1, position -n_pos
     harmful[3, 1] = 2 * u  # also in the last layer: must be filtered out
     sel = select_direction(model, fmt, harmful, harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), exact_candidates=2)
@@ -74,11 +78,8 @@ def test_without_eligible_candidates_the_edit_effect_decides(setup):
     from rosi.edit import revert_edit
 
     u, model, fmt, _ = setup
-    layers, n_pos = 4, len(fmt.post_instruction_ids())
-    harmless = torch.zeros(layers, n_pos, planted.HIDDEN, dtype=torch.float64)
-    harmful = torch.stack(
-        [torch.stack([2 * planted.unit_vector(10 + 7 * layer + p) for p in range(n_pos)]) for layer in range(layers)]
-    ).double()
+    n_pos = len(fmt.post_instruction_ids())
+    harmful, harmless = decoy_means(4, n_pos)
     harmful[2, -1] = 2 * u  # the real direction; layer 1's last position holds a decoy
     calls = []
 

@@ -180,7 +180,6 @@ class LlamaGuardJudge(Judge):
         _check_pairs(prompts, replies)
         tok, model = self.loaded.tokenizer, self.loaded.model
         device = next(model.parameters()).device
-        tok.padding_side = "left"
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         verdicts = []
         for start in range(0, len(prompts), self.batch_size):
@@ -188,7 +187,8 @@ class LlamaGuardJudge(Judge):
                 llama_guard_prompt(p, r)
                 for p, r in zip(prompts[start : start + self.batch_size], replies[start : start + self.batch_size], strict=True)
             ]
-            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]  # the prompt carries its own BOS
+            # the prompt carries its own BOS; padded by hand, on the left, because Llama tokenizers have no pad token
+            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
             width = max(map(len, ids))
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)

@@ -90,12 +90,13 @@ def extract(
     if layer is None:
         if val_harmful is None or val_harmless is None:
             raise RosiError("selecting the direction needs validation prompts (or pin --layer and --position)")
-        at = lambda out, p: {k: v[p + n_pos] for k, v in out.items() if not k.startswith("layer.")}  # noqa: E731
 
         @contextmanager
         def edit(layer: int, position: int, vector: torch.Tensor) -> Iterator[None]:
             direction = Direction(vector.float(), layer=layer, position=str(position))
-            choice = writer_choice(loaded, direction.unit, at(out_h, position), at(out_b, position), method, scope, ratio)
+            choice = writer_choice(
+                loaded, direction.unit, _writer_means(out_h, position + n_pos), _writer_means(out_b, position + n_pos), method, scope, ratio
+            )
             record = apply_edit(model, direction, method, EFFECT_STRENGTH[method], writers=choice.writers, keep_originals=True)
             try:
                 yield
@@ -134,9 +135,13 @@ def extract(
     if system_prompt:
         metadata["system_prompt"] = system_prompt
     direction = Direction(vector, layer=layer, position=str(position), model=loaded.source.spec, metadata=metadata)
-    at = position + n_pos
-    writer_means = tuple({k: v[at] for k, v in out.items() if not k.startswith("layer.")} for out in (out_h, out_b))
-    return Extraction(direction, selection, round(time.perf_counter() - started, 2), writer_means)  # type: ignore[arg-type]
+    writer_means = (_writer_means(out_h, position + n_pos), _writer_means(out_b, position + n_pos))
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2), writer_means)
+
+
+def _writer_means(out: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """The writers' entries of a :func:`mean_outputs` result (layers are keyed ``layer.N``), at one position."""
+    return {k: v[index] for k, v in out.items() if not k.startswith("layer.")}
 
 
 @dataclass
