@@ -369,3 +369,12 @@ def test_a_fully_cached_run_loads_no_model(models, prompt_files, tmp_path, monke
     monkeypatch.setattr("rosi.loading.load", no_load)
     again = run_eval(models, prompt_files, tmp_path / "ev", base=None)
     assert again.generated == {"model": 0} and again.results["metrics"]["model"]["harm_refusal"]["n"] == 5
+
+
+def test_eval_dtype(monkeypatch):
+    from rosi.evaluate import eval_dtype
+
+    monkeypatch.setattr("rosi.loading.cpu_has_fast_bf16", lambda: True)
+    assert eval_dtype("auto", "cpu") == "bfloat16" and eval_dtype("float32", "cpu") == "float32"
+    monkeypatch.setattr("rosi.loading.cpu_has_fast_bf16", lambda: False)
+    assert eval_dtype("auto", "cpu") == "auto"

@@ -10,7 +10,16 @@ import torch
 import transformers as T
 
 from rosi.loading import LoadedModel, ModelSource
-from rosi.utility import UtilityError, local_docs, local_task_config, parse_tasks, prepare_local_tasks, run_utility, sample_docs
+from rosi.utility import (
+    UtilityError,
+    local_docs,
+    local_task_config,
+    parse_tasks,
+    pooled_accuracy,
+    prepare_local_tasks,
+    run_utility,
+    sample_docs,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
@@ -110,3 +119,24 @@ def test_prepare_local_tasks_writes_configs_and_samples(tmp_path):
     assert len(lines) == 7 and json.loads((tmp_path / "tasks" / "hellaswag.json").read_text())["dataset_path"] == "json"
     out = run_utility(byte_level_model(tmp_path), local_configs=configs, batch_size=8)
     assert out["arc_challenge"]["accuracy"]["n"] == 7 and out["hellaswag"]["accuracy"]["n"] == 5
+
+
+def test_groups_are_pooled_over_their_leaf_tasks():
+    """lm-eval's result layout for a group (mmlu -> mmlu_stem -> subjects): every question counts once."""
+    out = {
+        "group_subtasks": {"mmlu": ["mmlu_stem", "mmlu_law"], "mmlu_stem": ["mmlu_algebra", "mmlu_physics"], "mmlu_law": []},
+        "results": {
+            "mmlu": {"acc,none": 0.9},  # lm-eval's own aggregate: not used
+            "mmlu_stem": {"acc,none": 0.9},
+            "mmlu_algebra": {"acc,none": 0.5},
+            "mmlu_physics": {"acc,none": 0.25},
+            "mmlu_law": {"acc,none": 0.75},
+        },
+        "n-samples": {"mmlu_algebra": {"effective": 10}, "mmlu_physics": {"effective": 20}, "mmlu_law": {"effective": 4}},
+    }
+    got = pooled_accuracy(out, "mmlu")
+    assert (got["accuracy"]["k"], got["accuracy"]["n"], got["tasks"]) == (5 + 5 + 3, 34, 3)
+    assert "accuracy_norm" not in got
+    assert pooled_accuracy(out, "mmlu_physics")["accuracy"]["k"] == 5
+    with pytest.raises(UtilityError, match="no accuracy for 'bleu_task'"):
+        pooled_accuracy({"results": {"bleu_task": {"bleu,none": 3.0}}, "n-samples": {"bleu_task": {"effective": 3}}}, "bleu_task")

@@ -103,6 +103,7 @@ class Suite:
     utility: str  # rosi.utility.parse_tasks spec; "" for none
     max_new_tokens: int = DEFAULT_NEW_TOKENS
     max_template_chars: int | None = None  # keep only templates this short (long ones cost minutes a batch on a CPU)
+    utility_hub: str | None = None  # the utility tasks without a data folder (lm-eval names; None: same as utility)
 
 
 SUITES = {
@@ -118,6 +119,7 @@ SUITES = {
         kl_prompts=102,
         utility="local:mmlu:100,local:arc_easy:50,local:arc_challenge:50,local:hellaswag:100",
         max_template_chars=1200,
+        utility_hub="mmlu:2,arc_easy:50,arc_challenge:50,hellaswag:100",  # mmlu: 2 per subject, 114 in all
     ),
     "paper": Suite(
         "paper",
@@ -141,6 +143,7 @@ SUITES = {
         jailbreak_requests=None,
         kl_prompts=1000,
         utility="local:mmlu,local:arc_easy,local:arc_challenge,local:hellaswag",
+        utility_hub="mmlu,arc_easy,arc_challenge,hellaswag",
     ),
 }
 
@@ -405,20 +408,26 @@ def evaluate(
     if data is not None and not data.is_dir():
         raise EvalError(f"--data {data} is not a folder; point it at a folder of public datasets (see README: Evaluation)")
     new_tokens = max_new_tokens or suite.max_new_tokens
+    dtype = eval_dtype(dtype, device)
     # fail early on a bad judge spec, before hours of generation; a local Llama Guard (weights to
     # load) is built only when the replies are there, so it does not sit in memory meanwhile
     judge_obj = None if judge.startswith("llamaguard:") and judge != "llamaguard:" else make_judge(judge)
-    hub_tasks, local_tasks = parse_tasks(suite.utility if utility is None else utility)
+    if utility is None:
+        utility = suite.utility if data is not None or suite.utility_hub is None else suite.utility_hub
+    hub_tasks, local_tasks = parse_tasks(utility)
     if local_tasks and data is None:
         raise EvalError(
             "the local utility tasks need --data (a folder with mmlu/, arc/, hellaswag/); or pass --utility none or lm-eval task names"
         )
     sets = build_sets(suite, data, overrides=overrides, n=n, jailbreak_templates=jailbreak_templates)
+    if not sets["jailbreak"]:
+        log("rosi eval: no jailbreak templates (pass --data or --jailbreak-templates): jailbreak success is not measured")
     out = Path(out)
     setup = {
         "models": {k: v.fingerprint() for k, v in models.items()},
         "max_new_tokens": new_tokens,
         "system_prompt": system_prompt,
+        "dtype": dtype,
     }
     _prepare_out(out, setup, overwrite, [Path(m.spec) for m in models.values() if m.spec])
     cache = GenerationCache(out / GENERATIONS)
@@ -487,6 +496,7 @@ def evaluate(
         "models": {k: {"spec": v.spec, "server": v.server} for k, v in models.items()},
         "max_new_tokens": new_tokens,
         "system_prompt": system_prompt,
+        "dtype": dtype,
         "sets": {r: _set_summary(items) for r, items in sets.items()},
         "metrics": metrics,
     }
@@ -501,6 +511,18 @@ def evaluate(
 
     report = write_report(results, out, plots=plots)
     return EvalResult(out, results, report, generated)
+
+
+def eval_dtype(dtype: str, device: str) -> str:
+    """``auto`` for evaluation: bfloat16 on a CPU with native bf16 dot products (AVX512-BF16, AMX),
+    where it generated 2.5x and scored 2.2x faster than float32 on the development machine, and is
+    the precision Qwen, Llama and most open models are released in; otherwise loading's ``auto``
+    (float32 on other CPUs, the checkpoint's dtype on a GPU)."""
+    from rosi.loading import cpu_has_fast_bf16, pick_device
+
+    if dtype == "auto" and pick_device(device).type == "cpu" and cpu_has_fast_bf16():
+        return "bfloat16"
+    return dtype
 
 
 def _suite(suite: str | Suite) -> Suite:

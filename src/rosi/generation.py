@@ -59,7 +59,8 @@ def next_token_logprobs(
     rows = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
     for batch in fmt.batches(instructions, batch_size, device):
-        logits = model(**batch).logits[:, -1, :]  # left padding: the last position is every row's last prompt token
+        # left padding: the last position is every row's last prompt token; only its logits are computed
+        logits = model(**batch, logits_to_keep=1).logits[:, -1, :]
         rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         bar.update(len(logits))
     bar.close()

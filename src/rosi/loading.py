@@ -87,6 +87,16 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bfloat16 dot products (AVX512-BF16 or AMX), read from
+    /proc/cpuinfo (False where that cannot be read)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | str:
     """float32 on the CPU; on an accelerator the checkpoint's own dtype ("auto")."""
     if isinstance(dtype, torch.dtype):

@@ -36,13 +36,11 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | N
     base, model = metrics.get("base", {}), metrics["model"]
     rows = [(label, base.get(key), model.get(key)) for key, label, _ in HEADLINE if key in model or key in base]
     for task in sorted(set(model.get("utility", {})) | set(base.get("utility", {}))):
-        rows.append(
-            (
-                f"utility: {task} accuracy",
-                base.get("utility", {}).get(task, {}).get("accuracy"),
-                model.get("utility", {}).get(task, {}).get("accuracy"),
-            )
-        )
+        entries = [m.get("utility", {}).get(task, {}) for m in (base, model)]
+        # length-normalized accuracy where the task has it (HellaSwag, ARC), as leaderboards report them
+        key = "accuracy_norm" if any("accuracy_norm" in e for e in entries) else "accuracy"
+        label = "acc_norm" if key == "accuracy_norm" else "acc"
+        rows.append((f"utility: {task} {label}", entries[0].get(key), entries[1].get(key)))
     return rows
 
 
@@ -78,7 +76,7 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
         "",
         f"- model: `{results['models']['model']['spec']}`" + (f" (base: `{results['models']['base']['spec']}`)" if "base" in roles else ""),
         f"- suite: {results['suite']}; judge for HR and jailbreak success: `{results['judge']}` (BC and over-refusal: refusal markers)",
-        f"- greedy replies, {results['max_new_tokens']} new tokens"
+        f"- greedy replies, {results['max_new_tokens']} new tokens, dtype {results.get('dtype', 'auto')}"
         + (f"; system prompt: {results['system_prompt']!r}" if results.get("system_prompt") else ""),
         f"- time: {results['seconds'].get('total', 0):.0f} s; rates with 95% Wilson intervals, KL with a 95% normal interval",
         "",
@@ -94,6 +92,16 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
         kl_cells = ["", f"{k['mean']:.4f} [{k['ci95'][0]:.4f}–{k['ci95'][1]:.4f}] n={k['n']}", ""]
         rows.append(["KL(base ‖ model), first reply token (nats)", *kl_cells[: len(header) - 1]])
     lines += [_markdown_table(header, rows), ""]
+    tasks = sorted({t for r in roles for t in metrics[r].get("utility", {})})
+    if tasks:
+        lines += ["## Utility (lm-evaluation-harness, zero-shot)", ""]
+        urows = []
+        for t in tasks:
+            for key, name in (("accuracy", "acc"), ("accuracy_norm", "acc_norm")):
+                cells = [metrics[r].get("utility", {}).get(t, {}).get(key) for r in roles]
+                if any(cells):
+                    urows.append([t, name, *(fmt_rate(c) for c in cells)])
+        lines += [_markdown_table(["task", "metric", *roles], urows), ""]
     plot_files = _plots(results, out / "plots") if plots else {}
     if "rates" in plot_files:
         lines += ["![refusal rates](plots/rates.png)", ""]

@@ -149,8 +149,9 @@ def run_utility(
     local_configs: list[dict[str, Any]] | None = None,
     batch_size: int = 16,
 ) -> dict[str, dict[str, Any]]:
-    """Run lm-eval on an in-memory model; per task: accuracy as a :class:`Rate` (Wilson interval)
-    plus lm-eval's own figures."""
+    """Run lm-eval on an in-memory model. Per task (or group, pooled): accuracy, and ``acc_norm``
+    where the task has it, as rates with Wilson intervals. For hub tasks the count is lm-eval's
+    ``limit``: questions per leaf task."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -164,21 +165,43 @@ def run_utility(
     jobs += [([name], n) for name, n in (hub_tasks or {}).items()]
     manager = TaskManager()
     for tasks, limit in jobs:
+        top = tasks[0] if isinstance(tasks[0], str) else tasks[0].get("task") or tasks[0].get("group")
         try:
             out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=False, bootstrap_iters=0)
         except Exception as e:  # noqa: BLE001 - lm-eval and datasets raise many types; all mean "this task cannot run"
-            label = tasks[0] if isinstance(tasks[0], str) else tasks[0]["task"]
-            raise UtilityError(f"lm-eval could not run {label!r} ({type(e).__name__}: {e})") from None
-        for name, row in (out or {}).get("results", {}).items():
-            n = int((out.get("n-samples", {}).get(name) or {}).get("effective", 0))
-            acc = row.get("acc,none")
-            if acc is None or not n:
-                continue  # a group's aggregate row, or a task without accuracy
-            entry: dict[str, Any] = {"accuracy": rate_json(Rate(round(acc * n), n))}
-            if row.get("acc_norm,none") is not None:
-                entry["accuracy_norm"] = rate_json(Rate(round(row["acc_norm,none"] * n), n))
-            results[name.removeprefix("rosi_")] = entry
+            raise UtilityError(f"lm-eval could not run {top!r} ({type(e).__name__}: {e})") from None
+        results[str(top).removeprefix("rosi_")] = pooled_accuracy(out or {}, str(top))
     return results
+
+
+def pooled_accuracy(out: dict[str, Any], name: str) -> dict[str, Any]:
+    """Accuracy of a task, or of a group (e.g. ``mmlu``) pooled over its leaf tasks (every question
+    counts once), from an lm-eval result."""
+    tree: dict[str, list[str]] = out.get("group_subtasks", {})
+    rows, counts = out.get("results", {}), out.get("n-samples", {})
+
+    def leaves(task: str) -> list[str]:
+        return [leaf for child in tree[task] for leaf in leaves(child)] if tree.get(task) else [task]
+
+    k = k_norm = n = 0
+    has_norm = True
+    for leaf in leaves(name):
+        size = int((counts.get(leaf) or {}).get("effective", 0))
+        row = rows.get(leaf, {})
+        if not size or row.get("acc,none") is None:
+            continue
+        n += size
+        k += round(row["acc,none"] * size)
+        has_norm = has_norm and row.get("acc_norm,none") is not None
+        k_norm += round((row.get("acc_norm,none") or 0.0) * size)
+    if not n:
+        raise UtilityError(f"lm-eval returned no accuracy for {name!r}; rosi reports multiple-choice tasks (acc)")
+    entry: dict[str, Any] = {"accuracy": rate_json(Rate(k, n))}
+    if has_norm:
+        entry["accuracy_norm"] = rate_json(Rate(k_norm, n))
+    if tree.get(name):
+        entry["tasks"] = len(leaves(name))
+    return entry
 
 
 def rate_json(rate: Rate) -> dict[str, Any]:
