@@ -166,6 +166,8 @@ def test_quick_suite_sets_from_the_data_folder():
     assert build_sets(SUITES["quick"], DATA) == sets  # seeded
     small = build_sets(SUITES["quick"], DATA, n=5)
     assert [len(small[r]) for r in ("harmful", "harmless", "contrast", "jailbreak")] == [5, 5, 5, 5]
+    tiny = build_sets(SUITES["quick"], DATA, n=2)  # fewer prompts than harmful sources: the last source gets none
+    assert [len(tiny[r]) for r in ("harmful", "harmless", "contrast", "jailbreak")] == [2, 2, 2, 2]
 
 
 # --- end to end on tiny models ----------------------------------------------------------------------

@@ -181,8 +181,10 @@ def build_sets(
             for i, (source, count) in enumerate(sources):
                 if n is not None:  # spread n over the sources, the first ones taking the remainder
                     count = n // len(sources) + (1 if i < n % len(sources) else 0)
+                if count == 0:  # n smaller than the number of sources: this one gets none
+                    continue
                 prompts = source.load(data_dir)
-                parts.append((source.name, prompts.take(min(count, len(prompts)) if count else None, seed=seed)))
+                parts.append((source.name, prompts.take(None if count is None else min(count, len(prompts)), seed=seed)))
         sets[role] = [
             Item(text, name, (p.categories[j] if p.categories and p.categories[j] else name))
             for name, p in parts
