@@ -135,7 +135,7 @@ SUITES = {
     ),
     "full": Suite(
         "full",
-        "every local prompt (harmful 890, Alpaca 1000, contrast 479), all 680 jailbreak templates, all local utility questions",
+        "every local prompt (harmful 820, Alpaca 1000, contrast 479), all 680 jailbreak templates, all local utility questions",
         harmful=((ADVBENCH, None), (JBB_HARMFUL, None), (MALICIOUS, None), (TDC, None)),
         harmless=((ALPACA, 1000),),
         contrast=((COCONOT, None), (JBB_BENIGN, None)),
