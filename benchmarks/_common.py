@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the public datasets beside the repository
 
 
 def machine() -> dict[str, object]:

@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from _common import write_results
+from _common import DATA, write_results
 from rosi.evaluate import evaluate
 from rosi.report import table
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> int:

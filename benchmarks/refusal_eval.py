@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from _common import write_results
+from _common import DATA, write_results
 from rosi import Direction, apply_edit, load
 from rosi.activations import activations_at
 from rosi.chat import ChatFormat
@@ -34,8 +34,6 @@ from rosi.generation import generate
 from rosi.judge import is_refusal
 from rosi.metrics import Rate
 from rosi.prompts import PromptSet, builtin, load_prompts
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def held_out(n: int) -> dict[str, list[tuple[str, PromptSet]]]:

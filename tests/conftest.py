@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as T
@@ -37,6 +39,9 @@ CONFIGS = {
     "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=128, bos_token_id=1, eos_token_id=2),
 }
 ARCHS = sorted(CONFIGS)
+# the public datasets beside the repository (../shared/data), for tests of the evaluation suites
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
 POST_NORM_ARCHS = {"gemma2", "gemma3_text", "olmo2"}
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import DATA, needs_data, save_tiny
 from rosi import Direction, apply_edit, load
 from rosi.chat import ChatFormat
 from rosi.cli import main
@@ -33,10 +32,6 @@ from rosi.judges import JUDGES, Judge, JudgeError, Verdict, register
 from rosi.metrics import Z95, Mean, kl_divergence
 from rosi.prompts import PromptError, load_prompts, load_xstest
 from rosi.report import compare
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
-
 
 # --- metric arithmetic ----------------------------------------------------------------------------
 
@@ -368,7 +363,7 @@ def test_a_fully_cached_run_loads_no_model(models, prompt_files, tmp_path, monke
     def no_load(*a, **k):
         raise AssertionError("nothing to generate: the model must not be loaded")
 
-    monkeypatch.setattr("rosi.loading.load", no_load)
+    monkeypatch.setattr("rosi.evaluate.load", no_load)
     again = run_eval(models, prompt_files, tmp_path / "ev", base=None)
     assert again.generated == {"model": 0} and again.results["metrics"]["model"]["harm_refusal"]["n"] == 5
 
@@ -376,7 +371,7 @@ def test_a_fully_cached_run_loads_no_model(models, prompt_files, tmp_path, monke
 def test_eval_dtype(monkeypatch):
     from rosi.evaluate import eval_dtype
 
-    monkeypatch.setattr("rosi.loading.cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr("rosi.evaluate.cpu_has_fast_bf16", lambda: True)
     assert eval_dtype("auto", "cpu") == "bfloat16" and eval_dtype("float32", "cpu") == "float32"
-    monkeypatch.setattr("rosi.loading.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("rosi.evaluate.cpu_has_fast_bf16", lambda: False)
     assert eval_dtype("auto", "cpu") == "auto"

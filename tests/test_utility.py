@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import transformers as T
 
+from conftest import DATA, needs_data
 from rosi.loading import LoadedModel, ModelSource
 from rosi.utility import (
     UtilityError,
@@ -20,9 +20,6 @@ from rosi.utility import (
     run_utility,
     sample_docs,
 )
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
 
 
 @needs_data

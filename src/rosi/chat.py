@@ -22,6 +22,12 @@ class ChatTemplateError(RosiError):
     """The tokenizer has no usable chat template."""
 
 
+def chat_messages(instruction: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """The conversation rosi sends: an optional system turn, then the user's instruction."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": instruction}]
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     tokenizer: Any
@@ -36,9 +42,7 @@ class ChatFormat:
             )
 
     def render(self, instruction: str) -> str:
-        messages = [{"role": "user", "content": instruction}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        messages = chat_messages(instruction, self.system_prompt)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=self.template)
 
     def post_instruction_ids(self) -> list[int]:

@@ -319,12 +319,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         system_prompt=_text_or_file(args.system_prompt),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-        revision=args.revision,
         plots=not args.no_plots,
+        **_load_options(args),
     )
     print()
     print(table(result.results))
@@ -346,17 +342,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from rosi.loading import load
-
-    return load(
-        args.model,
+def _load_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of :func:`rosi.load` that every model command takes (see ``_model_args``)."""
+    return dict(
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         revision=args.revision,
     )
+
+
+def _load(args: argparse.Namespace):
+    from rosi.loading import load
+
+    return load(args.model, **_load_options(args))
 
 
 def cmd_info(args: argparse.Namespace) -> int:

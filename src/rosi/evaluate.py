@@ -39,13 +39,18 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rosi import __version__
+from rosi._fs import atomic_file
+from rosi.chat import ChatFormat
+from rosi.endpoint import Endpoint, parse_spec
 from rosi.errors import RosiError
-from rosi.generation import DEFAULT_NEW_TOKENS, Generator
+from rosi.generation import DEFAULT_NEW_TOKENS, Generator, LocalGenerator, ServerGenerator, next_token_logprobs
 from rosi.jailbreak import jailbreak_prompts, load_templates
 from rosi.judges import Verdict, make_judge
+from rosi.loading import cpu_has_fast_bf16, load, pick_device
 from rosi.metrics import Mean, Rate, kl_divergence
 from rosi.prompts import PromptSet, load_prompts
-from rosi.utility import PAPER_TASKS, parse_tasks, rate_json
+from rosi.report import write_report
+from rosi.utility import PAPER_TASKS, parse_tasks, prepare_local_tasks, run_utility
 
 ROLES = ("harmful", "harmless", "contrast", "jailbreak")
 RESULTS = "results.json"
@@ -294,14 +299,14 @@ def declined(verdict: Verdict) -> bool | None:
 def rate_table(flags: Sequence[bool | None], groups: Sequence[str] | None = None) -> dict[str, Any]:
     """A rate over the judged flags (None: not judged, counted apart), and per group."""
     judged = [f for f in flags if f is not None]
-    out: dict[str, Any] = rate_json(Rate(sum(judged), len(judged))) if judged else {"rate": None, "k": 0, "n": 0, "ci95": None}
+    out: dict[str, Any] = Rate(sum(judged), len(judged)).to_json() if judged else {"rate": None, "k": 0, "n": 0, "ci95": None}
     out["unjudged"] = len(flags) - len(judged)
     if groups is not None:
         by: dict[str, list[bool]] = defaultdict(list)
         for flag, g in zip(flags, groups, strict=True):
             if flag is not None:
                 by[g].append(flag)
-        out["groups"] = {g: rate_json(Rate(sum(v), len(v))) for g, v in sorted(by.items())}
+        out["groups"] = {g: Rate(sum(v), len(v)).to_json() for g, v in sorted(by.items())}
     return out
 
 
@@ -438,27 +443,22 @@ def evaluate(
     logprobs: dict[str, Any] = {}
     utility_results: dict[str, dict[str, Any]] = {}
     kl_prompts = [i.prompt for i in sets["harmless"]][: suite.kl_prompts or None]
+    want_kl = kl and base is not None
+    needs_weights = want_kl or bool(hub_tasks or local_tasks)
     for role, m in models.items():
         t = time.perf_counter()
         loaded = None
         generator: Generator | None = None
         if m.server:
-            from rosi.endpoint import Endpoint, parse_spec
-            from rosi.generation import ServerGenerator
-
             generator = ServerGenerator(Endpoint(*parse_spec(m.server)), system_prompt)
-        needs_weights = (kl and base is not None) or bool(hub_tasks or local_tasks)
         todo = sum(len(cache.missing(role, [i.prompt for i in items])) for items in sets.values())
         if not m.server and (todo or needs_weights):
-            from rosi.chat import ChatFormat
-            from rosi.generation import LocalGenerator
-            from rosi.loading import load
-
             log(f"rosi eval: loading {role} {m.spec}")
             loaded = load(
                 m.spec, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
             )
-            generator = LocalGenerator(loaded.model, ChatFormat(loaded.tokenizer, system_prompt), batch_size)
+            fmt = ChatFormat(loaded.tokenizer, system_prompt)
+            generator = LocalGenerator(loaded.model, fmt, batch_size)
         generated[role] = 0
         for set_role in ROLES:
             prompts = [i.prompt for i in sets[set_role]]
@@ -466,11 +466,7 @@ def evaluate(
                 generated[role] += cache.fill(
                     role, prompts, generator, max_new_tokens=new_tokens, desc=f"{role}: {set_role}", progress=progress
                 )
-        if loaded is not None and kl and base is not None:
-            from rosi.chat import ChatFormat
-            from rosi.generation import next_token_logprobs
-
-            fmt = ChatFormat(loaded.tokenizer, system_prompt)
+        if loaded is not None and want_kl:
             logprobs[role] = next_token_logprobs(
                 loaded.model, fmt, kl_prompts, batch_size=batch_size, progress=progress, desc=f"{role}: KL"
             )
@@ -509,8 +505,6 @@ def evaluate(
     results["generated"] = generated
     _write_json(out / RESULTS, results)
     _write_generations_view(out, sets, cache, models)
-    from rosi.report import write_report
-
     report = write_report(results, out, plots=plots)
     return EvalResult(out, results, report, generated)
 
@@ -520,8 +514,6 @@ def eval_dtype(dtype: str, device: str) -> str:
     where it generated 2.5x and scored 2.2x faster than float32 on the development machine, and is
     the precision Qwen, Llama and most open models are released in; otherwise loading's ``auto``
     (float32 on other CPUs, the checkpoint's dtype on a GPU)."""
-    from rosi.loading import cpu_has_fast_bf16, pick_device
-
     if dtype == "auto" and pick_device(device).type == "cpu" and cpu_has_fast_bf16():
         return "bfloat16"
     return dtype
@@ -568,8 +560,6 @@ def _prepare_out(out: Path, setup: dict[str, Any], overwrite: bool, protect: Seq
 
 def _utility(loaded, role: str, hub_tasks, local_tasks, data: Path | None, out: Path, batch_size: int) -> dict[str, Any]:
     """lm-eval results of one model, cached in ``OUT/utility_ROLE.json`` for the same task list."""
-    from rosi.utility import prepare_local_tasks, run_utility
-
     key = {"hub": hub_tasks, "local": local_tasks}
     cached = out / f"utility_{role}.json"
     if cached.exists():
@@ -593,16 +583,12 @@ def _set_summary(items: list[Item]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from rosi._fs import atomic_file
-
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _write_generations_view(out: Path, sets: dict[str, list[Item]], cache: GenerationCache, models: dict[str, ModelSpec]) -> None:
     """``replies.jsonl``: every prompt of this run with its set, source and each model's reply."""
-    from rosi._fs import atomic_file
-
     with atomic_file(out / "replies.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for role, items in sets.items():
             for item in items:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rosi.chat import ChatFormat
+from rosi.chat import ChatFormat, chat_messages
 
 DEFAULT_NEW_TOKENS = 64
 
@@ -71,7 +71,6 @@ class Generator:
     """Greedy replies to chat prompts, a batch at a time (the unit that evaluation caches)."""
 
     batch_size: int = 32
-    label: str = ""
 
     def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:
         raise NotImplementedError
@@ -80,8 +79,8 @@ class Generator:
 class LocalGenerator(Generator):
     """In-process generation with transformers (the default backend)."""
 
-    def __init__(self, model: nn.Module, fmt: ChatFormat, batch_size: int = 32, label: str = "transformers") -> None:
-        self.model, self.fmt, self.batch_size, self.label = model, fmt, batch_size, label
+    def __init__(self, model: nn.Module, fmt: ChatFormat, batch_size: int = 32) -> None:
+        self.model, self.fmt, self.batch_size = model, fmt, batch_size
 
     def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:
         return generate(self.model, self.fmt, instructions, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
@@ -93,9 +92,7 @@ class ServerGenerator(Generator):
 
     def __init__(self, endpoint, system_prompt: str | None = None, batch_size: int = 16) -> None:
         self.endpoint, self.system_prompt, self.batch_size = endpoint, system_prompt, batch_size
-        self.label = f"server {endpoint.base_url}" + (f" ({endpoint.model})" if endpoint.model else "")
 
     def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        conversations = [[*system, {"role": "user", "content": i}] for i in instructions]
+        conversations = [chat_messages(i, self.system_prompt) for i in instructions]
         return self.endpoint.chat_many(conversations, max_tokens=max_new_tokens, workers=self.batch_size)

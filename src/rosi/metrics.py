@@ -29,6 +29,10 @@ class Rate:
         lo, hi = self.interval
         return f"{self.value:.1%} [{lo:.1%}, {hi:.1%}] (n={self.n})"
 
+    def to_json(self) -> dict[str, object]:
+        lo, hi = self.interval
+        return {"rate": self.value, "k": self.k, "n": self.n, "ci95": [round(lo, 4), round(hi, 4)]}
+
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for ``k`` successes in ``n`` trials (Wilson 1927):

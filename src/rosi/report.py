@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rosi._fs import atomic_file
+
 HEADLINE = (
-    ("harm_refusal", "harm refusal (HR)", True),
-    ("benign_compliance", "benign compliance (BC)", True),
-    ("over_refusal", "over-refusal (contrast set)", False),
-    ("jailbreak_success", "jailbreak success (ASR)", False),
+    ("harm_refusal", "harm refusal (HR)"),
+    ("benign_compliance", "benign compliance (BC)"),
+    ("over_refusal", "over-refusal (contrast set)"),
+    ("jailbreak_success", "jailbreak success (ASR)"),
 )
 
 
@@ -34,7 +36,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | N
     """(label, base figure, model figure) for every rate of the results, utility included."""
     metrics = results["metrics"]
     base, model = metrics.get("base", {}), metrics["model"]
-    rows = [(label, base.get(key), model.get(key)) for key, label, _ in HEADLINE if key in model or key in base]
+    rows = [(label, base.get(key), model.get(key)) for key, label in HEADLINE if key in model or key in base]
     for task in sorted(set(model.get("utility", {})) | set(base.get("utility", {}))):
         entries = [m.get("utility", {}).get(task, {}) for m in (base, model)]
         # length-normalized accuracy where the task has it (HellaSwag, ARC), as leaderboards report them
@@ -44,19 +46,28 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | N
     return rows
 
 
-def table(results: dict[str, Any]) -> str:
-    """The headline table as aligned text (what ``rosi eval`` prints)."""
+def headline_table(results: dict[str, Any], kl_label: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the headline: every rate (base, model, change) and the KL (which exists
+    only with a base)."""
     has_base = "base" in results["metrics"]
     header = ["metric", "base", "model", "change"] if has_base else ["metric", "model"]
-    lines = [header]
-    for label, b, m in headline_rows(results):
-        lines.append([label, fmt_rate(b), fmt_rate(m), _delta(b, m)] if has_base else [label, fmt_rate(m)])
+    rows = [[label, fmt_rate(b), fmt_rate(m), _delta(b, m)] if has_base else [label, fmt_rate(m)] for label, b, m in headline_rows(results)]
     if "kl" in results:
         k = results["kl"]
-        kl = f"{k['mean']:.4f} [{k['ci95'][0]:.4f}–{k['ci95'][1]:.4f}] n={k['n']}"
-        lines.append(["KL(base || model), first token", "", kl, ""] if has_base else ["KL", kl])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        rows.append([kl_label, "", f"{k['mean']:.4f} [{k['ci95'][0]:.4f}–{k['ci95'][1]:.4f}] n={k['n']}", ""])
+    return header, rows
+
+
+def _aligned(lines: list[list[str]]) -> str:
+    """Rows of cells as left-aligned text columns."""
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The headline table as aligned text (what ``rosi eval`` prints)."""
+    header, rows = headline_table(results, "KL(base || model), first token")
+    return _aligned([header, *rows])
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -67,8 +78,6 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> Path:
     """``OUT/report.md`` (and ``OUT/plots/*.png``); returns the report's path."""
-    from rosi._fs import atomic_file
-
     metrics = results["metrics"]
     roles = [r for r in ("base", "model") if r in metrics]
     lines = [
@@ -83,15 +92,7 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
         "## Headline",
         "",
     ]
-    header = ["metric", *roles] + (["change"] if "base" in roles else [])
-    rows = []
-    for label, b, m in headline_rows(results):
-        rows.append([label, fmt_rate(b), fmt_rate(m), _delta(b, m)] if "base" in roles else [label, fmt_rate(m)])
-    if "kl" in results:
-        k = results["kl"]
-        kl_cells = ["", f"{k['mean']:.4f} [{k['ci95'][0]:.4f}–{k['ci95'][1]:.4f}] n={k['n']}", ""]
-        rows.append(["KL(base ‖ model), first reply token (nats)", *kl_cells[: len(header) - 1]])
-    lines += [_markdown_table(header, rows), ""]
+    lines += [_markdown_table(*headline_table(results, "KL(base ‖ model), first reply token (nats)")), ""]
     tasks = sorted({t for r in roles for t in metrics[r].get("utility", {})})
     if tasks:
         lines += ["## Utility (lm-evaluation-harness, zero-shot)", ""]
@@ -157,6 +158,12 @@ def _plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     roles = [r for r in ("base", "model") if r in metrics]
     files: dict[str, Path] = {}
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        files[name] = folder / f"{name}.png"
+        fig.savefig(files[name], dpi=100)
+        plt.close(fig)
+
     def bars(ax, labels: list[str], key_of) -> None:
         width = 0.8 / len(roles)
         for i, role in enumerate(roles):
@@ -175,35 +182,26 @@ def _plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
         ax.set_ylim(0, 1)
         ax.legend()
 
-    keys = [(k, label) for k, label, _ in HEADLINE if any(k in metrics[r] for r in roles)]
+    keys = [(k, label) for k, label in HEADLINE if any(k in metrics[r] for r in roles)]
     if keys:
         fig, ax = plt.subplots(figsize=(8, 4))
         key_of_label = {label: k for k, label in keys}
         bars(ax, list(key_of_label), lambda role, label: metrics[role].get(key_of_label[label]))
         ax.set_ylabel("rate (95% Wilson interval)")
         ax.set_title("Before and after")
-        fig.tight_layout()
-        files["rates"] = folder / "rates.png"
-        fig.savefig(files["rates"], dpi=100)
-        plt.close(fig)
+        save(fig, "rates")
     groups = sorted({g for r in roles for g in metrics[r].get("harm_refusal", {}).get("groups", {})})
     if groups:
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 4))
         bars(ax, groups, lambda role, g: metrics[role]["harm_refusal"].get("groups", {}).get(g))
         ax.set_ylabel("harm refusal")
-        fig.tight_layout()
-        files["categories"] = folder / "categories.png"
-        fig.savefig(files["categories"], dpi=100)
-        plt.close(fig)
+        save(fig, "categories")
     if "kl" in results and results["kl"].get("values"):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist(results["kl"]["values"], bins=30)
         ax.set_xlabel("KL(base || model), first reply token (nats)")
         ax.set_ylabel("prompts")
-        fig.tight_layout()
-        files["kl"] = folder / "kl.png"
-        fig.savefig(files["kl"], dpi=100)
-        plt.close(fig)
+        save(fig, "kl")
     return files
 
 
@@ -221,6 +219,4 @@ def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A",
         diff = f"{kls[1]['mean'] - kls[0]['mean']:+.4f}" if all(kls) else "–"
         lines.append(["KL(base || model)", *cells, diff])
     info = [f"{n}: {r['models']['model']['spec']} (suite {r['suite']}, judge {r['judge']})" for n, r in zip(names, (a, b), strict=True)]
-    widths = [max(len(row[i]) for row in lines) for i in range(4)]
-    body = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines)
-    return "\n".join(info) + "\n\n" + body
+    return "\n".join(info) + "\n\n" + _aligned(lines)

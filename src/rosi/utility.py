@@ -196,14 +196,9 @@ def pooled_accuracy(out: dict[str, Any], name: str) -> dict[str, Any]:
         k_norm += round((row.get("acc_norm,none") or 0.0) * size)
     if not n:
         raise UtilityError(f"lm-eval returned no accuracy for {name!r}; rosi reports multiple-choice tasks (acc)")
-    entry: dict[str, Any] = {"accuracy": rate_json(Rate(k, n))}
+    entry: dict[str, Any] = {"accuracy": Rate(k, n).to_json()}
     if has_norm:
-        entry["accuracy_norm"] = rate_json(Rate(k_norm, n))
+        entry["accuracy_norm"] = Rate(k_norm, n).to_json()
     if tree.get(name):
         entry["tasks"] = len(leaves(name))
     return entry
-
-
-def rate_json(rate: Rate) -> dict[str, Any]:
-    lo, hi = rate.interval
-    return {"rate": rate.value, "k": rate.k, "n": rate.n, "ci95": [round(lo, 4), round(hi, 4)]}
