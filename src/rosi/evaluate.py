@@ -48,7 +48,7 @@ from rosi.jailbreak import jailbreak_prompts, load_templates
 from rosi.judges import Verdict, make_judge
 from rosi.loading import cpu_has_fast_bf16, load, pick_device
 from rosi.metrics import Mean, Rate, kl_divergence
-from rosi.prompts import PromptSet, load_prompts
+from rosi.prompts import PromptSet, load_prompts, split_lines
 from rosi.report import write_report
 from rosi.utility import PAPER_TASKS, parse_tasks, prepare_local_tasks, run_utility
 
@@ -225,7 +225,7 @@ class GenerationCache:
         self.path = path
         self.replies: dict[tuple[str, str], str] = {}
         if path.exists():
-            for line in path.read_text(encoding="utf-8").split("\n"):
+            for line in split_lines(path.read_text(encoding="utf-8")):
                 try:
                     row = json.loads(line)
                     self.replies[(row["model"], row["key"])] = row["reply"]

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from rosi.prompts import PromptError
+from rosi.prompts import PromptError, split_lines
 
 SLOT = "[INSERT PROMPT HERE]"
 NAME_PLACEHOLDER = "{generator.name}"
@@ -52,7 +52,7 @@ def load_templates(path: str | Path) -> list[Template]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines: U+2028 may sit inside a string
+            rows = [json.loads(line) for line in split_lines(text)]
         else:
             rows = json.loads(text)
             rows = rows if isinstance(rows, list) else [rows]

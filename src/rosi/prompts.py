@@ -85,9 +85,9 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
-            rows: list[object] = [line.strip() for line in _lines(path.read_text(encoding="utf-8"))]
+            rows: list[object] = [line.strip() for line in split_lines(path.read_text(encoding="utf-8"))]
         elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in _lines(path.read_text(encoding="utf-8"))]
+            rows = [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             rows = data if isinstance(data, list) else _only_list(data, path)
@@ -129,7 +129,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
     return _from_rows(rows, "prompt", name=f"xstest:{path.name}:{label}")
 
 
-def _lines(text: str) -> list[str]:
+def split_lines(text: str) -> list[str]:
     """Non-blank lines split at newlines only: ``str.splitlines`` also splits at U+2028 and other
     Unicode separators, which may sit inside a JSON string or a prompt."""
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
@@ -142,7 +142,7 @@ def builtin(kind: str, split: str | None = None) -> PromptSet:
     if split not in (None, "train", "val"):
         raise PromptError(f"built-in split must be train or val, got {split!r}")
     text = resources.files("rosi").joinpath("data", f"{kind}.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in _lines(text)]
+    rows = [json.loads(line) for line in split_lines(text)]
     rows = [r for r in rows if split is None or r["split"] == split]
     return _from_rows(rows, "instruction", name=f"builtin:{kind}" + (f":{split}" if split else ""))
 

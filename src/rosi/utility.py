@@ -23,6 +23,7 @@ from typing import Any
 
 from rosi.errors import RosiError
 from rosi.metrics import Rate
+from rosi.prompts import split_lines
 
 PAPER_TASKS = ("mmlu", "hellaswag", "arc_easy", "arc_challenge", "boolq", "truthfulqa_mc2")
 LOCAL_FILES = {
@@ -31,7 +32,6 @@ LOCAL_FILES = {
     "arc_challenge": "arc/arc-challenge/test.json",
     "hellaswag": "hellaswag/hellaswag_val_sample1000.jsonl",
 }
-_LETTERS = "ABCDEFGH"
 
 
 class UtilityError(RosiError):
@@ -40,7 +40,7 @@ class UtilityError(RosiError):
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        return [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UtilityError(f"{path} is not valid JSONL ({e})") from None
 
