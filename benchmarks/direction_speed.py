@@ -1,8 +1,9 @@
 """Direction extraction and selection cost on the real Qwen2.5-Coder-0.5B-Instruct.
 
-1. Extraction as `rosi run` does it (mean outputs at the post-instruction positions of every
-   layer and of every attention/MLP writer, via hooks, float64 sums) against bare batched forward
-   passes of the decoder over the same prompts. Target: <= 1.15x.
+1. Extraction as `rosi run` does it with its default method (mean outputs at the post-instruction
+   positions of every layer and of every attention/MLP writer, and for `probe` the writers' mean
+   inputs too, via hooks, float64 sums) against bare batched forward passes of the decoder over
+   the same prompts. Target: <= 1.15x.
 2. Selection as `rosi run` does it (first-order screen + exact scores for the best candidates,
    then the edit-effect fallback when none passes the filters) against a naive full
    Arditi grid (3 exact scores for every candidate outside the last 20% of layers): forward
@@ -25,7 +26,7 @@ from _common import timed, write_results
 from rosi import load
 from rosi.activations import forward, mean_outputs
 from rosi.chat import ChatFormat
-from rosi.pipeline import extract
+from rosi.pipeline import DEFAULT_METHOD, INPUT, extract
 from rosi.prompts import builtin
 from rosi.scope import measurable_writers
 from rosi.selection import last_logprobs
@@ -51,11 +52,13 @@ def main() -> int:
     prompts = builtin("harmful", "train").take(args.n_train).instructions + builtin("harmless", "train").take(args.n_train).instructions
     bare_forward(loaded.model, fmt, prompts[: args.batch_size], args.batch_size)  # warm-up
     modules = {f"layer.{i}": m for i, m in enumerate(loaded.architecture.layer_modules(loaded.model))}
-    modules.update(measurable_writers(loaded.model, loaded.architecture.select()))
+    writers = measurable_writers(loaded.model, loaded.architecture.select())
+    modules.update(writers)
+    inputs = {INPUT + name: m for name, m in writers.items()} if DEFAULT_METHOD == "probe" else {}
     bare, extraction = [], []
     for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
         bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
-        extraction.append(timed(mean_outputs, loaded.model, fmt, prompts, n_pos, modules, batch_size=args.batch_size)[1])
+        extraction.append(timed(mean_outputs, loaded.model, fmt, prompts, n_pos, modules, inputs=inputs, batch_size=args.batch_size)[1])
     bare_s, extract_s = statistics.median(bare), statistics.median(extraction)
     print(f"extraction over {len(prompts)} prompts: {extract_s:.1f} s; bare forward passes {bare_s:.1f} s; ratio {extract_s / bare_s:.3f}")
 
@@ -71,6 +74,7 @@ def main() -> int:
         builtin("harmless", "train").take(args.n_train),
         val_harmful=vh,
         val_harmless=vb,
+        method=DEFAULT_METHOD,
         batch_size=args.batch_size,
     ).selection
     assert sel is not None
@@ -90,7 +94,9 @@ def main() -> int:
             "extraction": {
                 "prompts": len(prompts),
                 "positions": n_pos,
+                "method": DEFAULT_METHOD,
                 "hooked_modules": len(modules),
+                "hooked_inputs": len(inputs),
                 "bare_forward_s": [round(x, 2) for x in bare],
                 "extraction_s": [round(x, 2) for x in extraction],
                 "ratio_median": round(extract_s / bare_s, 3),

@@ -6,7 +6,7 @@ import transformers as T
 
 import planted
 from conftest import tiny_model
-from rosi.activations import mean_activations
+from rosi.activations import mean_activations, mean_outputs
 from rosi.chat import ChatFormat, ChatTemplateError
 from rosi.generation import generate
 from rosi.judge import is_refusal, refusal_rate
@@ -50,6 +50,29 @@ def test_mean_activations_equal_a_direct_computation(fmt):
     torch.testing.assert_close(got[:2], (expected / len(prompts))[:2], rtol=1e-5, atol=1e-5)
     for batch_size in (1, 3, 5):
         torch.testing.assert_close(mean_activations(model, fmt, prompts, 2, batch_size=batch_size), got, rtol=1e-6, atol=1e-6)
+
+
+def test_mean_inputs_of_a_writer_equal_a_direct_computation(fmt):
+    """mean_outputs(inputs=...) averages what a module reads, padding-free and batch-size-free."""
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(planted.WORDS))
+    prompts = planted.HARMFUL + planted.HARMLESS
+    down = model.model.layers[1].mlp.down_proj
+    seen = []
+    handle = down.register_forward_pre_hook(lambda m, args: seen.append(args[0][0, -2:, :].double()))
+    for prompt in prompts:  # one at a time: no padding at all
+        ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            model(input_ids=ids)
+    handle.remove()
+    expected = torch.stack(seen).mean(dim=0)
+    for batch_size in (1, 4, 12):
+        got = mean_outputs(model, fmt, prompts, 2, {"out": down}, inputs={"in": down}, batch_size=batch_size)
+        assert got["in"].shape == (2, down.in_features) and got["out"].shape == (2, down.out_features)
+        torch.testing.assert_close(got["in"], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["out"], expected @ down.weight.double().T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="used for an output and an input"):
+        mean_outputs(model, fmt, prompts, 2, {"x": down}, inputs={"x": down})
 
 
 def test_last_layer_mean_matches_the_pre_norm_stream(fmt):

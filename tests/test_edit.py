@@ -179,3 +179,59 @@ def test_direction_of_the_wrong_size_is_refused():
 def test_unknown_target_is_refused():
     with pytest.raises(EditError, match="unknown edit target"):
         apply_edit(tiny_model("llama"), random_direction(), "rosi", 1.0, targets=("lm_head",))
+
+
+def _reads(model, seed=5):
+    amap = architecture_map(model)
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(seed)
+    return {
+        w.name: torch.randn(w.layout.as_out_in(params[w.name]).shape[-1], generator=g)
+        for w in amap.writers
+        if w.kind in (WriterKind.ATTENTION, WriterKind.MLP)
+    }
+
+
+def test_probe_edit_adds_k_times_the_read_along_the_direction_and_reverts():
+    model = tiny_model("llama")
+    amap = architecture_map(model)
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    reads = _reads(model)
+    chosen = sorted(reads)[:3]
+    direction = random_direction()
+    x = {n: torch.randn(4, reads[n].numel(), generator=torch.Generator().manual_seed(9)) for n in chosen}
+    ref = {n: _outputs(model, w, x[n]).detach().double() for w in amap.writers if (n := w.name) in chosen}
+    record = apply_edit(model, direction, "probe", 1.5, writers=chosen, reads=reads, keep_originals=True)
+    assert [m.name for m in record.matrices] == [w.name for w in amap.writers if w.name in chosen]
+    s = direction.unit.double()
+    for w in amap.writers:
+        if w.name not in chosen:
+            assert torch.equal(params[w.name], before[w.name])
+            continue
+        expected = ref[w.name] + 1.5 * (x[w.name].double() @ reads[w.name].double())[:, None] * s
+        torch.testing.assert_close(_outputs(model, w, x[w.name]).double(), expected, rtol=1e-5, atol=1e-5)
+    revert_edit(model, record)
+    assert all(torch.equal(p, before[n]) for n, p in params.items())
+    # without kept originals the saved record reverts arithmetically
+    record = apply_edit(model, direction, "probe", 1.5, reads={n: reads[n] for n in chosen})
+    assert len(record.matrices) == 3  # the writers default to those with a read-out
+    revert_edit(model, record)
+    for n, p in params.items():
+        torch.testing.assert_close(p, before[n], rtol=0, atol=1e-6)
+
+
+def test_probe_edit_needs_fitting_reads():
+    model = tiny_model("llama")
+    reads = _reads(model)
+    name = sorted(reads)[0]
+    with pytest.raises(EditError, match="reads="):
+        apply_edit(model, random_direction(), "probe", 1.0)
+    with pytest.raises(EditError, match="no read-out vector"):
+        apply_edit(model, random_direction(), "probe", 1.0, writers=sorted(reads)[:2], reads={name: reads[name]})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bad = dict(reads)
+    bad[sorted(reads)[-1]] = torch.ones(reads[sorted(reads)[-1]].numel() + 1)
+    with pytest.raises(EditError, match="does not fit"):
+        apply_edit(model, random_direction(), "probe", 1.0, reads=bad)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing half-edited

@@ -38,3 +38,30 @@ def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):
     assert saved["strength"] == report.strength > 0 and saved["selection_cost"]["scored_exactly"] >= 1
     choice = saved["writers"]["scale"]
     assert choice["scope"] == "selective" and 0 < len(choice["writers"]) < 48  # a subset of the 48 attention/MLP writers
+
+
+def test_probe_edit_raises_harmful_refusal_on_the_real_model(tmp_path):
+    """The probe form, pinned to the layer `rosi run` selects on this model (14, last token), at k 2."""
+    loaded = load("pypi:qwen2.5-coder-0.5b-instruct", device="cpu")
+    report = run(
+        loaded,
+        tmp_path / "out",
+        harmful=builtin("harmful", "train").take(32),
+        harmless=builtin("harmless", "train").take(32),
+        val_harmful=builtin("harmful", "val").take(20),
+        val_harmless=builtin("harmless", "val").take(20),
+        method="probe",
+        strength=2.0,
+        layer=14,
+        position=-1,
+        compare_rosi=False,
+        new_tokens=24,
+        batch_size=20,
+        progress=False,
+    )
+    base, edited = report.rates[0], report.rates[-1]
+    assert edited.label.startswith("probe k=2, 26 writers")  # the writers of layers 6-18
+    assert edited.harmful > base.harmful
+    assert edited.harmless <= base.harmless + 0.15
+    saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
+    assert saved["writers"]["probe"]["note"].startswith("26 writers of the middle layers")

@@ -7,13 +7,15 @@ import torch
 import transformers as T
 
 import planted
-from rosi import Direction
+from rosi import Direction, apply_edit, revert_edit
+from rosi.chat import ChatFormat
 from rosi.cli import main
 from rosi.edit import EditRecord
 from rosi.errors import RosiError
 from rosi.loading import LoadedModel, ModelSource
 from rosi.pipeline import choose_strength, choose_writers, extract, run
 from rosi.prompts import PromptSet
+from rosi.selection import last_logprobs, refusal_log_odds, refusal_token_ids
 
 
 @pytest.fixture
@@ -55,6 +57,46 @@ def test_selective_scope_keeps_the_one_writer_that_carries_the_signal(loaded):
     assert choose_writers(model, ex, "scale", "all").writers is None
     with pytest.raises(RosiError, match="unknown scope"):
         choose_writers(model, ex, "scale", "some")
+
+
+def test_probe_edit_raises_refusal_on_harmful_prompts_only(loaded):
+    """The probe reads layer 0's o_proj input (the averaged embeddings, which carry "bomb"): the
+    edit adds k times the gap at the mean harmful input and nothing at the mean harmless one."""
+    model, u = loaded
+    s = sets()
+    ex = extract(model, s["harmful"], s["harmless"], layer=1, position=-1, method="probe", progress=False)
+    choice = choose_writers(model, ex, "probe", "all")
+    assert choice.writers == ["model.layers.0.self_attn.o_proj.weight"] and "left out" in choice.note
+    assert json.dumps(choice.to_json())  # the report form has no tensors
+    fmt = ChatFormat(model.tokenizer)
+    ids = refusal_token_ids(model.tokenizer)
+
+    def log_odds(prompts):
+        return refusal_log_odds(last_logprobs(model.model, fmt, prompts.instructions, 6), ids)
+
+    base_h, base_b = log_odds(s["harmful"]), log_odds(s["harmless"])
+    record = apply_edit(model.model, ex.direction, "probe", 2.0, writers=choice.writers, reads=choice.reads, keep_originals=True)
+    after_h, after_b = log_odds(s["harmful"]), log_odds(s["harmless"])
+    revert_edit(model.model, record)
+    assert float((after_h - base_h).mean()) > 1.0
+    # zero at the harmless *mean* input: single harmless prompts move both ways, on average little
+    assert abs(float((after_b - base_b).mean())) < 0.1 * float((after_h - base_h).mean())
+    with pytest.raises(RosiError, match="mean inputs"):
+        choose_writers(model, extract(model, s["harmful"], s["harmless"], layer=1, position=-1, progress=False), "probe", "all")
+    with pytest.raises(RosiError, match="no writer"):  # the planted model's middle layers write nothing
+        choose_writers(model, ex, "probe", "selective")
+
+
+def test_run_with_the_probe_method_saves_its_reads(loaded, tmp_path):
+    model, u = loaded
+    report = run(model, tmp_path / "out", **sets(), method="probe", scope="all", new_tokens=4, progress=False)
+    saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
+    assert saved["method"] == "probe" and saved["writers"]["probe"]["writers"] == ["model.layers.0.self_attn.o_proj.weight"]
+    assert [r["label"].split()[0] for r in saved["rates"]] == ["base", "probe", "rosi"]
+    record = EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors")
+    assert (record.method, record.strength) == ("probe", report.strength)
+    reads = report.writers["probe"].reads
+    torch.testing.assert_close(record.matrices[0].right, report.strength * reads[record.matrices[0].name])
 
 
 def test_strength_search_respects_the_harmless_budget(loaded):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rosi.rank_one import RIGHT_FACTORS, edited_weight, unit
+from rosi.rank_one import RIGHT_FACTORS, edited_weight, probe_read, unit
 
 
 @pytest.fixture
@@ -63,3 +63,29 @@ def test_update_is_rank_one(data):
 def test_unit_refuses_degenerate_vectors(bad):
     with pytest.raises(ValueError):
         unit(bad)
+
+
+def test_probe_read_is_zero_on_the_harmless_mean_and_one_on_the_harmful_mean():
+    g = torch.Generator().manual_seed(3)
+    h, b = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+    u = probe_read(h, b).double()
+    torch.testing.assert_close(u @ b, torch.tensor(0.0, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(u @ h, torch.tensor(1.0, dtype=torch.float64), atol=1e-6, rtol=0)
+    # the shortest such vector lies in span{h, b}: nothing of it is orthogonal to both
+    basis, _ = torch.linalg.qr(torch.stack([h, b], dim=1))
+    torch.testing.assert_close(basis @ (basis.T @ u), u, atol=1e-6, rtol=0)
+    # W + k outer(s, u) adds k s at the harmful mean input and nothing at the harmless one
+    W = torch.randn(16, 40, generator=g, dtype=torch.float64)
+    s = torch.randn(16, generator=g, dtype=torch.float64)
+    s = s / s.norm()
+    new = W + 2.5 * torch.outer(s, u)
+    torch.testing.assert_close(new @ h - W @ h, 2.5 * s, atol=1e-6, rtol=0)
+    torch.testing.assert_close(new @ b, W @ b, atol=1e-6, rtol=0)
+
+
+def test_probe_read_refuses_inputs_that_do_not_separate():
+    h = torch.randn(8)
+    with pytest.raises(ValueError, match="parallel"):
+        probe_read(h, 3 * h)
+    with pytest.raises(ValueError, match="parallel"):
+        probe_read(torch.zeros(8), torch.zeros(8))

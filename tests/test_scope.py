@@ -8,7 +8,16 @@ from rosi import Direction, apply_edit
 from rosi.architecture import architecture_map
 from rosi.edit import EditRecord, revert_edit
 from rosi.errors import EditError, RosiError
-from rosi.scope import WriterSignal, measurable_writers, module_biases, readout, select_writers, writer_signals
+from rosi.scope import (
+    WriterSignal,
+    measurable_writers,
+    module_biases,
+    probe_reads,
+    probe_writers,
+    readout,
+    select_writers,
+    writer_signals,
+)
 
 
 @pytest.mark.parametrize("arch_name", ["qwen2", "gpt2", "qwen2_moe"])
@@ -81,3 +90,28 @@ def test_apply_edit_to_a_subset_records_it_and_reverts(tmp_path):
         torch.testing.assert_close(p, original[n], rtol=0, atol=1e-6)
     with pytest.raises(EditError, match="not a residual writer"):
         apply_edit(model, Direction(torch.ones(32)), "scale", 1.0, writers=["model.embed_tokens.weight"])
+
+
+def test_probe_writers_are_the_measurable_writers_of_the_middle_layers():
+    model = tiny_model("qwen2_moe")  # fused experts are not measurable: never probed
+    amap = architecture_map(model)
+    names = probe_writers(amap.select(), 4, (0.25, 0.8))
+    layers = {w.name: w.layer for w in amap.writers}
+    assert names and {layers[n] for n in names} == {1, 2}
+    assert all(w.kind.value in ("attention", "mlp") for w in amap.writers if w.name in names)
+    with pytest.raises(RosiError, match="select no layer"):
+        probe_writers(amap.select(), 4, (0.9, 0.95))
+
+
+def test_probe_reads_share_the_gap_among_the_writers_that_separate():
+    g = torch.Generator().manual_seed(4)
+    h = {n: torch.randn(12, generator=g) for n in "abc"}
+    b = {n: torch.randn(12, generator=g) for n in "abc"}
+    b["c"] = 2 * h["c"]  # c's inputs do not separate: left out
+    reads = probe_reads(["a", "b", "c"], h, b, gap=3.0)
+    assert sorted(reads) == ["a", "b"]
+    # summed over the kept writers, k = 1 adds the gap at the mean harmful input and 0 at the harmless one
+    assert sum(float(reads[n] @ h[n]) for n in reads) == pytest.approx(3.0, rel=1e-5)
+    assert sum(float(reads[n] @ b[n]) for n in reads) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(RosiError, match="method scale"):
+        probe_reads(["c"], h, b, gap=3.0)

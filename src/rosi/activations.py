@@ -51,32 +51,52 @@ def mean_outputs(
     n_positions: int,
     modules: Mapping[str, nn.Module],
     *,
+    inputs: Mapping[str, nn.Module] | None = None,
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "activations",
 ) -> dict[str, torch.Tensor]:
     """float64 ``[n_positions, hidden]`` per named module: the mean of its output at each of the
-    last ``n_positions`` prompt tokens. One pass over the prompts serves every module."""
+    last ``n_positions`` prompt tokens; for the modules named in ``inputs`` (names must differ
+    from those in ``modules``), the mean of their input instead. One pass over the prompts
+    serves every module."""
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
     suffix = fmt.post_instruction_ids()
 
+    inputs = inputs or {}
+    clash = set(inputs) & set(modules)
+    if clash:
+        raise ValueError(f"name {sorted(clash)[0]!r} is used for an output and an input")
+
+    def add(name: str, value: torch.Tensor) -> None:
+        part = value[:, -n_positions:, :].to(torch.float64).sum(dim=0)
+        sums[name] = part if name not in sums else sums[name] + part
+
     def keep(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
-            part = layer_output(output)[:, -n_positions:, :].to(torch.float64).sum(dim=0)
-            sums[name] = part if name not in sums else sums[name] + part
+            add(name, layer_output(output))
 
         return hook
 
-    with hooks([(module, keep(name)) for name, module in modules.items()]):
+    def keep_input(name: str):
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            add(name, args[0])
+
+        return hook
+
+    with (
+        hooks([(module, keep(name)) for name, module in modules.items()]),
+        hooks([(module, keep_input(name)) for name, module in inputs.items()], pre=True),
+    ):
         n_batches = -(-len(instructions) // batch_size)
         for batch in tqdm(fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress):
             check_suffix(batch, suffix[-n_positions:])
             forward(model.base_model, batch)
-    missing = [name for name in modules if name not in sums]
+    missing = [name for name in (*modules, *inputs) if name not in sums]
     if missing:
         raise RuntimeError(f"module {missing[0]!r} never ran in the forward pass")
-    return {name: (sums[name] / len(instructions)).cpu() for name in modules}
+    return {name: (sums[name] / len(instructions)).cpu() for name in (*modules, *inputs)}
 
 
 def mean_activations(

@@ -15,7 +15,7 @@ from rosi import __version__
 from rosi.architecture import DEFAULT_TARGETS, TARGETS
 from rosi.errors import RosiError
 from rosi.packaged import PACKAGED
-from rosi.pipeline import DEFAULT_BUDGET
+from rosi.pipeline import DEFAULT_BUDGET, DEFAULT_METHOD
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +168,13 @@ def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> 
         if for_direction
         else None,
     )
-    g.add_argument("--method", choices=("scale", "rosi"), default="scale", help="edit form (default: scale, the best measured trade-off)")
+    g.add_argument(
+        "--method",
+        choices=("probe", "scale", "rosi"),
+        default=DEFAULT_METHOD,
+        help="edit form: probe (reads each writer's input with a harmful-vs-harmless read-out), scale (amplifies the direction's "
+        "component) or rosi (the paper's Eq. 6) (default: %(default)s, the best measured trade-off)",
+    )
     g.add_argument(
         "--scope",
         choices=("selective", "all"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +24,9 @@ from rosi._fs import atomic_file
 from rosi.architecture import DEFAULT_TARGETS, Layout, ResidualWriter, WriterKind, architecture_map
 from rosi.direction import Direction
 from rosi.errors import EditError
-from rosi.rank_one import RIGHT_FACTORS, add_in_place, edit_in_place
+from rosi.rank_one import READ_METHODS, RIGHT_FACTORS, add_in_place, edit_in_place
 
-METHODS = tuple(RIGHT_FACTORS)
+METHODS = (*RIGHT_FACTORS, *READ_METHODS)
 RECORD_FORMAT = "rosi-edit/1"
 
 
@@ -119,7 +119,7 @@ class EditRecord:
 
 
 def check_strength(method: str, strength: float) -> float:
-    if method not in RIGHT_FACTORS:
+    if method not in METHODS:
         raise EditError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     try:
         value = float(strength)
@@ -147,13 +147,17 @@ def apply_edit(
     writers: Collection[str] | None = None,
     untie_embeddings: bool = False,
     keep_originals: bool = False,
+    reads: Mapping[str, torch.Tensor] | None = None,
     progress: bool = False,
 ) -> EditRecord:
     """Edit ``model`` in place and return the record of what changed.
 
-    ``strength`` is ``alpha`` for ``rosi`` and ``ablate`` and ``beta`` for ``scale``.
-    ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter names, e.g.
-    from :func:`rosi.scope.select_writers`) narrows that choice to a subset.
+    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for
+    ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
+    names, e.g. from :func:`rosi.scope.select_writers`) narrows that choice to a subset.
+    ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
+    see :func:`rosi.probe.probe_reads`); it edits exactly those writers unless ``writers`` says
+    otherwise, each by ``W + k * outer(s_hat, read)``.
     ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
     :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
     """
@@ -164,6 +168,16 @@ def apply_edit(
         chosen = arch.select(tuple(targets), None if layers is None else tuple(layers))
     except ValueError as e:
         raise EditError(str(e)) from None
+    if method in READ_METHODS:
+        if not reads:
+            raise EditError(
+                f"method {method!r} reads each matrix's input with a vector measured on prompts; pass reads= (`rosi run` measures them)"
+            )
+        if writers is None:
+            writers = list(reads)
+        missing = sorted(set(writers) - set(reads))
+        if missing:
+            raise EditError(f"method {method!r} has no read-out vector for {missing[0]!r}")
     if writers is not None:
         wanted = set(writers)
         unknown = sorted(wanted - {w.name for w in chosen})
@@ -194,6 +208,13 @@ def apply_edit(
             stacklevel=3,  # past torch.no_grad's wrapper, to the caller
         )
     params = dict(model.named_parameters(remove_duplicate=False))
+    if method in READ_METHODS:  # check every read-out before changing any weight
+        for w in chosen:
+            shape = w.layout.as_out_in(params[w.name]).shape
+            if len(shape) != 2 or tuple(reads[w.name].shape) != tuple(shape[1:]):  # type: ignore[index]
+                raise EditError(
+                    f"{w.name}: read-out vector of shape {tuple(reads[w.name].shape)} does not fit a matrix of shape {tuple(shape)}"  # type: ignore[index]
+                )
     s_hat = direction.unit
     originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
     matrices = []
@@ -201,7 +222,10 @@ def apply_edit(
         param = params[w.name]
         if originals is not None:
             originals[w.name] = param.detach().to("cpu", copy=True)
-        right = _edit_parameter(param, w, s_hat, method, strength)
+        if method in READ_METHODS:
+            right = _add_to_parameter(param, w, s_hat, strength * reads[w.name].to(torch.float32))  # type: ignore[index]
+        else:
+            right = _edit_parameter(param, w, s_hat, method, strength)
         matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
     return EditRecord(
         method=method,
@@ -219,6 +243,11 @@ def apply_edit(
 def _edit_parameter(param: nn.Parameter, writer: ResidualWriter, s_hat: torch.Tensor, method: str, strength: float) -> torch.Tensor:
     weight = writer.layout.as_out_in(param.detach())  # a view of the stored tensor
     return edit_in_place(weight, s_hat.to(param.device), method, strength).to("cpu")
+
+
+def _add_to_parameter(param: nn.Parameter, writer: ResidualWriter, s_hat: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    add_in_place(writer.layout.as_out_in(param.detach()), s_hat.to(param.device), right.to(param.device))
+    return right.cpu()
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,31 @@ from rosi.generation import DEFAULT_NEW_TOKENS, generate
 from rosi.judge import refusal_rate
 from rosi.loading import LoadedModel
 from rosi.prompts import PromptSet
-from rosi.scope import DEFAULT_RATIO, DEFAULT_SCOPE, SCOPES, measurable_writers, module_biases, readout, select_writers, writer_signals
+from rosi.scope import (
+    DEFAULT_RATIO,
+    DEFAULT_SCOPE,
+    SCOPES,
+    measurable_writers,
+    module_biases,
+    probe_reads,
+    probe_writers,
+    readout,
+    select_writers,
+    writer_signals,
+)
 from rosi.selection import Selection, select_direction
 
 # Strength grids for the search, smallest first.
-STRENGTH_GRIDS = {"scale": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0), "rosi": (12.5, 25.0, 50.0, 100.0, 200.0)}
+STRENGTH_GRIDS = {
+    "probe": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+    "scale": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
+    "rosi": (12.5, 25.0, 50.0, 100.0, 200.0),
+}
 DEFAULT_METHOD = "scale"  # measured best trade-off on Qwen2.5-Coder-0.5B-Instruct (see README)
 DEFAULT_BUDGET = 0.10  # allowed rise of refusal on harmless validation prompts during the search
 # Strength at which the selection fallback scores a candidate's edit effect (mid-grid).
-EFFECT_STRENGTH = {"scale": 2.0, "rosi": 50.0}
+STRENGTH_NAMES = {"probe": "k", "scale": "beta", "rosi": "alpha"}
+EFFECT_STRENGTH = {"probe": 2.0, "scale": 2.0, "rosi": 50.0}
 SEARCH_TOKENS = 8  # reply length judged during the strength search ("I'm sorry, but I can't")
 
 
@@ -44,6 +60,9 @@ class Extraction:
     # Mean output of each measurable residual writer at the direction's position, per prompt
     # set (gathered in the same forward passes), for choosing which writers to edit.
     writer_means: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = field(default_factory=lambda: ({}, {}))
+    # Mean input of each measurable writer at the direction's position (harmful, harmless), for
+    # the probe method's read-outs; gathered only when the method is probe.
+    input_means: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = field(default_factory=lambda: ({}, {}))
 
 
 def extract(
@@ -80,8 +99,10 @@ def extract(
     model = loaded.model
     arch = loaded.architecture
     modules = {f"layer.{i}": m for i, m in enumerate(arch.layer_modules(model))}
-    modules.update(measurable_writers(model, arch.select()))
-    kw = dict(batch_size=batch_size, progress=progress)
+    writers = measurable_writers(model, arch.select())
+    modules.update(writers)
+    inputs = {INPUT + name: m for name, m in writers.items()} if method == "probe" else {}
+    kw = dict(inputs=inputs, batch_size=batch_size, progress=progress)
     out_h = mean_outputs(model, fmt, harmful.instructions, n_pos, modules, desc="rosi: harmful activations", **kw)
     out_b = mean_outputs(model, fmt, harmless.instructions, n_pos, modules, desc="rosi: harmless activations", **kw)
     means_h = torch.stack([out_h[f"layer.{i}"] for i in range(n_layers)])
@@ -94,10 +115,20 @@ def extract(
         @contextmanager
         def edit(layer: int, position: int, vector: torch.Tensor) -> Iterator[None]:
             direction = Direction(vector.float(), layer=layer, position=str(position))
+            at = position + n_pos
             choice = writer_choice(
-                loaded, direction.unit, _writer_means(out_h, position + n_pos), _writer_means(out_b, position + n_pos), method, scope, ratio
+                loaded,
+                direction,
+                _writer_means(out_h, at),
+                _writer_means(out_b, at),
+                method,
+                scope,
+                ratio,
+                inputs=(_input_means(out_h, at), _input_means(out_b, at)),
             )
-            record = apply_edit(model, direction, method, EFFECT_STRENGTH[method], writers=choice.writers, keep_originals=True)
+            record = apply_edit(
+                model, direction, method, EFFECT_STRENGTH[method], writers=choice.writers, reads=choice.reads, keep_originals=True
+            )
             try:
                 yield
             finally:
@@ -135,13 +166,24 @@ def extract(
     if system_prompt:
         metadata["system_prompt"] = system_prompt
     direction = Direction(vector, layer=layer, position=str(position), model=loaded.source.spec, metadata=metadata)
-    writer_means = (_writer_means(out_h, position + n_pos), _writer_means(out_b, position + n_pos))
-    return Extraction(direction, selection, round(time.perf_counter() - started, 2), writer_means)
+    at = position + n_pos
+    writer_means = (_writer_means(out_h, at), _writer_means(out_b, at))
+    input_means = (_input_means(out_h, at), _input_means(out_b, at))
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2), writer_means, input_means)
+
+
+INPUT = "input:"  # key prefix of writer inputs in a mean_outputs result
 
 
 def _writer_means(out: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-    """The writers' entries of a :func:`mean_outputs` result (layers are keyed ``layer.N``), at one position."""
-    return {k: v[index] for k, v in out.items() if not k.startswith("layer.")}
+    """The writers' output entries of a :func:`mean_outputs` result (layers are keyed ``layer.N``,
+    inputs ``input:NAME``), at one position."""
+    return {k: v[index] for k, v in out.items() if not k.startswith(("layer.", INPUT))}
+
+
+def _input_means(out: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """The writers' input entries of a :func:`mean_outputs` result, by writer name, at one position."""
+    return {k[len(INPUT) :]: v[index] for k, v in out.items() if k.startswith(INPUT)}
 
 
 @dataclass
@@ -153,29 +195,51 @@ class WriterChoice:
     writers: list[str] | None  # parameter names; None: every writer of the default targets
     signals: list[dict[str, object]] = field(default_factory=list)
     note: str = ""
+    # probe only: the read-out vector of each edited writer (not part of the JSON report).
+    reads: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reads"}
 
 
 def choose_writers(loaded: LoadedModel, extraction: Extraction, method: str, scope: str, ratio: float = DEFAULT_RATIO) -> WriterChoice:
     """The writers ``method`` edits for the extracted direction."""
-    return writer_choice(loaded, extraction.direction.unit, *extraction.writer_means, method, scope, ratio)
+    return writer_choice(loaded, extraction.direction, *extraction.writer_means, method, scope, ratio, inputs=extraction.input_means)
 
 
 def writer_choice(
     loaded: LoadedModel,
-    s_hat: torch.Tensor,
+    direction: Direction,
     means_harmful: dict[str, torch.Tensor],
     means_harmless: dict[str, torch.Tensor],
     method: str,
     scope: str,
     ratio: float = DEFAULT_RATIO,
+    *,
+    inputs: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> WriterChoice:
     """All writers, or those :func:`rosi.scope.select_writers` keeps, given the mean writer
-    outputs at the direction's position."""
+    outputs at the direction's position. For ``probe``: the writers of the middle layers (every
+    measurable writer with scope ``all``) with their read-outs from the mean writer inputs."""
     if scope not in SCOPES:
         raise RosiError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    writers = loaded.architecture.select()
+    if method == "probe":
+        if not inputs or not inputs[0]:
+            raise RosiError("the probe method needs the writers' mean inputs: extract the direction with method='probe'")
+        if scope == "all":
+            names = [w.name for w in writers if w.name in inputs[0]]
+            note = f"all {len(names)} measurable writers"
+        else:
+            names = probe_writers(writers, loaded.architecture.num_layers)
+            note = f"{len(names)} writers of the middle layers"
+        reads = probe_reads(names, *inputs, gap=float(direction.vector.float().norm()))
+        if len(reads) < len(names):
+            note += f", {len(names) - len(reads)} left out (their input does not separate the prompts)"
+        return WriterChoice(scope, None, list(reads), note=note, reads=reads)
     if scope == "all":
         return WriterChoice("all", None, None)
-    writers = loaded.architecture.select()
+    s_hat = direction.unit
     modules = measurable_writers(loaded.model, writers)
     signals = writer_signals(writers, means_harmful, means_harmless, readout(method, s_hat), module_biases(modules))
     kept = set(select_writers(signals, ratio))
@@ -216,6 +280,7 @@ def choose_strength(
     search_tokens: int = SEARCH_TOKENS,
     base_rates: tuple[float, float] | None = None,
     writers: list[str] | None = None,
+    reads: dict[str, torch.Tensor] | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> StrengthSearch:
@@ -236,7 +301,7 @@ def choose_strength(
         )
 
     def measure(strength: float) -> dict[str, float]:
-        record = apply_edit(loaded.model, direction, method, strength, writers=writers, keep_originals=True)
+        record = apply_edit(loaded.model, direction, method, strength, writers=writers, reads=reads, keep_originals=True)
         try:
             row = {
                 "strength": strength,
@@ -329,7 +394,11 @@ class RunReport:
     new_tokens: int
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["writers"] = {m: c.to_json() for m, c in self.writers.items()}
+        out["rates"] = [asdict(r) for r in self.rates]
+        out["strength_searches"] = [asdict(s) for s in self.strength_searches]
+        return out
 
     def table(self) -> str:
         lines = [f"{'':44} {'harmful refused':>16} {'harmless refused':>17}"]
@@ -414,6 +483,7 @@ def run(
             budget=budget,
             base_rates=base_rates,
             writers=choices[m].writers,
+            reads=choices[m].reads,
             batch_size=batch_size,
             progress=progress,
         )
@@ -427,8 +497,10 @@ def run(
     rates = [refusal_rates(loaded, "base model", val_harmful, val_harmless, **kw)[0]]
     record = None
     for m in reversed(methods):  # the chosen method last, so that it stays applied
-        record = apply_edit(loaded.model, direction, m, strengths[m], writers=choices[m].writers, keep_originals=(m != method))
-        name = "alpha" if m == "rosi" else "beta"
+        record = apply_edit(
+            loaded.model, direction, m, strengths[m], writers=choices[m].writers, reads=choices[m].reads, keep_originals=(m != method)
+        )
+        name = STRENGTH_NAMES[m]
         n_edited = len(record.matrices)
         label = f"{m} {name}={strengths[m]:g}, {n_edited} writers" + (" (paper's form)" if m != method else "")
         rates.insert(1, refusal_rates(loaded, label, val_harmful, val_harmless, **kw)[0])

@@ -13,10 +13,16 @@ method      right factor ``r``           what it does to the matrix
 ``rosi``    ``alpha * mean_rows(W)``     paper Eq. 6: ``W + alpha s_hat w_bar^T``
 ``scale``   ``beta * s_hat^T W``         ``(I + beta s s^T) W``: amplify the s-part
 ``ablate``  ``-alpha * s_hat^T W``       ``(I - s s^T) W`` at 1: abliteration
+``probe``   ``k * u``                    ``W + k s_hat u^T``: a read-out ``u`` of the input
 ==========  ===========================  ==========================================
 
 For an input ``x`` the ``rosi`` edit adds ``alpha * (w_bar . x) * s_hat`` to the output:
 ``w_bar . x`` is the mean coordinate of ``W x``.
+
+The ``probe`` edit reads the matrix's *input* with a vector ``u`` measured on prompts
+(:func:`probe_read`): ``u . x`` is 0 at the mean input of harmless prompts and 1 at the mean
+input of harmful ones, so the edit adds about ``k * s_hat`` where the input looks harmful and
+about nothing where it looks harmless. ``u`` does not depend on ``W``; it is part of the edit.
 
 All functions accept a stack of matrices ``[..., out, in]`` (fused expert weights) and then
 return one right factor per matrix, ``[..., in]``. Callers pass float32 tensors.
@@ -60,6 +66,24 @@ RIGHT_FACTORS: dict[str, RightFactor] = {
     "scale": scale_factor,
     "ablate": ablate_factor,
 }
+# Methods whose right factor is a measured read-out vector, not a function of ``W``.
+READ_METHODS = ("probe",)
+
+
+def probe_read(mean_harmful: torch.Tensor, mean_harmless: torch.Tensor) -> torch.Tensor:
+    """The read-out ``u`` of a matrix's input with ``u . mean_harmless = 0`` and
+    ``u . mean_harmful = 1``: the difference of the two mean inputs, made orthogonal to the
+    harmless mean, divided by its squared norm. (The shortest such ``u``.)"""
+    h = mean_harmful.detach().to(torch.float64)
+    b = mean_harmless.detach().to(torch.float64)
+    d = h - b
+    bb = b @ b
+    if bb > 0:
+        d = d - (d @ b) / bb * b
+    dd = d @ d
+    if not torch.isfinite(dd) or dd <= 1e-12 * max(float(h @ h), 1e-30):
+        raise ValueError("harmful and harmless mean inputs are parallel: the matrix's input does not tell them apart")
+    return (d / dd).to(torch.float32)
 
 
 def rank_one_update(s_hat: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

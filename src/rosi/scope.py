@@ -11,10 +11,18 @@ ones pushes both towards refusal alike, and that is where over-refusal comes fro
 the same forward passes as the direction itself) and gives each writer's mean ``u . y`` on
 harmful and harmless prompts. :func:`select_writers` keeps the writers whose signal is higher
 on harmful prompts and small on harmless ones: ``harmless <= ratio * (harmful - harmless)``.
+
+The ``probe`` method is selective by construction: each writer's read-out ``u`` is measured so
+that ``u . x`` is 0 at the mean harmless input and 1 at the mean harmful one
+(:func:`rosi.rank_one.probe_read`). :func:`probe_writers` picks the writers it edits (the middle
+of the model, where the refusal direction forms) and :func:`probe_reads` scales their read-outs
+so that strength ``k`` adds, summed over those writers, ``k`` times the harmful-minus-harmless
+gap of the direction at the mean harmful input.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -23,12 +31,16 @@ from torch import nn
 
 from rosi.architecture import ResidualWriter, WriterKind
 from rosi.errors import RosiError
+from rosi.rank_one import probe_read
 
 SCOPES = ("selective", "all")
 DEFAULT_SCOPE = "selective"
 DEFAULT_RATIO = 0.25
 # Writer kinds whose module returns the writer's own output as [batch, seq, hidden].
 MEASURABLE = (WriterKind.ATTENTION, WriterKind.MLP)
+# The probe method edits the writers of layers [lo, hi) as fractions of the depth: the layers the
+# direction selection searches, where harmful and harmless inputs already differ.
+PROBE_LAYERS = (0.25, 0.8)
 
 
 @dataclass(frozen=True)
@@ -101,3 +113,29 @@ def select_writers(signals: list[WriterSignal], ratio: float = DEFAULT_RATIO) ->
     if not ratio >= 0:
         raise RosiError(f"the writer ratio must be >= 0, got {ratio}")
     return [s.name for s in signals if s.gap > 0 and s.harmless <= ratio * s.gap]
+
+
+def probe_writers(writers: list[ResidualWriter], n_layers: int, layers: tuple[float, float] = PROBE_LAYERS) -> list[str]:
+    """Names of the measurable writers in layers ``[floor(lo * n), floor(hi * n))``."""
+    lo, hi = math.floor(layers[0] * n_layers), math.floor(layers[1] * n_layers)
+    if not 0 <= lo < hi <= n_layers:
+        raise RosiError(f"probe layers {layers} select no layer of a {n_layers}-layer model")
+    return [w.name for w in writers if w.kind in MEASURABLE and w.layer is not None and lo <= w.layer < hi]
+
+
+def probe_reads(
+    names: list[str], inputs_harmful: Mapping[str, torch.Tensor], inputs_harmless: Mapping[str, torch.Tensor], gap: float
+) -> dict[str, torch.Tensor]:
+    """Read-out vectors for the ``probe`` edit of the writers ``names``: :func:`probe_read` of
+    each writer's mean inputs (at the direction's position), times ``gap / n``, ``n`` the number
+    of writers kept. A writer whose harmful and harmless mean inputs are parallel (nothing to
+    read) is left out."""
+    unit_reads = {}
+    for name in names:
+        try:
+            unit_reads[name] = probe_read(inputs_harmful[name], inputs_harmless[name])
+        except ValueError:
+            continue
+    if not unit_reads:
+        raise RosiError("the probe edit found no writer whose input tells harmful from harmless prompts apart; use --method scale")
+    return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
