@@ -1,6 +1,6 @@
 """Direction extraction and selection cost on the real Qwen2.5-Coder-0.5B-Instruct.
 
-1. Extraction as `rosi run` does it with its default method (mean outputs at the post-instruction
+1. Extraction as `rosi run --method METHOD` does it (mean outputs at the post-instruction
    positions of every layer and of every attention/MLP writer, and for `probe` the writers' mean
    inputs too, via hooks, float64 sums) against bare batched forward passes of the decoder over
    the same prompts. Target: <= 1.15x.
@@ -10,7 +10,7 @@
    passes counted, and seconds (the grid's seconds are its pass count times the measured time of
    one pass; running it in full takes tens of minutes on this CPU).
 
-Run: .venv/bin/python benchmarks/direction_speed.py [--n-train 120] [--n-val 32]
+Run: .venv/bin/python benchmarks/direction_speed.py [--method scale|probe|rosi] [--n-train 120] [--n-val 32]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--n-val", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--method", choices=("scale", "probe", "rosi"), default=DEFAULT_METHOD)
     args = parser.parse_args()
     loaded = load(args.model, device="cpu")
     fmt = ChatFormat(loaded.tokenizer)
@@ -54,7 +55,7 @@ def main() -> int:
     modules = {f"layer.{i}": m for i, m in enumerate(loaded.architecture.layer_modules(loaded.model))}
     writers = measurable_writers(loaded.model, loaded.architecture.select())
     modules.update(writers)
-    inputs = {INPUT + name: m for name, m in writers.items()} if DEFAULT_METHOD == "probe" else {}
+    inputs = {INPUT + name: m for name, m in writers.items()} if args.method == "probe" else {}
     bare, extraction = [], []
     for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
         bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
@@ -74,7 +75,7 @@ def main() -> int:
         builtin("harmless", "train").take(args.n_train),
         val_harmful=vh,
         val_harmless=vb,
-        method=DEFAULT_METHOD,
+        method=args.method,
         batch_size=args.batch_size,
     ).selection
     assert sel is not None
@@ -87,14 +88,14 @@ def main() -> int:
     )
     print(f"chosen: layer {sel.layer}, position {sel.position}")
     path = write_results(
-        "direction_speed",
+        "direction_speed" if args.method == DEFAULT_METHOD else f"direction_speed_{args.method}",
         {
             "model": args.model,
             "batch_size": args.batch_size,
             "extraction": {
                 "prompts": len(prompts),
                 "positions": n_pos,
-                "method": DEFAULT_METHOD,
+                "method": args.method,
                 "hooked_modules": len(modules),
                 "hooked_inputs": len(inputs),
                 "bare_forward_s": [round(x, 2) for x in bare],

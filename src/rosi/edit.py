@@ -156,7 +156,7 @@ def apply_edit(
     ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
     names, e.g. from :func:`rosi.scope.select_writers`) narrows that choice to a subset.
     ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
-    see :func:`rosi.probe.probe_reads`); it edits exactly those writers unless ``writers`` says
+    see :func:`rosi.scope.probe_reads`); it edits exactly those writers unless ``writers`` says
     otherwise, each by ``W + k * outer(s_hat, read)``.
     ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
     :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
