@@ -26,9 +26,8 @@ from _common import timed, write_results
 from rosi import load
 from rosi.activations import forward, mean_outputs
 from rosi.chat import ChatFormat
-from rosi.pipeline import DEFAULT_METHOD, INPUT, extract
+from rosi.pipeline import DEFAULT_METHOD, extract, extraction_modules
 from rosi.prompts import builtin
-from rosi.scope import measurable_writers
 from rosi.selection import last_logprobs
 
 
@@ -52,10 +51,7 @@ def main() -> int:
     n_pos = len(fmt.post_instruction_ids())
     prompts = builtin("harmful", "train").take(args.n_train).instructions + builtin("harmless", "train").take(args.n_train).instructions
     bare_forward(loaded.model, fmt, prompts[: args.batch_size], args.batch_size)  # warm-up
-    modules = {f"layer.{i}": m for i, m in enumerate(loaded.architecture.layer_modules(loaded.model))}
-    writers = measurable_writers(loaded.model, loaded.architecture.select())
-    modules.update(writers)
-    inputs = {INPUT + name: m for name, m in writers.items()} if args.method == "probe" else {}
+    modules, inputs = extraction_modules(loaded, args.method)
     bare, extraction = [], []
     for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
         bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])

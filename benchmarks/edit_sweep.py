@@ -34,7 +34,7 @@ from rosi.generation import generate
 from rosi.judge import refusal_rate
 from rosi.pipeline import choose_writers, extract
 from rosi.prompts import builtin
-from rosi.scope import MEASURABLE, probe_reads
+from rosi.scope import probe_reads, probe_writers
 
 
 def main() -> int:
@@ -72,7 +72,7 @@ def main() -> int:
         reads = choice.reads
         if method == "probe" and "layers" in s:
             lo, hi = s["layers"]
-            names = [w.name for w in loaded.architecture.select() if w.kind in MEASURABLE and lo <= w.layer < hi]
+            names = probe_writers(loaded.architecture.select(), (lo, hi))
             reads = probe_reads(names, *ex.input_means, gap=float(ex.direction.vector.norm()))
         writers = list(reads) if reads is not None else choice.writers
         started = time.perf_counter()

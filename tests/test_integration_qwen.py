@@ -15,19 +15,26 @@ from rosi.prompts import builtin
 pytestmark = pytest.mark.integration
 
 
-def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):
+def _run(out, n_val: int, **options):
+    """`rosi run` on a fresh copy of the real model (run leaves its edit applied), 32 + 32
+    extraction prompts and n_val + n_val validation prompts, without the paper's-form row."""
     loaded = load("pypi:qwen2.5-coder-0.5b-instruct", device="cpu")
-    report = run(
+    return run(
         loaded,
-        tmp_path / "out",
+        out,
         harmful=builtin("harmful", "train").take(32),
         harmless=builtin("harmless", "train").take(32),
-        val_harmful=builtin("harmful", "val").take(24),
-        val_harmless=builtin("harmless", "val").take(24),
+        val_harmful=builtin("harmful", "val").take(n_val),
+        val_harmless=builtin("harmless", "val").take(n_val),
         compare_rosi=False,
-        batch_size=24,
+        batch_size=n_val,
         progress=False,
+        **options,
     )
+
+
+def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):
+    report = _run(tmp_path / "out", 24)
     base, edited = report.rates[0], report.rates[-1]
     assert base.label == "base model" and edited.label.startswith("scale")
     assert edited.harmful > base.harmful
@@ -42,23 +49,7 @@ def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):
 
 def test_probe_edit_raises_harmful_refusal_on_the_real_model(tmp_path):
     """The probe form, pinned to the layer `rosi run` selects on this model (14, last token), at k 2."""
-    loaded = load("pypi:qwen2.5-coder-0.5b-instruct", device="cpu")
-    report = run(
-        loaded,
-        tmp_path / "out",
-        harmful=builtin("harmful", "train").take(32),
-        harmless=builtin("harmless", "train").take(32),
-        val_harmful=builtin("harmful", "val").take(20),
-        val_harmless=builtin("harmless", "val").take(20),
-        method="probe",
-        strength=2.0,
-        layer=14,
-        position=-1,
-        compare_rosi=False,
-        new_tokens=24,
-        batch_size=20,
-        progress=False,
-    )
+    report = _run(tmp_path / "out", 20, method="probe", strength=2.0, layer=14, position=-1, new_tokens=24)
     base, edited = report.rates[0], report.rates[-1]
     assert edited.label.startswith("probe k=2, 26 writers")  # the writers of layers 6-18
     assert edited.harmful > base.harmful

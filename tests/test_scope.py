@@ -12,6 +12,7 @@ from rosi.scope import (
     WriterSignal,
     measurable_writers,
     module_biases,
+    probe_layer_range,
     probe_reads,
     probe_writers,
     readout,
@@ -95,12 +96,12 @@ def test_apply_edit_to_a_subset_records_it_and_reverts(tmp_path):
 def test_probe_writers_are_the_measurable_writers_of_the_middle_layers():
     model = tiny_model("qwen2_moe")  # fused experts are not measurable: never probed
     amap = architecture_map(model)
-    names = probe_writers(amap.select(), 4, (0.25, 0.8))
+    names = probe_writers(amap.select(), probe_layer_range(4, (0.25, 0.8)))
     layers = {w.name: w.layer for w in amap.writers}
     assert names and {layers[n] for n in names} == {1, 2}
     assert all(w.kind.value in ("attention", "mlp") for w in amap.writers if w.name in names)
     with pytest.raises(RosiError, match="select no layer"):
-        probe_writers(amap.select(), 4, (0.9, 0.95))
+        probe_layer_range(4, (0.9, 0.95))
 
 
 def test_probe_reads_share_the_gap_among_the_writers_that_separate():

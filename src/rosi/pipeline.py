@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rosi import __version__
 from rosi._fs import check_output
@@ -30,6 +31,7 @@ from rosi.scope import (
     SCOPES,
     measurable_writers,
     module_biases,
+    probe_layer_range,
     probe_reads,
     probe_writers,
     readout,
@@ -50,6 +52,7 @@ DEFAULT_BUDGET = 0.10  # allowed rise of refusal on harmless validation prompts 
 STRENGTH_NAMES = {"probe": "k", "scale": "beta", "rosi": "alpha"}
 EFFECT_STRENGTH = {"probe": 2.0, "scale": 2.0, "rosi": 50.0}
 SEARCH_TOKENS = 8  # reply length judged during the strength search ("I'm sorry, but I can't")
+INPUT = "input:"  # key prefix of writer inputs in a mean_outputs result
 
 
 @dataclass
@@ -97,11 +100,7 @@ def extract(
     if position is not None and not -n_pos <= position < 0:
         raise RosiError(f"--position {position} is out of range: post-instruction positions are -{n_pos}..-1")
     model = loaded.model
-    arch = loaded.architecture
-    modules = {f"layer.{i}": m for i, m in enumerate(arch.layer_modules(model))}
-    writers = measurable_writers(model, arch.select())
-    modules.update(writers)
-    inputs = {INPUT + name: m for name, m in writers.items()} if method == "probe" else {}
+    modules, inputs = extraction_modules(loaded, method)
     kw = dict(inputs=inputs, batch_size=batch_size, progress=progress)
     out_h = mean_outputs(model, fmt, harmful.instructions, n_pos, modules, desc="rosi: harmful activations", **kw)
     out_b = mean_outputs(model, fmt, harmless.instructions, n_pos, modules, desc="rosi: harmless activations", **kw)
@@ -172,7 +171,16 @@ def extract(
     return Extraction(direction, selection, round(time.perf_counter() - started, 2), writer_means, input_means)
 
 
-INPUT = "input:"  # key prefix of writer inputs in a mean_outputs result
+def extraction_modules(loaded: LoadedModel, method: str) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """What extraction hooks, as :func:`mean_outputs` arguments: the outputs of every decoder
+    layer (``layer.N``) and of every measurable writer (by parameter name), and for ``probe`` the
+    writers' inputs (``input:NAME``)."""
+    arch = loaded.architecture
+    modules: dict[str, nn.Module] = {f"layer.{i}": m for i, m in enumerate(arch.layer_modules(loaded.model))}
+    writers = measurable_writers(loaded.model, arch.select())
+    modules.update(writers)
+    inputs = {INPUT + name: m for name, m in writers.items()} if method == "probe" else {}
+    return modules, inputs
 
 
 def _writer_means(out: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
@@ -231,7 +239,7 @@ def writer_choice(
             names = [w.name for w in writers if w.name in inputs[0]]
             note = f"all {len(names)} measurable writers"
         else:
-            names = probe_writers(writers, loaded.architecture.num_layers)
+            names = probe_writers(writers, probe_layer_range(loaded.architecture.num_layers))
             note = f"{len(names)} writers of the middle layers"
         reads = probe_reads(names, *inputs, gap=float(direction.vector.float().norm()))
         if len(reads) < len(names):

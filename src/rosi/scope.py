@@ -115,11 +115,17 @@ def select_writers(signals: list[WriterSignal], ratio: float = DEFAULT_RATIO) ->
     return [s.name for s in signals if s.gap > 0 and s.harmless <= ratio * s.gap]
 
 
-def probe_writers(writers: list[ResidualWriter], n_layers: int, layers: tuple[float, float] = PROBE_LAYERS) -> list[str]:
-    """Names of the measurable writers in layers ``[floor(lo * n), floor(hi * n))``."""
-    lo, hi = math.floor(layers[0] * n_layers), math.floor(layers[1] * n_layers)
+def probe_layer_range(n_layers: int, fractions: tuple[float, float] = PROBE_LAYERS) -> tuple[int, int]:
+    """Layers ``[floor(lo * n), floor(hi * n))`` of an ``n``-layer model, for fractions ``(lo, hi)``."""
+    lo, hi = math.floor(fractions[0] * n_layers), math.floor(fractions[1] * n_layers)
     if not 0 <= lo < hi <= n_layers:
-        raise RosiError(f"probe layers {layers} select no layer of a {n_layers}-layer model")
+        raise RosiError(f"probe layers {fractions} select no layer of a {n_layers}-layer model")
+    return lo, hi
+
+
+def probe_writers(writers: list[ResidualWriter], layers: tuple[int, int]) -> list[str]:
+    """Names of the measurable writers in layers ``[lo, hi)``."""
+    lo, hi = layers
     return [w.name for w in writers if w.kind in MEASURABLE and w.layer is not None and lo <= w.layer < hi]
 
 
