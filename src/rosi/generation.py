@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rosi.activations import forward
 from rosi.chat import ChatFormat, chat_messages
 
 DEFAULT_NEW_TOKENS = 64
@@ -59,8 +60,9 @@ def next_token_logprobs(
     rows = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
     for batch in fmt.batches(instructions, batch_size, device):
-        # left padding: the last position is every row's last prompt token; only its logits are computed
-        logits = model(**batch, logits_to_keep=1).logits[:, -1, :]
+        # left padding (with padding-proof positions): the last position is every row's last
+        # prompt token; only its logits are computed
+        logits = forward(model, batch, logits_to_keep=1).logits[:, -1, :]  # type: ignore[attr-defined]
         rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         bar.update(len(logits))
     bar.close()

@@ -43,6 +43,7 @@ from rosi.activations import forward, hooks, layer_output
 from rosi.architecture import architecture_map
 from rosi.chat import ChatFormat
 from rosi.errors import RosiError
+from rosi.generation import next_token_logprobs
 
 # edit(layer, position, direction): a context in which the model carries the edit of that direction.
 EditFactory = Callable[[int, int, torch.Tensor], AbstractContextManager[object]]
@@ -121,15 +122,12 @@ class Counter:
 def last_logprobs(
     model: nn.Module, fmt: ChatFormat, instructions: tuple[str, ...] | list[str], batch_size: int = 32, counter: Counter | None = None
 ) -> torch.Tensor:
-    """float32 ``[n, vocab]`` log-probabilities of the first generated token."""
-    device = next(model.parameters()).device
-    rows = []
-    for batch in fmt.batches(instructions, batch_size, device):
-        logits = forward(model, batch, logits_to_keep=1).logits  # type: ignore[attr-defined]
-        rows.append(torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu())
-        if counter:
-            counter.forward += 1
-    return torch.cat(rows)
+    """float32 ``[n, vocab]`` log-probabilities of the first generated token
+    (:func:`rosi.generation.next_token_logprobs`), counting the forward batches."""
+    logprobs = next_token_logprobs(model, fmt, instructions, batch_size=batch_size)
+    if counter:
+        counter.forward += _batches(len(instructions), batch_size)
+    return logprobs
 
 
 @dataclass
