@@ -1,11 +1,12 @@
 # Two commands matter: `make demo` and `make test`. Both set up .venv themselves.
+# `make check` is the fast inner loop: lint, types and the unit tests (no real models).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test check lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,13 +23,19 @@ DEMO_OUT ?= demo-output/qwen2.5-coder-0.5b-rosi
 demo: $(STAMP)
 	$(BIN)/rosi run $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+check: lint
+	$(BIN)/python -m pytest -q -m "not integration"
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/edit_speed.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache

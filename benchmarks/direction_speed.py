@@ -24,11 +24,14 @@ import torch
 
 from _common import timed, write_results
 from rosi import load
-from rosi.activations import forward, mean_outputs
-from rosi.chat import ChatFormat
-from rosi.pipeline import DEFAULT_METHOD, extract, extraction_modules
-from rosi.prompts import builtin
-from rosi.selection import last_logprobs
+from rosi.direction.activations import collect_activations
+from rosi.direction.score import last_logprobs
+from rosi.edit.methods import DEFAULT_METHOD, METHODS, EditForm, searchable_methods
+from rosi.model.chat import ChatFormat
+from rosi.model.hooks import forward
+from rosi.options import ExtractOptions
+from rosi.pipeline import extract
+from rosi.prompts import PromptSets, builtin
 
 
 @torch.no_grad()
@@ -44,18 +47,20 @@ def main() -> int:
     parser.add_argument("--n-val", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--method", choices=("scale", "probe", "rosi"), default=DEFAULT_METHOD)
+    parser.add_argument("--method", choices=searchable_methods(), default=DEFAULT_METHOD)
     args = parser.parse_args()
     loaded = load(args.model, device="cpu")
     fmt = ChatFormat(loaded.tokenizer)
     n_pos = len(fmt.post_instruction_ids())
     prompts = builtin("harmful", "train").take(args.n_train).instructions + builtin("harmless", "train").take(args.n_train).instructions
     bare_forward(loaded.model, fmt, prompts[: args.batch_size], args.batch_size)  # warm-up
-    modules, inputs = extraction_modules(loaded, args.method)
+    writers = loaded.architecture.measurable_modules(loaded.model)
+    read_inputs = METHODS[args.method].needs_reads
     bare, extraction = [], []
     for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
         bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
-        extraction.append(timed(mean_outputs, loaded.model, fmt, prompts, n_pos, modules, inputs=inputs, batch_size=args.batch_size)[1])
+        kw = dict(writers=writers, read_inputs=read_inputs, batch_size=args.batch_size)
+        extraction.append(timed(collect_activations, loaded.model, fmt, prompts, n_pos, **kw)[1])
     bare_s, extract_s = statistics.median(bare), statistics.median(extraction)
     print(f"extraction over {len(prompts)} prompts: {extract_s:.1f} s; bare forward passes {bare_s:.1f} s; ratio {extract_s / bare_s:.3f}")
 
@@ -65,17 +70,10 @@ def main() -> int:
     last_logprobs(loaded.model, fmt, vh.instructions, args.batch_size)
     per_batch = (time.perf_counter() - t) / -(-len(vh) // args.batch_size)
     # Selection as `rosi run` does it (Arditi screen + exact scores, edit-effect fallback).
-    sel = extract(
-        loaded,
-        builtin("harmful", "train").take(args.n_train),
-        builtin("harmless", "train").take(args.n_train),
-        val_harmful=vh,
-        val_harmless=vb,
-        method=args.method,
-        batch_size=args.batch_size,
-    ).selection
+    sets = PromptSets(builtin("harmful", "train").take(args.n_train), builtin("harmless", "train").take(args.n_train), vh, vb)
+    sel = extract(loaded, sets, ExtractOptions(form=EditForm(args.method), batch_size=args.batch_size)).selection
     assert sel is not None
-    cost = sel.cost
+    cost = sel.cost.to_json()
     naive_s = cost["naive_grid_forward_batches"] * per_batch
     print(
         f"selection: {cost['forward_batches']} forward + {cost['backward_batches']} backward batches, {cost['seconds']:.0f} s; "
@@ -92,8 +90,8 @@ def main() -> int:
                 "prompts": len(prompts),
                 "positions": n_pos,
                 "method": args.method,
-                "hooked_modules": len(modules),
-                "hooked_inputs": len(inputs),
+                "hooked_modules": loaded.architecture.num_layers + len(writers),
+                "hooked_inputs": len(writers) if read_inputs else 0,
                 "bare_forward_s": [round(x, 2) for x in bare],
                 "extraction_s": [round(x, 2) for x in extraction],
                 "ratio_median": round(extract_s / bare_s, 3),

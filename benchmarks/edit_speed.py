@@ -24,7 +24,7 @@ import transformers as T
 import rosi
 from _common import timed, write_results
 from rosi import Direction, apply_edit, load
-from rosi.architecture import DEFAULT_TARGETS
+from rosi.model.writers import DEFAULT_TARGETS
 
 ALL_TARGETS = ("attention", "mlp", "embedding")
 

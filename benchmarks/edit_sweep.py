@@ -29,12 +29,14 @@ import torch
 from _common import write_results
 from refusal_eval import held_out, instructions
 from rosi import apply_edit, load, revert_edit
-from rosi.chat import ChatFormat
-from rosi.generation import generate
-from rosi.judge import refusal_rate
-from rosi.pipeline import choose_writers, extract
-from rosi.prompts import builtin
-from rosi.scope import probe_reads, probe_writers
+from rosi.edit.methods import EditForm
+from rosi.edit.scope import probe_reads, probe_writers
+from rosi.judges import refusal_rate
+from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate
+from rosi.options import ExtractOptions
+from rosi.pipeline import extract
+from rosi.prompts import PromptSets
 
 
 def main() -> int:
@@ -52,9 +54,8 @@ def main() -> int:
     for s in settings:
         key = (s.get("layer", 14), s.get("position", -1))
         if key not in extractions:
-            extractions[key] = extract(
-                loaded, builtin("harmful", "train"), builtin("harmless", "train"), layer=key[0], position=key[1], method="probe"
-            )
+            options = ExtractOptions(form=EditForm("probe"), layer=key[0], position=key[1])
+            extractions[key] = extract(loaded, PromptSets.load(n_val=None), options)
     loaded.model.to(torch.bfloat16)
     fmt = ChatFormat(loaded.tokenizer)
     sets = held_out(args.n)
@@ -68,12 +69,14 @@ def main() -> int:
     for s in settings:
         ex = extractions[(s.get("layer", 14), s.get("position", -1))]
         method = s.get("method", "scale")
-        choice = choose_writers(loaded, ex, method, s.get("scope", "selective"), s.get("ratio", 0.25))
+        choice = ex.choose_writers(loaded, EditForm(method, s.get("scope", "selective"), s.get("ratio", 0.25)))
         reads = choice.reads
         if method == "probe" and "layers" in s:
             lo, hi = s["layers"]
             names = probe_writers(loaded.architecture.select(), (lo, hi))
-            reads = probe_reads(names, *ex.input_means, gap=float(ex.direction.vector.norm()))
+            position = ex.direction.position
+            inputs = (ex.activations.harmful.inputs_at(position), ex.activations.harmless.inputs_at(position))
+            reads = probe_reads(names, *inputs, gap=float(ex.direction.vector.norm()))
         writers = list(reads) if reads is not None else choice.writers
         started = time.perf_counter()
         record = apply_edit(loaded.model, ex.direction, method, s["k"], writers=writers, reads=reads, keep_originals=True)

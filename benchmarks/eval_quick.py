@@ -15,8 +15,9 @@ import sys
 import time
 
 from _common import DATA, write_results
-from rosi.evaluate import evaluate
-from rosi.report import table
+from rosi.eval.evaluate import EvalOptions, evaluate
+from rosi.eval.report import table
+from rosi.model.loading import LoadOptions
 
 
 def main() -> int:
@@ -26,12 +27,13 @@ def main() -> int:
     parser.add_argument("--out", default="eval-quick", help="evaluation folder (default: %(default)s)")
     args = parser.parse_args()
     started = time.perf_counter()
-    result = evaluate(args.checkpoint, base=args.base, out=args.out, suite="quick", data_dir=DATA, device="cpu")
+    options = EvalOptions(suite="quick", data_dir=DATA, load=LoadOptions(device="cpu"))
+    result = evaluate(args.checkpoint, base=args.base, out=args.out, options=options)
     wall = time.perf_counter() - started
     print()
     print(table(result.results))
     print(f"\nwall time {wall / 60:.1f} min; replies generated now: {result.generated}")
-    results = dict(result.results)
+    results = result.results.to_json()
     if "kl" in results:
         results["kl"] = {k: v for k, v in results["kl"].items() if k != "values"}
     path = write_results("eval_quick", {"checkpoint": args.checkpoint, "wall_seconds": round(wall, 1), "results": results})

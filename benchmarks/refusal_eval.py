@@ -28,11 +28,11 @@ import torch
 
 from _common import DATA, write_results
 from rosi import Direction, apply_edit, load
-from rosi.activations import activations_at
-from rosi.chat import ChatFormat
-from rosi.generation import generate
-from rosi.judge import is_refusal
+from rosi.direction.activations import activations_at
+from rosi.judges import is_refusal
 from rosi.metrics import Rate
+from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate
 from rosi.prompts import PromptSet, builtin, load_prompts
 
 
@@ -61,7 +61,7 @@ def instructions(parts: list[tuple[str, PromptSet]]) -> list[str]:
 
 def separation_accuracy(loaded, direction: Direction, sets, batch_size: int) -> dict[str, object]:
     fmt = ChatFormat(loaded.tokenizer)
-    layer, position = direction.layer, int(direction.position)
+    layer, position = direction.layer, direction.position
     s_hat = direction.unit
 
     def project(prompts) -> torch.Tensor:

@@ -6,10 +6,10 @@ import transformers as T
 
 import planted
 from conftest import tiny_model
-from rosi.activations import mean_activations, mean_outputs
-from rosi.chat import ChatFormat, ChatTemplateError
-from rosi.generation import generate
-from rosi.judge import is_refusal, refusal_rate
+from rosi.direction.activations import mean_activations, mean_outputs
+from rosi.judges import is_refusal, refusal_rate
+from rosi.model.chat import ChatFormat, ChatTemplateError
+from rosi.model.generation import generate
 
 
 @pytest.fixture
@@ -31,7 +31,8 @@ def test_no_chat_template_is_a_clear_error():
     tok.chat_template = None
     with pytest.raises(ChatTemplateError, match="no chat template"):
         ChatFormat(tok)
-    assert ChatFormat(tok, template="{{ messages[0]['content'] }} assistant").render("hi") == "hi assistant"
+    tok.chat_template = "{{ messages[0]['content'] }} assistant"  # what load(..., chat_template=...) sets
+    assert ChatFormat(tok).render("hi") == "hi assistant"
 
 
 def test_mean_activations_equal_a_direct_computation(fmt):
@@ -119,7 +120,7 @@ def test_refusal_rate():
 
 
 def test_per_prompt_activations_average_to_the_mean(fmt):
-    from rosi.activations import activations_at
+    from rosi.direction.activations import activations_at
 
     model = tiny_model("qwen2")
     model.resize_token_embeddings(len(planted.WORDS))
@@ -127,3 +128,22 @@ def test_per_prompt_activations_average_to_the_mean(fmt):
     assert per_prompt.shape == (len(planted.HARMFUL), 32)
     means = mean_activations(model, fmt, planted.HARMFUL, 2, batch_size=3)
     torch.testing.assert_close(per_prompt.double().mean(0), means[1, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_collected_activations_are_typed_and_match_the_generic_means(fmt):
+    from rosi.direction.activations import collect_activations
+    from rosi.model.architecture import architecture_map
+
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(planted.WORDS))
+    writers = architecture_map(model).measurable_modules(model)
+    got = collect_activations(model, fmt, planted.HARMFUL, 2, writers=writers, read_inputs=True, batch_size=4)
+    assert got.n_prompts == len(planted.HARMFUL) and got.positions == 2 and set(got.writer_inputs) == set(writers)
+    torch.testing.assert_close(got.layers, mean_activations(model, fmt, planted.HARMFUL, 2, batch_size=4))
+    name = "model.layers.1.mlp.down_proj.weight"
+    generic = mean_outputs(model, fmt, planted.HARMFUL, 2, {"out": writers[name]}, inputs={"in": writers[name]}, batch_size=4)
+    torch.testing.assert_close(got.outputs_at(-1)[name], generic["out"][1])
+    torch.testing.assert_close(got.inputs_at(-2)[name], generic["in"][0])
+    with pytest.raises(IndexError, match="outside the 2 measured positions"):
+        got.outputs_at(-3)
+    assert collect_activations(model, fmt, planted.HARMFUL, 2, writers=writers).writer_inputs == {}

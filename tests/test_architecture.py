@@ -5,8 +5,9 @@ import torch
 import transformers as T
 
 from conftest import ARCHS, POST_NORM_ARCHS, tiny_model
-from rosi.architecture import ARCHITECTURES, Layout, WriterKind, architecture_map, writes_residual_directly
 from rosi.errors import UnsupportedArchitectureError
+from rosi.model.architecture import ARCHITECTURES, architecture_map, writes_residual_directly
+from rosi.model.writers import Layout, WriterKind
 
 EXPECTED_KINDS = {  # per layer
     "mixtral": {"attention": 1, "expert": 1},
@@ -73,6 +74,23 @@ def test_generic_discovery_verifies_a_parallel_residual_model():
         "gpt_neox.layers.0.attention.dense.weight",
         "gpt_neox.layers.0.mlp.dense_4h_to_h.weight",
     ]
+
+
+def test_discovery_runs_the_model_once_per_model(monkeypatch):
+    """Discovery proves the writers by running the model; later maps of the same model reuse it."""
+    import rosi.model.architecture as architecture
+
+    torch.manual_seed(0)
+    config = T.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=64)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    runs = []
+    real = architecture.writes_residual_directly
+    monkeypatch.setattr(architecture, "writes_residual_directly", lambda *a, **k: runs.append(1) or real(*a, **k))
+    first = architecture_map(model)
+    assert architecture_map(model) == first and len(runs) == 2  # attention and MLP, proven once
+    other = T.AutoModelForCausalLM.from_config(config).eval()
+    architecture_map(other)
+    assert len(runs) == 4  # another model is proven anew
 
 
 def test_generic_discovery_refuses_a_post_norm_model_it_does_not_know():

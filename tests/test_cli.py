@@ -17,7 +17,7 @@ from rosi.cli import main
 @pytest.fixture
 def base(tmp_path, tokenizer_dir):
     save_tiny("llama", tmp_path / "base", tokenizer_dir=tokenizer_dir)
-    Direction(torch.randn(32, generator=torch.Generator().manual_seed(0)), layer=1, position="-1", model="tiny").save(
+    Direction(torch.randn(32, generator=torch.Generator().manual_seed(0)), layer=1, position=-1, model="tiny").save(
         tmp_path / "dir.safetensors"
     )
     return tmp_path

@@ -9,13 +9,11 @@ from rosi.errors import DirectionError
 
 
 def test_round_trip(tmp_path):
-    d = Direction(
-        torch.arange(1.0, 9.0), layer=14, position="-1", model="Qwen/Qwen2.5-0.5B-Instruct", metadata={"system_prompt": "Be safe."}
-    )
+    d = Direction(torch.arange(1.0, 9.0), layer=14, position=-1, model="Qwen/Qwen2.5-0.5B-Instruct", metadata={"system_prompt": "Be safe."})
     d.save(tmp_path / "d.safetensors")
     back = Direction.load(tmp_path / "d.safetensors")
     assert torch.equal(back.vector, d.vector) and back.vector.dtype == torch.float32
-    assert (back.layer, back.position, back.model, back.metadata) == (14, "-1", "Qwen/Qwen2.5-0.5B-Instruct", {"system_prompt": "Be safe."})
+    assert (back.layer, back.position, back.model, back.metadata) == (14, -1, "Qwen/Qwen2.5-0.5B-Instruct", {"system_prompt": "Be safe."})
     torch.testing.assert_close(back.unit.norm(), torch.tensor(1.0))
 
 
@@ -53,3 +51,10 @@ def test_bad_layer_metadata(tmp_path):
     save_file({"direction": torch.ones(3)}, str(tmp_path / "d.safetensors"), metadata={"layer": "middle"})
     with pytest.raises(DirectionError, match="'layer' must be an integer"):
         Direction.load(tmp_path / "d.safetensors")
+
+
+def test_positions_are_integers():
+    with pytest.raises(DirectionError, match="position must be an integer"):
+        Direction(torch.ones(3), position="-1")
+    with pytest.raises(DirectionError, match="'position' must be an integer"):
+        Direction.from_info(torch.ones(3), {"position": "last"})

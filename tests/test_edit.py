@@ -5,15 +5,15 @@ import torch
 
 from conftest import POST_NORM_ARCHS, tiny_model
 from rosi import Direction, EditRecord, apply_edit, architecture_map, revert_edit
-from rosi.architecture import WriterKind
-from rosi.edit import PostNormWarning
+from rosi.edit.apply import PostNormWarning
 from rosi.errors import DirectionError, EditError
+from rosi.model.writers import WriterKind
 
 ALL_TARGETS = ("attention", "mlp", "embedding")
 
 
 def random_direction(size=32, seed=1):
-    return Direction(torch.randn(size, generator=torch.Generator().manual_seed(seed)) * 3, layer=1, position="-1", model="tiny")
+    return Direction(torch.randn(size, generator=torch.Generator().manual_seed(seed)) * 3, layer=1, position=-1, model="tiny")
 
 
 def _extra(method, strength, W, x, s):

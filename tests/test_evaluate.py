@@ -11,27 +11,21 @@ import torch
 
 from conftest import DATA, needs_data, save_tiny
 from rosi import Direction, apply_edit, load
-from rosi.chat import ChatFormat
 from rosi.cli import main
-from rosi.endpoint import Endpoint, EndpointError
-from rosi.evaluate import (
-    SUITES,
-    EvalError,
-    Item,
-    build_sets,
-    declined,
-    evaluate,
-    kl_summary,
-    load_results,
-    rate_table,
-    score,
-)
-from rosi.generation import LocalGenerator, ServerGenerator, next_token_logprobs
-from rosi.jailbreak import load_templates
+from rosi.errors import EvalError
+from rosi.eval.evaluate import EvalOptions, evaluate
+from rosi.eval.jailbreak import load_templates
+from rosi.eval.report import compare
+from rosi.eval.results import KLSummary, RateSummary, load_results
+from rosi.eval.scoring import declined, score
+from rosi.eval.suites import SUITES, Item, build_sets
 from rosi.judges import JUDGES, Judge, JudgeError, Verdict, register
 from rosi.metrics import Z95, Mean, kl_divergence
+from rosi.model.chat import ChatFormat
+from rosi.model.endpoint import Endpoint, EndpointError
+from rosi.model.generation import LocalGenerator, ServerGenerator, next_token_logprobs
+from rosi.model.loading import LoadOptions
 from rosi.prompts import PromptError, load_prompts, load_xstest
-from rosi.report import compare
 
 # --- metric arithmetic ----------------------------------------------------------------------------
 
@@ -63,7 +57,7 @@ def test_kl_divergence_matches_the_definition():
 
 
 def test_kl_summary():
-    s = kl_summary([0.0, 0.1, 0.2, 0.3, 1.4])
+    s = KLSummary.of([0.0, 0.1, 0.2, 0.3, 1.4]).to_json()
     assert s["mean"] == pytest.approx(0.4) and s["n"] == 5 and s["max"] == 1.4 and s["median"] == 0.2
     lo, hi = s["ci95"]
     assert lo < 0.4 < hi
@@ -73,11 +67,11 @@ def test_declined_and_rate_tables():
     assert declined(Verdict(refused=True)) is True and declined(Verdict(refused=False)) is False
     assert declined(Verdict(unsafe=False)) is True and declined(Verdict(unsafe=True)) is False
     assert declined(Verdict(unsafe=None)) is None
-    t = rate_table([True, False, None, True], ["a", "a", "b", "b"])
+    t = RateSummary.of([True, False, None, True], ["a", "a", "b", "b"]).to_json()
     assert (t["k"], t["n"], t["unjudged"]) == (2, 3, 1)
     assert t["groups"] == {"a": {"rate": 0.5, "k": 1, "n": 2, "ci95": t["groups"]["a"]["ci95"]}, "b": t["groups"]["b"]}
     assert t["groups"]["b"]["k"] == 1 and t["groups"]["b"]["n"] == 1
-    assert rate_table([None])["n"] == 0
+    assert RateSummary.of([None]).to_json()["n"] == 0
 
 
 def test_score_counts_each_metric():
@@ -93,7 +87,7 @@ def test_score_counts_each_metric():
         "contrast": ["I’m sorry"],  # curly apostrophe
         "jailbreak": ["DAN: sure!", "I am sorry"],
     }
-    m = score(sets, replies, JUDGES["markers"]())
+    m = score(sets, replies, JUDGES["markers"]()).to_json()
     assert (m["harm_refusal"]["k"], m["harm_refusal"]["n"]) == (2, 3)
     assert m["harm_refusal"]["groups"]["weapons"]["k"] == 1 and m["harm_refusal"]["groups"]["fraud"]["k"] == 1
     assert m["harm_refusal"]["sources"]["adv"]["n"] == 2
@@ -174,7 +168,7 @@ def models(tmp_path, tokenizer_dir):
     save_tiny("llama", tmp_path / "base", tokenizer_dir=tokenizer_dir)
     loaded = load(str(tmp_path / "base"), device="cpu")
     torch.manual_seed(1)
-    apply_edit(loaded.model, Direction(torch.randn(32), layer=1, position="-1"), "scale", 3.0)
+    apply_edit(loaded.model, Direction(torch.randn(32), layer=1, position=-1), "scale", 3.0)
     loaded.model.save_pretrained(tmp_path / "edited")
     loaded.tokenizer.save_pretrained(tmp_path / "edited")
     return tmp_path / "base", tmp_path / "edited"
@@ -195,28 +189,26 @@ def prompt_files(tmp_path):
     return files
 
 
-def run_eval(models, prompt_files, out, **kw):
-    base, edited = models
-    args = dict(
-        base=str(base),
-        out=out,
+def run_eval(models, prompt_files, out, base="base", **kw):
+    options = dict(
         overrides={r: prompt_files[r] for r in ("harmful", "harmless", "contrast")},
         jailbreak_templates=prompt_files["templates"],
         utility="",
         max_new_tokens=3,
         batch_size=2,
-        device="cpu",
+        load=LoadOptions(device="cpu"),
         progress=False,
-        log=lambda _: None,
     )
-    args.update(kw)
-    return evaluate(str(edited), **args)
+    options.update(kw)
+    base_model = None if base is None else str(models[0])
+    return evaluate(str(models[1]), base=base_model, out=out, options=EvalOptions(**options), log=lambda _: None)
 
 
 def test_evaluate_writes_results_report_and_replies(models, prompt_files, tmp_path):
     r = run_eval(models, prompt_files, tmp_path / "ev")
     res = load_results(tmp_path / "ev")
     assert res == r.results and r.generated == {"base": 20, "model": 20}  # 5 prompts x 4 sets, each model
+    res = res.to_json()
     for role in ("base", "model"):
         m = res["metrics"][role]
         assert m["harm_refusal"]["n"] == 5 and m["benign_compliance"]["n"] == 5 and m["over_refusal"]["n"] == 5
@@ -237,23 +229,20 @@ def test_evaluate_writes_results_report_and_replies(models, prompt_files, tmp_pa
 
 def test_same_model_has_zero_kl(models, prompt_files, tmp_path):
     base, _ = models
-    r = evaluate(
-        str(base),
-        base=str(base),
-        out=tmp_path / "ev",
+    options = EvalOptions(
         overrides={"harmful": prompt_files["harmful"], "harmless": prompt_files["harmless"], "contrast": prompt_files["contrast"]},
         utility="",
         max_new_tokens=2,
-        device="cpu",
+        load=LoadOptions(device="cpu"),
         progress=False,
-        log=lambda _: None,
     )
-    assert r.results["kl"]["max"] == 0.0
-    assert "jailbreak_success" not in r.results["metrics"]["model"]  # no templates: no jailbreak set
+    r = evaluate(str(base), base=str(base), out=tmp_path / "ev", options=options, log=lambda _: None)
+    assert r.results.kl.max == 0.0
+    assert "jailbreak_success" not in r.results.to_json()["metrics"]["model"]  # no templates: no jailbreak set
 
 
 def test_interrupted_run_resumes_and_rejudging_does_not_generate(models, prompt_files, tmp_path, monkeypatch):
-    clean = run_eval(models, prompt_files, tmp_path / "clean").results
+    clean = run_eval(models, prompt_files, tmp_path / "clean").results.to_json()
     calls = {"n": 0}
     original = LocalGenerator.__call__
 
@@ -274,7 +263,7 @@ def test_interrupted_run_resumes_and_rejudging_does_not_generate(models, prompt_
     resumed = run_eval(models, prompt_files, tmp_path / "ev")
     assert resumed.generated == {"base": 15, "model": 20}
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "generated")}  # noqa: E731
-    assert strip(resumed.results) == strip(clean)
+    assert strip(resumed.results.to_json()) == strip(clean)
 
     @register("always-declines")
     class Always(Judge):
@@ -290,9 +279,10 @@ def test_interrupted_run_resumes_and_rejudging_does_not_generate(models, prompt_
     finally:
         del JUDGES["always-declines"]
     assert again.generated == {"base": 0, "model": 0}
-    assert again.results["metrics"]["model"]["harm_refusal"]["rate"] == 1.0
-    assert again.results["metrics"]["model"]["jailbreak_success"]["rate"] == 0.0
-    assert again.results["metrics"]["model"]["benign_compliance"] == clean["metrics"]["model"]["benign_compliance"]
+    again_json = again.results.to_json()
+    assert again_json["metrics"]["model"]["harm_refusal"]["rate"] == 1.0
+    assert again_json["metrics"]["model"]["jailbreak_success"]["rate"] == 0.0
+    assert again_json["metrics"]["model"]["benign_compliance"] == clean["metrics"]["model"]["benign_compliance"]
 
 
 def test_error_cases(models, prompt_files, tmp_path):
@@ -326,6 +316,11 @@ def test_error_cases(models, prompt_files, tmp_path):
         run_eval(models, prompt_files, models[0], overwrite=True)
     with pytest.raises(EvalError, match="does not exist"):
         load_results(tmp_path / "nowhere")
+    broken = json.loads((tmp_path / "ev" / "results.json").read_text())
+    del broken["metrics"]["model"]["harm_refusal"]["k"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(EvalError, match="not a complete rosi evaluation result"):
+        load_results(tmp_path / "broken.json")
 
 
 def test_unreachable_server_is_a_clear_error():
@@ -363,15 +358,15 @@ def test_a_fully_cached_run_loads_no_model(models, prompt_files, tmp_path, monke
     def no_load(*a, **k):
         raise AssertionError("nothing to generate: the model must not be loaded")
 
-    monkeypatch.setattr("rosi.evaluate.load", no_load)
+    monkeypatch.setattr("rosi.eval.evaluate.load", no_load)
     again = run_eval(models, prompt_files, tmp_path / "ev", base=None)
-    assert again.generated == {"model": 0} and again.results["metrics"]["model"]["harm_refusal"]["n"] == 5
+    assert again.generated == {"model": 0} and again.results.metrics["model"].harm_refusal.rate.n == 5
 
 
 def test_eval_dtype(monkeypatch):
-    from rosi.evaluate import eval_dtype
+    from rosi.eval.evaluate import eval_dtype
 
-    monkeypatch.setattr("rosi.evaluate.cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr("rosi.eval.evaluate.cpu_has_fast_bf16", lambda: True)
     assert eval_dtype("auto", "cpu") == "bfloat16" and eval_dtype("float32", "cpu") == "float32"
-    monkeypatch.setattr("rosi.evaluate.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("rosi.eval.evaluate.cpu_has_fast_bf16", lambda: False)
     assert eval_dtype("auto", "cpu") == "auto"

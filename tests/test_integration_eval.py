@@ -16,13 +16,17 @@ import pytest
 
 from conftest import DATA, needs_data
 from rosi import apply_edit, load, save_checkpoint
-from rosi.chat import ChatFormat
-from rosi.endpoint import Endpoint
-from rosi.evaluate import ModelSpec, declined, evaluate
-from rosi.generation import LocalGenerator, ServerGenerator
+from rosi.edit.methods import EditForm
+from rosi.eval.evaluate import EvalOptions, ModelSpec, evaluate
+from rosi.eval.scoring import declined
 from rosi.judges import make_judge
-from rosi.pipeline import choose_writers, extract
-from rosi.prompts import builtin
+from rosi.model.chat import ChatFormat
+from rosi.model.endpoint import Endpoint
+from rosi.model.generation import LocalGenerator, ServerGenerator
+from rosi.model.loading import LoadOptions
+from rosi.options import ExtractOptions
+from rosi.pipeline import extract
+from rosi.prompts import PromptSets, builtin
 
 pytestmark = pytest.mark.integration
 MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
@@ -89,46 +93,39 @@ def test_endpoint_judges_against_a_real_server(server):
 @needs_data
 def test_rosi_eval_through_the_server(server, tmp_path):
     url, folder = server
-    result = evaluate(
-        ModelSpec(folder, server=f"openai:{url}#{folder}"),
-        out=tmp_path / "ev",
-        data_dir=DATA,
-        n=2,
-        utility="",
-        max_new_tokens=12,
-        progress=False,
-        log=lambda _: None,
-    )
-    m = result.results["metrics"]["model"]
+    options = EvalOptions(data_dir=DATA, n=2, utility="", max_new_tokens=12, progress=False)
+    result = evaluate(ModelSpec(folder, server=f"openai:{url}#{folder}"), out=tmp_path / "ev", options=options, log=lambda _: None)
+    results = result.results.to_json()
+    m = results["metrics"]["model"]
     assert result.generated == {"model": 8} and m["harm_refusal"]["n"] == 2 and m["jailbreak_success"]["n"] == 2
-    assert "kl" not in result.results  # no base
+    assert "kl" not in results  # no base
 
 
 @needs_data
 def test_rosi_eval_before_and_after_a_rosi_edit(qwen, tmp_path):
     """A scale edit (layer 14, last token, selected writers, beta 2) raises harm refusal; KL and
     utility come out with their n."""
-    ex = extract(qwen, builtin("harmful", "train").take(32), builtin("harmless", "train").take(32), layer=14, position=-1, progress=False)
-    choice = choose_writers(qwen, ex, "scale", "selective")
+    train_h, train_b = builtin("harmful", "train").take(32), builtin("harmless", "train").take(32)
+    prompts = PromptSets(train_h, train_b, train_h, train_b)  # pinned: the validation sets are not used
+    ex = extract(qwen, prompts, ExtractOptions(layer=14, position=-1, progress=False))
+    choice = ex.choose_writers(qwen, EditForm("scale", "selective"))
     loaded = load(MODEL, device="cpu")
     record = apply_edit(loaded.model, ex.direction, "scale", 2.0, writers=choice.writers)
     save_checkpoint(loaded, tmp_path / "edited", record=record)
-    result = evaluate(
-        str(tmp_path / "edited"),
-        base=MODEL,
-        out=tmp_path / "ev",
+    options = EvalOptions(
         data_dir=DATA,
         n=12,
         utility="local:arc_easy:4,local:mmlu:4",
         max_new_tokens=24,
         batch_size=12,
-        device="cpu",
+        load=LoadOptions(device="cpu"),
         progress=False,
-        log=lambda _: None,
     )
-    base, model = result.results["metrics"]["base"], result.results["metrics"]["model"]
+    result = evaluate(str(tmp_path / "edited"), base=MODEL, out=tmp_path / "ev", options=options, log=lambda _: None)
+    results = result.results.to_json()
+    base, model = results["metrics"]["base"], results["metrics"]["model"]
     assert model["harm_refusal"]["rate"] > base["harm_refusal"]["rate"]
     assert model["benign_compliance"]["rate"] >= base["benign_compliance"]["rate"] - 0.2
-    assert result.results["kl"]["n"] == 12 and result.results["kl"]["mean"] > 0
+    assert results["kl"]["n"] == 12 and results["kl"]["mean"] > 0
     assert model["utility"]["arc_easy"]["accuracy"]["n"] == 4 and base["utility"]["mmlu"]["accuracy"]["n"] == 4
     assert (tmp_path / "ev" / "report.md").is_file() and (tmp_path / "ev" / "plots" / "rates.png").is_file()

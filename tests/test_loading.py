@@ -8,6 +8,7 @@ import transformers as T
 
 from conftest import save_tiny
 from rosi import load
+from rosi._fs import hash_files
 from rosi.errors import (
     CorruptWeightsError,
     ModelNotFoundError,
@@ -16,7 +17,8 @@ from rosi.errors import (
     UnsafeWeightsError,
     UnsupportedArchitectureError,
 )
-from rosi.loading import gguf_cache_folder, hash_files, pick_device, pick_dtype
+from rosi.model.gguf import gguf_cache_folder
+from rosi.model.loading import pick_device, pick_dtype
 
 
 def test_loads_a_safetensors_folder_on_cpu_in_float32(tmp_path, tokenizer_dir):
@@ -138,3 +140,22 @@ def test_gguf_without_magic_is_refused(tmp_path):
     f.write_bytes(b"PK\3\4 a zip, not a gguf")
     with pytest.raises(CorruptWeightsError, match="not a GGUF file"):
         load(f)
+
+
+def test_chat_template_option_replaces_the_tokenizers(tmp_path, tokenizer_dir):
+    from rosi.model.chat import ChatFormat
+
+    save_tiny("qwen2", tmp_path / "m", tokenizer_dir=tokenizer_dir)
+    loaded = load(tmp_path / "m", device="cpu", chat_template="{{ messages[0]['content'] }} assistant")
+    assert ChatFormat(loaded.tokenizer).render("hi") == "hi assistant"
+    assert loaded.architecture is loaded.architecture  # mapped once
+
+
+def test_cli_chat_template_must_be_a_file(tmp_path, tokenizer_dir, capsys):
+    from rosi.cli import main
+
+    save_tiny("qwen2", tmp_path / "m", tokenizer_dir=tokenizer_dir)
+    assert main(["info", str(tmp_path / "m"), "--chat-template", str(tmp_path / "missing.jinja")]) == 1
+    assert "--chat-template" in capsys.readouterr().err
+    (tmp_path / "t.jinja").write_text("{{ messages[0]['content'] }}!")
+    assert main(["info", str(tmp_path / "m"), "--chat-template", str(tmp_path / "t.jinja")]) == 0

@@ -8,14 +8,17 @@ import transformers as T
 
 import planted
 from rosi import Direction, apply_edit, revert_edit
-from rosi.chat import ChatFormat
 from rosi.cli import main
-from rosi.edit import EditRecord
+from rosi.direction.score import last_logprobs, refusal_log_odds, refusal_token_ids
+from rosi.edit.methods import EditForm
+from rosi.edit.record import EditRecord
+from rosi.edit.strength import choose_strength
 from rosi.errors import RosiError
-from rosi.loading import LoadedModel, ModelSource
-from rosi.pipeline import choose_strength, choose_writers, extract, run
-from rosi.prompts import PromptSet
-from rosi.selection import last_logprobs, refusal_log_odds, refusal_token_ids
+from rosi.model.chat import ChatFormat
+from rosi.model.loading import LoadedModel, ModelSource
+from rosi.options import DEFAULT_BUDGET, ExtractOptions, RunOptions
+from rosi.pipeline import extract, run
+from rosi.prompts import PromptSet, PromptSets
 
 
 @pytest.fixture
@@ -28,35 +31,39 @@ def loaded():
 
 def sets():
     h, b = PromptSet(tuple(planted.HARMFUL), name="h"), PromptSet(tuple(planted.HARMLESS), name="b")
-    return dict(harmful=h, harmless=b, val_harmful=h, val_harmless=b)
+    return PromptSets(harmful=h, harmless=b, val_harmful=h, val_harmless=b)
+
+
+def pinned(layer, method="scale", **kw):
+    return ExtractOptions(form=EditForm(method), layer=layer, position=-1, progress=False, **kw)
 
 
 def test_extract_selects_a_direction_along_u(loaded):
     model, u = loaded
     s = sets()
-    result = extract(model, s["harmful"], s["harmless"], val_harmful=s["val_harmful"], val_harmless=s["val_harmless"], progress=False)
+    result = extract(model, s, ExtractOptions(progress=False))
     d = result.direction
     assert float(d.unit @ u) > 0.6
     assert d.layer is not None and d.layer < 3  # not in the last 20% of 4 layers
     assert d.metadata["selected_by"] in ("arditi", "edit effect") and d.model == "planted"
-    pinned = extract(model, s["harmful"], s["harmless"], layer=2, position=-1, system_prompt="Sure", progress=False)
-    assert (pinned.direction.layer, pinned.direction.position, pinned.selection) == (2, "-1", None)
-    assert pinned.direction.metadata["system_prompt"] == "Sure"
+    fixed = extract(model, s, pinned(2, system_prompt="Sure"))
+    assert (fixed.direction.layer, fixed.direction.position, fixed.selection) == (2, -1, None)
+    assert fixed.direction.metadata["system_prompt"] == "Sure"
 
 
 def test_selective_scope_keeps_the_one_writer_that_carries_the_signal(loaded):
     """In the planted model only layer 0's o_proj writes anything that depends on "bomb"."""
     model, u = loaded
     s = sets()
-    ex = extract(model, s["harmful"], s["harmless"], layer=1, position=-1, progress=False)
+    ex = extract(model, s, pinned(1))
     for method in ("scale", "rosi"):
-        choice = choose_writers(model, ex, method, "selective")
+        choice = ex.choose_writers(model, EditForm(method, "selective"))
         assert choice.writers == ["model.layers.0.self_attn.o_proj.weight"], method
-        signal = next(x for x in choice.signals if x["name"] == choice.writers[0])
-        assert signal["gap"] > 0
-    assert choose_writers(model, ex, "scale", "all").writers is None
+        signal = next(x for x in choice.signals if x.name == choice.writers[0])
+        assert signal.gap > 0
+    assert ex.choose_writers(model, EditForm("scale", "all")).writers is None
     with pytest.raises(RosiError, match="unknown scope"):
-        choose_writers(model, ex, "scale", "some")
+        ex.choose_writers(model, EditForm("scale", "some"))
 
 
 def test_probe_edit_raises_refusal_on_harmful_prompts_only(loaded):
@@ -64,8 +71,8 @@ def test_probe_edit_raises_refusal_on_harmful_prompts_only(loaded):
     edit adds k times the gap at the mean harmful input and nothing at the mean harmless one."""
     model, u = loaded
     s = sets()
-    ex = extract(model, s["harmful"], s["harmless"], layer=1, position=-1, method="probe", progress=False)
-    choice = choose_writers(model, ex, "probe", "all")
+    ex = extract(model, s, pinned(1, "probe"))
+    choice = ex.choose_writers(model, EditForm("probe", "all"))
     assert choice.writers == ["model.layers.0.self_attn.o_proj.weight"] and "left out" in choice.note
     assert json.dumps(choice.to_json())  # the report form has no tensors
     fmt = ChatFormat(model.tokenizer)
@@ -74,22 +81,22 @@ def test_probe_edit_raises_refusal_on_harmful_prompts_only(loaded):
     def log_odds(prompts):
         return refusal_log_odds(last_logprobs(model.model, fmt, prompts.instructions, 6), ids)
 
-    base_h, base_b = log_odds(s["harmful"]), log_odds(s["harmless"])
+    base_h, base_b = log_odds(s.harmful), log_odds(s.harmless)
     record = apply_edit(model.model, ex.direction, "probe", 2.0, writers=choice.writers, reads=choice.reads, keep_originals=True)
-    after_h, after_b = log_odds(s["harmful"]), log_odds(s["harmless"])
+    after_h, after_b = log_odds(s.harmful), log_odds(s.harmless)
     revert_edit(model.model, record)
     assert float((after_h - base_h).mean()) > 1.0
     # zero at the harmless *mean* input: single harmless prompts move both ways, on average little
     assert abs(float((after_b - base_b).mean())) < 0.1 * float((after_h - base_h).mean())
     with pytest.raises(RosiError, match="mean inputs"):
-        choose_writers(model, extract(model, s["harmful"], s["harmless"], layer=1, position=-1, progress=False), "probe", "all")
+        extract(model, s, pinned(1)).choose_writers(model, EditForm("probe", "all"))
     with pytest.raises(RosiError, match="no writer"):  # the planted model's middle layers write nothing
-        choose_writers(model, ex, "probe", "selective")
+        ex.choose_writers(model, EditForm("probe", "selective"))
 
 
 def test_run_with_the_probe_method_saves_its_reads(loaded, tmp_path):
     model, u = loaded
-    report = run(model, tmp_path / "out", **sets(), method="probe", scope="all", new_tokens=4, progress=False)
+    report = run(model, tmp_path / "out", sets(), RunOptions(form=EditForm("probe", "all"), new_tokens=4, progress=False))
     saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
     assert saved["method"] == "probe" and saved["writers"]["probe"]["writers"] == ["model.layers.0.self_attn.o_proj.weight"]
     assert [r["label"].split()[0] for r in saved["rates"]] == ["base", "probe", "rosi"]
@@ -101,19 +108,19 @@ def test_run_with_the_probe_method_saves_its_reads(loaded, tmp_path):
 
 def test_strength_search_respects_the_harmless_budget(loaded):
     model, u = loaded
-    d = Direction(u * 3, layer=1, position="-1")
+    d = Direction(u * 3, layer=1, position=-1)
     s = sets()
-    search = choose_strength(model, d, "rosi", s["val_harmful"], s["val_harmless"], progress=False)
+    search = choose_strength(model, d, "rosi", s.val_harmful, s.val_harmless, budget=DEFAULT_BUDGET, progress=False)
     base = search.rows[0]
-    chosen = next(r for r in search.rows if r["strength"] == search.strength)
-    assert chosen["harmless"] <= base["harmless"] + 0.05
+    chosen = next(r for r in search.rows if r.strength == search.strength)
+    assert chosen.harmless <= base.harmless + 0.05
     assert search.strength > 0
 
 
 def test_run_writes_checkpoint_direction_and_report(loaded, tmp_path):
     model, u = loaded
     before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
-    report = run(model, tmp_path / "out", **sets(), new_tokens=4, progress=False)
+    report = run(model, tmp_path / "out", sets(), RunOptions(new_tokens=4, progress=False))
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {
         "model.safetensors",

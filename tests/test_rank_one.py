@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from rosi.rank_one import RIGHT_FACTORS, edited_weight, probe_read, unit
+from rosi.direction.vector import Direction
+from rosi.edit.methods import METHODS
+from rosi.edit.rank_one import edited_weight, probe_read
+from rosi.errors import DirectionError
+
+RIGHT_FACTORS = {name: m.factor for name, m in METHODS.items() if m.factor is not None}
 
 
 @pytest.fixture
@@ -18,7 +23,7 @@ def data():
 
 def test_rosi_adds_mean_coordinate_along_direction(data):
     W, s, x = data
-    new, right = edited_weight(W, s, "rosi", 3.0)
+    new, right = edited_weight(W, s, RIGHT_FACTORS["rosi"], 3.0)
     w_bar = W.mean(dim=0)
     expected = x @ W.T + 3.0 * (x @ w_bar)[:, None] * s[None, :]
     torch.testing.assert_close(x @ new.T, expected)
@@ -28,7 +33,7 @@ def test_rosi_adds_mean_coordinate_along_direction(data):
 
 def test_scale_multiplies_the_component_along_s(data):
     W, s, x = data
-    new, _ = edited_weight(W, s, "scale", 0.5)
+    new, _ = edited_weight(W, s, RIGHT_FACTORS["scale"], 0.5)
     y, y_new = x @ W.T, x @ new.T
     torch.testing.assert_close(y_new @ s, 1.5 * (y @ s))
     orth = lambda v: v - (v @ s)[:, None] * s[None, :]  # noqa: E731
@@ -37,7 +42,7 @@ def test_scale_multiplies_the_component_along_s(data):
 
 def test_ablate_removes_the_component(data):
     W, s, x = data
-    new, _ = edited_weight(W, s, "ablate", 1.0)
+    new, _ = edited_weight(W, s, RIGHT_FACTORS["ablate"], 1.0)
     torch.testing.assert_close(x @ new.T @ s, torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(new, W - torch.outer(s, s @ W))
 
@@ -46,23 +51,23 @@ def test_ablate_removes_the_component(data):
 def test_batched_expert_stack_equals_per_matrix(data, method):
     W, s, _ = data
     stack = torch.stack([W, 2 * W, -W])
-    new, right = edited_weight(stack, s, method, 0.7)
+    new, right = edited_weight(stack, s, RIGHT_FACTORS[method], 0.7)
     for i in range(3):
-        single, r = edited_weight(stack[i], s, method, 0.7)
+        single, r = edited_weight(stack[i], s, RIGHT_FACTORS[method], 0.7)
         torch.testing.assert_close(new[i], single)
         torch.testing.assert_close(right[i], r)
 
 
 def test_update_is_rank_one(data):
     W, s, _ = data
-    new, _ = edited_weight(W, s, "rosi", 5.0)
+    new, _ = edited_weight(W, s, RIGHT_FACTORS["rosi"], 5.0)
     assert torch.linalg.matrix_rank(new - W).item() == 1
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(4), torch.tensor([1.0, float("nan"), 0, 0]), torch.tensor([float("inf"), 0, 0, 0])])
 def test_unit_refuses_degenerate_vectors(bad):
-    with pytest.raises(ValueError):
-        unit(bad)
+    with pytest.raises(DirectionError):
+        Direction(bad)
 
 
 def test_probe_read_is_zero_on_the_harmless_mean_and_one_on_the_harmful_mean():

@@ -5,20 +5,20 @@ import torch
 
 from conftest import tiny_model
 from rosi import Direction, apply_edit
-from rosi.architecture import architecture_map
-from rosi.edit import EditRecord, revert_edit
-from rosi.errors import EditError, RosiError
-from rosi.scope import (
+from rosi.edit.apply import revert_edit
+from rosi.edit.methods import METHODS
+from rosi.edit.record import EditRecord
+from rosi.edit.scope import (
     WriterSignal,
-    measurable_writers,
     module_biases,
     probe_layer_range,
     probe_reads,
     probe_writers,
-    readout,
     select_writers,
     writer_signals,
 )
+from rosi.errors import EditError, RosiError
+from rosi.model.architecture import architecture_map
 
 
 @pytest.mark.parametrize("arch_name", ["qwen2", "gpt2", "qwen2_moe"])
@@ -27,11 +27,11 @@ def test_edit_adds_strength_times_readout_of_the_writer_output(arch_name, method
     """The identity the selection rests on: edited output = y + strength * (u . (y - b)) * s_hat."""
     model = tiny_model(arch_name)
     writers = architecture_map(model).select()
-    modules = measurable_writers(model, writers)
+    modules = architecture_map(model).measurable_modules(model)
     assert modules and all(w.kind.value in ("attention", "mlp") for w in writers if w.name in modules)
     biases = module_biases(modules)
     d = Direction(torch.randn(32, generator=torch.Generator().manual_seed(1)))
-    s_hat, u = d.unit.double(), readout(method, d.unit).double()
+    s_hat, u = d.unit.double(), METHODS[method].output_readout(d.unit).double()
     g = torch.Generator().manual_seed(3)
     inputs = {n: torch.randn(5, _in_features(m), generator=g) for n, m in modules.items()}
     before = {n: m(inputs[n]).detach().double() for n, m in modules.items()}

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 import planted
-from rosi.activations import mean_activations
-from rosi.chat import ChatFormat
-from rosi.selection import ablated, added, last_logprobs, refusal_log_odds, refusal_token_ids, select_direction
+from rosi.direction.activations import mean_activations
+from rosi.direction.interventions import ablated, added
+from rosi.direction.score import last_logprobs, refusal_log_odds, refusal_token_ids
+from rosi.direction.selection import SelectionOptions, select_direction
+from rosi.model.chat import ChatFormat
 
 
 @pytest.fixture
@@ -55,7 +57,9 @@ def test_selection_recovers_the_planted_candidate(setup):
     harmful, harmless = decoy_means(4, n_pos)
     harmful[1, 0] = 2 * u  # the real direction, at layer 1, position -n_pos
     harmful[3, 1] = 2 * u  # also in the last layer: must be filtered out
-    sel = select_direction(model, fmt, harmful, harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), exact_candidates=2)
+    sel = select_direction(
+        model, fmt, harmful - harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), options=SelectionOptions(exact_candidates=2)
+    )
     assert (sel.layer, sel.position) == (1, -n_pos)
     torch.testing.assert_close(sel.direction, (2 * u).float())
     by_key = {(s.layer, s.position): s for s in sel.scores}
@@ -65,7 +69,7 @@ def test_selection_recovers_the_planted_candidate(setup):
     # the first-order screen ranked the real direction among the two scored exactly
     ranked = sorted((s for s in sel.scores if s.status != "late layer"), key=lambda s: s.screen_bypass)
     assert (1, -n_pos) in [(s.layer, s.position) for s in ranked[:2]]
-    assert sel.cost["scored_exactly"] <= 2 < sel.cost["candidates"]
+    assert sel.cost.scored_exactly <= 2 < sel.cost.candidates
 
 
 def test_without_eligible_candidates_the_edit_effect_decides(setup):
@@ -74,8 +78,8 @@ def test_without_eligible_candidates_the_edit_effect_decides(setup):
     candidate whose edit raises refusal on harmful prompts."""
     from contextlib import contextmanager
 
-    from rosi import Direction, apply_edit
-    from rosi.edit import revert_edit
+    from rosi import apply_edit
+    from rosi.edit.apply import revert_edit
 
     u, model, fmt, _ = setup
     n_pos = len(fmt.post_instruction_ids())
@@ -84,17 +88,16 @@ def test_without_eligible_candidates_the_edit_effect_decides(setup):
     calls = []
 
     @contextmanager
-    def edit(layer, position, vector):
-        calls.append((layer, position))
-        record = apply_edit(model, Direction(vector), "scale", 2.0, writers=["model.layers.0.self_attn.o_proj.weight"], keep_originals=True)
+    def edit(direction):
+        calls.append((direction.layer, direction.position))
+        record = apply_edit(model, direction, "scale", 2.0, writers=["model.layers.0.self_attn.o_proj.weight"], keep_originals=True)
         try:
             yield
         finally:
             revert_edit(model, record)
 
-    sel = select_direction(
-        model, fmt, harmful, harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), exact_candidates=2, kl_threshold=-1.0, edit=edit
-    )
+    options = SelectionOptions(exact_candidates=2, kl_threshold=-1.0)
+    sel = select_direction(model, fmt, harmful - harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), options=options, trial=edit)
     assert calls[:2] == [(1, -1), (2, -1)]  # harmful prompts: last-token candidates of layers [25%, 80%) of 4
     assert calls[2] == (2, -1)  # harmless prompts: best on harmful first
     assert (sel.layer, sel.position) == (2, -1) and sel.by_effect and not sel.strict
@@ -102,9 +105,7 @@ def test_without_eligible_candidates_the_edit_effect_decides(setup):
     real, decoy = by_key[(2, -1)], by_key[(1, -1)]
     assert real.status.startswith("chosen (edit effect") and real.edit_harmful > decoy.edit_harmful
     assert real.edit_harmful > sel.base_harmful
-    assert sel.cost["scored_by_edit_effect"] == 2
+    assert sel.cost.scored_by_edit_effect == 2
     # without an edit the relaxed KL rule still picks something and says so
-    relaxed = select_direction(
-        model, fmt, harmful, harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), exact_candidates=2, kl_threshold=-1.0
-    )
+    relaxed = select_direction(model, fmt, harmful - harmless, tuple(planted.HARMFUL), tuple(planted.HARMLESS), options=options)
     assert not relaxed.by_effect and any(s.status.startswith("chosen (relaxed") for s in relaxed.scores)

@@ -9,8 +9,7 @@ import torch
 import transformers as T
 
 from conftest import DATA, needs_data
-from rosi.loading import LoadedModel, ModelSource
-from rosi.utility import (
+from rosi.eval.utility import (
     UtilityError,
     local_docs,
     local_task_config,
@@ -20,6 +19,7 @@ from rosi.utility import (
     run_utility,
     sample_docs,
 )
+from rosi.model.loading import LoadedModel, ModelSource
 
 
 @needs_data
@@ -102,10 +102,11 @@ def test_lm_eval_scores_each_question_once(tmp_path):
         data = tmp_path / f"{task}.jsonl"
         data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
         out = run_utility(byte_level_model(tmp_path), local_configs=[local_task_config(task, data)], batch_size=4)
-        acc = out[task]["accuracy"]
+        result = out[task].to_json()
+        acc = result["accuracy"]
         assert (acc["k"], acc["n"]) == (2, 8), acc
         assert acc["ci95"][0] < 0.25 < acc["ci95"][1]
-        assert ("accuracy_norm" in out[task]) == (task == "arc_easy")
+        assert ("accuracy_norm" in result) == (task == "arc_easy")
 
 
 @needs_data
@@ -115,7 +116,7 @@ def test_prepare_local_tasks_writes_configs_and_samples(tmp_path):
     lines = (tmp_path / "tasks" / "arc_challenge.jsonl").read_text().splitlines()
     assert len(lines) == 7 and json.loads((tmp_path / "tasks" / "hellaswag.json").read_text())["dataset_path"] == "json"
     out = run_utility(byte_level_model(tmp_path), local_configs=configs, batch_size=8)
-    assert out["arc_challenge"]["accuracy"]["n"] == 7 and out["hellaswag"]["accuracy"]["n"] == 5
+    assert out["arc_challenge"].accuracy.n == 7 and out["hellaswag"].accuracy.n == 5
 
 
 def test_groups_are_pooled_over_their_leaf_tasks():
@@ -131,9 +132,9 @@ def test_groups_are_pooled_over_their_leaf_tasks():
         },
         "n-samples": {"mmlu_algebra": {"effective": 10}, "mmlu_physics": {"effective": 20}, "mmlu_law": {"effective": 4}},
     }
-    got = pooled_accuracy(out, "mmlu")
+    got = pooled_accuracy(out, "mmlu").to_json()
     assert (got["accuracy"]["k"], got["accuracy"]["n"], got["tasks"]) == (5 + 5 + 3, 34, 3)
     assert "accuracy_norm" not in got
-    assert pooled_accuracy(out, "mmlu_physics")["accuracy"]["k"] == 5
+    assert pooled_accuracy(out, "mmlu_physics").accuracy.k == 5
     with pytest.raises(UtilityError, match="no accuracy for 'bleu_task'"):
         pooled_accuracy({"results": {"bleu_task": {"bleu,none": 3.0}}, "n-samples": {"bleu_task": {"effective": 3}}}, "bleu_task")

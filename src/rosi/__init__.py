@@ -1,32 +1,97 @@
 """rosi: Rank-One Safety Injection for open-weight chat LLMs.
 
-The pipeline, one module each: :mod:`rosi.loading` (get a model), :mod:`rosi.architecture`
-(which matrices write the residual stream), :mod:`rosi.direction` (the safety direction as a
-value with a file format), :mod:`rosi.rank_one` (the edit math), :mod:`rosi.edit` (apply and
-revert), :mod:`rosi.checkpoint` (save a standard checkpoint).
+The package reads as the pipeline (see CONTRIBUTING.md for the map):
+:mod:`rosi.model` (load a model, map its residual writers) -> :mod:`rosi.direction` (extract and
+select the refusal direction) -> :mod:`rosi.edit` (the methods, the rank-one edit, writers,
+strength, checkpoint) -> :mod:`rosi.pipeline` (``extract``, ``run``); :mod:`rosi.eval` measures
+any model beside it. The names below are the public API; they are imported on first use, so
+``import rosi`` (and ``rosi --help``) does not load torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from rosi.architecture import ArchitectureMap, ResidualWriter, WriterKind, architecture_map  # noqa: E402
-from rosi.checkpoint import save_checkpoint  # noqa: E402
-from rosi.direction import Direction  # noqa: E402
-from rosi.edit import EditRecord, apply_edit, revert_edit  # noqa: E402
-from rosi.errors import RosiError  # noqa: E402
-from rosi.loading import LoadedModel, load  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "ArchitectureMap": "rosi.model.architecture",
+    "architecture_map": "rosi.model.architecture",
+    "LoadedModel": "rosi.model.loading",
+    "LoadOptions": "rosi.model.loading",
+    "load": "rosi.model.loading",
+    "ResidualWriter": "rosi.model.writers",
+    "WriterKind": "rosi.model.writers",
+    "PromptSet": "rosi.prompts.sets",
+    "PromptSets": "rosi.prompts.sets",
+    "Direction": "rosi.direction.vector",
+    "METHODS": "rosi.edit.methods",
+    "EditForm": "rosi.edit.methods",
+    "apply_edit": "rosi.edit.apply",
+    "revert_edit": "rosi.edit.apply",
+    "EditRecord": "rosi.edit.record",
+    "save_checkpoint": "rosi.edit.checkpoint",
+    "ExtractOptions": "rosi.options",
+    "RunOptions": "rosi.options",
+    "extract": "rosi.pipeline",
+    "run": "rosi.pipeline",
+    "EvalOptions": "rosi.eval.evaluate",
+    "evaluate": "rosi.eval.evaluate",
+    "RosiError": "rosi.errors",
+}
 
 __all__ = [
     "ArchitectureMap",
     "Direction",
+    "EditForm",
     "EditRecord",
+    "EvalOptions",
+    "ExtractOptions",
+    "LoadOptions",
     "LoadedModel",
+    "METHODS",
+    "PromptSet",
+    "PromptSets",
     "ResidualWriter",
     "RosiError",
+    "RunOptions",
     "WriterKind",
     "__version__",
     "apply_edit",
     "architecture_map",
+    "evaluate",
+    "extract",
     "load",
     "revert_edit",
+    "run",
     "save_checkpoint",
-]
+]  # the names of _EXPORTS, and the version (a test keeps the two in step)
+
+if TYPE_CHECKING:
+    from rosi.direction.vector import Direction
+    from rosi.edit.apply import apply_edit, revert_edit
+    from rosi.edit.checkpoint import save_checkpoint
+    from rosi.edit.methods import METHODS, EditForm
+    from rosi.edit.record import EditRecord
+    from rosi.errors import RosiError
+    from rosi.eval.evaluate import EvalOptions, evaluate
+    from rosi.model.architecture import ArchitectureMap, architecture_map
+    from rosi.model.loading import LoadedModel, LoadOptions, load
+    from rosi.model.writers import ResidualWriter, WriterKind
+    from rosi.options import ExtractOptions, RunOptions
+    from rosi.pipeline import extract, run
+    from rosi.prompts.sets import PromptSet, PromptSets
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rosi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

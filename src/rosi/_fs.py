@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rosi.errors import OutputExistsError
 
@@ -64,3 +66,21 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def hash_files(files: list[Path]) -> str:
+    """sha256 of one file; for several, of their names and contents in name order."""
+    if len(files) == 1:
+        return _update(hashlib.sha256(), files[0]).hexdigest()
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        digest.update(f.name.encode() + b"\0")
+        _update(digest, f)
+    return digest.hexdigest()
+
+
+def _update(digest: Any, path: Path) -> Any:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest

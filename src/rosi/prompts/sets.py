@@ -21,9 +21,11 @@ import random
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rosi.errors import RosiError
 
+DEFAULT_N_VAL = 32  # validation prompts per set for selection, the strength search and the measurement
 TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
 CATEGORY_COLUMNS = ("category", "Category", "type")
 BUILTIN = ("harmful", "harmless")
@@ -37,7 +39,6 @@ class PromptError(RosiError):
 class PromptSet:
     instructions: tuple[str, ...]
     categories: tuple[str | None, ...] | None = None
-    system_prompt: str | None = None
     name: str = "prompts"
 
     def __post_init__(self) -> None:
@@ -65,8 +66,36 @@ class PromptSet:
             categories=None if self.categories is None else tuple(self.categories[i] for i in idx),
         )
 
-    def with_system_prompt(self, system_prompt: str | None) -> PromptSet:
-        return replace(self, system_prompt=system_prompt)
+
+@dataclass(frozen=True)
+class PromptSets:
+    """The four sets of a run: extraction (``harmful``, ``harmless``) and validation (``val_*``:
+    selection, the strength search and the measurement)."""
+
+    harmful: PromptSet
+    harmless: PromptSet
+    val_harmful: PromptSet
+    val_harmless: PromptSet
+
+    @classmethod
+    def load(
+        cls,
+        harmful: str = "builtin:harmful:train",
+        harmless: str = "builtin:harmless:train",
+        val_harmful: str = "builtin:harmful:val",
+        val_harmless: str = "builtin:harmless:val",
+        *,
+        n_train: int | None = None,
+        n_val: int | None = DEFAULT_N_VAL,
+    ) -> PromptSets:
+        """Four sets from specs (see :func:`load_prompts`; by default rosi's own sets and splits),
+        the first ``n_train`` / ``n_val`` of each."""
+        return cls(
+            load_prompts(harmful).take(n_train),
+            load_prompts(harmless).take(n_train),
+            load_prompts(val_harmful).take(n_val),
+            load_prompts(val_harmless).take(n_val),
+        )
 
 
 def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
@@ -85,7 +114,7 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
-            rows: list[object] = [line.strip() for line in split_lines(path.read_text(encoding="utf-8"))]
+            rows: list[Any] = [line.strip() for line in split_lines(path.read_text(encoding="utf-8"))]
         elif suffix == ".jsonl":
             rows = [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
         elif suffix == ".json":
@@ -141,7 +170,7 @@ def builtin(kind: str, split: str | None = None) -> PromptSet:
         raise PromptError(f"no built-in prompt set {kind!r}; choose {' or '.join(BUILTIN)}")
     if split not in (None, "train", "val"):
         raise PromptError(f"built-in split must be train or val, got {split!r}")
-    text = resources.files("rosi").joinpath("data", f"{kind}.jsonl").read_text(encoding="utf-8")
+    text = resources.files("rosi.prompts").joinpath("data").joinpath(f"{kind}.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in split_lines(text)]
     rows = [r for r in rows if split is None or r["split"] == split]
     return _from_rows(rows, "instruction", name=f"builtin:{kind}" + (f":{split}" if split else ""))
@@ -156,14 +185,14 @@ def _split_column(spec: str, column: str | None) -> tuple[Path, str | None]:
     return path, column
 
 
-def _only_list(data: object, path: Path) -> list[object]:
+def _only_list(data: object, path: Path) -> list[Any]:
     lists = [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
     if len(lists) != 1:
         raise PromptError(f"{path}: expected a JSON list of prompts (or an object holding one list)")
     return lists[0]
 
 
-def _from_rows(rows: list[object], column: str | None, *, name: str) -> PromptSet:
+def _from_rows(rows: list[Any], column: str | None, *, name: str) -> PromptSet:
     if not rows:
         raise PromptError(f"prompt set {name!r} is empty")
     if all(isinstance(r, str) for r in rows):
@@ -172,18 +201,18 @@ def _from_rows(rows: list[object], column: str | None, *, name: str) -> PromptSe
         return PromptSet(tuple(str(r) for r in rows), name=name)
     if not all(isinstance(r, dict) for r in rows):
         raise PromptError(f"{name}: each row must be an object (or every row a string)")
-    keys = list(rows[0])  # type: ignore[arg-type]
+    keys = list(rows[0])
     chosen = column or next((c for c in TEXT_COLUMNS if c in keys), None)
     if chosen is None or chosen not in keys:
         raise PromptError(f"{name}: no column {column or 'with prompts'!r} (columns: {keys}); name one with FILE:COLUMN")
-    texts = [str(r.get(chosen) or "").strip() for r in rows]  # type: ignore[union-attr]
+    texts = [str(r.get(chosen) or "").strip() for r in rows]
     keep = [i for i, t in enumerate(texts) if t]
     if not keep:
         raise PromptError(f"{name}: column {chosen!r} is empty in every row")
     category_column = next((c for c in CATEGORY_COLUMNS if c in keys), None)
     categories = None
     if category_column:
-        values = [rows[i].get(category_column) for i in keep]  # type: ignore[union-attr]
+        values = [rows[i].get(category_column) for i in keep]
         categories = tuple(None if v in (None, "") else str(v) for v in values)
     return PromptSet(tuple(texts[i] for i in keep), categories, name=name)
 

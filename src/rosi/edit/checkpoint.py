@@ -14,20 +14,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from rosi import __version__
 from rosi._fs import atomic_directory, check_output
-from rosi.architecture import model_type_of
-from rosi.edit import EditRecord
-from rosi.loading import LoadedModel, ModelSource
+from rosi.edit.record import EditRecord
+from rosi.model.architecture import model_type_of
+from rosi.model.loading import LoadedModel, ModelSource
+from rosi.model.writers import CausalLM
 
 MANIFEST = "rosi.json"
 RECORD_FILE = "rosi_edit.safetensors"
 
 
 def save_checkpoint(
-    model: LoadedModel | nn.Module,
+    model: LoadedModel | CausalLM,
     out: str | Path,
     *,
     record: EditRecord | None = None,
@@ -62,7 +61,7 @@ def save_checkpoint(
 
 
 def build_manifest(
-    model: nn.Module, *, record: EditRecord | None, source: ModelSource | None, extra: dict[str, Any] | None
+    model: CausalLM, *, record: EditRecord | None, source: ModelSource | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     base = {
         "spec": source.spec if source else None,

@@ -4,12 +4,16 @@ A direction file is a safetensors file with one float32 tensor named ``direction
 ``[hidden_size]`` (any norm: edits normalise it) and string metadata, at least ``layer``,
 ``position`` and ``model``. Files written by other tools are accepted as long as they hold that
 tensor; missing metadata is read as unknown.
+
+A position is the index of the token the direction was read at, counted from the end of the
+prompt among the post-instruction tokens: ``-1`` is the last prompt token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -17,7 +21,6 @@ from safetensors.torch import load_file, save_file
 
 from rosi._fs import atomic_file
 from rosi.errors import DirectionError
-from rosi.rank_one import unit
 
 TENSOR_NAME = "direction"
 FORMAT = "rosi-direction/1"
@@ -27,7 +30,7 @@ FORMAT = "rosi-direction/1"
 class Direction:
     vector: torch.Tensor  # float32 [hidden_size], as extracted (not normalised)
     layer: int | None = None  # residual stream after this layer (0-based); None if unknown
-    position: str | None = None  # which token position it was taken at, e.g. "-1"
+    position: int | None = None  # the token it was read at, counted from the prompt's end: -1 = last; None if unknown
     model: str | None = None  # the model it was extracted from
     metadata: dict[str, str] = field(default_factory=dict)  # anything else (system prompt, counts, ...)
 
@@ -37,6 +40,10 @@ class Direction:
             raise DirectionError(f"a direction must be a vector, got shape {tuple(v.shape)}")
         if not torch.is_floating_point(v) or not torch.isfinite(v).all():
             raise DirectionError("the direction has non-finite values (NaN or inf); re-extract it")
+        for key in ("layer", "position"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise DirectionError(f"a direction's {key} must be an integer or None, got {value!r}")
         if not v.abs().sum() > 0:
             raise DirectionError("the direction is the zero vector; re-extract it with prompts that differ")
         object.__setattr__(self, "vector", v.detach().to(device="cpu", dtype=torch.float32).contiguous())
@@ -47,7 +54,9 @@ class Direction:
 
     @property
     def unit(self) -> torch.Tensor:
-        return unit(self.vector)
+        """``vector / |vector|`` (float32)."""
+        unit: torch.Tensor = self.vector / torch.linalg.vector_norm(self.vector)
+        return unit
 
     def check_size(self, hidden_size: int) -> None:
         if self.size != hidden_size:
@@ -81,18 +90,18 @@ class Direction:
             raise DirectionError(f"{path} is not a readable safetensors file ({e}); pass a file written by `rosi direction`") from None
         if TENSOR_NAME not in tensors:
             raise DirectionError(f"{path} has no tensor named {TENSOR_NAME!r} (it has: {sorted(tensors) or 'none'})")
-        layer = meta.pop("layer", None)
-        position = meta.pop("position", None)
-        model = meta.pop("model", None)
+        return cls.from_info(tensors[TENSOR_NAME], meta, where=str(path))
+
+    @classmethod
+    def from_info(cls, vector: torch.Tensor, info: dict[str, Any], where: str = "direction") -> Direction:
+        """A direction from its vector and :meth:`info` (as stored in a direction file or an edit record)."""
+        meta = {k: str(v) for k, v in info.items()}
+        layer, position, model = (meta.pop(k, None) for k in ("layer", "position", "model"))
         meta.pop("format", None)
-        try:
-            layer_index = None if layer in (None, "", "unknown") else int(layer)
-        except ValueError:
-            raise DirectionError(f"{path}: metadata 'layer' must be an integer, got {layer!r}") from None
         return cls(
-            tensors[TENSOR_NAME],
-            layer=layer_index,
-            position=None if position in (None, "unknown") else position,
+            vector,
+            layer=_int_or_none(layer, "layer", where),
+            position=_int_or_none(position, "position", where),
             model=None if model in (None, "unknown") else model,
             metadata=meta,
         )
@@ -100,3 +109,12 @@ class Direction:
 
 def _str(value: object) -> str:
     return "unknown" if value is None else str(value)
+
+
+def _int_or_none(text: str | None, key: str, where: str) -> int | None:
+    if text is None or text in ("", "unknown"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise DirectionError(f"{where}: metadata {key!r} must be an integer, got {text!r}") from None

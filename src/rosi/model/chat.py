@@ -7,7 +7,7 @@ at these positions: they hold the model's decision of how to answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,18 +32,17 @@ def chat_messages(instruction: str, system_prompt: str | None = None) -> list[di
 class ChatFormat:
     tokenizer: Any
     system_prompt: str | None = None
-    template: str | None = None  # overrides the tokenizer's own template
 
     def __post_init__(self) -> None:
-        if not (self.template or getattr(self.tokenizer, "chat_template", None)):
+        if not getattr(self.tokenizer, "chat_template", None):
             raise ChatTemplateError(
                 "the tokenizer has no chat template, so rosi cannot format prompts as the model expects; "
-                "use an instruct/chat model or pass a template (CLI: --chat-template FILE)"
+                "use an instruct/chat model, or add a 'chat_template' to the model's tokenizer_config.json"
             )
 
     def render(self, instruction: str) -> str:
         messages = chat_messages(instruction, self.system_prompt)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=self.template)
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def post_instruction_ids(self) -> list[int]:
         """Token ids that every prompt ends with after the user's text."""
@@ -51,17 +50,19 @@ class ChatFormat:
         suffix = text.split(_MARK, 1)[1]
         ids = self.tokenizer(suffix, add_special_tokens=False).input_ids
         if not ids:
-            raise ChatTemplateError("the chat template adds nothing after the user's text; pass a template with an assistant turn")
+            raise ChatTemplateError(
+                "the chat template adds nothing after the user's text (no assistant turn); rosi needs a chat model's template"
+            )
         return list(ids)
 
     def batches(
-        self, instructions: list[str] | tuple[str, ...], batch_size: int, device: torch.device | str = "cpu"
+        self, instructions: Sequence[str], batch_size: int, device: torch.device | str = "cpu"
     ) -> Iterator[dict[str, torch.Tensor]]:
         """``encode`` over consecutive slices of ``batch_size`` prompts."""
         for start in range(0, len(instructions), batch_size):
             yield self.encode(instructions[start : start + batch_size], device)
 
-    def encode(self, instructions: list[str] | tuple[str, ...], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def encode(self, instructions: Sequence[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Left-padded batch of rendered prompts (so the last positions line up across rows)."""
         texts = [self.render(i) for i in instructions]
         tok = self.tokenizer

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rosi.errors import RosiError
+from rosi.eval.results import UtilityScore
 from rosi.metrics import Rate
 from rosi.prompts import split_lines
 
@@ -143,12 +144,12 @@ def parse_tasks(spec: str) -> tuple[dict[str, int | None], dict[str, int | None]
 
 
 def run_utility(
-    loaded,
+    loaded: Any,
     *,
     hub_tasks: dict[str, int | None] | None = None,
     local_configs: list[dict[str, Any]] | None = None,
     batch_size: int = 16,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, UtilityScore]:
     """Run lm-eval on an in-memory model. Per task (or group, pooled): accuracy, and ``acc_norm``
     where the task has it, as rates with Wilson intervals. For hub tasks the count is lm-eval's
     ``limit``: questions per leaf task."""
@@ -160,7 +161,7 @@ def run_utility(
         raise UtilityError("utility benchmarks need lm-evaluation-harness: pip install 'rosi[eval]' (or pass --utility none)") from None
     device = str(next(loaded.model.parameters()).device)
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, UtilityScore] = {}
     jobs: list[tuple[list[Any], int | None]] = [([c], None) for c in local_configs or []]
     jobs += [([name], n) for name, n in (hub_tasks or {}).items()]
     manager = TaskManager()
@@ -174,7 +175,7 @@ def run_utility(
     return results
 
 
-def pooled_accuracy(out: dict[str, Any], name: str) -> dict[str, Any]:
+def pooled_accuracy(out: dict[str, Any], name: str) -> UtilityScore:
     """Accuracy of a task, or of a group (e.g. ``mmlu``) pooled over its leaf tasks (every question
     counts once), from an lm-eval result."""
     tree: dict[str, list[str]] = out.get("group_subtasks", {})
@@ -196,9 +197,4 @@ def pooled_accuracy(out: dict[str, Any], name: str) -> dict[str, Any]:
         k_norm += round((row.get("acc_norm,none") or 0.0) * size)
     if not n:
         raise UtilityError(f"lm-eval returned no accuracy for {name!r}; rosi reports multiple-choice tasks (acc)")
-    entry: dict[str, Any] = {"accuracy": Rate(k, n).to_json()}
-    if has_norm:
-        entry["accuracy_norm"] = Rate(k_norm, n).to_json()
-    if tree.get(name):
-        entry["tasks"] = len(leaves(name))
-    return entry
+    return UtilityScore(Rate(k, n), Rate(k_norm, n) if has_norm else None, len(leaves(name)) if tree.get(name) else None)

@@ -5,61 +5,22 @@ embedding, the attention output projection and the MLP output projection of ever
 every expert's output projection in a mixture-of-experts layer). The table :data:`ARCHITECTURES`
 names them per ``model_type``; anything else gets a generic discovery that is verified by
 running the model (a writer must add its output to the residual stream unchanged) and refused
-loudly when it cannot be verified.
+loudly when it cannot be verified. (The vocabulary, writer kinds, layouts and edit targets, is in
+:mod:`rosi.model.writers`.)
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import nn
 
 from rosi.errors import UnsupportedArchitectureError
-
-
-class WriterKind(str, Enum):
-    EMBEDDING = "embedding"
-    ATTENTION = "attention"
-    MLP = "mlp"
-    EXPERT = "expert"
-
-
-class Layout(str, Enum):
-    """How a weight stores its ``[out, in]`` matrix (``out`` = residual stream)."""
-
-    OUT_IN = "out_in"  # nn.Linear
-    IN_OUT = "in_out"  # GPT-2 Conv1D, and embeddings ([vocab, hidden]: row t is token t's output)
-    EXPERTS_OUT_IN = "experts_out_in"  # fused experts [num_experts, out, in]
-
-    def as_out_in(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.transpose(-1, -2) if self is Layout.IN_OUT else weight
-
-
-# Edit targets a user can choose, and the writer kinds each one selects.
-TARGETS: dict[str, tuple[WriterKind, ...]] = {
-    "attention": (WriterKind.ATTENTION,),
-    "mlp": (WriterKind.MLP, WriterKind.EXPERT),
-    "embedding": (WriterKind.EMBEDDING,),
-}
-DEFAULT_TARGETS: tuple[str, ...] = ("attention", "mlp")
-
-
-@dataclass(frozen=True)
-class ResidualWriter:
-    name: str  # parameter name in model.named_parameters()
-    kind: WriterKind
-    layout: Layout
-    layer: int | None  # None for the embedding
-    post_norm: str | None = None  # module that normalises this writer's output before the add
-    gate: str | None = None  # module whose per-token scalar multiplies this writer's output
-
-    @property
-    def module(self) -> str:
-        """The module that owns the weight (for fused experts, the experts module)."""
-        return self.name.rsplit(".", 1)[0]
+from rosi.model.hooks import layer_output
+from rosi.model.writers import DEFAULT_TARGETS, TARGETS, CausalLM, Layout, ResidualWriter, WriterKind
 
 
 @dataclass(frozen=True)
@@ -133,7 +94,13 @@ class ArchitectureMap:
         return chosen
 
     def layer_modules(self, model: nn.Module) -> nn.ModuleList:
-        return model.get_submodule(self.layers_path)  # type: ignore[return-value]
+        return _module_list(model, self.layers_path)
+
+    def measurable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The attention/MLP writers' modules, by parameter name: each returns the writer's own
+        ``W x (+ b)``, so hooks can measure its output and input. (Fused expert stacks and the
+        embedding are not measurable: their outputs mix experts or index rows.)"""
+        return {w.name: model.get_submodule(w.module) for w in self.writers if w.measurable}
 
     def write_points(self, model: nn.Module) -> list[nn.Module]:
         """The modules whose outputs are added to the residual stream as they are (the post-norm
@@ -152,46 +119,59 @@ def model_type_of(model: nn.Module) -> str:
     return str(getattr(model.config, "model_type", type(model).__name__))
 
 
+# Specs found by generic discovery, per model object: discovery runs the model, so it runs once.
+_DISCOVERED: weakref.WeakKeyDictionary[nn.Module, ArchitectureSpec] = weakref.WeakKeyDictionary()
+
+
 def architecture_map(model: nn.Module) -> ArchitectureMap:
     """Every residual writer of ``model``, from the table or by verified discovery."""
     model_type = model_type_of(model)
-    spec = ARCHITECTURES.get(model_type)
-    layers, discovered = (_module(model, spec.layers), False) if spec else (None, True)
+    spec = ARCHITECTURES.get(model_type) or _DISCOVERED.get(model)
     if spec is None:
-        spec, layers = _discover(model, model_type)
+        spec = _DISCOVERED[model] = _discover(model, model_type)
+    layers = _module_list(model, spec.layers)
     params = dict(model.named_parameters(remove_duplicate=False))
     writers = [_embedding_writer(model, params)]
     for i, layer_module in enumerate(layers):
-        prefix = _name_of(model, layer_module)
-        groups = (
-            (spec.attention, WriterKind.ATTENTION, spec.layout, spec.attention_post_norm, None),
-            (spec.mlp, WriterKind.MLP, spec.layout, spec.mlp_post_norm, spec.mlp_gate),
-            (spec.experts, WriterKind.EXPERT, Layout.EXPERTS_OUT_IN, spec.mlp_post_norm, None),
-        )
-        for paths, kind, layout, post_norm, gate in groups:
-            for path in paths:
-                name = f"{prefix}.{path}"
-                if name not in params:
-                    raise UnsupportedArchitectureError(
-                        f"{model_type}: expected parameter {name!r} is missing; this checkpoint does not match "
-                        f"rosi's map for {model_type} (modules in layer {i}: {_child_names(layer_module)})"
-                    )
-                writers.append(
-                    ResidualWriter(
-                        name,
-                        kind,
-                        layout,
-                        i,
-                        post_norm=f"{prefix}.{post_norm}" if post_norm else None,
-                        gate=f"{prefix}.{gate}" if gate else None,
-                    )
-                )
+        writers += _layer_writers(model, spec, model_type, i, layer_module, params)
     hidden = params[writers[0].name].shape[-1]
     _check_shapes(model_type, writers, params, hidden)
+    discovered = model_type not in ARCHITECTURES
     return ArchitectureMap(model_type, hidden, len(layers), spec.layers, tuple(writers), _tied(model), discovered)
 
 
-def _embedding_writer(model: nn.Module, params: dict[str, nn.Parameter]) -> ResidualWriter:
+def _layer_writers(
+    model: nn.Module, spec: ArchitectureSpec, model_type: str, i: int, layer_module: nn.Module, params: dict[str, nn.Parameter]
+) -> list[ResidualWriter]:
+    prefix = _name_of(model, layer_module)
+    groups = (
+        (spec.attention, WriterKind.ATTENTION, spec.layout, spec.attention_post_norm, None),
+        (spec.mlp, WriterKind.MLP, spec.layout, spec.mlp_post_norm, spec.mlp_gate),
+        (spec.experts, WriterKind.EXPERT, Layout.EXPERTS_OUT_IN, spec.mlp_post_norm, None),
+    )
+    writers = []
+    for paths, kind, layout, post_norm, gate in groups:
+        for path in paths:
+            name = f"{prefix}.{path}"
+            if name not in params:
+                raise UnsupportedArchitectureError(
+                    f"{model_type}: expected parameter {name!r} is missing; this checkpoint does not match "
+                    f"rosi's map for {model_type} (modules in layer {i}: {_child_names(layer_module)})"
+                )
+            writers.append(
+                ResidualWriter(
+                    name,
+                    kind,
+                    layout,
+                    i,
+                    post_norm=f"{prefix}.{post_norm}" if post_norm else None,
+                    gate=f"{prefix}.{gate}" if gate else None,
+                )
+            )
+    return writers
+
+
+def _embedding_writer(model: CausalLM, params: dict[str, nn.Parameter]) -> ResidualWriter:
     embedding = model.get_input_embeddings()
     weight = getattr(embedding, "weight", None)
     name = next((n for n, p in params.items() if p is weight), None)
@@ -200,7 +180,7 @@ def _embedding_writer(model: nn.Module, params: dict[str, nn.Parameter]) -> Resi
     return ResidualWriter(name, WriterKind.EMBEDDING, Layout.IN_OUT, None)
 
 
-def _tied(model: nn.Module) -> bool:
+def _tied(model: CausalLM) -> bool:
     out = model.get_output_embeddings()
     inp = model.get_input_embeddings()
     return out is not None and getattr(out, "weight", None) is getattr(inp, "weight", None)
@@ -216,8 +196,11 @@ def _check_shapes(model_type: str, writers: list[ResidualWriter], params: dict[s
             )
 
 
-def _module(model: nn.Module, path: str) -> nn.ModuleList:
-    return model.get_submodule(path)  # type: ignore[return-value]
+def _module_list(model: nn.Module, path: str) -> nn.ModuleList:
+    layers = model.get_submodule(path)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedArchitectureError(f"{model_type_of(model)}: {path} is a {type(layers).__name__}, not the list of decoder layers")
+    return layers
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
@@ -234,7 +217,7 @@ _ATTENTION_OUT = re.compile(r"(attn|attention)\.(o_proj|out_proj|dense|c_proj|wo
 _MLP_OUT = re.compile(r"(mlp|feed_forward|ffn)\.(down_proj|fc2|c_proj|w2|dense_4h_to_h|fc_out|wo)$")
 
 
-def _discover(model: nn.Module, model_type: str) -> tuple[ArchitectureSpec, nn.ModuleList]:
+def _discover(model: nn.Module, model_type: str) -> ArchitectureSpec:
     """Guess the writers of an unknown architecture by name, then prove it by running the model."""
     n_layers = getattr(model.config, "num_hidden_layers", None)
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers and len(m) > 0]
@@ -263,11 +246,11 @@ def _discover(model: nn.Module, model_type: str) -> tuple[ArchitectureSpec, nn.M
                 f"model type {model_type!r}: {module_name} does not add its output unchanged to the residual "
                 f"stream (a norm or scale sits in between), so rosi will not guess how to edit it (modules in layer 0: {seen})"
             )
-    return spec, layers
+    return spec
 
 
 @torch.no_grad()
-def writes_residual_directly(model: nn.Module, layer: nn.Module, module_name: str, frozen: tuple[str, ...] = ()) -> bool:
+def writes_residual_directly(model: CausalLM, layer: nn.Module, module_name: str, frozen: tuple[str, ...] = ()) -> bool:
     """Run the model twice: once plain, once with a random vector added to ``module_name``'s output.
 
     The ``frozen`` modules of the layer (the other writers) replay their plain outputs in the
@@ -293,7 +276,7 @@ def writes_residual_directly(model: nn.Module, layer: nn.Module, module_name: st
         return output + shift
 
     def capture(module: nn.Module, args: object, output: object) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)  # type: ignore[index]
+        captured.append(layer_output(output))
 
     ids = (torch.arange(1, 5, device=reference.device) % embedding.num_embeddings).unsqueeze(0)
     for hooks in (

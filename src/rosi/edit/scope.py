@@ -2,7 +2,7 @@
 from harmless prompts.
 
 Every rosi edit adds ``strength * (u . y) * s_hat`` to a writer's output ``y = W x``, with a
-read-out vector ``u`` fixed by the method (:func:`readout`). Summed over the edited writers,
+read-out vector ``u`` fixed by the method (:attr:`rosi.edit.methods.Method.output_readout`). Summed over the edited writers,
 the push along ``s_hat`` that a prompt receives is ``strength * sum_l u . y_l``. The edit is only
 as selective as that sum: a writer whose ``u . y`` is as large on harmless prompts as on harmful
 ones pushes both towards refusal alike, and that is where over-refusal comes from.
@@ -18,26 +18,29 @@ that ``u . x`` is 0 at the mean harmless input and 1 at the mean harmful one
 of the model, where the refusal direction forms) and :func:`probe_reads` scales their read-outs
 so that strength ``k`` adds, summed over those writers, ``k`` times the harmful-minus-harmless
 gap of the direction at the mean harmful input.
+
+:func:`choose_writers` puts it together for a direction and the activations extracted with it:
+a :class:`WriterChoice`, what a run edits and why.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from rosi.architecture import ResidualWriter, WriterKind
+from rosi.direction.activations import ActivationPair
+from rosi.direction.vector import Direction
+from rosi.edit.methods import DEFAULT_RATIO, EditForm
+from rosi.edit.rank_one import probe_read
 from rosi.errors import RosiError
-from rosi.rank_one import probe_read
+from rosi.model.architecture import ArchitectureMap
+from rosi.model.writers import ResidualWriter
 
-SCOPES = ("selective", "all")
-DEFAULT_SCOPE = "selective"
-DEFAULT_RATIO = 0.25
-# Writer kinds whose module returns the writer's own output as [batch, seq, hidden].
-MEASURABLE = (WriterKind.ATTENTION, WriterKind.MLP)
 # The probe method edits the writers of layers [lo, hi) as fractions of the depth: the layers the
 # direction selection searches, where harmful and harmless inputs already differ.
 PROBE_LAYERS = (0.25, 0.8)
@@ -56,27 +59,8 @@ class WriterSignal:
     def gap(self) -> float:
         return self.harmful - self.harmless
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "gap": self.gap}
-
-
-def readout(method: str, s_hat: torch.Tensor) -> torch.Tensor:
-    """``u`` with the edit adding ``strength * (u . W x) * s_hat``: ``s_hat`` for ``scale``,
-    ``-s_hat`` for ``ablate``, and ``ones / d`` for ``rosi`` (``w_bar . x`` is the mean
-    coordinate of ``W x``)."""
-    if method == "scale":
-        return s_hat
-    if method == "ablate":
-        return -s_hat
-    if method == "rosi":
-        return torch.full_like(s_hat, 1.0 / s_hat.numel())
-    raise RosiError(f"unknown method {method!r}")
-
-
-def measurable_writers(model: nn.Module, writers: list[ResidualWriter]) -> dict[str, nn.Module]:
-    """The writers whose module output is the writer's own ``W x (+ b)``, by parameter name.
-    (Fused expert stacks and the embedding are not: their outputs mix or index rows.)"""
-    return {w.name: model.get_submodule(w.module) for w in writers if w.kind in MEASURABLE}
 
 
 def module_biases(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor | None]:
@@ -126,7 +110,7 @@ def probe_layer_range(n_layers: int, fractions: tuple[float, float] = PROBE_LAYE
 def probe_writers(writers: list[ResidualWriter], layers: tuple[int, int]) -> list[str]:
     """Names of the measurable writers in layers ``[lo, hi)``."""
     lo, hi = layers
-    return [w.name for w in writers if w.kind in MEASURABLE and w.layer is not None and lo <= w.layer < hi]
+    return [w.name for w in writers if w.measurable and w.layer is not None and lo <= w.layer < hi]
 
 
 def probe_reads(
@@ -145,3 +129,76 @@ def probe_reads(
     if not unit_reads:
         raise RosiError("the probe edit found no writer whose input tells harmful from harmless prompts apart; use --method scale")
     return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
+
+
+@dataclass(frozen=True)
+class WriterChoice:
+    """The writers one edit form edits for a direction: all of them, or those the rule keeps."""
+
+    scope: str
+    ratio: float | None
+    writers: list[str] | None  # parameter names; None: every writer of the default targets
+    signals: tuple[WriterSignal, ...] = ()
+    note: str = ""
+    # read-out methods only: the read-out vector of each edited writer (not part of the JSON report)
+    reads: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "ratio": self.ratio,
+            "writers": self.writers,
+            "signals": [s.to_json() for s in self.signals],
+            "note": self.note,
+        }
+
+
+def choose_writers(
+    model: nn.Module, arch: ArchitectureMap, direction: Direction, activations: ActivationPair, form: EditForm
+) -> WriterChoice:
+    """All writers, or those :func:`select_writers` keeps, given the activations extracted at the
+    direction's position. For read-out methods (``probe``): the writers of the middle layers
+    (every measurable writer with scope ``all``) with their read-outs from the mean writer inputs."""
+    if direction.position is None:
+        raise RosiError("choosing writers needs the direction's position; extract it with rosi (or pin --position)")
+    position = direction.position
+    if form.spec.needs_reads:
+        inputs_h, inputs_b = activations.harmful.inputs_at(position), activations.harmless.inputs_at(position)
+        return _probe_choice(arch, direction, inputs_h, inputs_b, form)
+    if form.scope == "all":
+        return WriterChoice("all", None, None)
+    writers = arch.select()
+    modules = arch.measurable_modules(model)
+    assert form.spec.output_readout is not None  # every method without reads has one
+    u = form.spec.output_readout(direction.unit)
+    outputs_h, outputs_b = activations.harmful.outputs_at(position), activations.harmless.outputs_at(position)
+    signals = writer_signals(writers, outputs_h, outputs_b, u, module_biases(modules))
+    kept = set(select_writers(signals, form.ratio))
+    unmeasured = [w.name for w in writers if w.name not in modules]  # e.g. fused experts: edited as usual
+    chosen = [w.name for w in writers if w.name in kept or w.name in unmeasured]
+    if not chosen:
+        return WriterChoice(
+            "all", form.ratio, None, tuple(signals), f"no writer passed the selective rule at ratio {form.ratio}; edited all"
+        )
+    note = f"{len(kept)} of {len(signals)} measured writers kept" + (
+        f", {len(unmeasured)} unmeasured writers edited as usual" if unmeasured else ""
+    )
+    return WriterChoice("selective", form.ratio, chosen, tuple(signals), note)
+
+
+def _probe_choice(
+    arch: ArchitectureMap, direction: Direction, inputs_h: dict[str, torch.Tensor], inputs_b: dict[str, torch.Tensor], form: EditForm
+) -> WriterChoice:
+    if not inputs_h:
+        raise RosiError(f"the {form.method} method needs the writers' mean inputs: extract the direction with method={form.method!r}")
+    writers = arch.select()
+    if form.scope == "all":
+        names = [w.name for w in writers if w.name in inputs_h]
+        note = f"all {len(names)} measurable writers"
+    else:
+        names = probe_writers(writers, probe_layer_range(arch.num_layers))
+        note = f"{len(names)} writers of the middle layers"
+    reads = probe_reads(names, inputs_h, inputs_b, gap=float(direction.vector.float().norm()))
+    if len(reads) < len(names):
+        note += f", {len(names) - len(reads)} left out (their input does not separate the prompts)"
+    return WriterChoice(form.scope, None, list(reads), note=note, reads=reads)

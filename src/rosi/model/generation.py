@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rosi.activations import forward
-from rosi.chat import ChatFormat, chat_messages
-
-DEFAULT_NEW_TOKENS = 64
+from rosi.model.chat import ChatFormat, chat_messages
+from rosi.model.endpoint import Endpoint
+from rosi.model.hooks import device_of, forward
+from rosi.model.writers import CausalLM
 
 
 @torch.no_grad()
 def generate(
-    model: nn.Module,
+    model: CausalLM,
     fmt: ChatFormat,
-    instructions: list[str] | tuple[str, ...],
+    instructions: Sequence[str],
     *,
-    max_new_tokens: int = DEFAULT_NEW_TOKENS,
+    max_new_tokens: int,
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "generating",
 ) -> list[str]:
     """Greedy completions, left-padded batches; a row stops at its EOS token."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     tok = fmt.tokenizer
     replies: list[str] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
@@ -49,20 +51,20 @@ def generate(
 def next_token_logprobs(
     model: nn.Module,
     fmt: ChatFormat,
-    instructions: list[str] | tuple[str, ...],
+    instructions: Sequence[str],
     *,
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "next-token distributions",
 ) -> torch.Tensor:
     """Log-probabilities of the first reply token (prompts x vocabulary, float32, on the CPU)."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     rows = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
     for batch in fmt.batches(instructions, batch_size, device):
         # left padding (with padding-proof positions): the last position is every row's last
         # prompt token; only its logits are computed
-        logits = forward(model, batch, logits_to_keep=1).logits[:, -1, :]  # type: ignore[attr-defined]
+        logits = forward(model, batch, logits_to_keep=1).logits[:, -1, :]
         rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         bar.update(len(logits))
     bar.close()
@@ -92,7 +94,7 @@ class ServerGenerator(Generator):
     """Generation by an OpenAI-compatible server (vLLM with tensor parallelism, ``transformers
     serve``, ...): greedy chat completions, ``batch_size`` requests in flight."""
 
-    def __init__(self, endpoint, system_prompt: str | None = None, batch_size: int = 16) -> None:
+    def __init__(self, endpoint: Endpoint, system_prompt: str | None = None, batch_size: int = 16) -> None:
         self.endpoint, self.system_prompt, self.batch_size = endpoint, system_prompt, batch_size
 
     def __call__(self, instructions: list[str], *, max_new_tokens: int) -> list[str]:

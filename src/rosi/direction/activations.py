@@ -1,0 +1,212 @@
+"""Mean activations at the post-instruction positions, in one pass over the prompts.
+
+Forward hooks keep only the last ``n_positions`` tokens of what each hooked module writes (or,
+for forward-pre hooks, reads) and add them to float64 running sums; no full hidden states are
+ever held. Prompts are left-padded with explicit position ids, so padding and batch size do not
+change the result.
+
+:func:`collect_activations` gathers what a run needs, as an :class:`Activations` value: every
+decoder layer's output (the residual stream the direction is read from) and, in the same passes,
+the outputs of the measurable residual writers (for choosing which to edit) and optionally their
+inputs (for read-out methods such as ``probe``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rosi.model.architecture import architecture_map
+from rosi.model.chat import ChatFormat, check_suffix
+from rosi.model.hooks import Hook, device_of, forward, hooks, layer_output
+from rosi.model.writers import CausalLM
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Mean activations of one prompt set (float64, on the CPU). Positions index the last
+    ``positions`` prompt tokens: ``-1`` is the last."""
+
+    n_prompts: int
+    layers: torch.Tensor  # [num_layers, positions, hidden]: each decoder layer's output
+    writer_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> [positions, hidden]
+    writer_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> [positions, in]
+
+    @property
+    def positions(self) -> int:
+        return int(self.layers.shape[1])
+
+    def outputs_at(self, position: int) -> dict[str, torch.Tensor]:
+        """Each measured writer's mean output at one position (``[hidden]``)."""
+        return {name: v[self._index(position)] for name, v in self.writer_outputs.items()}
+
+    def inputs_at(self, position: int) -> dict[str, torch.Tensor]:
+        """Each measured writer's mean input at one position (``[in]``); empty unless inputs were read."""
+        return {name: v[self._index(position)] for name, v in self.writer_inputs.items()}
+
+    def _index(self, position: int) -> int:
+        if not -self.positions <= position < 0:
+            raise IndexError(f"position {position} is outside the {self.positions} measured positions (-{self.positions}..-1)")
+        return position + self.positions
+
+
+@dataclass(frozen=True)
+class ActivationPair:
+    """The harmful and the harmless prompts' :class:`Activations`, measured the same way."""
+
+    harmful: Activations
+    harmless: Activations
+
+    def differences(self) -> torch.Tensor:
+        """float64 ``[num_layers, positions, hidden]``: every candidate direction, harmful minus harmless."""
+        return self.harmful.layers - self.harmless.layers
+
+    def direction_at(self, layer: int, position: int) -> torch.Tensor:
+        """The difference of means at one (layer, position), float32."""
+        index = self.harmful._index(position)
+        return (self.harmful.layers[layer, index] - self.harmless.layers[layer, index]).float()
+
+
+def collect_activations(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    n_positions: int,
+    *,
+    writers: Mapping[str, nn.Module] | None = None,
+    read_inputs: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "activations",
+) -> Activations:
+    """The mean output of every decoder layer and of each of ``writers`` (parameter name ->
+    module), and with ``read_inputs`` the writers' mean inputs, at the last ``n_positions``
+    prompt tokens."""
+    writers = dict(writers or {})
+    layer_modules = list(architecture_map(model).layer_modules(model))
+    outputs, inputs = _hooked_means(
+        model,
+        fmt,
+        instructions,
+        n_positions,
+        [*layer_modules, *writers.values()],
+        list(writers.values()) if read_inputs else [],
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    n_layers = len(layer_modules)
+    return Activations(
+        n_prompts=len(instructions),
+        layers=torch.stack(outputs[:n_layers]),
+        writer_outputs=dict(zip(writers, outputs[n_layers:], strict=True)),
+        writer_inputs=dict(zip(writers, inputs, strict=True)) if read_inputs else {},
+    )
+
+
+def mean_outputs(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    n_positions: int,
+    modules: Mapping[str, nn.Module],
+    *,
+    inputs: Mapping[str, nn.Module] | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "activations",
+) -> dict[str, torch.Tensor]:
+    """float64 ``[n_positions, hidden]`` per named module: the mean of its output at each of the
+    last ``n_positions`` prompt tokens; for the modules named in ``inputs`` (names must differ
+    from those in ``modules``), the mean of their input instead. One pass serves every module."""
+    inputs = inputs or {}
+    clash = set(inputs) & set(modules)
+    if clash:
+        raise ValueError(f"name {sorted(clash)[0]!r} is used for an output and an input")
+    outs, ins = _hooked_means(
+        model,
+        fmt,
+        instructions,
+        n_positions,
+        list(modules.values()),
+        list(inputs.values()),
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    return {**dict(zip(modules, outs, strict=True)), **dict(zip(inputs, ins, strict=True))}
+
+
+def mean_activations(
+    model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], n_positions: int, *, batch_size: int = 32, progress: bool = False
+) -> torch.Tensor:
+    """float64 ``[num_layers, n_positions, hidden]``: the mean output of each decoder layer at
+    each of the last ``n_positions`` prompt tokens."""
+    return collect_activations(model, fmt, instructions, n_positions, batch_size=batch_size, progress=progress).layers
+
+
+@torch.no_grad()
+def _hooked_means(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    n_positions: int,
+    outputs: Sequence[nn.Module],
+    inputs: Sequence[nn.Module],
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Mean outputs of ``outputs`` and mean inputs of ``inputs`` (float64 ``[n_positions, dim]``,
+    on the CPU), in the order given."""
+    suffix = fmt.post_instruction_ids()
+    out_sums: list[torch.Tensor | None] = [None] * len(outputs)
+    in_sums: list[torch.Tensor | None] = [None] * len(inputs)
+
+    def add(sums: list[torch.Tensor | None], i: int, value: torch.Tensor) -> None:
+        part = value[:, -n_positions:, :].to(torch.float64).sum(dim=0)
+        previous = sums[i]
+        sums[i] = part if previous is None else previous + part
+
+    def keep_output(i: int) -> Hook:
+        return lambda module, args, output: add(out_sums, i, layer_output(output))
+
+    def keep_input(i: int) -> Hook:
+        return lambda module, args: add(in_sums, i, args[0])
+
+    n_batches = -(-len(instructions) // batch_size)
+    with hooks([(m, keep_output(i)) for i, m in enumerate(outputs)]), hooks([(m, keep_input(i)) for i, m in enumerate(inputs)], pre=True):
+        for batch in tqdm(
+            fmt.batches(instructions, batch_size, device_of(model)), total=n_batches, desc=desc, unit="batch", disable=not progress
+        ):
+            check_suffix(batch, suffix[-n_positions:])
+            forward(model.base_model, batch)
+    return _means(out_sums, len(instructions)), _means(in_sums, len(instructions))
+
+
+def _means(sums: list[torch.Tensor | None], n: int) -> list[torch.Tensor]:
+    if any(s is None for s in sums):
+        raise RuntimeError("a hooked module never ran in the forward pass")
+    return [(s / n).cpu() for s in sums if s is not None]
+
+
+@torch.no_grad()
+def activations_at(
+    model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], layer: int, position: int, *, batch_size: int = 32
+) -> torch.Tensor:
+    """float32 ``[n, hidden]``: each prompt's residual stream after ``layer`` at ``position`` (negative)."""
+    module = architecture_map(model).layer_modules(model)[layer]
+    rows: list[torch.Tensor] = []
+
+    def keep(m: nn.Module, args: object, output: object) -> None:
+        rows.append(layer_output(output)[:, position, :].float().cpu())
+
+    with hooks([(module, keep)]):
+        for batch in fmt.batches(instructions, batch_size, device_of(model)):
+            forward(model.base_model, batch)
+    return torch.cat(rows)

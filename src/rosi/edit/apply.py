@@ -1,0 +1,226 @@
+"""Apply a rank-one edit to the chosen residual writers of a model, and revert it.
+
+The math is in :mod:`rosi.edit.rank_one` and the methods in :mod:`rosi.edit.methods`; this module
+walks the architecture map, handles weight layouts and dtypes (computed in float32 from the
+original weights, written back in the original dtype), tied embeddings and post-norms, and
+returns an :class:`~rosi.edit.record.EditRecord`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Collection, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rosi.direction.vector import Direction
+from rosi.edit.methods import Method, get_method
+from rosi.edit.rank_one import add_in_place, edit_in_place
+from rosi.edit.record import EditRecord, MatrixEdit
+from rosi.errors import EditError
+from rosi.model.architecture import ArchitectureMap, architecture_map
+from rosi.model.writers import DEFAULT_TARGETS, CausalLM, ResidualWriter, WriterKind
+
+Reads = Mapping[str, torch.Tensor]  # parameter name -> read-out vector (size ``in``), for read-out methods
+
+
+class PostNormWarning(UserWarning):
+    """An edited matrix's output is normalised before it joins the residual stream."""
+
+
+def check_strength(method: str, strength: float) -> float:
+    """The strength as a float, if ``method`` exists and the strength is finite and ``>= 0``."""
+    get_method(method)
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise EditError(f"the strength (alpha) must be a number, got {strength!r}") from None
+    if not math.isfinite(value):
+        raise EditError(f"the strength (alpha) must be finite, got {strength!r}")
+    if value < 0:
+        raise EditError(
+            f"the strength (alpha) of method {method!r} must be >= 0, got {value}; "
+            "the method gives the sign (use 'ablate' to remove the direction)"
+        )
+    return value
+
+
+@torch.no_grad()
+def apply_edit(
+    model: nn.Module,
+    direction: Direction,
+    method: str = "rosi",
+    strength: float = 1.0,
+    *,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
+    layers: tuple[int, ...] | None = None,
+    writers: Collection[str] | None = None,
+    untie_embeddings: bool = False,
+    keep_originals: bool = False,
+    reads: Reads | None = None,
+    progress: bool = False,
+) -> EditRecord:
+    """Edit ``model`` in place and return the record of what changed.
+
+    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for
+    ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
+    names, e.g. from :func:`rosi.edit.scope.select_writers`) narrows that choice to a subset.
+    ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
+    see :func:`rosi.edit.scope.probe_reads`); it edits exactly those writers unless ``writers``
+    says otherwise, each by ``W + k * outer(s_hat, read)``.
+    ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
+    :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
+    """
+    strength = check_strength(method, strength)
+    spec = get_method(method)
+    arch = architecture_map(model)
+    direction.check_size(arch.hidden_size)
+    if spec.needs_reads:
+        writers = _check_reads_given(method, writers, reads)
+    chosen = _chosen_writers(arch, targets, layers, writers)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if reads is not None and spec.needs_reads:
+        _check_read_shapes(chosen, params, reads)  # before anything changes
+    untied = _handle_tied_embedding(model, arch, chosen, untie_embeddings)
+    _warn_post_norms(arch, chosen)
+    s_hat = direction.unit
+    originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
+    matrices = []
+    for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
+        param = params[w.name]
+        if originals is not None:
+            originals[w.name] = param.detach().to("cpu", copy=True)
+        right = _edit_parameter(param, w, s_hat, spec, strength, reads)
+        matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
+    return EditRecord(
+        method=method,
+        strength=strength,
+        direction=direction,
+        targets=tuple(targets),
+        layers=None if layers is None else tuple(layers),
+        matrices=tuple(matrices),
+        untied_embeddings=untied,
+        selected=writers is not None,
+        originals=originals,
+    )
+
+
+def _check_reads_given(method: str, writers: Collection[str] | None, reads: Reads | None) -> Collection[str]:
+    if not reads:
+        raise EditError(
+            f"method {method!r} reads each matrix's input with a vector measured on prompts; pass reads= (`rosi run` measures them)"
+        )
+    writers = list(reads) if writers is None else writers
+    missing = sorted(set(writers) - set(reads))
+    if missing:
+        raise EditError(f"method {method!r} has no read-out vector for {missing[0]!r}")
+    return writers
+
+
+def _chosen_writers(
+    arch: ArchitectureMap, targets: tuple[str, ...], layers: tuple[int, ...] | None, writers: Collection[str] | None
+) -> list[ResidualWriter]:
+    try:
+        chosen = arch.select(tuple(targets), None if layers is None else tuple(layers))
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    if writers is not None:
+        wanted = set(writers)
+        unknown = sorted(wanted - {w.name for w in chosen})
+        if unknown:
+            raise EditError(
+                f"{unknown[0]!r} is not a residual writer of this model within targets {list(targets)}, layers {layers}; "
+                "`rosi info MODEL` lists the writers"
+            )
+        chosen = [w for w in chosen if w.name in wanted]
+    if not chosen:
+        raise EditError(f"no matrices selected (targets {list(targets)}, layers {layers}); nothing to edit")
+    return chosen
+
+
+def _handle_tied_embedding(model: nn.Module, arch: ArchitectureMap, chosen: list[ResidualWriter], untie: bool) -> bool:
+    """Untie the output head from an edited, tied embedding (if asked); True when it was untied."""
+    if not (any(w.kind is WriterKind.EMBEDDING for w in chosen) and arch.tied_embeddings):
+        return False
+    if not untie:
+        raise EditError(
+            "the token embedding is tied to the output head, so editing it would also edit the unembedding; "
+            "pass untie_embeddings=True (CLI: --untie-embeddings) to give the head its own copy, or leave out the embedding target"
+        )
+    _untie(model)
+    return True
+
+
+def _warn_post_norms(arch: ArchitectureMap, chosen: list[ResidualWriter]) -> None:
+    post_normed = [w for w in chosen if w.post_norm]
+    if post_normed:
+        warnings.warn(
+            f"{arch.model_type}: {len(post_normed)} edited matrices are followed by a norm (e.g. {post_normed[0].post_norm}), "
+            "so the injected term is renormalised and scaled per channel before it joins the residual stream; "
+            "the effective strength differs from other architectures",
+            PostNormWarning,
+            stacklevel=4,  # past this helper, apply_edit and torch.no_grad's wrapper, to the caller
+        )
+
+
+def _check_read_shapes(chosen: list[ResidualWriter], params: dict[str, nn.Parameter], reads: Reads) -> None:
+    for w in chosen:
+        shape = w.layout.as_out_in(params[w.name]).shape
+        if len(shape) != 2 or tuple(reads[w.name].shape) != tuple(shape[1:]):
+            raise EditError(
+                f"{w.name}: read-out vector of shape {tuple(reads[w.name].shape)} does not fit a matrix of shape {tuple(shape)}"
+            )
+
+
+def _edit_parameter(
+    param: nn.Parameter, writer: ResidualWriter, s_hat: torch.Tensor, method: Method, strength: float, reads: Reads | None
+) -> torch.Tensor:
+    """Edit one weight in place (a view in ``[out, in]`` layout); return its float32 right factor on the CPU."""
+    weight = writer.layout.as_out_in(param.detach())
+    s = s_hat.to(param.device)
+    if method.factor is not None:
+        return edit_in_place(weight, s, method.factor, strength).to("cpu")
+    assert reads is not None  # checked by _check_reads_given
+    right = strength * reads[writer.name].to(torch.float32)
+    add_in_place(weight, s, right.to(param.device))
+    return right.cpu()
+
+
+@torch.no_grad()
+def revert_edit(model: nn.Module, record: EditRecord) -> None:
+    """Undo ``record`` on ``model``: bit for bit with kept originals, else W' - outer(s_hat, r)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [m.name for m in record.matrices if m.name not in params]
+    if missing:
+        raise EditError(f"this edit record does not match the model: it has no parameter {missing[0]!r}")
+    s_hat = record.direction.unit
+    for m in record.matrices:
+        param = params[m.name]
+        if record.originals is not None:
+            param.data.copy_(record.originals[m.name])
+            continue
+        add_in_place(m.layout.as_out_in(param.detach()), s_hat.to(param.device), -m.right.to(param.device))
+    if record.untied_embeddings:
+        _tie(model)
+    record.originals = None
+
+
+def _untie(model: CausalLM) -> None:
+    head = model.get_output_embeddings()
+    head.weight = nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    _set_tie(model, False)
+
+
+def _tie(model: CausalLM) -> None:
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    _set_tie(model, True)
+
+
+def _set_tie(model: CausalLM, value: bool) -> None:
+    model.config.tie_word_embeddings = value
+    text_config = getattr(model.config, "get_text_config", lambda: None)()
+    if text_config is not None:
+        text_config.tie_word_embeddings = value

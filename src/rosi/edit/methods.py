@@ -1,0 +1,170 @@
+"""The edit methods: one registry entry each.
+
+Every rosi edit is rank one. With a weight ``W`` in ``[out, in]`` layout (``out`` is the
+residual stream) and the unit safety direction ``s_hat``::
+
+    W' = W + outer(s_hat, r)
+
+and a method is the choice of the right factor ``r``: a function of ``W`` (the paper's form,
+``scale``, ``ablate``) or a read-out vector measured on prompts (``probe``). For an input ``x``
+the edit adds ``(r . x) * s_hat`` to the writer's output.
+
+A :class:`Method` holds everything rosi needs to know about one form: its right factor, the name
+of its strength, whether it needs measured read-outs, the grid ``rosi run`` searches, the
+strength at which direction selection tries it, and the read-out ``u`` with which it acts on a
+writer's output (``r . x = strength * u . (W x)``, for choosing writers). The CLI's choices, the
+strength search and the README's table all come from :data:`METHODS`; adding a method is one
+entry here. (No torch import: the CLI lists the methods without loading it.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rosi.errors import EditError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# r(W, s_hat, strength) for W in [..., out, in] layout (a stack of matrices gives a stack of factors).
+RightFactor = Callable[["Tensor", "Tensor", float], "Tensor"]
+
+
+def paper_factor(weight: Tensor, s_hat: Tensor, alpha: float) -> Tensor:
+    """``alpha * w_bar``, ``w_bar`` the mean of the rows of ``W`` (the paper's Eq. 6).
+    ``w_bar . x`` is the mean coordinate of ``W x``."""
+    return alpha * weight.mean(dim=-2)
+
+
+def scale_factor(weight: Tensor, s_hat: Tensor, beta: float) -> Tensor:
+    """``beta * s_hat^T W``: the component of every output along ``s_hat`` grows by ``1 + beta``."""
+    return beta * (s_hat @ weight)
+
+
+def ablate_factor(weight: Tensor, s_hat: Tensor, alpha: float) -> Tensor:
+    """``-alpha * s_hat^T W``: at ``alpha = 1`` the output has no component along ``s_hat``."""
+    return -alpha * (s_hat @ weight)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    symbol: str  # the strength's name: alpha, beta, k
+    formula: str  # the edited matrix, for help texts and the README
+    right_factor: str  # the right factor r in words (README)
+    use: str  # one line: what the method is for
+    factor: RightFactor | None  # None: the right factor is a read-out measured on prompts
+    output_readout: Callable[[Tensor], Tensor] | None  # u(s_hat) with r . x = strength * u . (W x); None for read-out methods
+    grid: tuple[float, ...] = ()  # strengths rosi run searches, smallest first; () = not offered by rosi run
+    effect_strength: float | None = None  # strength at which direction selection tries the edit
+    default_strength: float | None = None  # rosi edit's strength when none is given
+
+    @property
+    def needs_reads(self) -> bool:
+        """The right factor is measured on prompts (``apply_edit(..., reads=...)``), not computed from ``W``."""
+        return self.factor is None
+
+    @property
+    def searchable(self) -> bool:
+        return bool(self.grid)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "rosi",
+            "alpha",
+            "W + alpha * s_hat * w_bar^T",
+            "`alpha * W.mean(dim=0)` (mean of the rows)",
+            "the paper's Eq. 6",
+            paper_factor,
+            lambda s_hat: s_hat.new_full(s_hat.shape, 1.0 / s_hat.numel()),
+            grid=(12.5, 25.0, 50.0, 100.0, 200.0),
+            effect_strength=50.0,
+        ),
+        Method(
+            "scale",
+            "beta",
+            "W + beta * s_hat s_hat^T W",
+            "`beta * s_hat^T W`",
+            "amplify the component already there",
+            scale_factor,
+            lambda s_hat: s_hat,
+            grid=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
+            effect_strength=2.0,
+        ),
+        Method(
+            "ablate",
+            "alpha",
+            "W - alpha * s_hat s_hat^T W",
+            "`-alpha * s_hat^T W`",
+            "abliteration (baselines, comparisons)",
+            ablate_factor,
+            lambda s_hat: -s_hat,
+            default_strength=1.0,
+        ),
+        Method(
+            "probe",
+            "k",
+            "W + k * s_hat u^T",
+            "`k * u`, `u` measured on prompts",
+            "add the direction where the input looks harmful",
+            None,
+            None,
+            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+            effect_strength=2.0,
+        ),
+    )
+}
+DEFAULT_METHOD = "scale"  # rosi run's method; the README's "Defaults" section says why
+SCOPES = ("selective", "all")
+DEFAULT_SCOPE = "selective"
+DEFAULT_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class EditForm:
+    """The edit a run makes: the method, and which writers it edits (``selective``: those whose
+    edit term is larger on harmful than on harmless prompts, by the rule of
+    :func:`rosi.edit.scope.select_writers` with ``ratio``; ``all``: every attention/MLP writer)."""
+
+    method: str = DEFAULT_METHOD
+    scope: str = DEFAULT_SCOPE
+    ratio: float = DEFAULT_RATIO
+
+    def __post_init__(self) -> None:
+        get_method(self.method)
+        if self.scope not in SCOPES:
+            raise EditError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
+        if not self.ratio >= 0:  # also refuses NaN
+            raise EditError(f"the writer ratio must be >= 0, got {self.ratio}")
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise EditError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def searchable_methods() -> tuple[str, ...]:
+    """The methods ``rosi run`` and ``rosi direction`` offer (those with a strength grid)."""
+    return tuple(name for name, m in METHODS.items() if m.searchable)
+
+
+def weight_methods() -> tuple[str, ...]:
+    """The methods ``rosi edit`` offers: a right factor computed from the weights alone."""
+    return tuple(name for name, m in METHODS.items() if not m.needs_reads)
+
+
+def methods_table() -> str:
+    """The README's method table (a test keeps the README in step with it)."""
+    rows = ["| method | edit | right factor `r` in `W' = W + s_hat r^T` | use |", "|---|---|---|---|"]
+    rows += [f"| `{m.name}` | `{m.formula}` | {m.right_factor} | {m.use} |" for m in METHODS.values()]
+    return "\n".join(rows)

@@ -1,0 +1,35 @@
+"""Judges: decide whether a reply refuses, or is unsafe. One interface, a registry, a module per judge.
+
+- ``markers`` (:mod:`~rosi.judges.markers`): the refusal-marker judge, rosi's definition of a refusal;
+- ``llamaguard:PATH_OR_HUB_ID`` (:mod:`~rosi.judges.llamaguard`): Llama Guard 3 run locally;
+- ``openai:BASE_URL[#MODEL]`` / ``openai-prompted:BASE_URL[#MODEL]`` (:mod:`~rosi.judges.server`):
+  a judge model behind an OpenAI-compatible endpoint, with its own classification template, or
+  any instruction model asked Llama Guard 3's question in words.
+"""
+
+from rosi.judges.base import JUDGES, Judge, JudgeError, Verdict, make_judge, register
+from rosi.judges.llamaguard import LLAMA_GUARD_CATEGORIES, LlamaGuardJudge, llama_guard_prompt, llama_guard_task, parse_llama_guard
+from rosi.judges.markers import DEFAULT_NEW_TOKENS, REFUSAL_MARKERS, MarkerJudge, is_refusal, refusal_rate
+from rosi.judges.server import JUDGE_KEY_ENV, OpenAIJudge, PromptedOpenAIJudge
+
+__all__ = [
+    "DEFAULT_NEW_TOKENS",
+    "JUDGES",
+    "JUDGE_KEY_ENV",
+    "LLAMA_GUARD_CATEGORIES",
+    "REFUSAL_MARKERS",
+    "Judge",
+    "JudgeError",
+    "LlamaGuardJudge",
+    "MarkerJudge",
+    "OpenAIJudge",
+    "PromptedOpenAIJudge",
+    "Verdict",
+    "is_refusal",
+    "llama_guard_prompt",
+    "llama_guard_task",
+    "make_judge",
+    "parse_llama_guard",
+    "refusal_rate",
+    "register",
+]

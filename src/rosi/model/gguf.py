@@ -1,0 +1,60 @@
+"""GGUF files in: dequantized through transformers once, cached as safetensors keyed by the file's sha256."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rosi._fs import atomic_directory, hash_files
+from rosi.errors import CorruptWeightsError, NotCausalLMError, first_line
+from rosi.model import packaged
+
+
+def gguf_cache_folder(path: Path, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Where a GGUF file's conversion is cached: keyed by the file's sha256, so any change re-converts."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise CorruptWeightsError(f"{path} is not a GGUF file (no GGUF magic bytes); re-download it")
+    sha = hash_files([path])
+    return (cache_dir or packaged.cache_root()) / "gguf" / sha[:32], sha
+
+
+def convert_gguf(path: Path, cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """Dequantize a GGUF file through transformers once; cache it as safetensors keyed by its sha256.
+
+    Returns the cached folder and the file's sha256.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    path = Path(path)
+    folder, sha = gguf_cache_folder(path, cache_dir)
+    if (folder / "rosi_source.json").is_file():
+        return folder, sha
+    log(f"rosi: converting {path.name} from GGUF to safetensors (once; cached in {folder})")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
+    except ValueError as e:
+        if "architecture" in str(e).lower():
+            raise NotCausalLMError(f"{path}: transformers cannot load this GGUF architecture ({first_line(str(e))})") from None
+        raise CorruptWeightsError(f"{path}: cannot read this GGUF file ({first_line(str(e))})") from None
+    except (OSError, KeyError, struct.error, IndexError) as e:
+        raise CorruptWeightsError(f"{path} is unreadable or truncated ({type(e).__name__}: {first_line(str(e))}); re-download it") from None
+    # Dequantized weights are plain tensors; the quantizer state only blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_directory(folder, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rosi_source.json").write_text(json.dumps({"gguf": str(path), "sha256": sha, "bytes": path.stat().st_size}, indent=2))
+    return folder, sha

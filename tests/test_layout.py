@@ -1,0 +1,139 @@
+"""The package's shape: imports go one way, the public API is what it says, the CLI needs no torch
+for its help, and the README's method table is the registry's."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rosi
+from rosi.edit.methods import METHODS, methods_table
+
+SRC = Path(rosi.__file__).parent
+README = SRC.parents[1] / "README.md"
+
+# What each part of the package may import from rosi (besides itself). The order is the pipeline:
+# model <- direction <- edit <- pipeline; evaluation measures any model beside it.
+FOUNDATION = {"rosi", "rosi.errors", "rosi._fs", "rosi.metrics"}
+ALLOWED = {
+    "foundation": set(),
+    "rosi.model": set(),
+    "rosi.prompts": set(),
+    "rosi.judges": {"rosi.model"},
+    "rosi.direction": {"rosi.model"},
+    "rosi.edit": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction"},
+    "rosi.eval": {"rosi.model", "rosi.prompts", "rosi.judges"},
+    "rosi.options": {"rosi.edit", "rosi.judges"},
+    "rosi.pipeline": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction", "rosi.edit", "rosi.options"},
+    "rosi.cli": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction", "rosi.edit", "rosi.eval", "rosi.options", "rosi.pipeline"},
+}
+
+
+def _part(module: str) -> str:
+    if module in FOUNDATION:
+        return "foundation"
+    head = ".".join(module.split(".")[:2])
+    if head not in ALLOWED:
+        raise AssertionError(f"{module} belongs to no part of the package; add its folder to ALLOWED and to CONTRIBUTING.md")
+    return head
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every rosi module ``module`` imports, at the top or inside a function."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "rosi"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] == "rosi":
+                found.add(base)
+    return found
+
+
+def test_imports_go_one_way():
+    bad = []
+    for module, path in _modules().items():
+        if module == "rosi":
+            continue  # the package's lazy public API names modules of every part
+        part = _part(module)
+        for imported in _imports(path, module):
+            target = _part(imported)
+            if target not in ("foundation", part) and target not in ALLOWED[part]:
+                bad.append(f"{module} imports {imported} ({part} may import {sorted(ALLOWED[part]) or 'only the foundation'})")
+            if part == "foundation" and target != "foundation":
+                bad.append(f"{module} (foundation) imports {imported}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_a_wrong_way_import(tmp_path):
+    """The test above can fail: a model module that imports the edit layer is caught."""
+    fake = tmp_path / "bad.py"
+    fake.write_text("from rosi.edit.apply import apply_edit\n\ndef f():\n    from ..eval import report\n")
+    found = _imports(fake, "rosi.model.bad")
+    assert found == {"rosi.edit.apply", "rosi.eval"}
+    assert _part("rosi.edit.apply") not in ALLOWED["rosi.model"]
+
+
+def test_every_module_has_a_part():
+    for module in _modules():
+        if module != "rosi":
+            _part(module)
+
+
+def test_public_api():
+    expected = {
+        "load",
+        "extract",
+        "run",
+        "apply_edit",
+        "revert_edit",
+        "evaluate",
+        "Direction",
+        "EditRecord",
+        "save_checkpoint",
+        "RosiError",
+    }
+    assert expected <= set(rosi.__all__)
+    assert rosi.__all__ == sorted([*rosi._EXPORTS, "__version__"])
+    for name in rosi.__all__:
+        assert getattr(rosi, name) is not None, name
+    with pytest.raises(AttributeError):
+        rosi.nothing_here  # noqa: B018
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["eval", "--help"], ["edit", "--help"]])
+def test_cli_help_does_not_import_torch(argv):
+    code = (
+        "import sys\n"
+        "from rosi.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage: rosi" in done.stdout
+
+
+def test_readme_method_table_is_the_registry():
+    assert methods_table() in README.read_text(encoding="utf-8")
+    assert set(METHODS) == {"rosi", "scale", "ablate", "probe"}
