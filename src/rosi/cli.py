@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rosi import __version__
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, METHODS, SCOPES, searchable_methods, weight_methods
@@ -25,7 +27,10 @@ from rosi.prompts import DEFAULT_N_VAL
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (already printed as one line)
+        return e.code if isinstance(e.code, int) else 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -33,24 +38,91 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RosiError as e:
-        if args.debug:
-            raise
-        print(f"rosi: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, str(e))
+    except OSError as e:  # the operating system's: permissions, a full disk, a path of the wrong kind
+        return _fail(args, _os_error(e))
+    except MemoryError:
+        return _fail(args, "out of memory; try a smaller --batch-size, a smaller model, or --dtype bfloat16")
     except KeyboardInterrupt:
         print("rosi: interrupted", file=sys.stderr)
         return 130
 
 
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if args.debug:
+        raise
+    print(f"rosi: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _os_error(e: OSError) -> str:
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+    reason = e.strerror or str(e) or type(e).__name__
+    hint = {
+        errno.ENOSPC: "; the disk is full (nothing was left half-written): free space or choose another --out",
+        errno.EACCES: "; permission denied: choose a path you may write to, or fix its permissions",
+        errno.EROFS: "; the file system is read-only: choose another --out",
+        errno.ENOTDIR: "; a part of that path is a file, not a folder",
+        errno.EISDIR: "; it is a folder where a file was expected",
+    }.get(e.errno or 0, "")
+    return f"{where}: {reason}{hint}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with rosi's one-line errors (``rosi: error: ...``, exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"rosi: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(lowest: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {lowest}, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(lowest: float, highest: float = math.inf) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        span = f">= {lowest:g}" if highest == math.inf else f"between {lowest:g} and {highest:g}"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite ({span}), got {text}")
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a negative whole number (-1 = the last prompt token), got {text!r}") from None
+    if value >= 0:
+        raise argparse.ArgumentTypeError(f"counts from the end of the prompt and must be negative (-1 = the last token), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rosi",
         description="Rank-One Safety Injection: make open-weight chat LLMs refuse harmful requests more reliably.",
         epilog="MODEL is a local folder, a .gguf file, pypi:NAME (a model shipped in PyPI packages) or a hub id.",
     )
     parser.add_argument("--version", action="version", version=f"rosi {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name, add_args, func, (help_text, description) in _commands():
@@ -93,7 +165,7 @@ def _edit_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--direction", required=True, metavar="FILE", help="direction file (safetensors with a 'direction' tensor)")
     p.add_argument("--method", choices=weight_methods(), default="rosi", help="edit form (default: rosi, the paper's Eq. 6)")
-    p.add_argument("--alpha", type=float, default=None, help=f"strength: {_strength_names(weight_methods())}{_default_strengths()}")
+    p.add_argument("--alpha", type=_float_in(0), default=None, help=f"strength: {_strength_names(weight_methods())}{_default_strengths()}")
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list of {', '.join(TARGETS)} (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma list or range of layers to edit, e.g. 0-11 (default: all)")
@@ -113,17 +185,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
     _edit_form_args(p)
-    p.add_argument("--alpha", type=float, default=None, help="strength (default: chosen on the validation prompts)")
+    p.add_argument("--alpha", type=_float_in(0), default=None, help="strength (default: chosen on the validation prompts)")
     p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
     p.add_argument(
         "--budget",
-        type=float,
+        type=_float_in(0, 1),
         default=DEFAULT_BUDGET,
         help="allowed rise of harmless refusal while searching the strength (default: %(default)s)",
     )
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=_int_at_least(1),
         default=DEFAULT_NEW_TOKENS,
         help="tokens generated per reply when measuring refusal (default: %(default)s)",
     )
@@ -152,7 +224,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     for role in ("harmful", "harmless", "contrast"):
         p.add_argument(f"--{role}", metavar="SPEC", default=None, help=f"replace the suite's {role} prompts (file, hf:ID, xstest:CSV)")
     p.add_argument("--jailbreak-templates", metavar="PATH", default=None, help="jailbreak template file or folder (replaces the suite's)")
-    p.add_argument("--n", type=int, default=None, help="at most N prompts per set (for a quick look)")
+    p.add_argument("--n", type=_int_at_least(1), default=None, help="at most N prompts per set (for a quick look)")
     p.add_argument(
         "--utility",
         default=None,
@@ -163,8 +235,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", metavar="openai:URL[#MODEL]", default=None, help="generate MODEL's replies with an OpenAI-compatible server")
     p.add_argument("--base-server", metavar="openai:URL[#MODEL]", default=None, help="generate BASE's replies with a server")
     p.add_argument("--system-prompt", default=None, metavar="TEXT|FILE", help="system prompt for every reply")
-    p.add_argument("--max-new-tokens", type=int, default=None, help=f"tokens per reply (default: the suite's, {DEFAULT_NEW_TOKENS})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generation batch (default: %(default)s)")
+    p.add_argument(
+        "--max-new-tokens", type=_int_at_least(1), default=None, help=f"tokens per reply (default: the suite's, {DEFAULT_NEW_TOKENS})"
+    )
+    p.add_argument(
+        "--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE, help="prompts per generation batch (default: %(default)s)"
+    )
     p.add_argument("--no-plots", action="store_true", help="write the report without plots")
     p.add_argument("--overwrite", action="store_true", help="start afresh: delete the evaluation folder's cache and results")
 
@@ -231,7 +307,7 @@ def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> 
     )
     g.add_argument(
         "--writer-ratio",
-        type=float,
+        type=_float_in(0),
         default=DEFAULT_RATIO,
         metavar="R",
         help="selective scope: keep a writer if its harmless signal is at most R times its harmful-minus-harmless gap (default: %(default)s)",
@@ -252,15 +328,20 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--val-harmless", default="builtin:harmless:val", metavar="SPEC", help="harmless validation prompts (default: %(default)s)"
     )
-    g.add_argument("--n-train", type=int, default=None, help="use the first N prompts of each extraction set (default: all)")
-    g.add_argument("--n-val", type=int, default=DEFAULT_N_VAL, help="use N prompts of each validation set (default: %(default)s)")
+    g.add_argument("--n-train", type=_int_at_least(1), default=None, help="use the first N prompts of each extraction set (default: all)")
+    g.add_argument(
+        "--n-val", type=_int_at_least(1), default=DEFAULT_N_VAL, help="use N prompts of each validation set (default: %(default)s)"
+    )
     g.add_argument(
         "--system-prompt", default=None, metavar="TEXT|FILE", help="system prompt for extraction only (re-aligning uncensored models)"
     )
-    g.add_argument("--layer", type=int, default=None, help="pin the layer (0-based; with --position) instead of selecting")
-    g.add_argument("--position", type=int, default=None, help="pin the post-instruction position, e.g. -1 (with --layer)")
+    g.add_argument("--layer", type=_int_at_least(0), default=None, help="pin the layer (0-based; with --position) instead of selecting")
+    g.add_argument("--position", type=_negative_int, default=None, help="pin the post-instruction position, e.g. -1 (with --layer)")
     g.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per forward pass or generation batch (default: %(default)s)"
+        "--batch-size",
+        type=_int_at_least(1),
+        default=DEFAULT_BATCH_SIZE,
+        help="prompts per forward pass or generation batch (default: %(default)s)",
     )
 
 
@@ -272,9 +353,16 @@ def _prompts(args: argparse.Namespace) -> Any:
 
 def _text_or_file(value: str | None) -> str | None:
     """A system prompt given as text, or as the path of a file holding it."""
-    if value and Path(value).is_file():
-        return Path(value).read_text(encoding="utf-8").strip()
-    return value
+    try:
+        is_file = bool(value) and Path(str(value)).is_file()
+    except (OSError, ValueError):  # a long text is no file name
+        is_file = False
+    if not is_file:
+        return value
+    try:
+        return Path(str(value)).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise RosiError(f"{value} is not a UTF-8 text file; pass the system prompt as text or as a text file") from None
 
 
 def _run_options(args: argparse.Namespace, **extra: Any) -> Any:
@@ -293,21 +381,39 @@ def _run_options(args: argparse.Namespace, **extra: Any) -> Any:
     )
 
 
+def _inputs(args: argparse.Namespace, *files: str | None) -> tuple[Path, ...]:
+    """The local inputs of a command (the model, and files it reads): no output may touch them."""
+    paths = [Path(p).expanduser() for p in (args.model, *files) if p]
+    return tuple(p for p in paths if p.exists())
+
+
+def _is_scores_file(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"cost", "candidates"} <= set(data)
+
+
 def cmd_direction(args: argparse.Namespace) -> int:
-    from rosi._fs import check_output
+    from rosi._fs import atomic_file, check_output
+    from rosi.direction.vector import is_direction_file
     from rosi.pipeline import extract
 
     out = Path(args.out)
-    check_output(out, args.overwrite)
+    scores = out.with_suffix(".scores.json")
+    protect = _inputs(args)
+    check_output(out, args.overwrite, protect=protect, owned=is_direction_file, what="direction file")
+    check_output(scores, args.overwrite, protect=protect, owned=_is_scores_file, what="score table")
     options = _run_options(args)
     prompts = _prompts(args)
     loaded = _load(args)
     result = extract(loaded, prompts, options)
-    result.direction.save(out)
     if result.selection is not None:
-        scores = out.with_suffix(".scores.json")
-        scores.write_text(json.dumps({"cost": result.selection.cost.to_json(), "candidates": result.selection.table()}, indent=2) + "\n")
+        with atomic_file(scores) as tmp:
+            tmp.write_text(json.dumps({"cost": result.selection.cost.to_json(), "candidates": result.selection.table()}, indent=2) + "\n")
         print(f"rosi: selection cost {result.selection.cost.to_json()}; all candidate scores in {scores}")
+    result.direction.save(out)
     d = result.direction
     print(
         f"rosi: direction at layer {d.layer}, position {d.position} ({d.metadata['token']!r}), norm {d.vector.norm():.2f}; wrote {out} in {result.seconds:.0f} s"
@@ -317,16 +423,17 @@ def cmd_direction(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rosi._fs import check_output
+    from rosi.edit.checkpoint import is_rosi_output
     from rosi.pipeline import run
 
-    check_output(Path(args.out), args.overwrite)
+    check_output(Path(args.out), args.overwrite, protect=_inputs(args), owned=is_rosi_output, what="checkpoint")
     options = _run_options(args, strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, new_tokens=args.max_new_tokens)
     prompts = _prompts(args)
     loaded = _load(args)
     started = time.perf_counter()
     report = run(loaded, args.out, prompts, options)
     print()
-    print(f"Refusal on validation prompts, held out from extraction ({report.new_tokens} new tokens, marker judge):")
+    print(f"Refusal on validation prompts, {prompts.validation_note()} ({report.new_tokens} new tokens, marker judge):")
     print(report.table())
     print()
     print(
@@ -384,16 +491,25 @@ def _load_options(args: argparse.Namespace) -> Any:
     from rosi.model.loading import LoadOptions
 
     template = args.chat_template
-    if template is not None and not Path(template).is_file():
-        raise RosiError(f"--chat-template {template} is not a file; pass a file holding a Jinja chat template")
+    if template is not None:
+        from rosi._fs import regular_file
+
+        regular_file(Path(template), "--chat-template")
     return LoadOptions(
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         revision=args.revision,
-        chat_template=None if template is None else Path(template).read_text(encoding="utf-8"),
+        chat_template=None if template is None else _read_text(Path(template), "--chat-template"),
     )
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RosiError(f"{what} {path} is not a UTF-8 text file") from None
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -426,7 +542,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from rosi._fs import check_output
     from rosi.direction.vector import Direction
     from rosi.edit.apply import apply_edit, check_strength
-    from rosi.edit.checkpoint import save_checkpoint
+    from rosi.edit.checkpoint import is_rosi_output, save_checkpoint
 
     strength = args.alpha if args.alpha is not None else METHODS[args.method].default_strength
     if strength is None:
@@ -435,7 +551,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     layers = parse_layers(args.layers)
     direction = Direction.load(args.direction)
-    check_output(Path(args.out), args.overwrite)
+    check_output(Path(args.out), args.overwrite, protect=_inputs(args, args.direction), owned=is_rosi_output, what="checkpoint")
     loaded = _load(args)
     started = time.perf_counter()
     record = apply_edit(

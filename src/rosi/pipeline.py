@@ -19,7 +19,7 @@ from rosi.direction.activations import ActivationPair, collect_activations
 from rosi.direction.selection import Selection, select_direction
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, check_strength, revert_edit
-from rosi.edit.checkpoint import save_checkpoint
+from rosi.edit.checkpoint import input_paths, is_rosi_output, save_checkpoint
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.record import EditRecord
 from rosi.edit.scope import WriterChoice, choose_writers
@@ -181,7 +181,7 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
     if options.strength is not None:
         check_strength(options.form.method, options.strength)
     out = Path(out)
-    check_output(out, options.overwrite)
+    check_output(out, options.overwrite, protect=input_paths(loaded.source), owned=is_rosi_output, what="checkpoint")
     phases = _Phases()
     extraction = extract(loaded, prompts, options)
     phases.done("extract_and_select")

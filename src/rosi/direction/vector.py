@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from rosi._fs import atomic_file
-from rosi.errors import DirectionError
+from rosi._fs import atomic_file, regular_file
+from rosi.errors import DirectionError, RosiError
 
 TENSOR_NAME = "direction"
+MAX_SIZE = 1 << 20  # values: far beyond any hidden size, and a bound on what a foreign file makes rosi read
 FORMAT = "rosi-direction/1"
 
 
@@ -36,17 +37,23 @@ class Direction:
 
     def __post_init__(self) -> None:
         v = self.vector
-        if v.ndim != 1:
-            raise DirectionError(f"a direction must be a vector, got shape {tuple(v.shape)}")
-        if not torch.is_floating_point(v) or not torch.isfinite(v).all():
-            raise DirectionError("the direction has non-finite values (NaN or inf); re-extract it")
+        if not isinstance(v, torch.Tensor) or v.ndim != 1:
+            raise DirectionError(f"a direction must be a vector, got shape {tuple(getattr(v, 'shape', ()))}")
+        if not torch.is_floating_point(v):
+            raise DirectionError(f"a direction must hold floating-point values, got {v.dtype}")
         for key in ("layer", "position"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise DirectionError(f"a direction's {key} must be an integer or None, got {value!r}")
-        if not v.abs().sum() > 0:
+        v = v.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        if not torch.isfinite(v).all():
+            raise DirectionError("the direction has non-finite values (NaN or inf, or beyond float32's range); re-extract it")
+        norm = torch.linalg.vector_norm(v)
+        if not norm > 0:
             raise DirectionError("the direction is the zero vector; re-extract it with prompts that differ")
-        object.__setattr__(self, "vector", v.detach().to(device="cpu", dtype=torch.float32).contiguous())
+        if not torch.isfinite(norm):
+            raise DirectionError("the direction's length overflows float32; re-extract it")
+        object.__setattr__(self, "vector", v)
 
     @property
     def size(self) -> int:
@@ -80,17 +87,23 @@ class Direction:
     @classmethod
     def load(cls, path: str | Path) -> Direction:
         path = Path(path)
-        if not path.is_file():
-            raise DirectionError(f"direction file {path} does not exist")
         try:
-            tensors = load_file(str(path))
+            regular_file(path, "direction file")
+        except RosiError as e:
+            raise DirectionError(str(e)) from None
+        try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as e:
+                names = list(f.keys())
+                if TENSOR_NAME not in names:
+                    raise DirectionError(f"{path} has no tensor named {TENSOR_NAME!r} (it has: {sorted(names)[:5] or 'none'})")
+                shape = f.get_slice(TENSOR_NAME).get_shape()
+                if len(shape) != 1 or not 0 < shape[0] <= MAX_SIZE:
+                    raise DirectionError(f"{path}: the direction must be a vector of at most {MAX_SIZE} values, got shape {tuple(shape)}")
+                vector = f.get_tensor(TENSOR_NAME)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise DirectionError(f"{path} is not a readable safetensors file ({e}); pass a file written by `rosi direction`") from None
-        if TENSOR_NAME not in tensors:
-            raise DirectionError(f"{path} has no tensor named {TENSOR_NAME!r} (it has: {sorted(tensors) or 'none'})")
-        return cls.from_info(tensors[TENSOR_NAME], meta, where=str(path))
+        return cls.from_info(vector, meta, where=str(path))
 
     @classmethod
     def from_info(cls, vector: torch.Tensor, info: dict[str, Any], where: str = "direction") -> Direction:
@@ -118,3 +131,12 @@ def _int_or_none(text: str | None, key: str, where: str) -> int | None:
         return int(text)
     except ValueError:
         raise DirectionError(f"{where}: metadata {key!r} must be an integer, got {text!r}") from None
+
+
+def is_direction_file(path: Path) -> bool:
+    """A direction file rosi wrote (its metadata names the format): what ``--overwrite`` may replace."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False

@@ -95,7 +95,7 @@ def apply_edit(
             originals[w.name] = param.detach().to("cpu", copy=True)
         right = _edit_parameter(param, w, s_hat, spec, strength, reads)
         matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
-    return EditRecord(
+    record = EditRecord(
         method=method,
         strength=strength,
         direction=direction,
@@ -105,6 +105,23 @@ def apply_edit(
         untied_embeddings=untied,
         selected=writers is not None,
         originals=originals,
+    )
+    _check_finite(model, record, params)
+    return record
+
+
+def _check_finite(model: nn.Module, record: EditRecord, params: dict[str, nn.Parameter]) -> None:
+    """An edit that made a weight NaN or infinite (a strength too large for the dtype) is undone
+    and refused: bit for bit with kept originals, else by the arithmetic revert (which cannot
+    restore overflowed entries: reload the model then)."""
+    bad = next((m.name for m in record.matrices if not bool(torch.isfinite(params[m.name]).all())), None)
+    if bad is None:
+        return
+    exact = record.originals is not None
+    revert_edit(model, record)
+    raise EditError(
+        f"{record.method} at strength {record.strength:g} makes {bad} NaN or infinite; use a smaller strength"
+        + ("" if exact else " (the model in memory may be damaged: load it again)")
     )
 
 

@@ -14,9 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rosi import __version__
-from rosi._fs import atomic_directory, check_output
+from rosi._fs import atomic_directory, check_output, is_rosi_folder
 from rosi.edit.record import EditRecord
+from rosi.errors import EditError
 from rosi.model.architecture import model_type_of
 from rosi.model.loading import LoadedModel, ModelSource
 from rosi.model.writers import CausalLM
@@ -45,10 +48,11 @@ def save_checkpoint(
         source = source or model.source
         model = model.model
     out = Path(out)
-    protect = (Path(source.path),) if source and source.kind in ("folder", "gguf") else ()
-    check_output(out, overwrite, protect=protect)
+    protect = input_paths(source)
+    check_output(out, overwrite, protect=protect, owned=is_rosi_output, what="checkpoint")
+    check_finite(model)
     manifest = build_manifest(model, record=record, source=source, extra=extra)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, owned=is_rosi_output, protect=protect) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -58,6 +62,30 @@ def save_checkpoint(
             write_extra(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def is_rosi_output(path: Path) -> bool:
+    """A checkpoint folder rosi wrote (its ``rosi.json`` says so): the only kind ``--overwrite`` replaces."""
+    return path.is_dir() and is_rosi_folder(path, MANIFEST)
+
+
+def input_paths(source: ModelSource | None) -> tuple[Path, ...]:
+    """The local paths a model was loaded from (the user's file or folder, and rosi's GGUF
+    conversion of it): no output may be written over, around or inside them."""
+    if source is None or source.kind not in ("folder", "gguf"):
+        return ()
+    paths = {Path(source.path)}
+    if source.kind == "gguf" and Path(source.spec).expanduser().exists():
+        paths.add(Path(source.spec).expanduser())
+    return tuple(paths)
+
+
+@torch.no_grad()
+def check_finite(model: CausalLM) -> None:
+    """Refuse to save a model with a NaN or infinite weight (an edit too strong for its dtype)."""
+    for name, tensor in model.state_dict().items():
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            raise EditError(f"{name} holds NaN or infinite values; nothing was saved (a smaller strength keeps the weights finite)")
 
 
 def build_manifest(

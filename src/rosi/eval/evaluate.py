@@ -47,7 +47,7 @@ from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint, parse_spec
 from rosi.model.generation import Generator, LocalGenerator, ServerGenerator, next_token_logprobs
-from rosi.model.loading import LoadedModel, LoadOptions, cpu_has_fast_bf16, load, pick_device
+from rosi.model.loading import LoadedModel, LoadOptions, cpu_has_fast_bf16, load, looks_like_a_path, pick_device
 
 GENERATIONS = "generations.jsonl"
 SETUP = "eval_setup.json"
@@ -89,6 +89,12 @@ class EvalOptions:
     overwrite: bool = False  # start afresh (only ever deletes a rosi evaluation folder)
     progress: bool = True
     plots: bool = True
+
+    def __post_init__(self) -> None:
+        for name, lowest in (("n", 1), ("max_new_tokens", 1), ("batch_size", 1), ("utility_batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
+                raise EvalError(f"{name} must be a whole number >= {lowest}, got {value!r}")
 
 
 @dataclass
@@ -136,8 +142,12 @@ def evaluate(
         "system_prompt": options.system_prompt,
         "dtype": plan.dtype,
     }
+    cached = out / GENERATIONS
+    for role, m in models.items():  # every server with replies to generate answers, before anything is written
+        if m.server and (options.overwrite or not cached.is_file() or _todo(GenerationCache(cached), role, plan)):
+            Endpoint(*parse_spec(m.server)).check_reachable()
     _prepare_out(out, setup, options.overwrite, [Path(m.spec) for m in models.values() if m.spec])
-    cache = GenerationCache(out / GENERATIONS)
+    cache = GenerationCache(cached)
     seconds: dict[str, float] = {}
     outputs: dict[str, _ModelOutputs] = {}
     for role, m in models.items():
@@ -177,6 +187,7 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
     # fail early on a bad judge spec, before hours of generation; a local Llama Guard (weights to
     # load) is built only when the replies are there, so it does not sit in memory meanwhile
     judge = None if options.judge.startswith("llamaguard:") and options.judge != "llamaguard:" else make_judge(options.judge)
+    _check_reachable(judge, options.judge)
     utility = options.utility
     if utility is None:
         utility = suite.utility if data is not None or suite.utility_hub is None else suite.utility_hub
@@ -192,13 +203,29 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
     return _Plan(suite, data, new_tokens, eval_dtype(options.load.dtype, options.load.device), hub_tasks, local_tasks, sets, judge)
 
 
+def _todo(cache: GenerationCache, role: str, plan: _Plan) -> int:
+    return sum(len(cache.missing(role, [i.prompt for i in items])) for items in plan.sets.values())
+
+
+def _check_reachable(judge: Judge | None, spec: str) -> None:
+    """What can fail after the long generation is checked before it: a judge server that does not
+    answer, a local judge checkpoint that does not exist."""
+    endpoint = getattr(judge, "endpoint", None)
+    if isinstance(endpoint, Endpoint):
+        endpoint.check_reachable()
+    if judge is None:
+        where = spec.partition(":")[2]
+        if looks_like_a_path(where) and not Path(where).expanduser().exists():
+            raise EvalError(f"--judge {spec}: {where} does not exist; pass a Llama Guard checkpoint folder or hub id")
+
+
 def _run_model(
     role: str, m: ModelSpec, plan: _Plan, cache: GenerationCache, options: EvalOptions, out: Path, *, want_kl: bool, log: Log
 ) -> _ModelOutputs:
     """Generate what is not cached yet, and (with the weights in process) the KL distributions and utility."""
     result = _ModelOutputs()
     wants_utility = bool(plan.hub_tasks or plan.local_tasks)
-    todo = sum(len(cache.missing(role, [i.prompt for i in items])) for items in plan.sets.values())
+    todo = _todo(cache, role, plan)
     loaded: LoadedModel | None = None
     generator: Generator | None = None
     if m.server:

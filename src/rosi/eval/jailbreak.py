@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rosi.prompts import PromptError, split_lines
+from rosi.prompts.sets import prompt_file
 
 SLOT = "[INSERT PROMPT HERE]"
 NAME_PLACEHOLDER = "{generator.name}"
@@ -47,16 +48,15 @@ def load_templates(path: str | Path) -> list[Template]:
             found = load_templates(file)
             templates += [Template(file.stem, found[0].text)] if len(found) == 1 else found
         return templates
-    if not path.is_file():
-        raise PromptError(f"jailbreak template file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    prompt_file(path, "jailbreak template file")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
             rows = [json.loads(line) for line in split_lines(text)]
         else:
             rows = json.loads(text)
             rows = rows if isinstance(rows, list) else [rows]
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise PromptError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {e}") from None
     templates = []
     for i, row in enumerate(rows):

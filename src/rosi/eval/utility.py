@@ -42,7 +42,7 @@ class UtilityError(RosiError):
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         return [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise UtilityError(f"{path} is not valid JSONL ({e})") from None
 
 

@@ -37,7 +37,7 @@ class ChatFormat:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ChatTemplateError(
                 "the tokenizer has no chat template, so rosi cannot format prompts as the model expects; "
-                "use an instruct/chat model, or add a 'chat_template' to the model's tokenizer_config.json"
+                "use an instruct/chat model, or pass a Jinja chat template (CLI: --chat-template FILE; library: load(..., chat_template=TEXT))"
             )
 
     def render(self, instruction: str) -> str:

