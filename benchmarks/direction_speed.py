@@ -29,6 +29,8 @@ from rosi.direction.score import last_logprobs
 from rosi.edit.methods import DEFAULT_METHOD, METHODS, EditForm, searchable_methods
 from rosi.model.chat import ChatFormat
 from rosi.model.hooks import forward
+from rosi.model.loading import compute_dtype
+from rosi.model.meter import peak_rss_mb
 from rosi.options import ExtractOptions
 from rosi.pipeline import extract
 from rosi.prompts import PromptSets, builtin
@@ -48,8 +50,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--method", choices=searchable_methods(), default=DEFAULT_METHOD)
+    parser.add_argument("--suffix", default="", help="added to the results file's name (e.g. _1.5b)")
     args = parser.parse_args()
-    loaded = load(args.model, device="cpu")
+    dtype = compute_dtype("auto", "cpu")  # what rosi run computes in here
+    loaded = load(args.model, device="cpu", dtype=dtype)
     fmt = ChatFormat(loaded.tokenizer)
     n_pos = len(fmt.post_instruction_ids())
     prompts = builtin("harmful", "train").take(args.n_train).instructions + builtin("harmless", "train").take(args.n_train).instructions
@@ -72,6 +76,7 @@ def main() -> int:
     # Selection as `rosi run` does it (Arditi screen + exact scores, edit-effect fallback).
     sets = PromptSets(builtin("harmful", "train").take(args.n_train), builtin("harmless", "train").take(args.n_train), vh, vb)
     sel = extract(loaded, sets, ExtractOptions(form=EditForm(args.method), batch_size=args.batch_size)).selection
+    peak = peak_rss_mb()
     assert sel is not None
     cost = sel.cost.to_json()
     naive_s = cost["naive_grid_forward_batches"] * per_batch
@@ -82,9 +87,11 @@ def main() -> int:
     )
     print(f"chosen: layer {sel.layer}, position {sel.position}")
     path = write_results(
-        "direction_speed" if args.method == DEFAULT_METHOD else f"direction_speed_{args.method}",
+        ("direction_speed" if args.method == DEFAULT_METHOD else f"direction_speed_{args.method}") + args.suffix,
         {
             "model": args.model,
+            "dtype": dtype,
+            "peak_rss_mb": peak,
             "batch_size": args.batch_size,
             "extraction": {
                 "prompts": len(prompts),

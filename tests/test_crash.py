@@ -42,6 +42,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def _kill_when(proc: subprocess.Popen, ready, failure: str) -> None:
+    """kill -9 the process as soon as ``ready()`` holds (it must, within two minutes)."""
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, failure
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".rosi-tmp-" in p.name or ".rosi-old-" in p.name)
 
@@ -76,16 +90,7 @@ def test_kill_during_save_leaves_no_output_and_the_next_run_cleans_up(inputs, tm
     out = tmp_path / "out"
     signal_file = tmp_path / "saving"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(signal_file), *_edit_args(model, direction, out)], env=_env())
-    try:
-        deadline = time.monotonic() + 120
-        while not signal_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the edit did not reach its save"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill_when(proc, signal_file.exists, "the edit did not reach its save")
     assert not out.exists()  # never a half-written output
     left = _leftovers(tmp_path)
     assert len(left) == 1 and (tmp_path / left[0] / ".rosi-partial").is_file()
@@ -125,16 +130,8 @@ def test_kill_during_eval_then_resume(inputs, tmp_path, capsys):
     args = ["eval", str(model), "--out", str(out), "--harmful", str(prompts), "--harmless", str(prompts), "--contrast", str(prompts)]
     args += ["--utility", "none", "--max-new-tokens", "8", "--batch-size", "2", "--no-plots", "--device", "cpu"]
     proc = subprocess.Popen([sys.executable, "-m", "rosi.cli", *args], env=_env(), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not ((out / "generations.jsonl").exists() and (out / "generations.jsonl").stat().st_size > 200):
-            assert proc.poll() is None and time.monotonic() < deadline, "generation did not start"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    cache = out / "generations.jsonl"
+    _kill_when(proc, lambda: cache.exists() and cache.stat().st_size > 200, "generation did not start")
     assert not (out / "results.json").exists()
     assert main(args) == 0
     assert (out / "results.json").is_file() and (out / "report.md").is_file()

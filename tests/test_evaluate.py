@@ -370,12 +370,12 @@ def test_a_fully_cached_run_loads_no_model(models, prompt_files, tmp_path, monke
 
 
 def test_eval_dtype(monkeypatch):
-    from rosi.eval.evaluate import eval_dtype
+    from rosi.model.loading import compute_dtype
 
-    monkeypatch.setattr("rosi.eval.evaluate.cpu_has_fast_bf16", lambda: True)
-    assert eval_dtype("auto", "cpu") == "bfloat16" and eval_dtype("float32", "cpu") == "float32"
-    monkeypatch.setattr("rosi.eval.evaluate.cpu_has_fast_bf16", lambda: False)
-    assert eval_dtype("auto", "cpu") == "auto"
+    monkeypatch.setattr("rosi.model.loading.cpu_has_fast_bf16", lambda: True)
+    assert compute_dtype("auto", "cpu") == "bfloat16" and compute_dtype("float32", "cpu") == "float32"
+    monkeypatch.setattr("rosi.model.loading.cpu_has_fast_bf16", lambda: False)
+    assert compute_dtype("auto", "cpu") == "auto"
 
 
 def test_api_keys_never_reach_any_output(models, prompt_files, tmp_path, monkeypatch, capsys):

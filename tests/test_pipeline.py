@@ -156,3 +156,39 @@ def test_cli_direction_and_run_errors(tmp_path, capsys):
     assert code == 1 and "prompt file" in capsys.readouterr().err
     code = main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--alpha", "1", "--n-val", "100000"])
     assert code == 1 and "fewer than the 100000" in capsys.readouterr().err
+
+
+def test_the_search_stops_where_no_stronger_edit_can_win():
+    """The walk up the grid: harmless refusal over the limit stops it (and its harmful prompts are
+    not generated for); so does complete harmful refusal, which no stronger edit can beat."""
+    from rosi.edit.strength import StrengthStep, walk_grid
+
+    table = {0.5: (0.5, 0.1), 1.0: (0.8, 0.1), 2.0: (1.0, 0.2), 3.0: (1.0, 0.2), 4.0: (0.9, 0.6)}
+    tried = []
+
+    def measure(strength, limit):
+        tried.append(strength)
+        harmful, harmless = table[strength]
+        return StrengthStep(strength, None if harmless > limit else harmful, harmless)
+
+    base = StrengthStep(0.0, 0.3, 0.1)
+    rows, best = walk_grid((0.5, 1.0, 2.0, 3.0, 4.0), lambda k: measure(k, 0.5), base, 0.5)
+    assert tried == [0.5, 1.0, 2.0] and best.strength == 2.0 and rows[0] is base
+    tried.clear()
+    rows, best = walk_grid((0.5, 1.0, 2.0, 3.0, 4.0), lambda k: measure(k, 0.15), base, 0.15)
+    assert tried == [0.5, 1.0, 2.0] and best.strength == 1.0 and rows[-1].harmful is None
+
+
+def test_the_base_search_rates_come_from_the_first_tokens_of_longer_replies(loaded):
+    from rosi.edit.strength import SEARCH_TOKENS, base_step
+    from rosi.judges import refusal_rate
+    from rosi.model.generation import generate, generate_ids
+
+    model, _ = loaded
+    fmt = ChatFormat(model.tokenizer)
+    prompts = planted.HARMFUL + planted.HARMLESS
+    long = generate_ids(model.model, fmt, prompts, max_new_tokens=3 * SEARCH_TOKENS, batch_size=4)
+    short = generate(model.model, fmt, prompts, max_new_tokens=SEARCH_TOKENS, batch_size=4)
+    assert model.tokenizer.batch_decode([r[:SEARCH_TOKENS] for r in long], skip_special_tokens=True) == short
+    step = base_step(long[:6], long[6:], model.tokenizer)
+    assert (step.harmful, step.harmless) == (refusal_rate(short[:6]), refusal_rate(short[6:]))

@@ -187,9 +187,13 @@ def _fsync(path: Path) -> None:
 
 
 def _sync_tree(folder: Path) -> None:
-    """Flush every file of a finished output to disk before it is renamed into place."""
+    """Flush every file of a finished output to disk before it is renamed into place, readable as
+    the umask allows (some writers create their files private)."""
+    mask = os.umask(0)
+    os.umask(mask)
     for p in folder.rglob("*"):
         if p.is_file() and not p.is_symlink():
+            p.chmod(0o666 & ~mask)
             _fsync(p)
 
 

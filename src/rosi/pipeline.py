@@ -23,11 +23,16 @@ from rosi.edit.checkpoint import input_paths, is_rosi_output, save_checkpoint
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.record import EditRecord
 from rosi.edit.scope import WriterChoice, choose_writers
-from rosi.edit.strength import StrengthSearch, StrengthStep, choose_strength, refusal_rate_of
+from rosi.edit.stream import streamable
+from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, base_step, choose_strength, refusal_rate_of
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
+from rosi.judges.markers import refusal_rate
 from rosi.model.chat import ChatFormat
-from rosi.model.loading import LoadedModel
+from rosi.model.generation import generate_ids
+from rosi.model.hooks import offloaded
+from rosi.model.loading import LoadedModel, checkpoint_dtype, local_folder
+from rosi.model.meter import Phase, PhaseClock, phase_table
 from rosi.options import ExtractOptions, RunOptions
 from rosi.prompts import PromptSets
 
@@ -140,6 +145,7 @@ class RunReport:
     selection_cost: dict[str, Any] | None
     seconds: dict[str, float]
     new_tokens: int
+    phases: list[Phase] = field(default_factory=list)  # seconds, passes, tokens and peak memory per phase
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,24 +159,17 @@ class RunReport:
             "selection_cost": self.selection_cost,
             "seconds": self.seconds,
             "new_tokens": self.new_tokens,
+            "phases": [p.to_json() for p in self.phases],
         }
+
+    def phase_table(self) -> str:
+        return phase_table(self.phases)
 
     def table(self) -> str:
         lines = [f"{'':44} {'harmful refused':>16} {'harmless refused':>17}"]
         for r in self.rates:
             lines.append(f"{r.label:44} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})")
         return "\n".join(lines)
-
-
-@dataclass
-class _Phases:
-    seconds: dict[str, float] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    def done(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self.started, 1)
-        self.started = now
 
 
 def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunOptions | None = None) -> RunReport:
@@ -182,9 +181,9 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
         check_strength(options.form.method, options.strength)
     out = Path(out)
     check_output(out, options.overwrite, protect=input_paths(loaded.source), owned=is_rosi_output, what="checkpoint")
-    phases = _Phases()
+    clock = PhaseClock()
     extraction = extract(loaded, prompts, options)
-    phases.done("extract_and_select")
+    clock.done("extract_and_select")
     direction = extraction.direction
     _say(options, f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})")
     forms = [options.form] + ([EditForm(PAPER_METHOD, "all")] if options.compare_paper and options.form.method != PAPER_METHOD else [])
@@ -192,11 +191,13 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
     chosen = choices[options.form.method]
     if chosen.writers is not None:
         _say(options, f"rosi: {options.form.method} edits {len(chosen.writers)} writers ({chosen.note})")
-    searches = _search_strengths(loaded, direction, choices, prompts, options)
+    base_rates, base_step = _base(loaded, prompts, options)
+    clock.done("base_model")
+    searches = _search_strengths(loaded, direction, choices, prompts, options, base_step)
     strengths = {s.method: s.strength for s in searches}
-    phases.done("strength_search")
-    rates, record = _measure(loaded, direction, choices, strengths, prompts, options)
-    phases.done("evaluation")
+    clock.done("strength_search")
+    rates, record = _measure(loaded, direction, choices, strengths, prompts, options, base_rates)
+    clock.done("evaluation")
     report = RunReport(
         model=loaded.source.spec,
         method=options.form.method,
@@ -206,20 +207,48 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
         rates=rates,
         strength_searches=searches,
         selection_cost=extraction.selection.cost.to_json() if extraction.selection else None,
-        seconds=phases.seconds,
+        seconds={p.name: p.seconds for p in clock.phases},
         new_tokens=options.new_tokens,
+        phases=list(clock.phases),
     )
     _save(loaded, out, record, report, extraction, options.overwrite)
+    report.phases.append(clock.done("save"))
     return report
 
 
+def _base(loaded: LoadedModel, prompts: PromptSets, options: RunOptions) -> tuple[Rates, StrengthStep]:
+    """The base model's replies, generated once: its measured rates, and (from their first tokens)
+    its rates in the strength search."""
+    fmt = ChatFormat(loaded.tokenizer)
+    kw: dict[str, Any] = {"max_new_tokens": options.new_tokens, "batch_size": options.batch_size, "progress": options.progress}
+    harmful = generate_ids(loaded.model, fmt, prompts.val_harmful.instructions, desc="rosi: base model, harmful", **kw)
+    harmless = generate_ids(loaded.model, fmt, prompts.val_harmless.instructions, desc="rosi: base model, harmless", **kw)
+
+    def rate(ids: list[list[int]]) -> float:
+        return refusal_rate(loaded.tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+    rates = Rates("base model", rate(harmful), rate(harmless), len(harmful), len(harmless))
+    step = base_step(harmful, harmless, loaded.tokenizer) if options.new_tokens >= SEARCH_TOKENS else None
+    if step is None:  # replies shorter than the search's: measure the search's own
+        step = base_step(
+            generate_ids(loaded.model, fmt, prompts.val_harmful.instructions, max_new_tokens=SEARCH_TOKENS, batch_size=options.batch_size),
+            generate_ids(loaded.model, fmt, prompts.val_harmless.instructions, max_new_tokens=SEARCH_TOKENS, batch_size=options.batch_size),
+            loaded.tokenizer,
+        )
+    _say(options, f"rosi: base model: refusal in {SEARCH_TOKENS}-token replies: harmful {step.harmful:.0%}, harmless {step.harmless:.0%}")
+    return rates, step
+
+
 def _search_strengths(
-    loaded: LoadedModel, direction: Direction, choices: dict[str, WriterChoice], prompts: PromptSets, options: RunOptions
+    loaded: LoadedModel,
+    direction: Direction,
+    choices: dict[str, WriterChoice],
+    prompts: PromptSets,
+    options: RunOptions,
+    base: StrengthStep,
 ) -> list[StrengthSearch]:
-    """The chosen method's strength (given, or searched) and the comparison's; the base model's
-    rates are measured once and shared."""
+    """The chosen method's strength (given, or searched) and the comparison's, from the same base."""
     searches = []
-    base: StrengthStep | None = None
     for method, choice in choices.items():
         if method == options.form.method and options.strength is not None:
             searches.append(StrengthSearch(method, options.strength, "given"))
@@ -236,7 +265,6 @@ def _search_strengths(
             batch_size=options.batch_size,
             progress=options.progress,
         )
-        base = search.base
         searches.append(search)
     return searches
 
@@ -248,10 +276,11 @@ def _measure(
     strengths: dict[str, float],
     prompts: PromptSets,
     options: RunOptions,
+    base: Rates,
 ) -> tuple[list[Rates], EditRecord]:
-    """Refusal on the validation prompts: the base model, the chosen edit and the comparison.
-    The chosen edit is applied last and stays applied; its record is returned."""
-    rates = [_rates(loaded, "base model", prompts, options)]
+    """Refusal on the validation prompts: the base model (measured before), the chosen edit and
+    the comparison. The chosen edit is applied last and stays applied; its record is returned."""
+    rates = [base]
     record = None
     for method in reversed(list(choices)):  # the chosen method last, so that it stays applied
         choice = choices[method]
@@ -283,7 +312,31 @@ def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport,
         if extraction.selection is not None:
             (folder / "direction_scores.json").write_text(json.dumps(extraction.selection.table(), indent=2) + "\n")
 
-    save_checkpoint(loaded, out, record=record, overwrite=overwrite, extra={"report": "rosi_report.json"}, write_extra=extras)
+    save_checkpoint(
+        loaded,
+        out,
+        record=record,
+        overwrite=overwrite,
+        extra={"report": "rosi_report.json"},
+        write_extra=extras,
+        weights_from=checkpoint_weights(loaded, record),
+    )
+
+
+def checkpoint_weights(loaded: LoadedModel, record: EditRecord) -> Path | None:
+    """The local checkpoint to write the edited weights from, when the model in memory was loaded
+    in another precision than the checkpoint's (e.g. bfloat16 for speed from a float32 checkpoint):
+    the saved weights then keep the checkpoint's own. None: save the model in memory."""
+    folder = local_folder(loaded.source)
+    if folder is None:
+        return None
+    if any(offloaded(p) for p in loaded.model.parameters()):
+        return folder if streamable(folder, record) else None  # save_checkpoint says why it cannot save
+    stored = checkpoint_dtype(folder)
+    in_memory = next(loaded.model.parameters()).dtype
+    if stored is None or stored == in_memory or not streamable(folder, record):
+        return None
+    return folder
 
 
 def _say(options: ExtractOptions, message: str) -> None:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat, check_suffix
 from rosi.model.hooks import Hook, device_of, forward, hooks, layer_output
+from rosi.model.meter import count_forward
 from rosi.model.writers import CausalLM
 
 
@@ -186,6 +187,7 @@ def _hooked_means(
         ):
             check_suffix(batch, suffix[-n_positions:])
             forward(model.base_model, batch)
+            count_forward()
     return _means(out_sums, len(instructions)), _means(in_sums, len(instructions))
 
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -48,8 +48,10 @@ from rosi.metrics import kl_divergence
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat
 from rosi.model.hooks import device_of, forward, hooks, layer_output
+from rosi.model.meter import count_forward
 from rosi.model.writers import CausalLM
 
+SCREEN_BATCH = 8  # prompts per forward+backward batch of the first-order screen
 EditTrial = Callable[[Direction], AbstractContextManager[object]]
 """``trial(direction)``: a context in which the model carries the edit of that direction."""
 
@@ -184,6 +186,7 @@ def select_direction(
     base_harmful = float(refusal_log_odds(base_harmful_lp, scorer.token_ids).mean())
     base_harmless = float(refusal_log_odds(base_harmless_lp, scorer.token_ids).mean())
     scores = _screened(scorer, diffs, base_harmful, base_harmless, options.max_layer_fraction)
+    n_pos = diffs.shape[1]
     max_exact = options.exact_candidates if trial is not None else options.max_exact
     evaluated, eligible = _score_exactly(scorer, scores, diffs, base_harmless_lp, options, max_exact, progress)
     kl_threshold = options.kl_threshold
@@ -193,8 +196,8 @@ def select_direction(
     elif trial is not None:
         best = _score_effects(scorer, _effect_candidates(scores, diffs.shape[0], options), diffs, trial, base_harmless, progress)
     else:
-        best, kl_threshold = _relaxed_choice([s for s in scores if s.bypass is not None], options.kl_threshold)
-    n_pos = diffs.shape[1]
+        scored = [s for s in scores if s.kl is not None]
+        best, kl_threshold = _relaxed_choice(scored, options.kl_threshold, lambda s: _bypass(scorer, s, diffs[s.layer, s.position + n_pos]))
     return Selection(
         layer=best.layer,
         position=best.position,
@@ -253,18 +256,21 @@ def _screen(scorer: _Scorer, instructions: tuple[str, ...]) -> tuple[torch.Tenso
 
     def keep(module: nn.Module, args: Any, output: Any) -> None:
         out = layer_output(output)
+        if not states:  # the embedding's output: where the graph starts (the weights need no gradient)
+            out.requires_grad_(True)
         out.retain_grad()
         states.append(out)
 
-    for batch in scorer.fmt.batches(instructions, scorer.batch_size, device_of(model)):
+    # the backward pass holds every layer's activations: smaller batches bound its memory (the
+    # total work is the same)
+    for batch in scorer.fmt.batches(instructions, min(scorer.batch_size, SCREEN_BATCH), device_of(model)):
         states.clear()
         mask = batch["attention_mask"].unsqueeze(-1).to(torch.float64)
-        with torch.enable_grad(), hooks([(model.get_input_embeddings(), keep)] + [(layer, keep) for layer in layers]):
+        with torch.enable_grad(), frozen(model), hooks([(model.get_input_embeddings(), keep)] + [(layer, keep) for layer in layers]):
             logits = forward(model, batch, logits_to_keep=1).logits
             score = refusal_log_odds(torch.log_softmax(logits[:, -1, :].float(), dim=-1), scorer.token_ids).sum()
             score.backward()
-        scorer.counter.forward += 1
-        scorer.counter.backward += 1
+        count_forward()
         for i in range(1, len(states)):  # each layer's write is what it adds to the stream
             g = _grad(states[i]) * mask
             d = (states[i] - states[i - 1]).detach().to(torch.float64) * mask
@@ -273,7 +279,24 @@ def _screen(scorer: _Scorer, instructions: tuple[str, ...]) -> tuple[torch.Tenso
         g0 = _grad(states[0]) * mask  # the embedding's write is the stream it starts
         M += (g0.reshape(-1, hidden).T @ states[0].detach().to(torch.float64).mul(mask).reshape(-1, hidden)).cpu()
     model.zero_grad(set_to_none=True)
+    # counted in batches of the run's size, like every other pass (the work does not depend on the split)
+    scorer.counter.forward += batches(len(instructions), scorer.batch_size)
+    scorer.counter.backward += batches(len(instructions), scorer.batch_size)
     return M / len(instructions), G / len(instructions)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients: the screen needs the gradients at the activations only (and the
+    weights' would cost a copy of the model and a third of the backward pass)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _grad(state: torch.Tensor) -> torch.Tensor:
@@ -290,8 +313,9 @@ def _score_exactly(
     max_exact: int,
     progress: bool,
 ) -> tuple[int, list[CandidateScore]]:
-    """Bypass, induce and KL of the best-screened candidates; returns how many were scored and
-    those that pass Arditi's filters."""
+    """KL, induce and bypass of the best-screened candidates, each only while the candidate still
+    passes (KL, then induce: the filters; bypass ranks the ones that pass); returns how many were
+    scored and those that pass Arditi's filters."""
     queue = sorted((s for s in scores if s.status is CandidateStatus.SCREENED), key=lambda s: s.screen_bypass)
     n_pos = diffs.shape[1]
     eligible: list[CandidateScore] = []
@@ -302,25 +326,32 @@ def _score_exactly(
             break
         r = diffs[s.layer, s.position + n_pos]
         with ablated(scorer.model, r):
-            s.bypass = scorer.log_odds(scorer.val_harmful)
             s.kl = float(kl_divergence(base_harmless_lp, scorer.logprobs(scorer.val_harmless)).mean())
-        with added(scorer.model, s.layer, r):
-            s.induce = scorer.log_odds(scorer.val_harmless)
-        s.status = (
-            CandidateStatus.KL_TOO_HIGH
-            if s.kl > options.kl_threshold
-            else CandidateStatus.INDUCE_NEGATIVE
-            if s.induce < 0
-            else CandidateStatus.ELIGIBLE
-        )
-        if s.status is CandidateStatus.ELIGIBLE:
-            eligible.append(s)
+        if s.kl > options.kl_threshold:
+            s.status = CandidateStatus.KL_TOO_HIGH
+        else:
+            with added(scorer.model, s.layer, r):
+                s.induce = scorer.log_odds(scorer.val_harmless)
+            if s.induce < 0:
+                s.status = CandidateStatus.INDUCE_NEGATIVE
+            else:
+                _bypass(scorer, s, r)
+                s.status = CandidateStatus.ELIGIBLE
+                eligible.append(s)
         evaluated += 1
         if evaluated > bar.total:  # none eligible yet: scoring goes on past the planned number
             bar.total = evaluated
         bar.update(1)
     bar.close()
     return evaluated, eligible
+
+
+def _bypass(scorer: _Scorer, s: CandidateScore, r: torch.Tensor) -> float:
+    """The candidate's bypass score (mean refusal log-odds on harmful prompts with it ablated), once."""
+    if s.bypass is None:
+        with ablated(scorer.model, r):
+            s.bypass = scorer.log_odds(scorer.val_harmful)
+    return s.bypass
 
 
 def _effect_candidates(scores: list[CandidateScore], n_layers: int, options: SelectionOptions) -> list[CandidateScore]:
@@ -359,14 +390,16 @@ def _score_effects(
     return best
 
 
-def _relaxed_choice(scored: list[CandidateScore], kl_threshold: float) -> tuple[CandidateScore, float]:
+def _relaxed_choice(
+    scored: list[CandidateScore], kl_threshold: float, bypass: Callable[[CandidateScore], float]
+) -> tuple[CandidateScore, float]:
     """No candidate passed both filters (small models often fail them): drop the induce filter
     and double the KL threshold until some candidate is under it; lowest bypass among those."""
     threshold = kl_threshold if kl_threshold > 0 else 1e-3  # doubling must be able to grow it
     while True:
         under = [s for s in scored if s.kl is not None and s.kl <= threshold]
         if under:
-            best: CandidateScore = min(under, key=lambda s: _value(s.bypass))
+            best: CandidateScore = min(under, key=bypass)
             best.status = CandidateStatus.CHOSEN_RELAXED
             return best, threshold
         threshold *= 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from rosi.edit.rank_one import add_in_place, edit_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError
 from rosi.model.architecture import ArchitectureMap, architecture_map
+from rosi.model.hooks import offloaded, stored_weight
 from rosi.model.writers import DEFAULT_TARGETS, CausalLM, ResidualWriter, WriterKind
 
 Reads = Mapping[str, torch.Tensor]  # parameter name -> read-out vector (size ``in``), for read-out methods
@@ -89,11 +91,15 @@ def apply_edit(
     s_hat = direction.unit
     originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
     matrices = []
+    hooks: dict[str, Any] = {}
     for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
         param = params[w.name]
-        if originals is not None:
-            originals[w.name] = param.detach().to("cpu", copy=True)
-        right = _edit_parameter(param, w, s_hat, spec, strength, reads)
+        if offloaded(param):
+            right, hooks[w.name] = _edit_as_hook(model, w, s_hat, spec, strength, reads)
+        else:
+            if originals is not None:
+                originals[w.name] = param.detach().to("cpu", copy=True)
+            right = _edit_parameter(param, w, s_hat, spec, strength, reads)
         matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
     record = EditRecord(
         method=method,
@@ -105,16 +111,43 @@ def apply_edit(
         untied_embeddings=untied,
         selected=writers is not None,
         originals=originals,
+        hooks=hooks,
     )
     _check_finite(model, record, params)
     return record
+
+
+def _edit_as_hook(
+    model: nn.Module, writer: ResidualWriter, s_hat: torch.Tensor, method: Method, strength: float, reads: Reads | None
+) -> tuple[torch.Tensor, Any]:
+    """The edit of a writer whose weights accelerate offloaded (meta on the module): the same
+    right factor, added to the module's output as ``(r . x) s_hat`` by a forward hook (so every
+    device keeps its weights as they are). Returns ``(r, hook handle)``."""
+    if writer.kind is WriterKind.EXPERT:
+        raise EditError(f"{writer.name}: fused expert stacks cannot be edited while offloaded; load the model without --device-map")
+    stored = stored_weight(model, writer.module, writer.name.rsplit(".", 1)[1])
+    weight = writer.layout.as_out_in(stored).to(torch.float32).clone()
+    right_given = None if method.factor else strength * reads[writer.name].to(torch.float32) if reads else None
+    right = edit_weight(weight, s_hat, method, strength, right_given)
+    if not bool(torch.isfinite(weight).all()):
+        raise EditError(f"{method.name} at strength {strength:g} makes {writer.name} NaN or infinite; use a smaller strength")
+    s32 = s_hat.to(torch.float32)
+    embedding = writer.kind is WriterKind.EMBEDDING
+
+    def add(module: nn.Module, args: Any, output: Any) -> Any:
+        x = args[0]
+        r, s = right.to(output.device), s32.to(output.device)
+        extra = r[x] if embedding else x.to(torch.float32) @ r
+        return output + (extra.unsqueeze(-1) * s).to(output.dtype)
+
+    return right, model.get_submodule(writer.module).register_forward_hook(add)
 
 
 def _check_finite(model: nn.Module, record: EditRecord, params: dict[str, nn.Parameter]) -> None:
     """An edit that made a weight NaN or infinite (a strength too large for the dtype) is undone
     and refused: bit for bit with kept originals, else by the arithmetic revert (which cannot
     restore overflowed entries: reload the model then)."""
-    bad = next((m.name for m in record.matrices if not bool(torch.isfinite(params[m.name]).all())), None)
+    bad = next((m.name for m in record.matrices if m.name not in record.hooks and not bool(torch.isfinite(params[m.name]).all())), None)
     if bad is None:
         return
     exact = record.originals is not None
@@ -162,6 +195,8 @@ def _handle_tied_embedding(model: nn.Module, arch: ArchitectureMap, chosen: list
     """Untie the output head from an edited, tied embedding (if asked); True when it was untied."""
     if not (any(w.kind is WriterKind.EMBEDDING for w in chosen) and arch.tied_embeddings):
         return False
+    if any(offloaded(p) for p in model.parameters()):
+        raise EditError("a tied embedding cannot be untied while the model is offloaded; load it without --device-map")
     if not untie:
         raise EditError(
             "the token embedding is tied to the output head, so editing it would also edit the unembedding; "
@@ -196,14 +231,27 @@ def _edit_parameter(
     param: nn.Parameter, writer: ResidualWriter, s_hat: torch.Tensor, method: Method, strength: float, reads: Reads | None
 ) -> torch.Tensor:
     """Edit one weight in place (a view in ``[out, in]`` layout); return its float32 right factor on the CPU."""
-    weight = writer.layout.as_out_in(param.detach())
-    s = s_hat.to(param.device)
+    right = None
+    if method.factor is None:
+        assert reads is not None  # checked by _check_reads_given
+        right = strength * reads[writer.name].to(torch.float32)
+    return edit_weight(writer.layout.as_out_in(param.detach()), s_hat, method, strength, right)
+
+
+def edit_weight(
+    weight: torch.Tensor, s_hat: torch.Tensor, method: Method, strength: float, right: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight += outer(s_hat, r)`` in place on an ``[out, in]`` view (any dtype, computed in
+    float32), ``r`` the method's right factor of ``weight`` at ``strength``, or the given ``right``
+    for a read-out method; returns ``r`` (float32, on the CPU). The one code path of every edit,
+    in memory or on disk."""
+    s = s_hat.to(weight.device)
     if method.factor is not None:
         return edit_in_place(weight, s, method.factor, strength).to("cpu")
-    assert reads is not None  # checked by _check_reads_given
-    right = strength * reads[writer.name].to(torch.float32)
-    add_in_place(weight, s, right.to(param.device))
-    return right.cpu()
+    if right is None:
+        raise EditError(f"method {method.name!r} needs its measured right factor")
+    add_in_place(weight, s, right.to(device=weight.device, dtype=torch.float32))
+    return right.to(torch.float32).cpu()
 
 
 @torch.no_grad()
@@ -216,6 +264,9 @@ def revert_edit(model: nn.Module, record: EditRecord) -> None:
     s_hat = record.direction.unit
     for m in record.matrices:
         param = params[m.name]
+        if m.name in record.hooks:
+            record.hooks.pop(m.name).remove()
+            continue
         if record.originals is not None:
             param.data.copy_(record.originals[m.name])
             continue

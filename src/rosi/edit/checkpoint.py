@@ -9,6 +9,7 @@ written to a temporary sibling folder and renamed at the end, so it exists compl
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +20,11 @@ import torch
 from rosi import __version__
 from rosi._fs import atomic_directory, check_output, is_rosi_folder
 from rosi.edit.record import EditRecord
+from rosi.edit.stream import stream_edit, streamable
 from rosi.errors import EditError
 from rosi.model.architecture import model_type_of
-from rosi.model.loading import LoadedModel, ModelSource
+from rosi.model.hooks import offloaded
+from rosi.model.loading import LoadedModel, ModelSource, local_folder
 from rosi.model.writers import CausalLM
 
 MANIFEST = "rosi.json"
@@ -38,11 +41,15 @@ def save_checkpoint(
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
     write_extra: Callable[[Path], None] | None = None,
+    weights_from: Path | None = None,
 ) -> Path:
     """Write ``model`` (edited or not) to ``out``; refuse an existing ``out`` unless ``overwrite``.
 
     ``extra`` is merged into ``rosi.json``; ``write_extra(folder)`` may add files to the output
-    before it is renamed into place."""
+    before it is renamed into place. With ``weights_from`` (the local safetensors folder the model
+    was loaded from) the weights are that checkpoint's, in its own precision, with ``record``
+    applied tensor by tensor (:mod:`rosi.edit.stream`), instead of the model's in memory (which
+    may have been loaded in a lower precision for speed)."""
     if isinstance(model, LoadedModel):
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         source = source or model.source
@@ -52,8 +59,16 @@ def save_checkpoint(
     check_output(out, overwrite, protect=protect, owned=is_rosi_output, what="checkpoint")
     check_finite(model)
     manifest = build_manifest(model, record=record, source=source, extra=extra)
+    if weights_from is None and any(offloaded(p) for p in model.parameters()):
+        weights_from = _offloaded_source(source, record)
     with atomic_directory(out, overwrite=overwrite, owned=is_rosi_output, protect=protect) as tmp:
-        model.save_pretrained(tmp)
+        if weights_from is not None and record is not None:
+            record = stream_edit(weights_from, tmp, record)
+            for name in ("config.json", "generation_config.json"):
+                if (weights_from / name).is_file():
+                    shutil.copyfile(weights_from / name, tmp / name)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if record is not None:
@@ -62,6 +77,18 @@ def save_checkpoint(
             write_extra(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _offloaded_source(source: ModelSource | None, record: EditRecord | None) -> Path:
+    """A model spread over devices has no weights in memory to save: they come from its local
+    checkpoint, edited tensor by tensor."""
+    folder = local_folder(source) if source is not None else None
+    if record is None or folder is None or not streamable(folder, record):
+        raise EditError(
+            "the model's weights are offloaded (--device-map), so they are written from its local safetensors checkpoint, "
+            "and this one cannot be edited on disk; load it without --device-map"
+        )
+    return folder
 
 
 def is_rosi_output(path: Path) -> bool:
@@ -84,6 +111,8 @@ def input_paths(source: ModelSource | None) -> tuple[Path, ...]:
 def check_finite(model: CausalLM) -> None:
     """Refuse to save a model with a NaN or infinite weight (an edit too strong for its dtype)."""
     for name, tensor in model.state_dict().items():
+        if tensor.device.type == "meta":
+            continue  # offloaded: written from the checkpoint on disk, checked there
         if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
             raise EditError(f"{name} holds NaN or infinite values; nothing was saved (a smaller strength keeps the weights finite)")
 

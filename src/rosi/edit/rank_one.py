@@ -88,9 +88,10 @@ def add_in_place(weight: torch.Tensor, s_hat: torch.Tensor, right: torch.Tensor,
 
 
 def _block_width(weight: torch.Tensor, chunk_elements: int) -> int:
-    """Columns per block: small blocks where a block of columns is contiguous memory (weights
-    stored ``[in, out]``) or must be converted from another dtype; otherwise the whole matrix,
-    whose row-major column reductions run fastest in one call."""
-    if weight.dtype == torch.float32 and weight.stride(-1) == 1:
+    """Columns per block: on a CPU, small blocks where a block of columns is contiguous memory
+    (weights stored ``[in, out]``) or must be converted from another dtype, so each block stays
+    in cache; otherwise, and on an accelerator (where every block is a kernel launch), the whole
+    matrix in one call."""
+    if weight.device.type != "cpu" or (weight.dtype == torch.float32 and weight.stride(-1) == 1):
         return weight.shape[1]
     return max(1, chunk_elements // weight.shape[0])

@@ -47,6 +47,8 @@ class EditRecord:
     selected: bool = False
     # Bit-exact copies of the edited weights (only with keep_originals=True; never saved).
     originals: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    # Writers whose weights accelerate offloaded carry the edit as a forward hook (never saved).
+    hooks: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}

@@ -8,7 +8,7 @@ little more than the cost of one forward pass over the prompts).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ class StrengthStep:
     """Refusal rates (0..1) on the validation prompts at one strength (0: the base model)."""
 
     strength: float
-    harmful: float
+    harmful: float | None  # None: not measured (harmless refusal was already over the budget)
     harmless: float
 
 
@@ -79,6 +79,11 @@ def choose_strength(
     over-refuses. ``base`` gives the base model's rates when they are known already."""
     grid = get_method(method).grid
 
+    if base is None:
+        base = _rates(loaded, 0.0, val_harmful, val_harmless, batch_size, limit=None)
+        _say(progress, "rosi: base model", base)
+    limit = base.harmless + budget
+
     def measure(strength: float) -> StrengthStep:
         record = apply_edit(
             loaded.model,
@@ -90,16 +95,13 @@ def choose_strength(
             keep_originals=True,
         )
         try:
-            step = _rates(loaded, strength, val_harmful, val_harmless, batch_size)
+            step = _rates(loaded, strength, val_harmful, val_harmless, batch_size, limit=limit)
         finally:
             revert_edit(loaded.model, record)
         _say(progress, f"rosi: {method} {strength:g}", step)
         return step
 
-    if base is None:
-        base = _rates(loaded, 0.0, val_harmful, val_harmless, batch_size)
-        _say(progress, "rosi: base model", base)
-    rows, best = _walk(grid, measure, base, budget)
+    rows, best = walk_grid(grid, measure, base, limit)
     if best is None:
         return StrengthSearch(
             method, rows[-1].strength, f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried", tuple(rows)
@@ -111,31 +113,55 @@ def choose_strength(
     return StrengthSearch(method, best.strength, how, tuple(rows))
 
 
-def _walk(grid: tuple[float, ...], measure: Any, base: StrengthStep, budget: float) -> tuple[list[StrengthStep], StrengthStep | None]:
-    """Every step measured (the base first) and the best one within the budget, if any."""
+def walk_grid(
+    grid: tuple[float, ...], measure: Callable[[float], StrengthStep], base: StrengthStep, limit: float
+) -> tuple[list[StrengthStep], StrengthStep | None]:
+    """Every step measured (the base first) and the best one with harmless refusal at most
+    ``limit``, if any. The walk stops past the limit, and where harmful refusal is complete (no
+    stronger edit can refuse more)."""
     rows = [base]
     best: StrengthStep | None = None
     for strength in grid:
         step = measure(strength)
         rows.append(step)
-        if step.harmless > base.harmless + budget:
+        if step.harmful is None:  # over the limit
             break
-        if best is None or step.harmful > best.harmful:
+        if best is None or step.harmful > (best.harmful or 0.0):
             best = step
+        if step.harmful >= 1.0:
+            break
     strength = grid[0]
     while best is None and len(rows) < MAX_STEPS:  # even the smallest grid strength over-refuses: go lower
         strength /= 2
         step = measure(strength)
         rows.append(step)
-        best = step if step.harmless <= base.harmless + budget else None
+        best = step if step.harmful is not None else None
     return rows, best
 
 
-def _rates(loaded: LoadedModel, strength: float, harmful: PromptSet, harmless: PromptSet, batch_size: int) -> StrengthStep:
+def _rates(
+    loaded: LoadedModel, strength: float, harmful: PromptSet, harmless: PromptSet, batch_size: int, *, limit: float | None
+) -> StrengthStep:
+    """Harmless refusal first: past ``limit`` the harmful prompts are not worth generating for."""
     kw: dict[str, Any] = {"new_tokens": SEARCH_TOKENS, "batch_size": batch_size}
-    return StrengthStep(strength, refusal_rate_of(loaded, harmful, **kw)[0], refusal_rate_of(loaded, harmless, **kw)[0])
+    harmless_rate = refusal_rate_of(loaded, harmless, **kw)[0]
+    if limit is not None and harmless_rate > limit:
+        return StrengthStep(strength, None, harmless_rate)
+    return StrengthStep(strength, refusal_rate_of(loaded, harmful, **kw)[0], harmless_rate)
+
+
+def base_step(harmful_replies: Sequence[Sequence[int]], harmless_replies: Sequence[Sequence[int]], tokenizer: Any) -> StrengthStep:
+    """The base model's search rates from its longer greedy replies (token ids): the first
+    :data:`SEARCH_TOKENS` tokens of a greedy reply are the shorter greedy reply."""
+
+    def rate(replies: Sequence[Sequence[int]]) -> float:
+        return refusal_rate(tokenizer.batch_decode([list(r[:SEARCH_TOKENS]) for r in replies], skip_special_tokens=True))
+
+    return StrengthStep(0.0, rate(harmful_replies), rate(harmless_replies))
 
 
 def _say(progress: bool, label: str, step: StrengthStep) -> None:
-    if progress:
-        print(f"{label}: refusal in {SEARCH_TOKENS}-token replies: harmful {step.harmful:.0%}, harmless {step.harmless:.0%}", flush=True)
+    if not progress:
+        return
+    harmful = "not measured (harmless over the budget)" if step.harmful is None else f"{step.harmful:.0%}"
+    print(f"{label}: refusal in {SEARCH_TOKENS}-token replies: harmful {harmful}, harmless {step.harmless:.0%}", flush=True)

@@ -47,7 +47,7 @@ from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint, parse_spec
 from rosi.model.generation import Generator, LocalGenerator, ServerGenerator, next_token_logprobs
-from rosi.model.loading import LoadedModel, LoadOptions, cpu_has_fast_bf16, load, looks_like_a_path, pick_device
+from rosi.model.loading import LoadedModel, LoadOptions, compute_dtype, load, looks_like_a_path
 
 GENERATIONS = "generations.jsonl"
 SETUP = "eval_setup.json"
@@ -200,7 +200,7 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
     if not sets["jailbreak"]:
         log("rosi eval: no jailbreak templates (pass --data or --jailbreak-templates): jailbreak success is not measured")
     new_tokens = options.max_new_tokens or suite.max_new_tokens
-    return _Plan(suite, data, new_tokens, eval_dtype(options.load.dtype, options.load.device), hub_tasks, local_tasks, sets, judge)
+    return _Plan(suite, data, new_tokens, compute_dtype(options.load.dtype, options.load.device), hub_tasks, local_tasks, sets, judge)
 
 
 def _todo(cache: GenerationCache, role: str, plan: _Plan) -> int:
@@ -262,15 +262,6 @@ def _metrics(
     replies = {r: cache.get(role, [i.prompt for i in sets[r]]) for r in ROLES}
     metrics = score(sets, replies, judge)
     return metrics if utility is None else replace(metrics, utility=utility)
-
-
-def eval_dtype(dtype: str, device: str) -> str:
-    """``auto`` for evaluation: bfloat16 on a CPU with native bf16 dot products (AVX512-BF16, AMX;
-    much faster there, see the README's timings, and the precision most open models are released
-    in); otherwise loading's ``auto`` (float32 on other CPUs, the checkpoint's dtype on a GPU)."""
-    if dtype == "auto" and pick_device(device).type == "cpu" and cpu_has_fast_bf16():
-        return "bfloat16"
-    return dtype
 
 
 def _spec(m: ModelSpec | str) -> ModelSpec:

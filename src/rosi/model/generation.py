@@ -11,10 +11,10 @@ from tqdm.auto import tqdm
 from rosi.model.chat import ChatFormat, chat_messages
 from rosi.model.endpoint import Endpoint
 from rosi.model.hooks import device_of, forward
+from rosi.model.meter import count_forward, count_generated
 from rosi.model.writers import CausalLM
 
 
-@torch.no_grad()
 def generate(
     model: CausalLM,
     fmt: ChatFormat,
@@ -26,9 +26,25 @@ def generate(
     desc: str = "generating",
 ) -> list[str]:
     """Greedy completions, left-padded batches; a row stops at its EOS token."""
+    ids = generate_ids(model, fmt, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc=desc)
+    return list(fmt.tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+
+@torch.no_grad()
+def generate_ids(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "generating",
+) -> list[list[int]]:
+    """The new token ids of greedy completions (padding after a row's EOS included)."""
     device = device_of(model)
     tok = fmt.tokenizer
-    replies: list[str] = []
+    replies: list[list[int]] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
     for batch in fmt.batches(instructions, batch_size, device):
         out = model.generate(
@@ -41,7 +57,8 @@ def generate(
             pad_token_id=tok.pad_token_id,
         )
         new = out[:, batch["input_ids"].shape[1] :]
-        replies.extend(tok.batch_decode(new, skip_special_tokens=True))
+        count_generated(int(new.numel()))
+        replies.extend(new.tolist())
         bar.update(len(new))
     bar.close()
     return replies
@@ -65,6 +82,7 @@ def next_token_logprobs(
         # left padding (with padding-proof positions): the last position is every row's last
         # prompt token; only its logits are computed
         logits = forward(model, batch, logits_to_keep=1).logits[:, -1, :]
+        count_forward()
         rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         bar.update(len(logits))
     bar.close()

@@ -44,4 +44,31 @@ def hooks(pairs: Sequence[tuple[nn.Module, Hook]], *, pre: bool = False) -> Iter
 
 
 def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where a model's inputs go: its parameters' device, or for a model spread over devices by
+    accelerate (``device_map``) the device of its first part (the CPU for offloaded parts)."""
+    device = next(model.parameters()).device
+    if device.type != "meta":
+        return device
+    placement = getattr(model, "hf_device_map", None) or {}
+    first = next(iter(placement.values()), "cpu")
+    if isinstance(first, int):
+        return torch.device("cuda", first)
+    return torch.device("cpu" if first in ("cpu", "disk") else str(first))
+
+
+def offloaded(param: torch.Tensor) -> bool:
+    """A parameter accelerate keeps off the module (on the CPU or on disk) and brings in per call."""
+    return param.device.type == "meta"
+
+
+def stored_weight(model: nn.Module, module_name: str, attribute: str = "weight") -> torch.Tensor:
+    """A parameter's values, also for a module whose weights accelerate offloaded (read through its hook)."""
+    module = model.get_submodule(module_name)
+    tensor = getattr(module, attribute)
+    if not offloaded(tensor):
+        return tensor.detach()
+    hook = getattr(module, "_hf_hook", None)
+    weights = getattr(hook, "weights_map", None)
+    if weights is None:
+        raise RuntimeError(f"{module_name}.{attribute} is on the meta device and no offload hook holds its values")
+    return weights[attribute].detach()

