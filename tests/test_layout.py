@@ -26,10 +26,21 @@ ALLOWED = {
     "rosi.judges": {"rosi.model"},
     "rosi.direction": {"rosi.model"},
     "rosi.edit": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction"},
+    "rosi.export": {"rosi.model", "rosi.direction", "rosi.edit"},
     "rosi.eval": {"rosi.model", "rosi.prompts", "rosi.judges"},
     "rosi.options": {"rosi.edit", "rosi.judges"},
-    "rosi.pipeline": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction", "rosi.edit", "rosi.options"},
-    "rosi.cli": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction", "rosi.edit", "rosi.eval", "rosi.options", "rosi.pipeline"},
+    "rosi.pipeline": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction", "rosi.edit", "rosi.export", "rosi.options"},
+    "rosi.cli": {
+        "rosi.model",
+        "rosi.prompts",
+        "rosi.judges",
+        "rosi.direction",
+        "rosi.edit",
+        "rosi.export",
+        "rosi.eval",
+        "rosi.options",
+        "rosi.pipeline",
+    },
 }
 
 

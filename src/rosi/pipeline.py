@@ -14,24 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from rosi import __version__
-from rosi._fs import check_output
+from rosi._fs import atomic_file
 from rosi.direction.activations import ActivationPair, collect_activations
 from rosi.direction.selection import Selection, select_direction
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, check_strength, revert_edit
-from rosi.edit.checkpoint import input_paths, is_rosi_output, save_checkpoint
+from rosi.edit.checkpoint import input_paths
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.record import EditRecord
 from rosi.edit.scope import WriterChoice, choose_writers
-from rosi.edit.stream import streamable
 from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, base_step, choose_strength, refusal_rate_of
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
+from rosi.export.formats import FORMATS, Edited, check_format_output, save
 from rosi.judges.markers import refusal_rate
 from rosi.model.chat import ChatFormat
 from rosi.model.generation import generate_ids
-from rosi.model.hooks import offloaded
-from rosi.model.loading import LoadedModel, checkpoint_dtype, local_folder
+from rosi.model.loading import LoadedModel
 from rosi.model.meter import Phase, PhaseClock, phase_table
 from rosi.options import ExtractOptions, RunOptions
 from rosi.prompts import PromptSets
@@ -180,7 +179,7 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
     if options.strength is not None:
         check_strength(options.form.method, options.strength)
     out = Path(out)
-    check_output(out, options.overwrite, protect=input_paths(loaded.source), owned=is_rosi_output, what="checkpoint")
+    check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
     clock = PhaseClock()
     extraction = extract(loaded, prompts, options)
     clock.done("extract_and_select")
@@ -211,7 +210,7 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
         new_tokens=options.new_tokens,
         phases=list(clock.phases),
     )
-    _save(loaded, out, record, report, extraction, options.overwrite)
+    _save(loaded, out, record, report, extraction, options)
     report.phases.append(clock.done("save"))
     return report
 
@@ -305,38 +304,18 @@ def _rates(loaded: LoadedModel, label: str, prompts: PromptSets, options: RunOpt
     return Rates(label, harmful, harmless, len(prompts.val_harmful), len(prompts.val_harmless))
 
 
-def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, overwrite: bool) -> None:
+def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, options: RunOptions) -> None:
     def extras(folder: Path) -> None:
         extraction.direction.save(folder / "direction.safetensors")
         (folder / "rosi_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
         if extraction.selection is not None:
             (folder / "direction_scores.json").write_text(json.dumps(extraction.selection.table(), indent=2) + "\n")
 
-    save_checkpoint(
-        loaded,
-        out,
-        record=record,
-        overwrite=overwrite,
-        extra={"report": "rosi_report.json"},
-        write_extra=extras,
-        weights_from=checkpoint_weights(loaded, record),
-    )
-
-
-def checkpoint_weights(loaded: LoadedModel, record: EditRecord) -> Path | None:
-    """The local checkpoint to write the edited weights from, when the model in memory was loaded
-    in another precision than the checkpoint's (e.g. bfloat16 for speed from a float32 checkpoint):
-    the saved weights then keep the checkpoint's own. None: save the model in memory."""
-    folder = local_folder(loaded.source)
-    if folder is None:
-        return None
-    if any(offloaded(p) for p in loaded.model.parameters()):
-        return folder if streamable(folder, record) else None  # save_checkpoint says why it cannot save
-    stored = checkpoint_dtype(folder)
-    in_memory = next(loaded.model.parameters()).dtype
-    if stored is None or stored == in_memory or not streamable(folder, record):
-        return None
-    return folder
+    edited = Edited(loaded, record, {"report": "rosi_report.json"}, extras, [asdict(r) for r in report.rates], options.gguf_type)
+    save(edited, out, options.format, options.overwrite)
+    if FORMATS[options.format].kind == "file":  # a single file: the report goes beside it
+        with atomic_file(out.with_name(out.name + ".report.json")) as tmp:
+            tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
 def _say(options: ExtractOptions, message: str) -> None:

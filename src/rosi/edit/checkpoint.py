@@ -24,7 +24,7 @@ from rosi.edit.stream import stream_edit, streamable
 from rosi.errors import EditError
 from rosi.model.architecture import model_type_of
 from rosi.model.hooks import offloaded
-from rosi.model.loading import LoadedModel, ModelSource, local_folder
+from rosi.model.loading import LoadedModel, ModelSource, checkpoint_dtype, local_folder
 from rosi.model.writers import CausalLM
 
 MANIFEST = "rosi.json"
@@ -139,3 +139,19 @@ def build_manifest(
     if extra:
         manifest.update(extra)
     return manifest
+
+
+def checkpoint_weights(loaded: LoadedModel, record: EditRecord) -> Path | None:
+    """The local checkpoint to write the edited weights from, when the model in memory was loaded
+    in another precision than the checkpoint's (e.g. bfloat16 for speed from a float32 checkpoint):
+    the saved weights then keep the checkpoint's own. None: save the model in memory."""
+    folder = local_folder(loaded.source)
+    if folder is None:
+        return None
+    if any(offloaded(p) for p in loaded.model.parameters()):
+        return folder if streamable(folder, record) else None  # save_checkpoint says why it cannot save
+    stored = checkpoint_dtype(folder)
+    in_memory = next(loaded.model.parameters()).dtype
+    if stored is None or stored == in_memory or not streamable(folder, record):
+        return None
+    return folder

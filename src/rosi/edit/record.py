@@ -66,8 +66,9 @@ class EditRecord:
             "direction": self.direction.info(),
         }
 
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file: the direction, every right factor, and the rest as JSON metadata."""
+    def save(self, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+        """One safetensors file: the direction, every right factor, and the rest as JSON metadata
+        (``extra``: more metadata entries, e.g. a patch's base identity)."""
         path = Path(path)
         tensors = {"direction": self.direction.vector}
         tensors.update({f"right/{m.name}": m.right.contiguous() for m in self.matrices})
@@ -77,7 +78,7 @@ class EditRecord:
             "matrices": [{"name": m.name, "kind": m.kind.value, "layout": m.layout.value, "layer": m.layer} for m in self.matrices],
         }
         with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"rosi_edit": json.dumps(header)})
+            save_file(tensors, str(tmp), metadata={"rosi_edit": json.dumps(header), **(extra or {})})
         return path
 
     @classmethod

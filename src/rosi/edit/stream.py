@@ -13,17 +13,20 @@ as it is. The returned record holds the factors actually applied, so it reverts 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from rosi.edit.apply import edit_weight
 from rosi.edit.methods import get_method
+from rosi.edit.rank_one import add_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError
 
@@ -55,9 +58,12 @@ def streamable(folder: Path, record: EditRecord) -> bool:
 
 
 @torch.no_grad()
-def stream_edit(source: Path, out: Path, record: EditRecord) -> EditRecord:
+def stream_edit(source: Path, out: Path, record: EditRecord, *, recompute: bool = True, revert: bool = False) -> EditRecord:
     """Write ``source``'s weight files into folder ``out`` with ``record``'s edit applied; return
-    the record of the factors applied (recomputed from these weights for weight-based methods)."""
+    the record of the factors applied. With ``recompute`` the factors of weight-based methods are
+    recomputed from these weights (an edit searched on another copy of them); without it, the
+    record's factors are applied as they are (a patch made for exactly these weights). ``revert``
+    subtracts the record's factors instead (undoing an edit)."""
     names = weight_files(source)
     files = sorted(set(names.values()))
     for file in files:
@@ -73,8 +79,12 @@ def stream_edit(source: Path, out: Path, record: EditRecord) -> EditRecord:
         file = names[m.name]
         with safe_open(str(file), framework="pt") as f:
             result = f.get_tensor(m.name).contiguous()
-        # the same code as the edit in memory, so the bytes agree with it exactly
-        right = edit_weight(m.layout.as_out_in(result), s_hat, method, record.strength, None if method.factor else m.right)
+        view = m.layout.as_out_in(result)
+        if revert:
+            right = m.right
+            add_in_place(view, s_hat, -m.right)
+        else:  # the same code as the edit in memory, so the bytes agree with it exactly
+            right = edit_weight(view, s_hat, method, record.strength, None if (method.factor and recompute) else m.right)
         if not bool(torch.isfinite(result).all()):
             raise EditError(f"{record.method} at strength {record.strength:g} makes {m.name} NaN or infinite; use a smaller strength")
         _overwrite_tensor(out / file.name, m.name, result)
@@ -82,14 +92,44 @@ def stream_edit(source: Path, out: Path, record: EditRecord) -> EditRecord:
     return replace(record, matrices=tuple(applied), originals=None)
 
 
+def _entry(f: Any, name: str) -> tuple[int, int, dict[str, Any]]:
+    """A tensor's absolute byte range in an open safetensors file, and its header entry."""
+    f.seek(0)
+    (n,) = struct.unpack("<Q", f.read(8))
+    entry = json.loads(f.read(n))[name]
+    start, end = entry["data_offsets"]
+    return 8 + n + start, 8 + n + end, entry
+
+
+def tensor_sha256(path: Path, name: str) -> str:
+    """sha256 of a stored tensor's bytes (what identifies the base a patch is for)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        start, end, _ = _entry(f, name)
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 24))
+            if not chunk:
+                raise EditError(f"{path} is truncated inside tensor {name}")
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def tensor_info(path: Path, name: str) -> dict[str, Any]:
+    """A stored tensor's dtype and shape (as its file header says)."""
+    with open(path, "rb") as f:
+        _, _, entry = _entry(f, name)
+    return {"dtype": entry["dtype"], "shape": list(entry["shape"])}
+
+
 def _overwrite_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
     """Write ``tensor``'s bytes over the stored tensor ``name`` of safetensors file ``path``."""
     with open(path, "r+b") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        entry = json.loads(f.read(n))[name]
-        start, end = entry["data_offsets"]
+        start, end, _ = _entry(f, name)
         data = tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
         if len(data) != end - start:
             raise EditError(f"{path}: tensor {name} holds {end - start} bytes, the edited one {len(data)}; the checkpoint does not match")
-        f.seek(8 + n + start)
+        f.seek(start)
         f.write(data)

@@ -1,0 +1,134 @@
+"""The edit as a PEFT LoRA adapter: rank 1, ``lora_alpha`` 1, one adapter module per edited matrix.
+
+A rosi edit is ``W' = W + outer(s_hat, r)`` per matrix, which is exactly a rank-1 LoRA with
+``lora_B = s_hat`` (``[out, 1]``) and ``lora_A = r^T`` (``[1, in]``) at scale ``alpha / r = 1``. The
+adapter is built by PEFT itself on the base model's structure (made on the meta device: no
+weights are loaded), its LoRA factors set from the edit record, and saved with PEFT's own
+``save_pretrained``, so ``PeftModel.from_pretrained(base, folder)`` loads it with no rosi import.
+
+Mapping per writer kind: attention/MLP projections are LoRA ``Linear`` layers (GPT-2's Conv1D
+with ``fan_in_fan_out``), the token embedding is PEFT's embedding LoRA (``lora_embedding_A`` =
+``r`` over the vocabulary, ``lora_embedding_B`` = ``s_hat``), and fused mixture-of-experts stacks
+go through PEFT's parameter targeting (``target_parameters``), one rank-1 factor per expert.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rosi.edit.record import EditRecord
+from rosi.errors import RosiError
+from rosi.model.writers import Layout, WriterKind
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class ExportError(RosiError):
+    """An edit cannot be written in the asked format."""
+
+
+def lora_config(record: EditRecord, base_name: str | None, conv1d: bool) -> Any:
+    """The PEFT configuration covering exactly the record's matrices."""
+    from peft import LoraConfig
+
+    modules = sorted({m.name.rsplit(".", 1)[0] for m in record.matrices if m.kind is not WriterKind.EXPERT})
+    parameters = sorted(m.name for m in record.matrices if m.kind is WriterKind.EXPERT)
+    return LoraConfig(
+        r=1,
+        lora_alpha=1,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=modules or None,
+        target_parameters=parameters or None,
+        fan_in_fan_out=conv1d,
+        base_model_name_or_path=base_name,
+        init_lora_weights=False,
+    )
+
+
+def write_lora(record: EditRecord, config: Any, out: Path, base_name: str | None) -> Path:
+    """Write the adapter of ``record`` for a base model with transformers ``config`` into folder ``out``."""
+    try:
+        from peft import get_peft_model
+    except ImportError:
+        raise ExportError("LoRA adapters need PEFT: pip install peft") from None
+    import transformers as T
+
+    with torch.device("meta"):
+        base = T.AutoModelForCausalLM.from_config(config)
+    base.config._name_or_path = base_name  # what PEFT records as base_model_name_or_path
+    conv1d = any(m.layout is Layout.IN_OUT and m.kind is not WriterKind.EMBEDDING for m in record.matrices)
+    peft_model = get_peft_model(base, lora_config(record, base_name, conv1d))
+    factors = _factors(record)
+    done = {_set_factors(name, module, factors) for name, module in peft_model.named_modules()}
+    missing = sorted(set(factors) - done)
+    if missing:
+        raise ExportError(f"PEFT made no adapter for {missing[0]}; this writer cannot be exported as a LoRA adapter")
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)  # the LoRA factors only, never a copy of the embedding
+    _check_config(out / ADAPTER_CONFIG)
+    return out
+
+
+def _factors(record: EditRecord) -> dict[str, tuple[torch.Tensor, torch.Tensor, WriterKind]]:
+    """Parameter name -> (left factor ``s_hat``, right factor ``r``, kind), float32."""
+    s_hat = record.direction.unit
+    return {m.name: (s_hat, m.right.to(torch.float32), m.kind) for m in record.matrices}
+
+
+def _set_factors(module_name: str, module: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor, WriterKind]]) -> str | None:
+    """Give a PEFT LoRA layer the factors of the record's matrix it wraps (real tensors: the base
+    is on meta); returns that matrix's name (None: not a layer of the record)."""
+    lora_a = getattr(module, "lora_A", None)
+    lora_emb_a = getattr(module, "lora_embedding_A", None)
+    base_name = module_name.removeprefix("base_model.model.")
+    param_name = getattr(module, "parameter_name", None)
+    key = f"{base_name}.{param_name}" if param_name else f"{base_name}.weight"
+    if key not in factors or (not lora_a and not lora_emb_a):
+        return None
+    s_hat, right, kind = factors[key]
+    if kind is WriterKind.EMBEDDING:
+        module.lora_embedding_A["default"] = torch.nn.Parameter(right.unsqueeze(0).clone())  # [1, vocab]
+        module.lora_embedding_B["default"] = torch.nn.Parameter(s_hat.unsqueeze(1).clone())  # [hidden, 1]
+    elif kind is WriterKind.EXPERT:
+        experts = right.shape[0]  # right: [experts, in]; PEFT stacks the experts' rank-1 factors
+        module.lora_A["default"].weight = torch.nn.Parameter(right.clone())  # [experts * 1, in]
+        module.lora_B["default"].weight = torch.nn.Parameter(s_hat.unsqueeze(1).repeat(1, experts))  # [out, 1 * experts]
+    else:
+        module.lora_A["default"].weight = torch.nn.Parameter(right.unsqueeze(0).clone())  # [1, in]
+        module.lora_B["default"].weight = torch.nn.Parameter(s_hat.unsqueeze(1).clone())  # [out, 1]
+    return key
+
+
+def _check_config(path: Path) -> None:
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("peft_type") != "LORA" or config.get("r") != 1:
+        raise ExportError(f"{path}: PEFT wrote an unexpected configuration ({config.get('peft_type')}, r={config.get('r')})")
+
+
+def verify_adapter(folder: Path) -> list[str]:
+    """What is wrong with an adapter folder rosi wrote, against its edit record (empty: nothing):
+    each edited linear writer's ``lora_B`` must be ``s_hat`` and its ``lora_A`` the recorded ``r``."""
+    from safetensors.torch import load_file
+
+    record = EditRecord.load(folder / "rosi_edit.safetensors")
+    tensors = load_file(folder / ADAPTER_WEIGHTS)
+    s_hat = record.direction.unit
+    problems = []
+    for m in record.matrices:
+        if m.kind in (WriterKind.EMBEDDING, WriterKind.EXPERT):
+            continue  # stored in PEFT's own layouts for these; checked by loading with PEFT
+        module = m.name.rsplit(".", 1)[0]
+        a, b = tensors.get(f"base_model.model.{module}.lora_A.weight"), tensors.get(f"base_model.model.{module}.lora_B.weight")
+        if a is None or b is None:
+            problems.append(f"{module}: no LoRA factors in {ADAPTER_WEIGHTS}")
+        elif not (
+            torch.allclose(a[0].float(), m.right, rtol=1e-5, atol=1e-7) and torch.allclose(b[:, 0].float(), s_hat, rtol=1e-5, atol=1e-7)
+        ):
+            problems.append(f"{module}: the adapter's factors are not the recorded edit")
+    return problems
