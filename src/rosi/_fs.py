@@ -155,6 +155,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     try:
         with _os_errors(path):
             yield tmp
+        _readable(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
     finally:
@@ -187,14 +188,18 @@ def _fsync(path: Path) -> None:
 
 
 def _sync_tree(folder: Path) -> None:
-    """Flush every file of a finished output to disk before it is renamed into place, readable as
-    the umask allows (some writers create their files private)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """Flush every file of a finished output to disk before it is renamed into place."""
     for p in folder.rglob("*"):
         if p.is_file() and not p.is_symlink():
-            p.chmod(0o666 & ~mask)
+            _readable(p)
             _fsync(p)
+
+
+def _readable(path: Path) -> None:
+    """Permissions as the umask allows (some writers, safetensors' among them, create files private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
 
 
 def _remove(path: Path) -> None:

@@ -662,6 +662,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     fmt = args.format or default_format(args.model, out)
     check_format_output(out, fmt, args.overwrite, protect=_inputs(args, args.direction))
+    if fmt == "gguf" and not METHODS[args.method].needs_reads and Path(args.model).suffix.lower() == ".gguf":
+        return _edit_gguf_file(args, direction, strength, targets, layers, out)
+    if fmt == "patch" and not METHODS[args.method].needs_reads and Path(args.model).expanduser().is_dir():
+        return _patch_from_files(args, direction, strength, targets, layers, out)
     loaded = _load(args)
     started = time.perf_counter()
     record = apply_edit(
@@ -677,6 +681,46 @@ def cmd_edit(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     save(Edited(loaded, record, gguf_type=args.gguf_type), out, fmt, args.overwrite)
     print(f"rosi: {args.method} edit (strength {strength:g}) on {len(record.matrices)} matrices in {elapsed:.2f} s; saved {out} ({fmt})")
+    return 0
+
+
+def _edit_gguf_file(args: argparse.Namespace, direction: Any, strength: float, targets: tuple[str, ...], layers: Any, out: Path) -> int:
+    """A .gguf edited in place without loading the model: its writers come from its configuration,
+    its factors from the stored tensors, one tensor in memory at a time."""
+    from rosi._fs import atomic_file, hash_files, regular_file
+    from rosi.export.gguf import edit_gguf, planned_record
+
+    source = regular_file(Path(args.model).expanduser(), "model file")
+    started = time.perf_counter()
+    record = planned_record(source, direction, args.method, strength, targets, layers)
+    with atomic_file(out) as tmp:
+        done = edit_gguf(source, tmp, record, fallback=args.gguf_type, base_sha256=hash_files([source]))
+    changed = done.requantized()
+    print(
+        f"rosi: {args.method} edit (strength {strength:g}) of {len(done.tensors)} tensors of {source.name} in {time.perf_counter() - started:.1f} s"
+        + (f" ({len(changed)} re-quantized to {args.gguf_type}: their own type cannot be written)" if changed else "")
+        + f"; {done.copied} tensors copied byte for byte; saved {out}"
+    )
+    return 0
+
+
+def _patch_from_files(args: argparse.Namespace, direction: Any, strength: float, targets: tuple[str, ...], layers: Any, out: Path) -> int:
+    """A patch made from a checkpoint folder without loading the model (one tensor in memory at a time)."""
+    import transformers as T
+
+    from rosi._fs import atomic_file
+    from rosi.edit.stream import plan_record
+    from rosi.export.patch import write_patch
+
+    base = Path(args.model).expanduser()
+    started = time.perf_counter()
+    config = T.AutoConfig.from_pretrained(str(base), trust_remote_code=args.trust_remote_code)
+    record = plan_record(config, direction, args.method, strength, targets, layers, factors_from=base)
+    with atomic_file(out) as tmp:
+        write_patch(record, base, tmp)
+    print(
+        f"rosi: {args.method} patch (strength {strength:g}) of {len(record.matrices)} matrices of {base} in {time.perf_counter() - started:.1f} s; saved {out}"
+    )
     return 0
 
 

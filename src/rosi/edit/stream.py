@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from rosi.direction.vector import Direction
 from rosi.edit.apply import edit_weight
 from rosi.edit.methods import get_method
 from rosi.edit.rank_one import add_in_place
@@ -133,3 +134,54 @@ def _overwrite_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
             raise EditError(f"{path}: tensor {name} holds {end - start} bytes, the edited one {len(data)}; the checkpoint does not match")
         f.seek(start)
         f.write(data)
+
+
+def plan_record(
+    config: Any,
+    direction: Direction,
+    method: str,
+    strength: float,
+    targets: tuple[str, ...],
+    layers: tuple[int, ...] | None,
+    factors_from: Path | None = None,
+) -> EditRecord:
+    """The record of an edit, made without loading the model's weights: the writers come from the
+    architecture map of the model built on the meta device from its ``config``; the right factors
+    are computed from the stored tensors of ``factors_from`` one at a time (without it they are
+    zero placeholders, for a writer that computes them itself). Only methods whose factor is a
+    function of the weights can be planned."""
+    import transformers as T
+
+    from rosi.edit.apply import check_strength
+    from rosi.model.architecture import architecture_map
+
+    spec = get_method(method)
+    if spec.needs_reads:
+        raise EditError(f"method {method!r} needs read-outs measured on prompts; use rosi run")
+    strength = check_strength(method, strength)
+    with torch.device("meta"):
+        model = T.AutoModelForCausalLM.from_config(config)
+    arch = architecture_map(model)
+    direction.check_size(arch.hidden_size)
+    try:
+        chosen = arch.select(targets, layers)
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    if arch.tied_embeddings and any(w.kind.value == "embedding" for w in chosen):
+        raise EditError("the embedding is tied to the output head: editing it on disk would edit both; load the model (--untie-embeddings)")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    files = weight_files(factors_from) if factors_from is not None else {}
+    s_hat = direction.unit
+    matrices = []
+    for w in chosen:
+        shape = w.layout.as_out_in(params[w.name]).shape
+        right = torch.zeros(shape[:-2] + shape[-1:])
+        if factors_from is not None:
+            if w.name not in files:
+                raise EditError(f"{factors_from} has no tensor {w.name!r}; load the model to edit it")
+            with safe_open(str(files[w.name]), framework="pt") as f:
+                stored = f.get_tensor(w.name).contiguous()
+            # the edit's own code on a copy: the factor is bit for bit the one an edit in memory computes
+            right = edit_weight(w.layout.as_out_in(stored), s_hat, spec, strength)
+        matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
+    return EditRecord(method, strength, direction, targets, layers, tuple(matrices))

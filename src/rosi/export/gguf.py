@@ -215,3 +215,16 @@ def _sha(path: Path) -> str:
     from rosi._fs import hash_files
 
     return hash_files([path])
+
+
+def planned_record(
+    source: Path, direction: Any, method: str, strength: float, targets: tuple[str, ...], layers: tuple[int, ...] | None
+) -> EditRecord:
+    """The record of an edit of a GGUF file's writers, made without loading its weights (see
+    :func:`rosi.edit.stream.plan_record`; the factors are computed by :func:`edit_gguf`)."""
+    import transformers as T
+
+    from rosi.edit.stream import plan_record
+
+    config = T.AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
+    return plan_record(config, direction, method, strength, targets, layers)
