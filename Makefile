@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test check lint bench clean
+.PHONY: demo demo-realign test check lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,9 +23,13 @@ DEMO_OUT ?= demo-output/qwen2.5-coder-0.5b-rosi
 demo: $(STAMP)
 	$(BIN)/rosi run $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
 
+# Abliterate the demo model, audit it, re-align it with rosi realign, audit again (offline, ~8 min).
+demo-realign: $(STAMP)
+	$(BIN)/python examples/realign_demo.py demo-output/realign
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 check: lint

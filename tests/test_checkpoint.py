@@ -124,3 +124,26 @@ def test_failure_during_overwrite_keeps_the_old_output(tmp_path, monkeypatch):
         save_checkpoint(model, tmp_path / "out", record=record, overwrite=True)
     assert hash_files(sorted((tmp_path / "out").iterdir())) == old
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_model_edited_twice_in_memory_is_saved_with_both_edits(tmp_path, tokenizer_dir):
+    """Loaded in bfloat16 from a float32 checkpoint, a single edit is streamed from the files in
+    float32; with two edits in memory the record holds only the last, so the model in memory is
+    saved (and a format that holds one edit is refused)."""
+    from conftest import save_tiny
+    from rosi import Direction, apply_edit, load
+    from rosi.errors import RosiError
+    from rosi.export.formats import Edited, save
+
+    save_tiny("llama", tmp_path / "base", tokenizer_dir=tokenizer_dir)
+    loaded = load(str(tmp_path / "base"), dtype="bfloat16")
+    g = torch.Generator().manual_seed(4)
+    apply_edit(loaded.model, Direction(torch.randn(32, generator=g)), "ablate", 1.0, targets=("attention", "mlp", "embedding"))
+    record = apply_edit(loaded.model, Direction(torch.randn(32, generator=g)), "scale", 1.0)
+    save(Edited(loaded, record), tmp_path / "out", "checkpoint", False)
+    again = load(str(tmp_path / "out"), dtype="bfloat16")
+    saved = dict(again.model.named_parameters())
+    for name, p in loaded.model.named_parameters():
+        assert torch.equal(saved[name], p), name
+    with pytest.raises(RosiError, match="holds 2 edits"):
+        save(Edited(loaded, record), tmp_path / "out.patch", "patch", False)

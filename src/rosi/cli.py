@@ -140,6 +140,17 @@ def _commands() -> list[tuple[str, Callable[[argparse.ArgumentParser], None], Ca
         ("direction", _direction_args, cmd_direction, ("extract and select the model's refusal direction; write a direction file", None)),
         ("run", _run_args, cmd_run, ("extract, select, inject and measure: the whole ROSI pipeline", None)),
         (
+            "realign",
+            _realign_args,
+            cmd_realign,
+            (
+                "re-align an uncensored (abliterated or fine-tuned) model: rosi run with the defaults measured for it",
+                "Re-align an uncensored model. If a direction was ablated from every residual writer (found in the weights), "
+                "re-add it with the probe edit; otherwise extract the refusal direction under a safety system prompt. The edit "
+                "is searched, measured and used without any system prompt.",
+            ),
+        ),
+        (
             "eval",
             _eval_args,
             cmd_eval,
@@ -148,6 +159,18 @@ def _commands() -> list[tuple[str, Callable[[argparse.ArgumentParser], None], Ca
                 "Evaluate MODEL (and BASE, for before/after and KL) on a suite of public prompt sets and benchmarks. "
                 "Writes results.json, replies.jsonl, report.md and plots to --out. Generations are cached there: an interrupted "
                 "run resumes, and another --judge re-scores without generating again.",
+            ),
+        ),
+        (
+            "audit",
+            _audit_args,
+            cmd_audit,
+            (
+                "say what was done to a model: an ablated direction, an addition along the refusal direction, the edit against a base",
+                "Audit MODEL's residual writers: the direction they write least along (flagged when it was projected out of them, "
+                "as abliteration does) and how much each layer writes along it and along the model's refusal direction, against "
+                "random directions. With --base: the changed matrices, their ranks, the direction they share, and whether the "
+                "edit removes or adds along it. Writes audit.json and profile.png to --out.",
             ),
         ),
         ("compare", _compare_args, cmd_compare, ("print two evaluations side by side", None)),
@@ -271,6 +294,116 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _prompt_args(p)
     _format_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _realign_args(p: argparse.ArgumentParser) -> None:
+    from rosi.options import DIRECTION_SOURCES, REALIGN_BUDGET
+    from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
+
+    _run_args(p)
+    p.add_argument(
+        "--direction",
+        choices=DIRECTION_SOURCES,
+        default="auto",
+        help="null: re-add the direction ablated from every writer; extracted: extract one under the system prompt; "
+        "auto: null where the weights show an ablation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-with-system-prompt",
+        action="store_true",
+        help="score the candidate directions and fit the read-outs with the system prompt in the context (default: without it)",
+    )
+    p.set_defaults(method="probe", budget=REALIGN_BUDGET, system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}")
+    for action in p._actions:
+        if action.dest == "system_prompt":
+            action.help = (
+                "safety system prompt for extraction only: TEXT, a FILE, or one of "
+                + ", ".join(f"builtin:{n}" for n in SYSTEM_PROMPTS)
+                + " (default: %(default)s)"
+            )
+
+
+def cmd_realign(args: argparse.Namespace) -> int:
+    from rosi.export.formats import check_format_output, default_format
+    from rosi.realign import realign
+
+    fmt = args.format or default_format(args.model, Path(args.out))
+    check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
+    options = _realign_options(args, fmt)
+    prompts = _prompts(args)
+    loaded = _load(args, compute=True)
+    started = time.perf_counter()
+    report = realign(loaded, args.out, prompts, options)
+    _print_run(args, prompts, report, fmt, started)
+    return 0
+
+
+def _realign_options(args: argparse.Namespace, fmt: str) -> Any:
+    from rosi.edit.methods import EditForm
+    from rosi.options import RealignOptions
+
+    return RealignOptions(
+        form=EditForm(args.method, args.scope, args.writer_ratio),
+        system_prompt=_text_or_file(args.system_prompt),
+        score_with_system_prompt=args.score_with_system_prompt,
+        layer=args.layer,
+        position=args.position,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        strength=args.alpha,
+        compare_paper=not args.no_compare,
+        budget=args.budget,
+        new_tokens=args.max_new_tokens,
+        format=fmt,
+        gguf_type=args.gguf_type,
+        direction=args.direction,
+    )
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--base", default=None, metavar="BASE", help="the model MODEL was made from (any form rosi loads)")
+    p.add_argument("--direction", default=None, metavar="FILE", help="MODEL's refusal direction (default: extracted from rosi's prompts)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write audit.json and profile.png here (a new folder)")
+    p.add_argument("--json", action="store_true", help="print the audit as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if rosi wrote it")
+
+
+def _is_audit_folder(path: Path) -> bool:
+    return (path / "audit.json").is_file() and all(f.name in ("audit.json", "profile.png") for f in path.iterdir())
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rosi._fs import atomic_directory, check_output
+    from rosi.audit import audit, write_report
+    from rosi.direction.vector import Direction
+
+    out = Path(args.out) if args.out else None
+    protect = _inputs(args, args.base, args.direction)
+    if out is not None:
+        check_output(out, args.overwrite, protect=protect, owned=_is_audit_folder, what="audit folder")
+    direction = Direction.load(args.direction) if args.direction else None
+    loaded = _load(args)
+    base = _load(argparse.Namespace(**{**vars(args), "model": args.base})) if args.base else None
+    if direction is not None:
+        direction.check_size(loaded.architecture.hidden_size)
+    result = audit(loaded, base, direction)
+    if out is not None:
+        with atomic_directory(out, overwrite=args.overwrite, owned=_is_audit_folder, protect=protect) as tmp:
+            write_report(result, tmp)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(f"rosi: audit of {args.model}" + (f" against {args.base}" if args.base else ""))
+    for verdict in result.verdicts:
+        print(f"  - {verdict}")
+    null, refusal = result.profiles
+    print(f"\n  {'layer':>9} {'least-written':>14} {'refusal dir.':>13}   (write ratio over a random direction's)")
+    for layer, value in null.relative().items():
+        print(f"  {'embedding' if layer is None else layer:>9} {value:>14.3g} {refusal.relative()[layer]:>13.3g}")
+    if out is not None:
+        print(f"\nrosi: wrote {out}/audit.json and {out}/profile.png")
+    return 0
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -438,7 +571,11 @@ def _prompts(args: argparse.Namespace) -> Any:
 
 
 def _text_or_file(value: str | None) -> str | None:
-    """A system prompt given as text, or as the path of a file holding it."""
+    """A system prompt given as text, as ``builtin:NAME``, or as the path of a file holding it."""
+    if value and value.startswith("builtin:"):
+        from rosi.prompts.system import system_prompt
+
+        return system_prompt(value)
     try:
         is_file = bool(value) and Path(str(value)).is_file()
     except (OSError, ValueError):  # a long text is no file name
@@ -526,6 +663,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args, compute=True)
     started = time.perf_counter()
     report = run(loaded, args.out, prompts, options)
+    _print_run(args, prompts, report, fmt, started)
+    return 0
+
+
+def _print_run(args: argparse.Namespace, prompts: Any, report: Any, fmt: str, started: float) -> None:
     print()
     print(f"Refusal on validation prompts, {prompts.validation_note()} ({report.new_tokens} new tokens, marker judge):")
     print(report.table())
@@ -536,7 +678,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"rosi: saved {args.out} ({fmt}; {report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in "
         + (f"{args.out}/rosi_report.json" if Path(args.out).is_dir() else f"{args.out}.report.json")
     )
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

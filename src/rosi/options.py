@@ -16,17 +16,27 @@ DEFAULT_BUDGET = 0.10  # allowed rise of refusal on harmless validation prompts 
 DEFAULT_BATCH_SIZE = 32
 
 
+def _default_system_prompt() -> str:
+    from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
+
+    return SYSTEM_PROMPTS[DEFAULT_SYSTEM_PROMPT]
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
     """How to extract and select the direction.
 
     ``form`` is the edit the direction is for: when no candidate passes Arditi's filters,
     selection scores candidates by that edit's effect. ``system_prompt`` is used for extraction
-    only (re-aligning uncensored models). ``layer`` and ``position`` pin the direction instead of
-    selecting it (both or neither)."""
+    only (re-aligning uncensored models); with ``score_with_system_prompt`` (the default of
+    ``rosi run``) selection also scores the candidates, and read-out methods fit their read-outs,
+    with it in the context, otherwise without it, as the edited model will be used (``rosi
+    realign``). ``layer`` and ``position`` pin the direction instead of selecting it (both or
+    neither)."""
 
     form: EditForm = field(default_factory=EditForm)
     system_prompt: str | None = None
+    score_with_system_prompt: bool = True
     layer: int | None = None
     position: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -54,6 +64,7 @@ class RunOptions(ExtractOptions):
     overwrite: bool = False
     format: str = "checkpoint"  # see rosi.export.formats
     gguf_type: str = "Q8_0"  # --format gguf: what tensors of a type the gguf package cannot quantize become
+    grid: tuple[float, ...] | None = None  # strengths searched (default: the method's own grid)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,3 +72,34 @@ class RunOptions(ExtractOptions):
             raise RosiError(f"--budget is a share of prompts between 0 and 1 (0.1 = 10 points), got {self.budget}")
         if self.new_tokens < 1:
             raise RosiError(f"--max-new-tokens must be at least 1, got {self.new_tokens}")
+        if self.grid is not None and (not self.grid or not all(math.isfinite(g) and g > 0 for g in self.grid)):
+            raise RosiError(f"the strength grid must be positive finite numbers, got {self.grid}")
+
+
+DIRECTION_SOURCES = ("auto", "null", "extracted")
+REALIGN_BUDGET = 0.05
+# The null direction's probe edit is measured against the harmful-minus-harmless gap the ablated
+# model has left (much smaller than an aligned model's): its grid reaches further than probe's own.
+REALIGN_GRID = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+@dataclass(frozen=True)
+class RealignOptions(RunOptions):
+    """:func:`rosi.realign`: :class:`RunOptions` with the defaults measured for uncensored
+    models (the README's "Re-aligning" section): a built-in safety system prompt for extraction,
+    candidates scored and read-outs fit without it, the ``probe`` edit (its read-out looks at the
+    writers' inputs, which ablation leaves intact), a 5-point budget. ``direction``: ``null``
+    re-adds the direction every writer had removed (found in the weights, see
+    :mod:`rosi.direction.null`), ``extracted`` extracts one under the system prompt, ``auto``
+    the first where the weights show an ablation, else the second."""
+
+    form: EditForm = field(default_factory=lambda: EditForm("probe"))
+    system_prompt: str | None = field(default_factory=_default_system_prompt)
+    score_with_system_prompt: bool = False
+    budget: float = REALIGN_BUDGET
+    direction: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction not in DIRECTION_SOURCES:
+            raise RosiError(f"unknown direction source {self.direction!r}; choose one of {', '.join(DIRECTION_SOURCES)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,21 +55,30 @@ class Extraction:
 
 def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | None = None) -> Extraction:
     """Difference of means at every (layer, post-instruction position) of the extraction prompts;
-    select one on the validation prompts, or take the pinned ``options.layer``/``position``."""
+    select one on the validation prompts, or take the pinned ``options.layer``/``position``.
+
+    With a system prompt the candidates are read with it in front of both sets. Selection scores
+    them, and the writers are measured, with it too when ``options.score_with_system_prompt``,
+    otherwise without it (in a second pass over the extraction prompts)."""
     options = options or ExtractOptions()
     started = time.perf_counter()
     fmt = ChatFormat(loaded.tokenizer, options.system_prompt)
+    plain = fmt if options.score_with_system_prompt or not options.system_prompt else ChatFormat(loaded.tokenizer)
     n_pos = len(fmt.post_instruction_ids())
     _check_pin(loaded, options, n_pos)
-    activations = _activations(loaded, fmt, prompts, n_pos, options)
+    if plain is fmt:
+        activations = candidates = extraction_activations(loaded, fmt, prompts, n_pos, options)
+    else:
+        candidates = extraction_activations(loaded, fmt, prompts, n_pos, options, writers=False)
+        activations = extraction_activations(loaded, plain, prompts, n_pos, options)
     selection = None
     layer, position = options.layer, options.position
     if layer is None or position is None:
         trial = EditTrial(loaded.model, loaded.architecture, activations, options.form)
         selection = select_direction(
             loaded.model,
-            fmt,
-            activations.differences(),
+            plain,
+            candidates.differences(),
             prompts.val_harmful.instructions,
             prompts.val_harmless.instructions,
             trial=trial,
@@ -77,8 +87,10 @@ def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | 
         )
         layer, position = selection.layer, selection.position
     metadata = _metadata(loaded, prompts, fmt, position, selection, options.system_prompt)
+    if options.system_prompt:
+        metadata["scored_with_system_prompt"] = str(plain is fmt).lower()
     direction = Direction(
-        activations.direction_at(layer, position), layer=layer, position=position, model=loaded.source.spec, metadata=metadata
+        candidates.direction_at(layer, position), layer=layer, position=position, model=loaded.source.spec, metadata=metadata
     )
     return Extraction(direction, selection, round(time.perf_counter() - started, 2), activations)
 
@@ -93,11 +105,14 @@ def _check_pin(loaded: LoadedModel, options: ExtractOptions, n_pos: int) -> None
         raise RosiError(f"--position {options.position} is out of range: post-instruction positions are -{n_pos}..-1")
 
 
-def _activations(loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, n_pos: int, options: ExtractOptions) -> ActivationPair:
-    """Both extraction sets' means: every layer, and the measurable writers (their inputs too for read-out methods)."""
-    writers = loaded.architecture.measurable_modules(loaded.model)
-    read_inputs = options.form.spec.needs_reads
-    kw: dict[str, Any] = {"writers": writers, "read_inputs": read_inputs, "batch_size": options.batch_size, "progress": options.progress}
+def extraction_activations(
+    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, n_pos: int, options: ExtractOptions, writers: bool = True
+) -> ActivationPair:
+    """Both extraction sets' means: every layer, and (with ``writers``) the measurable writers
+    (their inputs too for read-out methods)."""
+    modules = loaded.architecture.measurable_modules(loaded.model) if writers else {}
+    read_inputs = writers and options.form.spec.needs_reads
+    kw: dict[str, Any] = {"writers": modules, "read_inputs": read_inputs, "batch_size": options.batch_size, "progress": options.progress}
     return ActivationPair(
         collect_activations(loaded.model, fmt, prompts.harmful.instructions, n_pos, desc="rosi: harmful activations", **kw),
         collect_activations(loaded.model, fmt, prompts.harmless.instructions, n_pos, desc="rosi: harmless activations", **kw),
@@ -171,8 +186,15 @@ class RunReport:
         return "\n".join(lines)
 
 
-def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunOptions | None = None) -> RunReport:
-    """Extract, select, inject and measure; save the edited checkpoint with its report to ``out``."""
+def run(
+    loaded: LoadedModel,
+    out: str | Path,
+    prompts: PromptSets,
+    options: RunOptions | None = None,
+    extractor: Callable[[], Extraction] | None = None,
+) -> RunReport:
+    """Extract, select, inject and measure; save the edited checkpoint with its report to ``out``.
+    ``extractor`` finds the direction another way than :func:`extract` (as :func:`realign` does)."""
     options = options or RunOptions()
     if not options.form.spec.searchable:
         raise RosiError(f"rosi run supports the methods with a strength search, not {options.form.method!r}")
@@ -181,7 +203,7 @@ def run(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RunO
     out = Path(out)
     check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
     clock = PhaseClock()
-    extraction = extract(loaded, prompts, options)
+    extraction = extractor() if extractor is not None else extract(loaded, prompts, options)
     clock.done("extract_and_select")
     direction = extraction.direction
     _say(options, f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})")
@@ -263,6 +285,7 @@ def _search_strengths(
             base=base,
             batch_size=options.batch_size,
             progress=options.progress,
+            grid=options.grid if method == options.form.method else None,
         )
         searches.append(search)
     return searches

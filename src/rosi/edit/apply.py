@@ -114,7 +114,20 @@ def apply_edit(
         hooks=hooks,
     )
     _check_finite(model, record, params)
+    _count_edits(model, +1)
     return record
+
+
+EDIT_COUNT = "_rosi_edits_applied"  # edits applied to a model in memory and not reverted
+
+
+def _count_edits(model: nn.Module, step: int) -> None:
+    model.__dict__[EDIT_COUNT] = edits_applied(model) + step
+
+
+def edits_applied(model: nn.Module) -> int:
+    """How many rosi edits the model in memory holds (so a save knows whether one record says it all)."""
+    return int(model.__dict__.get(EDIT_COUNT, 0))
 
 
 def _edit_as_hook(
@@ -274,6 +287,7 @@ def revert_edit(model: nn.Module, record: EditRecord) -> None:
     if record.untied_embeddings:
         _tie(model)
     record.originals = None
+    _count_edits(model, -1)
 
 
 def _untie(model: CausalLM) -> None:

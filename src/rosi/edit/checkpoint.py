@@ -19,6 +19,7 @@ import torch
 
 from rosi import __version__
 from rosi._fs import atomic_directory, check_output, is_rosi_folder
+from rosi.edit.apply import edits_applied
 from rosi.edit.record import EditRecord
 from rosi.edit.stream import stream_edit, streamable
 from rosi.errors import EditError
@@ -147,6 +148,8 @@ def checkpoint_weights(loaded: LoadedModel, record: EditRecord) -> Path | None:
     the saved weights then keep the checkpoint's own. None: save the model in memory."""
     folder = local_folder(loaded.source)
     if folder is None:
+        return None
+    if edits_applied(loaded.model) > 1:  # the record holds only the last of them: save what is in memory
         return None
     if any(offloaded(p) for p in loaded.model.parameters()):
         return folder if streamable(folder, record) else None  # save_checkpoint says why it cannot save

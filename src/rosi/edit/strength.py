@@ -73,11 +73,12 @@ def choose_strength(
     base: StrengthStep | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    grid: tuple[float, ...] | None = None,
 ) -> StrengthSearch:
-    """Walk up ``method``'s grid with the writers of ``choice`` (every writer without one),
-    stopping past the budget; below the grid, halve the smallest strength while even it
-    over-refuses. ``base`` gives the base model's rates when they are known already."""
-    grid = get_method(method).grid
+    """Walk up ``grid`` (default: ``method``'s own) with the writers of ``choice`` (every
+    writer without one), stopping past the budget; below the grid, halve the smallest strength
+    while even it over-refuses. ``base`` gives the base model's rates when they are known already."""
+    grid = grid or get_method(method).grid
 
     if base is None:
         base = _rates(loaded, 0.0, val_harmful, val_harmless, batch_size, limit=None)

@@ -186,4 +186,13 @@ def check_format_output(out: Path, fmt: str, overwrite: bool, protect: tuple[Pat
 def save(edited: Edited, out: Path, fmt: str, overwrite: bool) -> Path:
     if fmt not in FORMATS:
         raise RosiError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "checkpoint":
+        from rosi.edit.apply import edits_applied
+
+        count = edits_applied(edited.loaded.model)
+        if count > 1:
+            raise RosiError(
+                f"the model in memory holds {count} edits and a {fmt} holds one (against the files it was loaded from): "
+                "save it as a checkpoint, then edit or export from that"
+            )
     return FORMATS[fmt].save(edited, Path(out), overwrite)

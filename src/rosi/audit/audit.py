@@ -1,0 +1,305 @@
+"""``rosi audit``: what was done to a model one did not make.
+
+Without a base, from the model alone:
+
+- its writers' least-written direction (:mod:`rosi.direction.null`) and how much each layer's
+  writers write along it against random directions: a direction taken out of every writer (the
+  signature of abliteration) shows as layers that write it tens to thousands of times less;
+- its own refusal direction (the difference of means of rosi's built-in harmful and harmless
+  prompts at :data:`rosi.direction.null.GAP_DEPTH` of the depth, last prompt token, or a given
+  direction file) and the same per-layer profile: an addition along it (ROSI) shows as layers
+  that write it several times more than a random direction.
+
+With a base: every changed matrix, the rank of its change, the left direction the changes share
+(:mod:`rosi.audit.changes`), its cosine with the base's refusal direction (the best over the
+base's layers), and whether the edit removes or adds along it; an edit record, if the model has
+one, is checked against the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rosi.audit.changes import MatrixChange, matrix_change, shared_direction, write_change
+from rosi.direction.activations import ActivationPair, collect_activations
+from rosi.direction.null import (
+    GAP_DEPTH,
+    Ablation,
+    NullDirection,
+    find_ablation,
+    layer_profile,
+    null_direction,
+    random_profiles,
+    writer_gram,
+    writer_grams,
+)
+from rosi.direction.vector import Direction
+from rosi.model.chat import ChatFormat
+from rosi.model.hooks import stored_weight
+from rosi.model.loading import LoadedModel
+from rosi.prompts import builtin
+
+FLAG_BELOW = 0.1  # a layer writing a direction at most this share of a random one's has had it removed
+FLAG_ABOVE = 2.0  # ... at least this many times a random one's has had it added
+N_RANDOM = 32
+N_PROMPTS = 64  # built-in prompts per set for the refusal direction
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per layer (``None``: the embedding): the write ratio along a direction, and the median
+    and 5th/95th percentiles over random directions."""
+
+    name: str
+    ratio: dict[int | None, float]
+    random_median: dict[int | None, float]
+    random_low: dict[int | None, float]
+    random_high: dict[int | None, float]
+
+    def relative(self) -> dict[int | None, float]:
+        return {k: v / self.random_median[k] for k, v in self.ratio.items()}
+
+    def layers_below(self, share: float) -> list[int]:
+        return sorted(k for k, v in self.relative().items() if k is not None and v <= share)
+
+    def layers_above(self, factor: float) -> list[int]:
+        return sorted(k for k, v in self.relative().items() if k is not None and v >= factor)
+
+    def to_json(self) -> dict[str, Any]:
+        key = lambda k: "embedding" if k is None else str(k)  # noqa: E731
+        return {
+            "name": self.name,
+            "ratio": {key(k): v for k, v in self.ratio.items()},
+            "relative_to_random": {key(k): v for k, v in self.relative().items()},
+            "random_median": {key(k): v for k, v in self.random_median.items()},
+            "random_5": {key(k): v for k, v in self.random_low.items()},
+            "random_95": {key(k): v for k, v in self.random_high.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Audit:
+    model: str
+    verdicts: list[str]
+    flagged: bool  # a direction was removed from the writers (abliteration)
+    null: dict[str, Any]
+    profiles: list[Profile]
+    refusal: dict[str, Any]
+    base: dict[str, Any] | None = None
+    changes: list[MatrixChange] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "flagged": self.flagged,
+            "verdicts": self.verdicts,
+            "null_direction": self.null,
+            "refusal_direction": self.refusal,
+            "profiles": [p.to_json() for p in self.profiles],
+            "base": self.base,
+            "changes": [c.to_json() for c in self.changes],
+        }
+
+
+def audit(loaded: LoadedModel, base: LoadedModel | None = None, direction: Direction | None = None, progress: bool = True) -> Audit:
+    """Audit ``loaded`` (against ``base`` when given; ``direction``: its refusal direction, else
+    extracted from rosi's built-in prompts)."""
+    grams = writer_grams(loaded.model, loaded.architecture)
+    null = null_direction(writer_gram(g for _, g in grams.values()))
+    ablation = find_ablation(grams)
+    least = ablation.vector if ablation is not None else null.vector
+    randoms = random_profiles(grams, N_RANDOM)
+    own = direction.unit if direction is not None else refusal_direction(loaded, progress=progress)[0]
+    profiles = [_profile("least-written direction", grams, least, randoms), _profile("refusal direction", grams, own, randoms)]
+    verdicts = _verdicts(null, ablation, profiles)
+    flagged = ablation is not None
+    refusal: dict[str, Any] = {"source": "given" if direction is not None else f"difference of means, {N_PROMPTS} built-in prompts per set"}
+    refusal["cosine_with_least_written"] = abs(float(own.double() @ least.double()))
+    info = {**null.to_json(), "ablation": None if ablation is None else ablation.to_json()}
+    result = Audit(loaded.source.spec, verdicts, flagged, info, profiles, refusal)
+    if base is None:
+        return result
+    return _against_base(result, loaded, base, least, progress)
+
+
+def refusal_direction(loaded: LoadedModel, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unit difference of means at :data:`GAP_DEPTH` of the depth (last prompt token), and
+    the unit differences at every layer (``[layers, hidden]``), from rosi's built-in prompts."""
+    fmt = ChatFormat(loaded.tokenizer)
+    kw: dict[str, Any] = {"batch_size": 32, "progress": progress}
+    pair = ActivationPair(
+        collect_activations(loaded.model, fmt, builtin("harmful", "train").take(N_PROMPTS).instructions, 1, desc="rosi: harmful", **kw),
+        collect_activations(loaded.model, fmt, builtin("harmless", "train").take(N_PROMPTS).instructions, 1, desc="rosi: harmless", **kw),
+    )
+    diffs = pair.differences()[:, -1].float()
+    units = diffs / diffs.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+    return units[int(GAP_DEPTH * loaded.architecture.num_layers)], units
+
+
+def _profile(name: str, grams: Any, d: torch.Tensor, randoms: list[dict[int | None, float]]) -> Profile:
+    ratio = layer_profile(grams, d)
+
+    def quantile(q: float) -> dict[int | None, float]:
+        return {k: statistics.quantiles([r[k] for r in randoms], n=20)[round(q * 20) - 1] for k in ratio}
+
+    return Profile(name, ratio, {k: statistics.median(r[k] for r in randoms) for k in ratio}, quantile(0.05), quantile(0.95))
+
+
+def _verdicts(null: NullDirection, ablation: Ablation | None, profiles: list[Profile]) -> list[str]:
+    least, _ = profiles
+    out = []
+    if ablation is not None:
+        rel = least.relative()
+        factor = 1 / max(statistics.median(rel[k] for k in ablation.layers), 1e-12)
+        times = f"{factor:.0f}x" if factor < 1000 else "over 1000x"
+        numbered = [k for k in ablation.layers if k is not None]
+        where = " and ".join(([_ranges(numbered)] if numbered else []) + (["the embedding"] if None in ablation.layers else []))
+        if null.found:
+            out.append(
+                f"ABLATED: the writers of {where} write {times} less along one direction than along random directions "
+                f"(its eigenvalue is {null.isolation:.1g} of the next one): a direction was projected out of them, as abliteration does"
+            )
+        else:
+            out.append(
+                f"PARTLY ABLATED: the writers of {where} write {times} less along one direction than along random directions, "
+                f"each layer's least-written direction the same one (|cos| >= {ablation.agreement:.2f}), while the other layers "
+                "still write it: a direction was projected out of those layers"
+            )
+    else:
+        out.append(
+            f"not ablated: every direction is written (the least-written one has {null.isolation:.2f} of the next one's "
+            "eigenvalue, and no two layers share an unwritten direction)"
+        )
+    refusal = profiles[1]
+    above = refusal.layers_above(FLAG_ABOVE)
+    if above:
+        rel = refusal.relative()
+        out.append(
+            f"AMPLIFIED: the writers of {_ranges(above)} write up to {max(rel[k] for k in above):.1f}x more along the model's refusal "
+            "direction than along random directions: an addition along it, as ROSI makes"
+        )
+    return out
+
+
+def _against_base(result: Audit, loaded: LoadedModel, base: LoadedModel, null_vector: torch.Tensor, progress: bool) -> Audit:
+    changes, ratios = [], {}
+    base_writers = {w.name: w for w in base.architecture.writers}
+    for w in loaded.architecture.writers:
+        if w.name not in base_writers:
+            continue
+        attr = w.name.rsplit(".", 1)[1]
+        wb = w.layout.as_out_in(stored_weight(base.model, w.module, attr).detach())
+        we = w.layout.as_out_in(stored_weight(loaded.model, w.module, attr).detach())
+        change = matrix_change(w.name, w.layer, wb, we)
+        if change is not None:
+            changes.append(change)
+    info: dict[str, Any] = {"model": base.source.spec, "changed_matrices": len(changes), "writers": len(loaded.architecture.writers)}
+    verdicts = list(result.verdicts)
+    if not changes:
+        verdicts.append("against the base: no residual writer differs")
+        return _with(result, info, verdicts, changes)
+    shared = shared_direction(changes)
+    for w in loaded.architecture.writers:
+        if w.name in shared.cosines:
+            attr = w.name.rsplit(".", 1)[1]
+            ratios[w.name] = write_change(
+                w.layout.as_out_in(stored_weight(base.model, w.module, attr).detach()),
+                w.layout.as_out_in(stored_weight(loaded.model, w.module, attr).detach()),
+                shared.vector,
+            )
+    _, base_units = refusal_direction(base, progress=progress)
+    cosines = (base_units.double() @ shared.vector).abs()
+    best = int(cosines.argmax())
+    median_write = statistics.median(ratios.values())
+    kind = "removes" if median_write <= FLAG_BELOW else "adds to" if median_write > 1.05 else "changes"
+    ranks = sorted({c.rank for c in changes})
+    info.update(
+        {
+            "ranks": ranks,
+            "shared_direction_share": shared.share,
+            "cosine_with_base_refusal_direction": float(cosines[best]),
+            "base_refusal_layer": best,
+            "cosine_with_least_written": abs(float(shared.vector @ null_vector.double())),
+            "median_write_change": median_write,
+            "effect": kind,
+        }
+    )
+    verdicts.append(
+        f"against the base: {len(changes)} of {info['writers']} writers changed, rank {'/'.join(map(str, ranks))}; "
+        f"{shared.share:.0%} of the change lies along one direction (cosine {float(cosines[best]):.2f} with the base's refusal "
+        f"direction at layer {best}); the edit {kind} what the writers write along it (median |c^T W'| / |c^T W| = {median_write:.3g})"
+    )
+    record = _record_check(loaded, base)
+    if record is not None:
+        info["edit_record"] = record
+        verdicts.append(f"edit record: {record}")
+    return _with(result, info, verdicts, changes)
+
+
+def _with(result: Audit, info: dict[str, Any], verdicts: list[str], changes: list[MatrixChange]) -> Audit:
+    return Audit(result.model, verdicts, result.flagged, result.null, result.profiles, result.refusal, info, changes)
+
+
+def _record_check(loaded: LoadedModel, base: LoadedModel) -> str | None:
+    """The edit record's check against the weights, for local checkpoint folders."""
+    from rosi.edit.checkpoint import RECORD_FILE
+    from rosi.export.patch import verify
+    from rosi.model.loading import local_folder
+
+    folder, base_folder = local_folder(loaded.source), local_folder(base.source)
+    if folder is None or base_folder is None or not (folder / RECORD_FILE).is_file():
+        return None
+    result = verify(folder, base_folder)
+    return ("matches the weights" if result.ok else "does NOT match the weights") + f" ({result.method}, {result.matrices} matrices)"
+
+
+def _ranges(layers: list[int]) -> str:
+    parts, start = [], layers[0]
+    for a, b in zip(layers, layers[1:] + [None], strict=False):
+        if b != a + 1:
+            parts.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b if b is not None else start
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(parts)
+
+
+def write_report(result: Audit, folder: Path) -> dict[str, Path]:
+    """``audit.json`` and, with matplotlib, ``profile.png`` in ``folder`` (which exists)."""
+    files = {"json": folder / "audit.json"}
+    files["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    plot = _plot(result, folder / "profile.png")
+    if plot is not None:
+        files["plot"] = plot
+    return files
+
+
+def _plot(result: Audit, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    layers = sorted(k for k in result.profiles[0].ratio if k is not None)
+    ref = result.profiles[0]
+    ax.fill_between(
+        layers, [ref.random_low[k] for k in layers], [ref.random_high[k] for k in layers], alpha=0.25, label="random directions (5-95%)"
+    )
+    for p in result.profiles:
+        ax.plot(layers, [max(p.ratio[k], 1e-6) for k in layers], marker="o", label=p.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("write ratio (1 = a random direction)")
+    ax.set_title(f"What the writers write along each direction: {result.model}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,122 @@
+"""Re-align an uncensored model: :func:`realign`, the workflow behind ``rosi realign``.
+
+Two kinds of "uncensored" model need two ways back:
+
+- An **abliterated** model had its refusal direction projected out of every residual writer. The
+  direction is then gone from the residual stream (no difference of means can find it, with or
+  without a system prompt) but not from the weights: it is the one direction none of the writers
+  writes along (:mod:`rosi.direction.null`). rosi re-adds it with the ``probe`` edit, whose
+  read-out looks at the writers' *inputs* (which ablation left intact: the model still tells
+  harmful from harmless requests, it just no longer writes the refusal), fit on the prompts as
+  the model will see them. The eigenvector's sign is arbitrary: the sign kept is the one whose
+  edit raises the first-token refusal log-odds of harmful over harmless validation prompts.
+- A model **fine-tuned** to comply (or never aligned) still writes along every direction: its
+  refusal signal is weak, and the paper reads it with a safety system prompt in front of both
+  extraction sets (:mod:`rosi.prompts.system`); selection and the read-outs then work without it.
+
+``direction="auto"`` takes the first where the weights show an ablation, else the second. The
+edit is then chosen, measured and saved by :func:`rosi.pipeline.run`, without any system prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from rosi.direction.null import GAP_DEPTH, Ablation, NullDirection, find_ablation, null_direction, writer_gram, writer_grams
+from rosi.direction.score import PassCounter, mean_log_odds, refusal_token_ids
+from rosi.direction.vector import Direction
+from rosi.edit.checkpoint import input_paths
+from rosi.edit.trial import EditTrial
+from rosi.errors import RosiError
+from rosi.export.formats import check_format_output
+from rosi.model.chat import ChatFormat
+from rosi.model.loading import LoadedModel
+from rosi.options import REALIGN_GRID, RealignOptions
+from rosi.pipeline import Extraction, RunReport, extraction_activations, run
+from rosi.prompts import PromptSets
+
+NULL_METHODS = ("probe", "rosi")  # read-outs that do not rely on the writers' own component along the direction
+
+
+def find_null(loaded: LoadedModel) -> tuple[NullDirection, Ablation | None]:
+    """The direction the model's residual writers write least along, and the direction taken
+    out of all of them or of some layers' writers, if one was (see :mod:`rosi.direction.null`)."""
+    grams = writer_grams(loaded.model, loaded.architecture)
+    return null_direction(writer_gram(g for _, g in grams.values())), find_ablation(grams)
+
+
+def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RealignOptions | None = None) -> RunReport:
+    """Find the way back for an uncensored model, then search, measure and save the edit as
+    :func:`rosi.pipeline.run` does (the report's direction metadata says which way was taken)."""
+    options = options or RealignOptions()
+    check_format_output(Path(out), options.format, options.overwrite, protect=input_paths(loaded.source))
+    null, ablation = find_null(loaded)
+    _say(options, f"rosi: {_verdict(null, ablation)}")
+    if options.direction == "null" and ablation is None:
+        raise RosiError(
+            f"no direction was taken out of this model's writers (its least-written one has {null.isolation:.2g} of the next one's "
+            "eigenvalue, not near 0, and no two layers share one); use --direction extracted"
+        )
+    if options.direction == "extracted" or (options.direction == "auto" and ablation is None):
+        return run(loaded, out, prompts, options)
+    if options.form.method not in NULL_METHODS:
+        raise RosiError(
+            f"method {options.form.method!r} reads the writers' own component along the direction, which ablation set to zero; "
+            f"use --method {' or '.join(NULL_METHODS)}"
+        )
+    options = replace(options, grid=options.grid or REALIGN_GRID)
+    assert ablation is not None
+    return run(loaded, out, prompts, options, extractor=lambda: extract_null(loaded, prompts, options, ablation))
+
+
+def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptions, ablation: Ablation) -> Extraction:
+    """The null direction as a :class:`Direction` at the last prompt token (or the pinned
+    position), its length the gap at :data:`GAP_DEPTH` of the depth (or the pinned layer), its
+    sign the one whose edit raises refusal; with the activations of the extraction prompts,
+    without any system prompt."""
+    started = time.perf_counter()
+    fmt = ChatFormat(loaded.tokenizer)
+    n_pos = len(fmt.post_instruction_ids())
+    activations = extraction_activations(loaded, fmt, prompts, n_pos, options)
+    layer = options.layer if options.layer is not None else int(GAP_DEPTH * loaded.architecture.num_layers)
+    position = options.position if options.position is not None else -1
+    gap = float(activations.direction_at(layer, position).norm())
+    if not gap > 0:
+        raise RosiError(f"harmful and harmless prompts do not differ at layer {layer}: pin another --layer")
+    metadata = {
+        "n_harmful": str(len(prompts.harmful)),
+        "n_harmless": str(len(prompts.harmless)),
+        "harmful": prompts.harmful.name,
+        "harmless": prompts.harmless.name,
+        "token": loaded.tokenizer.decode([fmt.post_instruction_ids()[position]]),
+        "selected_by": f"the null direction of {len(ablation.layers)} layers' writers, length the gap at layer {layer}",
+        "system_prompt_used": "none (the null direction is read from the weights)",
+    }
+    trial = EditTrial(loaded.model, loaded.architecture, activations, options.form)
+    ids = refusal_token_ids(loaded.tokenizer)
+    counter = PassCounter()
+    scores = {}
+    for sign in (1.0, -1.0):
+        candidate = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
+        with trial(candidate):
+            scores[sign] = mean_log_odds(
+                loaded.model, fmt, prompts.val_harmful.instructions, ids, options.batch_size, counter
+            ) - mean_log_odds(loaded.model, fmt, prompts.val_harmless.instructions, ids, options.batch_size, counter)
+    sign = max(scores, key=lambda s: scores[s])
+    metadata["sign_log_odds_gap"] = f"{scores[sign]:.3f} (other sign {scores[-sign]:.3f})"
+    direction = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
+    return Extraction(direction, None, round(time.perf_counter() - started, 2), activations)
+
+
+def _verdict(null: NullDirection, ablation: Ablation | None) -> str:
+    if ablation is None:
+        return f"no direction was ablated from the writers (the least-written one has {null.isolation:.2g} of the next one's eigenvalue)"
+    where = "every writer" if null.found else f"the writers of {len(ablation.layers)} layers"
+    return f"a direction was ablated from {where}: re-adding it where the input looks harmful"
+
+
+def _say(options: RealignOptions, message: str) -> None:
+    if options.progress:
+        print(message, flush=True)

