@@ -270,7 +270,30 @@ CASES: list[Case] = [
     ("compare result incomplete", _results_without_a_count, "not a complete"),
     ("compare result folder without results", lambda w: ["compare", str(w["other"]), str(w["other"])], "does not exist"),
     ("fetch unknown model", lambda w: ["fetch", "gpt-5"], "invalid choice"),
+    (
+        "realign unknown builtin system prompt",
+        lambda w: ["realign", str(w["m"]), "--out", str(w["root"] / "o"), "--system-prompt", "builtin:nope"],
+        "builtin:plain",
+    ),
+    ("realign out is the input", lambda w: ["realign", str(w["m"]), "--out", str(w["m"]), "--overwrite"], "input"),
+    (
+        "realign unknown direction source",
+        lambda w: ["realign", str(w["m"]), "--out", str(w["root"] / "o"), "--direction", "base"],
+        "invalid choice",
+    ),
+    ("realign over unrelated files", lambda w: ["realign", str(w["m"]), "--out", str(w["other"]), "--overwrite"], "not an? .*rosi wrote"),
+    ("audit missing model", lambda w: ["audit", str(w["root"] / "nope")], "nope"),
+    ("audit direction of the wrong size", lambda w: ["audit", str(w["m"]), "--direction", str(_direction64(w))], "64 values"),
+    ("audit out over unrelated files", lambda w: ["audit", str(w["m"]), "--out", str(w["other"]), "--overwrite"], "not an? .*rosi wrote"),
+    ("audit out is the input", lambda w: ["audit", str(w["m"]), "--out", str(w["m"]), "--overwrite"], "input"),
+    ("audit missing base", lambda w: ["audit", str(w["m"]), "--base", str(w["root"] / "nobase")], "nobase"),
 ]
+
+
+def _direction64(w: World) -> Path:
+    path = w["root"] / "d64.safetensors"
+    Direction(torch.ones(64)).save(path)
+    return path
 
 
 def _snapshot(root: Path) -> dict[str, str]:

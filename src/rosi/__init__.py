@@ -35,6 +35,7 @@ _EXPORTS = {
     "save_checkpoint": "rosi.edit.checkpoint",
     "ExtractOptions": "rosi.options",
     "RunOptions": "rosi.options",
+    "RealignOptions": "rosi.options",
     "extract": "rosi.pipeline",
     "run": "rosi.pipeline",
     "EvalOptions": "rosi.eval.evaluate",
@@ -54,6 +55,7 @@ __all__ = [
     "METHODS",
     "PromptSet",
     "PromptSets",
+    "RealignOptions",
     "ResidualWriter",
     "RosiError",
     "RunOptions",
@@ -80,7 +82,7 @@ if TYPE_CHECKING:
     from rosi.model.architecture import ArchitectureMap, architecture_map
     from rosi.model.loading import LoadedModel, LoadOptions, load
     from rosi.model.writers import ResidualWriter, WriterKind
-    from rosi.options import ExtractOptions, RunOptions
+    from rosi.options import ExtractOptions, RealignOptions, RunOptions
     from rosi.pipeline import extract, run
     from rosi.prompts.sets import PromptSet, PromptSets
 
