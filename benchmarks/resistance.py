@@ -6,8 +6,8 @@ extraction and selection, the built-in prompts), project it out of every residua
 (attention, MLP, embedding), and measure held-out refusal (as benchmarks/refusal_eval.py: 64-token
 greedy replies, marker judge, 95% Wilson intervals) before and after.
 
-Run: .venv/bin/python benchmarks/resistance.py EDITED [--n 102] [--dtype bfloat16]
-(writes benchmarks/results/resistance.json)
+Run: .venv/bin/python benchmarks/resistance.py EDITED [--n 102] [--dtype bfloat16] [--layer L --position P] [--name NAME]
+(writes benchmarks/results/NAME.json; the attacker's layer and position are selected unless pinned)
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--layer", type=int, default=None, help="pin the attacker's layer (with --position) instead of selecting it")
+    parser.add_argument("--position", type=int, default=None)
+    parser.add_argument("--name", default="resistance", help="results file name (default: %(default)s)")
     args = parser.parse_args()
     sets = held_out(args.n)
     loaded = load(args.edited, device="cpu", dtype=args.dtype)
@@ -39,7 +42,7 @@ def main() -> int:
     rows = [measure(loaded, "rosi-edited", sets, args.max_new_tokens, args.batch_size)]
     seconds["edited"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    attack = extract(loaded, PromptSets.load(), ExtractOptions(batch_size=args.batch_size))
+    attack = extract(loaded, PromptSets.load(), ExtractOptions(batch_size=args.batch_size, layer=args.layer, position=args.position))
     seconds["attacker_extraction"] = round(time.perf_counter() - t, 1)
     d = attack.direction
     record = apply_edit(loaded.model, d, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
@@ -51,7 +54,7 @@ def main() -> int:
             f"{r['label']:34} harmful {r['harmful']['rate']:6.1%}  harmless {r['harmless']['rate']:6.1%}  look-alikes {r['contrast']['rate']:6.1%}"
         )
     path = write_results(
-        "resistance",
+        args.name,
         {
             "edited": args.edited,
             "dtype": args.dtype,

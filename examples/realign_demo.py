@@ -53,9 +53,13 @@ def main(out: Path) -> int:
     print("\n== rosi realign")
     report = realign(loaded, out / "realigned", prompts, RealignOptions(overwrite=True))
     rows += [("abliterated", report.rates[0].harmful, report.rates[0].harmless)]
-    rows += [(f"re-aligned ({report.rates[-1].label})", report.rates[-1].harmful, report.rates[-1].harmless)]
-    print("\n== the re-aligned model's audit, against the abliterated one")
-    verdicts["re-aligned"] = " / ".join(audit(load(str(out / "realigned"), dtype="bfloat16"), base=loaded).verdicts)
+    chosen = report.rates[1]  # then the paper's form, for comparison
+    rows += [(f"re-aligned ({chosen.label})", chosen.harmful, chosen.harmless)]
+    del loaded
+    print(
+        "\n== the re-aligned model's audit, against the abliterated one (both in their own float32: a change this small is below bfloat16's rounding)"
+    )
+    verdicts["re-aligned"] = " / ".join(audit(load(str(out / "realigned")), base=load(str(abliterated))).verdicts)
     print(
         f"\nRefusal on validation prompts ({len(prompts.val_harmful)} harmful, {len(prompts.val_harmless)} harmless; 64 new tokens, marker judge):"
     )

@@ -231,7 +231,8 @@ def _against_base(result: Audit, loaded: LoadedModel, base: LoadedModel, null_ve
         }
     )
     verdicts.append(
-        f"against the base: {len(changes)} of {info['writers']} writers changed, rank {'/'.join(map(str, ranks))}; "
+        f"against the base: {len(changes)} of {info['writers']} writers changed, rank "
+        f"{'/'.join(map(str, ranks)) if len(ranks) <= 3 else f'{ranks[0]} to {ranks[-1]}'}; "
         f"{shared.share:.0%} of the change lies along one direction (cosine {float(cosines[best]):.2f} with the base's refusal "
         f"direction at layer {best}); the edit {kind} what the writers write along it (median |c^T W'| / |c^T W| = {median_write:.3g})"
     )
