@@ -339,24 +339,14 @@ def cmd_realign(args: argparse.Namespace) -> int:
 
 
 def _realign_options(args: argparse.Namespace, fmt: str) -> Any:
-    from rosi.edit.methods import EditForm
     from rosi.options import RealignOptions
 
-    return RealignOptions(
-        form=EditForm(args.method, args.scope, args.writer_ratio),
-        system_prompt=_text_or_file(args.system_prompt),
+    return _run_options(
+        args,
+        RealignOptions,
         score_with_system_prompt=args.score_with_system_prompt,
-        layer=args.layer,
-        position=args.position,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        strength=args.alpha,
-        compare_paper=not args.no_compare,
-        budget=args.budget,
-        new_tokens=args.max_new_tokens,
-        format=fmt,
-        gguf_type=args.gguf_type,
         direction=args.direction,
+        **_search_options(args, fmt),
     )
 
 
@@ -588,12 +578,13 @@ def _text_or_file(value: str | None) -> str | None:
         raise RosiError(f"{value} is not a UTF-8 text file; pass the system prompt as text or as a text file") from None
 
 
-def _run_options(args: argparse.Namespace, **extra: Any) -> Any:
-    """The run options the CLI's flags give (``extra``: those only ``rosi run`` has)."""
+def _run_options(args: argparse.Namespace, options_class: Any = None, **extra: Any) -> Any:
+    """The options the CLI's flags give, as ``options_class`` (default: ``RunOptions``; ``extra``:
+    the fields only that command has)."""
     from rosi.edit.methods import EditForm
     from rosi.options import RunOptions
 
-    return RunOptions(
+    return (options_class or RunOptions)(
         form=EditForm(args.method, args.scope, args.writer_ratio),
         system_prompt=_text_or_file(args.system_prompt),
         layer=args.layer,
@@ -602,6 +593,18 @@ def _run_options(args: argparse.Namespace, **extra: Any) -> Any:
         overwrite=args.overwrite,
         **extra,
     )
+
+
+def _search_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
+    """The options of ``rosi run`` and ``rosi realign`` beyond extraction: strength, measurement, output."""
+    return {
+        "strength": args.alpha,
+        "compare_paper": not args.no_compare,
+        "budget": args.budget,
+        "new_tokens": args.max_new_tokens,
+        "format": fmt,
+        "gguf_type": args.gguf_type,
+    }
 
 
 def _inputs(args: argparse.Namespace, *files: str | None) -> tuple[Path, ...]:
@@ -650,15 +653,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     fmt = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
-    options = _run_options(
-        args,
-        strength=args.alpha,
-        compare_paper=not args.no_compare,
-        budget=args.budget,
-        new_tokens=args.max_new_tokens,
-        format=fmt,
-        gguf_type=args.gguf_type,
-    )
+    options = _run_options(args, **_search_options(args, fmt))
     prompts = _prompts(args)
     loaded = _load(args, compute=True)
     started = time.perf_counter()

@@ -86,7 +86,8 @@ def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | 
             progress=options.progress,
         )
         layer, position = selection.layer, selection.position
-    metadata = _metadata(loaded, prompts, fmt, position, selection, options.system_prompt)
+    selected_by = "pinned" if selection is None else selection.selected_by
+    metadata = direction_metadata(loaded, prompts, fmt, position, selected_by, options.system_prompt)
     if options.system_prompt:
         metadata["scored_with_system_prompt"] = str(plain is fmt).lower()
     direction = Direction(
@@ -119,16 +120,17 @@ def extraction_activations(
     )
 
 
-def _metadata(
-    loaded: LoadedModel, prompts: PromptSets, fmt: ChatFormat, position: int, selection: Selection | None, system_prompt: str | None
+def direction_metadata(
+    loaded: LoadedModel, prompts: PromptSets, fmt: ChatFormat, position: int, selected_by: str, system_prompt: str | None
 ) -> dict[str, str]:
+    """What a direction file records of its extraction (counts, sets, token, how it was chosen)."""
     metadata = {
         "n_harmful": str(len(prompts.harmful)),
         "n_harmless": str(len(prompts.harmless)),
         "harmful": prompts.harmful.name,
         "harmless": prompts.harmless.name,
         "token": loaded.tokenizer.decode([fmt.post_instruction_ids()[position]]),
-        "selected_by": "pinned" if selection is None else selection.selected_by,
+        "selected_by": selected_by,
         "rosi_version": __version__,
     }
     if system_prompt:

@@ -34,7 +34,7 @@ from rosi.export.formats import check_format_output
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.options import REALIGN_GRID, RealignOptions
-from rosi.pipeline import Extraction, RunReport, extraction_activations, run
+from rosi.pipeline import Extraction, RunReport, direction_metadata, extraction_activations, run
 from rosi.prompts import PromptSets
 
 NULL_METHODS = ("probe", "rosi")  # read-outs that do not rely on the writers' own component along the direction
@@ -85,15 +85,9 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     gap = float(activations.direction_at(layer, position).norm())
     if not gap > 0:
         raise RosiError(f"harmful and harmless prompts do not differ at layer {layer}: pin another --layer")
-    metadata = {
-        "n_harmful": str(len(prompts.harmful)),
-        "n_harmless": str(len(prompts.harmless)),
-        "harmful": prompts.harmful.name,
-        "harmless": prompts.harmless.name,
-        "token": loaded.tokenizer.decode([fmt.post_instruction_ids()[position]]),
-        "selected_by": f"the null direction of {len(ablation.layers)} layers' writers, length the gap at layer {layer}",
-        "system_prompt_used": "none (the null direction is read from the weights)",
-    }
+    selected_by = f"the null direction of {len(ablation.layers)} layers' writers, length the gap at layer {layer}"
+    metadata = direction_metadata(loaded, prompts, fmt, position, selected_by, None)
+    metadata["system_prompt_used"] = "none (the null direction is read from the weights)"
     trial = EditTrial(loaded.model, loaded.architecture, activations, options.form)
     ids = refusal_token_ids(loaded.tokenizer)
     counter = PassCounter()

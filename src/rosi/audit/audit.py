@@ -188,7 +188,7 @@ def _verdicts(null: NullDirection, ablation: Ablation | None, profiles: list[Pro
 
 
 def _against_base(result: Audit, loaded: LoadedModel, base: LoadedModel, null_vector: torch.Tensor, progress: bool) -> Audit:
-    changes, ratios = [], {}
+    changes, weights, ratios = [], {}, {}
     base_writers = {w.name: w for w in base.architecture.writers}
     for w in loaded.architecture.writers:
         if w.name not in base_writers:
@@ -199,20 +199,15 @@ def _against_base(result: Audit, loaded: LoadedModel, base: LoadedModel, null_ve
         change = matrix_change(w.name, w.layer, wb, we)
         if change is not None:
             changes.append(change)
+            weights[w.name] = (wb, we)
     info: dict[str, Any] = {"model": base.source.spec, "changed_matrices": len(changes), "writers": len(loaded.architecture.writers)}
     verdicts = list(result.verdicts)
     if not changes:
         verdicts.append("against the base: no residual writer differs")
         return _with(result, info, verdicts, changes)
     shared = shared_direction(changes)
-    for w in loaded.architecture.writers:
-        if w.name in shared.cosines:
-            attr = w.name.rsplit(".", 1)[1]
-            ratios[w.name] = write_change(
-                w.layout.as_out_in(stored_weight(base.model, w.module, attr).detach()),
-                w.layout.as_out_in(stored_weight(loaded.model, w.module, attr).detach()),
-                shared.vector,
-            )
+    for name, (wb, we) in weights.items():
+        ratios[name] = write_change(wb, we, shared.vector)
     _, base_units = refusal_direction(base, progress=progress)
     cosines = (base_units.double() @ shared.vector).abs()
     best = int(cosines.argmax())
