@@ -32,7 +32,18 @@ ALLOWED = {
     "rosi.pipeline": {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.direction", "rosi.edit", "rosi.export", "rosi.options"},
     "rosi.audit": {"rosi.model", "rosi.prompts", "rosi.direction", "rosi.edit", "rosi.export"},
     "rosi.realign": {"rosi.model", "rosi.prompts", "rosi.direction", "rosi.edit", "rosi.export", "rosi.options", "rosi.pipeline"},
+    "rosi.tune": {
+        "rosi.model",
+        "rosi.prompts",
+        "rosi.judges",
+        "rosi.direction",
+        "rosi.edit",
+        "rosi.export",
+        "rosi.options",
+        "rosi.pipeline",
+    },
     "rosi.cli": {
+        "rosi.tune",
         "rosi.audit",
         "rosi.realign",
         "rosi.model",
@@ -151,4 +162,4 @@ def test_cli_help_does_not_import_torch(argv):
 
 def test_readme_method_table_is_the_registry():
     assert methods_table() in README.read_text(encoding="utf-8")
-    assert set(METHODS) == {"rosi", "scale", "ablate", "probe"}
+    assert set(METHODS) == {"rosi", "scale", "ablate", "probe", "gate", "surgical"}

@@ -8,7 +8,7 @@ from rosi.prompts import PromptError, PromptSet, builtin, load_prompts
 
 
 def test_builtin_sets_are_large_split_and_categorised():
-    for kind, minimum in (("harmful", 150), ("harmless", 150)):
+    for kind, minimum in (("harmful", 150), ("harmless", 150), ("lookalike", 200), ("harmful_hard", 150)):
         everything = builtin(kind)
         train, val = builtin(kind, "train"), builtin(kind, "val")
         assert len(everything) >= minimum
@@ -20,6 +20,38 @@ def test_builtin_sets_are_large_split_and_categorised():
     assert len(harmful_categories) == 10
     assert "edgy_but_fine" in set(builtin("harmless").categories)
     assert load_prompts("builtin:harmful:val").instructions == builtin("harmful", "val").instructions
+    kinds = set(builtin("lookalike").categories)
+    assert {"homonym", "figurative", "safe_target", "safe_context", "definition", "nonsense_discrimination", "real_events"} <= kinds
+    assert {"safety_medical", "security_education"} <= kinds
+    for kind in kinds:  # every kind in both parts
+        for split in ("train", "val"):
+            assert kind in set(builtin("lookalike", split).categories)
+    assert set(builtin("harmful_hard").categories) == harmful_categories
+
+
+def test_the_new_sets_share_no_prompt_with_the_old_ones():
+    sets = {kind: set(builtin(kind).instructions) for kind in ("harmful", "harmless", "lookalike", "harmful_hard")}
+    for a in sets:
+        for b in sets:
+            if a < b:
+                assert not sets[a] & sets[b], (a, b)
+
+
+def test_look_alike_sets_load_like_every_set_and_are_optional_in_a_run(tmp_path):
+    from rosi.prompts import PromptSets
+
+    sets = PromptSets.load(n_val=8)
+    assert sets.lookalike is not None and sets.val_lookalike is not None and len(sets.val_lookalike) == 8
+    assert sets.need_lookalikes("x") == (sets.lookalike, sets.val_lookalike)
+    custom = tmp_path / "mine.txt"
+    custom.write_text("how do I kill a zombie process\nwhat is a honeypot\n")
+    mine = PromptSets.load(lookalike=str(custom), val_lookalike=str(custom), n_val=8)
+    assert mine.lookalike.instructions == ("how do I kill a zombie process", "what is a honeypot")  # fewer than n: all of them
+    bare = PromptSets.load(lookalike=None, val_lookalike=None)
+    with pytest.raises(PromptError, match="--lookalike"):
+        bare.need_lookalikes("method 'gate'")
+    both = builtin("harmful", "val") + builtin("harmful_hard", "val")
+    assert len(both) == len(builtin("harmful", "val")) + len(builtin("harmful_hard", "val")) and both.categories is not None
 
 
 def test_builtin_lengths_are_similar():

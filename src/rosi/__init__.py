@@ -31,11 +31,13 @@ _EXPORTS = {
     "EditForm": "rosi.edit.methods",
     "apply_edit": "rosi.edit.apply",
     "revert_edit": "rosi.edit.apply",
+    "apply_record": "rosi.edit.apply",
     "EditRecord": "rosi.edit.record",
     "save_checkpoint": "rosi.edit.checkpoint",
     "ExtractOptions": "rosi.options",
     "RunOptions": "rosi.options",
     "RealignOptions": "rosi.options",
+    "TuneOptions": "rosi.options",
     "extract": "rosi.pipeline",
     "run": "rosi.pipeline",
     "EvalOptions": "rosi.eval.evaluate",
@@ -59,9 +61,11 @@ __all__ = [
     "ResidualWriter",
     "RosiError",
     "RunOptions",
+    "TuneOptions",
     "WriterKind",
     "__version__",
     "apply_edit",
+    "apply_record",
     "architecture_map",
     "evaluate",
     "extract",
@@ -73,7 +77,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from rosi.direction.vector import Direction
-    from rosi.edit.apply import apply_edit, revert_edit
+    from rosi.edit.apply import apply_edit, apply_record, revert_edit
     from rosi.edit.checkpoint import save_checkpoint
     from rosi.edit.methods import METHODS, EditForm
     from rosi.edit.record import EditRecord
@@ -82,7 +86,7 @@ if TYPE_CHECKING:
     from rosi.model.architecture import ArchitectureMap, architecture_map
     from rosi.model.loading import LoadedModel, LoadOptions, load
     from rosi.model.writers import ResidualWriter, WriterKind
-    from rosi.options import ExtractOptions, RealignOptions, RunOptions
+    from rosi.options import ExtractOptions, RealignOptions, RunOptions, TuneOptions
     from rosi.pipeline import extract, run
     from rosi.prompts.sets import PromptSet, PromptSets
 

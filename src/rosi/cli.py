@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rosi import __version__
-from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, METHODS, SCOPES, searchable_methods, weight_methods
+from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, GATE_RIDGE, METHODS, SCOPES, searchable_methods, weight_methods
 from rosi.errors import RosiError
 from rosi.eval.suites import SUITES
 from rosi.judges import DEFAULT_NEW_TOKENS, JUDGES
@@ -139,6 +139,18 @@ def _commands() -> list[tuple[str, Callable[[argparse.ArgumentParser], None], Ca
         ("edit", _edit_args, cmd_edit, ("apply a rank-one edit along a direction and save a checkpoint", None)),
         ("direction", _direction_args, cmd_direction, ("extract and select the model's refusal direction; write a direction file", None)),
         ("run", _run_args, cmd_run, ("extract, select, inject and measure: the whole ROSI pipeline", None)),
+        (
+            "tune",
+            _tune_args,
+            cmd_tune,
+            (
+                "search edit forms, layers, scopes and strengths for the best harmful-vs-look-alike refusal trade-off",
+                "A multi-objective search (Optuna, seeded, journaled: an interrupted tune resumes) on validation prompts only: "
+                "harmful refusal up; harmless refusal rise, look-alike refusal rise and first-token KL down. Cheap first-token "
+                "scores for every trial, full replies to confirm the Pareto front; the trial with the most harmful refusal within "
+                "the constraints is saved like rosi run's edit, with the front (tune_front.csv, tune_front.png) and tune_report.json.",
+            ),
+        ),
         (
             "realign",
             _realign_args,
@@ -294,6 +306,98 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _prompt_args(p)
     _format_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    from rosi.options import TUNE_FORMS, TUNE_SCORES, TuneOptions
+
+    d = TuneOptions()
+    _model_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder of the chosen trial (must not exist)")
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=_int_at_least(1), default=d.trials, help="trials to run (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="the sampler's seed (default: %(default)s)")
+    g.add_argument("--forms", default=",".join(TUNE_FORMS), help="edit forms searched, comma-separated (default: %(default)s)")
+    g.add_argument(
+        "--layer-window",
+        type=_int_at_least(0),
+        default=d.layer_window,
+        help="layers searched either side of the selected one (default: %(default)s)",
+    )
+    g.add_argument(
+        "--score",
+        choices=TUNE_SCORES,
+        default=d.score,
+        help="the trials' cheap score: first-token refusal log-odds > 0, or the marker judge on 8-token replies (default: %(default)s)",
+    )
+    g.add_argument(
+        "--confirm", type=_int_at_least(0), default=d.confirm, help="front trials confirmed on full replies (default: %(default)s)"
+    )
+    g.add_argument(
+        "--journal", default=None, metavar="FILE", help="the study's journal (default: OUT.rosi-tune.journal, removed when done)"
+    )
+    c = p.add_argument_group("constraints on the chosen trial (validation prompts, full replies)")
+    c.add_argument("--max-harmless-rise", type=_float_in(0, 1), default=d.max_harmless_rise, help="(default: %(default)s)")
+    c.add_argument("--max-lookalike-rise", type=_float_in(0, 1), default=d.max_lookalike_rise, help="(default: %(default)s)")
+    c.add_argument(
+        "--max-kl", type=_float_in(0), default=d.max_kl, help="mean first-token KL on harmless prompts, nats (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_int_at_least(1), default=DEFAULT_NEW_TOKENS, help="reply length when confirming (default: %(default)s)"
+    )
+    _prompt_args(p)
+    g = p.add_argument_group("harder harmful prompts (added to --harmful and --val-harmful; 'none' leaves them out)")
+    g.add_argument("--harmful-hard", default="builtin:harmful_hard:train", metavar="SPEC", help="(default: %(default)s)")
+    g.add_argument("--val-harmful-hard", default="builtin:harmful_hard:val", metavar="SPEC", help="(default: %(default)s)")
+    _format_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(method="surgical", scope="all", writer_ratio=DEFAULT_RATIO, ridge=GATE_RIDGE, null_space=None)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rosi.export.formats import check_format_output, default_format
+    from rosi.options import TuneOptions
+    from rosi.prompts import load_prompts
+    from rosi.tune import tune, tune_prompts
+
+    fmt = args.format or default_format(args.model, Path(args.out))
+    check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
+    options = _run_options(
+        args,
+        TuneOptions,
+        trials=args.trials,
+        seed=args.seed,
+        forms=tuple(f.strip() for f in args.forms.split(",") if f.strip()),
+        layer_window=args.layer_window,
+        score=args.score,
+        confirm=args.confirm,
+        max_harmless_rise=args.max_harmless_rise,
+        max_lookalike_rise=args.max_lookalike_rise,
+        max_kl=args.max_kl,
+        journal=Path(args.journal) if args.journal else None,
+        new_tokens=args.max_new_tokens,
+        format=fmt,
+        gguf_type=args.gguf_type,
+    )
+
+    def hard(spec: str, n: int | None) -> Any:
+        if spec.lower() == "none":
+            return None
+        prompts = load_prompts(spec)
+        return prompts.take(None if n is None else min(n, len(prompts)))
+
+    prompts = tune_prompts(_prompts(args), hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val))
+    loaded = _load(args, compute=True)
+    started = time.perf_counter()
+    report = tune(loaded, args.out, prompts, options)
+    print()
+    print(f"Refusal on validation prompts ({options.new_tokens} new tokens, marker judge): {report.chosen_by}")
+    print(report.table())
+    print()
+    print(
+        f"rosi: saved {args.out} ({fmt}; trial {report.chosen}) in {time.perf_counter() - started:.0f} s; front in {args.out}/tune_front.csv"
+    )
+    return 0
 
 
 def _realign_args(p: argparse.ArgumentParser) -> None:
@@ -521,6 +625,20 @@ def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> 
         metavar="R",
         help="selective scope: keep a writer if its harmless signal is at most R times its harmful-minus-harmless gap (default: %(default)s)",
     )
+    g.add_argument(
+        "--ridge",
+        type=_float_in(0),
+        default=GATE_RIDGE,
+        help="gate/surgical: the read-out fit's ridge, relative to the inputs' mean squared norm (default: %(default)s)",
+    )
+    g.add_argument(
+        "--null-space",
+        type=_float_in(0, 1),
+        default=None,
+        metavar="ENERGY",
+        help="gate/surgical: keep the read-out off the benign inputs' principal subspace holding this share of their energy, "
+        "e.g. 0.99 (AlphaSteer's constraint; default: off)",
+    )
 
 
 def _prompt_args(p: argparse.ArgumentParser) -> None:
@@ -536,6 +654,18 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-harmful", default="builtin:harmful:val", metavar="SPEC", help="harmful validation prompts (default: %(default)s)")
     g.add_argument(
         "--val-harmless", default="builtin:harmless:val", metavar="SPEC", help="harmless validation prompts (default: %(default)s)"
+    )
+    g.add_argument(
+        "--lookalike",
+        default="builtin:lookalike:train",
+        metavar="SPEC",
+        help="safe prompts that sound harmful, for fitting the gate/surgical read-outs (default: %(default)s)",
+    )
+    g.add_argument(
+        "--val-lookalike",
+        default="builtin:lookalike:val",
+        metavar="SPEC",
+        help="look-alike validation prompts (rosi tune's look-alike objective) (default: %(default)s)",
     )
     g.add_argument("--n-train", type=_int_at_least(1), default=None, help="use the first N prompts of each extraction set (default: all)")
     g.add_argument(
@@ -557,7 +687,16 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
 def _prompts(args: argparse.Namespace) -> Any:
     from rosi.prompts import PromptSets
 
-    return PromptSets.load(args.harmful, args.harmless, args.val_harmful, args.val_harmless, n_train=args.n_train, n_val=args.n_val)
+    return PromptSets.load(
+        args.harmful,
+        args.harmless,
+        args.val_harmful,
+        args.val_harmless,
+        lookalike=args.lookalike,
+        val_lookalike=args.val_lookalike,
+        n_train=args.n_train,
+        n_val=args.n_val,
+    )
 
 
 def _text_or_file(value: str | None) -> str | None:
@@ -585,7 +724,7 @@ def _run_options(args: argparse.Namespace, options_class: Any = None, **extra: A
     from rosi.options import RunOptions
 
     return (options_class or RunOptions)(
-        form=EditForm(args.method, args.scope, args.writer_ratio),
+        form=EditForm(args.method, args.scope, args.writer_ratio, ridge=args.ridge, null_space=args.null_space),
         system_prompt=_text_or_file(args.system_prompt),
         layer=args.layer,
         position=args.position,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rosi.edit.methods import EditForm
 from rosi.errors import RosiError
@@ -103,3 +104,51 @@ class RealignOptions(RunOptions):
         super().__post_init__()
         if self.direction not in DIRECTION_SOURCES:
             raise RosiError(f"unknown direction source {self.direction!r}; choose one of {', '.join(DIRECTION_SOURCES)}")
+
+
+TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")
+TUNE_SCORES = ("first-token", "replies")
+
+
+@dataclass(frozen=True)
+class TuneOptions(RunOptions):
+    """:func:`rosi.tune`: ``trials`` searched (seeded; the journal lets an interrupted tune
+    resume), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
+    scopes, strengths and the fits' ridge and null space; ``score`` the trials' cheap score;
+    ``confirm`` front trials re-measured on full replies; the constraints the kept trial must
+    meet on those (rises over the base model, as shares; the KL in nats)."""
+
+    trials: int = 40
+    seed: int = 0
+    forms: tuple[str, ...] = TUNE_FORMS
+    layer_window: int = 2
+    score: str = "first-token"
+    confirm: int = 4
+    max_harmless_rise: float = 0.05
+    max_lookalike_rise: float = 0.10
+    max_kl: float = 0.10
+    journal: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from rosi.edit.methods import get_method
+
+        if self.trials < 1:
+            raise RosiError(f"--trials must be at least 1, got {self.trials}")
+        if not self.forms:
+            raise RosiError("--forms needs at least one edit form")
+        for form in self.forms:
+            if not get_method(form).searchable:
+                raise RosiError(f"rosi tune searches the forms with a strength grid ({', '.join(TUNE_FORMS)}), not {form!r}")
+        if self.layer_window < 0:
+            raise RosiError(f"--layer-window must be >= 0, got {self.layer_window}")
+        if self.score not in TUNE_SCORES:
+            raise RosiError(f"unknown score {self.score!r}; choose one of {', '.join(TUNE_SCORES)}")
+        if self.confirm < 0:
+            raise RosiError(f"--confirm must be >= 0, got {self.confirm}")
+        for name in ("max_harmless_rise", "max_lookalike_rise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise RosiError(f"--{name.replace('_', '-')} is a share of prompts between 0 and 1 (0.05 = 5 points), got {value}")
+        if not (math.isfinite(self.max_kl) and self.max_kl >= 0):
+            raise RosiError(f"--max-kl must be a number of nats >= 0, got {self.max_kl}")

@@ -16,14 +16,14 @@ from typing import Any
 
 from rosi import __version__
 from rosi._fs import atomic_file
-from rosi.direction.activations import ActivationPair, collect_activations
+from rosi.direction.activations import ActivationPair, PromptSamples, collect_activations, collect_samples
 from rosi.direction.selection import Selection, select_direction
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, check_strength, revert_edit
 from rosi.edit.checkpoint import input_paths
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.record import EditRecord
-from rosi.edit.scope import WriterChoice, choose_writers
+from rosi.edit.scope import WriterChoice, choose_writers, probe_layer_range, probe_writers
 from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, base_step, choose_strength, refusal_rate_of
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
@@ -47,10 +47,12 @@ class Extraction:
     # Mean activations of both extraction sets (layers, and the measurable writers' outputs and,
     # for read-out methods, inputs), for choosing which writers to edit.
     activations: ActivationPair
+    # Single prompts at the direction's position, for methods fit on them (gate, surgical).
+    samples: PromptSamples | None = None
 
     def choose_writers(self, loaded: LoadedModel, form: EditForm) -> WriterChoice:
         """The writers ``form`` edits for this direction."""
-        return choose_writers(loaded.model, loaded.architecture, self.direction, self.activations, form)
+        return choose_writers(loaded.model, loaded.architecture, self.direction, self.activations, form, self.samples)
 
 
 def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | None = None) -> Extraction:
@@ -93,7 +95,31 @@ def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | 
     direction = Direction(
         candidates.direction_at(layer, position), layer=layer, position=position, model=loaded.source.spec, metadata=metadata
     )
-    return Extraction(direction, selection, round(time.perf_counter() - started, 2), activations)
+    samples = None
+    if options.form.spec.samples:
+        samples = prompt_samples(loaded, plain, prompts, position, options.form.scope, options)
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2), activations, samples)
+
+
+def prompt_samples(
+    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, position: int, scope: str, options: ExtractOptions
+) -> PromptSamples:
+    """Single prompts' activations at ``position`` for the methods fit on them: the extraction
+    sets and the look-alike prompts, with the inputs of the writers ``scope`` edits (the middle
+    layers', or all)."""
+    lookalike, _ = prompts.need_lookalikes(f"method {options.form.method!r}")
+    arch = loaded.architecture
+    modules = arch.measurable_modules(loaded.model)
+    if scope != "all":
+        keep = set(probe_writers(arch.select(), probe_layer_range(arch.num_layers)))
+        modules = {name: m for name, m in modules.items() if name in keep}
+    sets = {"harmful": prompts.harmful.instructions, "harmless": prompts.harmless.instructions, "lookalike": lookalike.instructions}
+    samples = collect_samples(loaded.model, fmt, sets, position, modules, batch_size=options.batch_size, progress=options.progress)
+    _say(
+        options,
+        f"rosi: kept {sum(len(v) for v in sets.values())} prompts' activations at {len(modules)} writers ({samples.nbytes() / 2**20:.0f} MiB)",
+    )
+    return samples
 
 
 def _check_pin(loaded: LoadedModel, options: ExtractOptions, n_pos: int) -> None:
@@ -310,7 +336,14 @@ def _measure(
         choice = choices[method]
         paper = method != options.form.method
         record = apply_edit(
-            loaded.model, direction, method, strengths[method], writers=choice.writers, reads=choice.reads, keep_originals=paper
+            loaded.model,
+            direction,
+            method,
+            strengths[method],
+            writers=choice.writers,
+            reads=choice.reads,
+            second=choice.second,
+            keep_originals=paper,
         )
         label = f"{method} {get_method(method).symbol}={strengths[method]:g}, {len(record.matrices)} writers" + (
             " (paper's form)" if paper else ""

@@ -9,6 +9,12 @@ change the result.
 decoder layer's output (the residual stream the direction is read from) and, in the same passes,
 the outputs of the measurable residual writers (for choosing which to edit) and optionally their
 inputs (for read-out methods such as ``probe``).
+
+:func:`collect_samples` keeps single prompts instead of means, at one position only: each chosen
+writer's input and each decoder layer's output per prompt, for harmful, harmless and look-alike
+prompts (a :class:`PromptSamples`), so read-outs can be fit to the prompts (``gate``) rather than
+to two means. Its memory is ``prompts * (sum of the writers' input sizes + layers * hidden) * 4``
+bytes (:meth:`PromptSamples.nbytes`).
 """
 
 from __future__ import annotations
@@ -212,3 +218,100 @@ def activations_at(
         for batch in fmt.batches(instructions, batch_size, device_of(model)):
             forward(model.base_model, batch)
     return torch.cat(rows)
+
+
+SAMPLE_ROLES = ("harmful", "harmless", "lookalike")
+
+
+def layer_key(layer: int) -> str:
+    """The key of a decoder layer's output in :class:`PromptSamples`."""
+    return f"layer.{layer}"
+
+
+@dataclass(frozen=True)
+class PromptSamples:
+    """Single prompts' activations at one position (float32 ``[n, dim]`` on the CPU), per role
+    (``harmful``, ``harmless``, ``lookalike``): the inputs of chosen writers (keyed by parameter
+    name) and every decoder layer's output (keyed by :func:`layer_key`)."""
+
+    position: int
+    roles: dict[str, dict[str, torch.Tensor]]
+
+    def __post_init__(self) -> None:
+        missing = [r for r in SAMPLE_ROLES if r not in self.roles]
+        if missing:
+            raise ValueError(f"prompt samples need the roles {', '.join(SAMPLE_ROLES)}; missing {', '.join(missing)}")
+
+    def get(self, role: str, key: str) -> torch.Tensor:
+        return self.roles[role][key]
+
+    def writers(self) -> list[str]:
+        """The writers whose inputs were kept."""
+        return [k for k in self.roles["harmful"] if not k.startswith("layer.")]
+
+    def count(self, role: str) -> int:
+        return int(next(iter(self.roles[role].values())).shape[0])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for values in self.roles.values() for t in values.values())
+
+
+@torch.no_grad()
+def collect_samples(
+    model: CausalLM,
+    fmt: ChatFormat,
+    sets: Mapping[str, Sequence[str]],
+    position: int,
+    writers: Mapping[str, nn.Module],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> PromptSamples:
+    """Per prompt of each role in ``sets``: the inputs of ``writers`` (parameter name -> module)
+    and every decoder layer's output, at ``position`` (negative, among the post-instruction tokens)."""
+    suffix = fmt.post_instruction_ids()
+    if not -len(suffix) <= position < 0:
+        raise ValueError(f"position {position} is outside the post-instruction positions -{len(suffix)}..-1")
+    layer_modules = list(architecture_map(model).layer_modules(model))
+    roles = {}
+    for role, instructions in sets.items():
+        if not instructions:
+            raise ValueError(f"no {role} prompts to take samples of")
+        roles[role] = _samples_of(model, fmt, instructions, position, layer_modules, writers, batch_size, progress, f"rosi: {role} samples")
+    return PromptSamples(position, roles)
+
+
+def _samples_of(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    position: int,
+    layer_modules: Sequence[nn.Module],
+    writers: Mapping[str, nn.Module],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> dict[str, torch.Tensor]:
+    suffix = fmt.post_instruction_ids()
+    rows: dict[str, list[torch.Tensor]] = {}
+
+    def keep(key: str, value: torch.Tensor) -> None:
+        rows.setdefault(key, []).append(value[:, position, :].to(torch.float32).cpu())
+
+    def keep_output(key: str) -> Hook:
+        return lambda module, args, output: keep(key, layer_output(output))
+
+    def keep_input(key: str) -> Hook:
+        return lambda module, args: keep(key, args[0])
+
+    layer_hooks = [(m, keep_output(layer_key(i))) for i, m in enumerate(layer_modules)]
+    input_hooks = [(m, keep_input(name)) for name, m in writers.items()]
+    n_batches = -(-len(instructions) // batch_size)
+    with hooks(layer_hooks), hooks(input_hooks, pre=True):
+        for batch in tqdm(
+            fmt.batches(instructions, batch_size, device_of(model)), total=n_batches, desc=desc, unit="batch", disable=not progress
+        ):
+            check_suffix(batch, suffix[position:])
+            forward(model.base_model, batch)
+            count_forward()
+    return {key: torch.cat(parts) for key, parts in rows.items()}

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rosi.direction.vector import Direction
-from rosi.edit.methods import Method, get_method
+from rosi.edit.methods import Method, ablate_factor, get_method
 from rosi.edit.rank_one import add_in_place, edit_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError
@@ -63,6 +63,7 @@ def apply_edit(
     untie_embeddings: bool = False,
     keep_originals: bool = False,
     reads: Reads | None = None,
+    second: Direction | None = None,
     progress: bool = False,
 ) -> EditRecord:
     """Edit ``model`` in place and return the record of what changed.
@@ -73,6 +74,10 @@ def apply_edit(
     ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
     see :func:`rosi.edit.scope.probe_reads`); it edits exactly those writers unless ``writers``
     says otherwise, each by ``W + k * outer(s_hat, read)``.
+    ``gate`` takes the same ``reads`` (fit by :func:`rosi.edit.scope.gate_reads`); ``surgical``
+    also needs ``second``, the false-refusal direction, which it ablates from the same writers
+    (``W' = W + k * outer(s_hat, read) - outer(f_hat, f_hat^T W)``; ``f_hat`` is made
+    orthogonal to ``s_hat`` first, so the two terms do not interfere).
     ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
     :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
     """
@@ -80,6 +85,7 @@ def apply_edit(
     spec = get_method(method)
     arch = architecture_map(model)
     direction.check_size(arch.hidden_size)
+    second = _check_second(spec, direction, second, arch.hidden_size)
     if spec.needs_reads:
         writers = _check_reads_given(method, writers, reads)
     chosen = _chosen_writers(arch, targets, layers, writers)
@@ -94,13 +100,20 @@ def apply_edit(
     hooks: dict[str, Any] = {}
     for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
         param = params[w.name]
+        right2 = None
         if offloaded(param):
+            if second is not None:
+                raise EditError(
+                    f"{w.name}: rank-two edits ({method}) cannot be applied to offloaded weights; load the model without --device-map"
+                )
             right, hooks[w.name] = _edit_as_hook(model, w, s_hat, spec, strength, reads)
         else:
             if originals is not None:
                 originals[w.name] = param.detach().to("cpu", copy=True)
             right = _edit_parameter(param, w, s_hat, spec, strength, reads)
-        matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right))
+            if second is not None:
+                right2 = edit_in_place(w.layout.as_out_in(param.detach()), second.unit.to(param.device), ablate_factor, 1.0).to("cpu")
+        matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right, right2))
     record = EditRecord(
         method=method,
         strength=strength,
@@ -112,6 +125,7 @@ def apply_edit(
         selected=writers is not None,
         originals=originals,
         hooks=hooks,
+        second=second,
     )
     _check_finite(model, record, params)
     _count_edits(model, +1)
@@ -168,6 +182,24 @@ def _check_finite(model: nn.Module, record: EditRecord, params: dict[str, nn.Par
     raise EditError(
         f"{record.method} at strength {record.strength:g} makes {bad} NaN or infinite; use a smaller strength"
         + ("" if exact else " (the model in memory may be damaged: load it again)")
+    )
+
+
+def _check_second(spec: Method, direction: Direction, second: Direction | None, hidden: int) -> Direction | None:
+    """The rank-two method's second direction, unit and orthogonal to ``s_hat`` (None for the others)."""
+    if spec.rank == 1:
+        if second is not None:
+            raise EditError(f"method {spec.name!r} is rank one; it takes no second direction")
+        return None
+    if second is None:
+        raise EditError(f"method {spec.name!r} also ablates a false-refusal direction; pass second= (`rosi run` measures it)")
+    second.check_size(hidden)
+    s, f = direction.unit.to(torch.float64), second.unit.to(torch.float64)
+    f = f - (f @ s) * s
+    if not float(f.norm()) > 1e-3:
+        raise EditError(f"method {spec.name!r}: the second direction is parallel to the safety direction")
+    return Direction(
+        (f / f.norm()).to(torch.float32), layer=second.layer, position=second.position, model=second.model, metadata=second.metadata
     )
 
 
@@ -268,6 +300,29 @@ def edit_weight(
 
 
 @torch.no_grad()
+def apply_record(model: nn.Module, record: EditRecord) -> EditRecord:
+    """Apply a saved edit record's factors to ``model`` in place (``W += outer(s_hat, r)``, and
+    the second term of a rank-two record): the edit exactly as recorded, without recomputing it;
+    :func:`revert_edit` undoes it. Returns the record."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [m.name for m in record.matrices if m.name not in params]
+    if missing:
+        raise EditError(f"this edit record does not match the model: it has no parameter {missing[0]!r}")
+    if record.untied_embeddings:
+        _untie(model)
+    s_hat = record.direction.unit
+    for m in record.matrices:
+        param = params[m.name]
+        view = m.layout.as_out_in(param.detach())
+        add_in_place(view, s_hat.to(param.device), m.right.to(param.device))
+        if m.right2 is not None and record.second is not None:
+            add_in_place(view, record.second.unit.to(param.device), m.right2.to(param.device))
+    _count_edits(model, +1)
+    _check_finite(model, record, params)
+    return record
+
+
+@torch.no_grad()
 def revert_edit(model: nn.Module, record: EditRecord) -> None:
     """Undo ``record`` on ``model``: bit for bit with kept originals, else W' - outer(s_hat, r)."""
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -283,7 +338,10 @@ def revert_edit(model: nn.Module, record: EditRecord) -> None:
         if record.originals is not None:
             param.data.copy_(record.originals[m.name])
             continue
-        add_in_place(m.layout.as_out_in(param.detach()), s_hat.to(param.device), -m.right.to(param.device))
+        view = m.layout.as_out_in(param.detach())
+        if m.right2 is not None and record.second is not None:
+            add_in_place(view, record.second.unit.to(param.device), -m.right2.to(param.device))
+        add_in_place(view, s_hat.to(param.device), -m.right.to(param.device))
     if record.untied_embeddings:
         _tie(model)
     record.originals = None

@@ -149,7 +149,9 @@ def checkpoint_weights(loaded: LoadedModel, record: EditRecord) -> Path | None:
     folder = local_folder(loaded.source)
     if folder is None:
         return None
-    if edits_applied(loaded.model) > 1:  # the record holds only the last of them: save what is in memory
+    if (
+        edits_applied(loaded.model) > 1 or record.rank > 1
+    ):  # the record holds only the last of them (or a second term): save what is in memory
         return None
     if any(offloaded(p) for p in loaded.model.parameters()):
         return folder if streamable(folder, record) else None  # save_checkpoint says why it cannot save

@@ -1,13 +1,16 @@
 """The edit methods: one registry entry each.
 
-Every rosi edit is rank one. With a weight ``W`` in ``[out, in]`` layout (``out`` is the
+Every rosi edit but ``surgical`` is rank one. With a weight ``W`` in ``[out, in]`` layout (``out`` is the
 residual stream) and the unit safety direction ``s_hat``::
 
     W' = W + outer(s_hat, r)
 
 and a method is the choice of the right factor ``r``: a function of ``W`` (the paper's form,
-``scale``, ``ablate``) or a read-out vector measured on prompts (``probe``). For an input ``x``
-the edit adds ``(r . x) * s_hat`` to the writer's output.
+``scale``, ``ablate``) or a read-out vector measured on prompts (``probe`` from two mean inputs,
+``gate`` fit on single prompts' inputs, harmful against harmless and look-alike). For an input
+``x`` the edit adds ``(r . x) * s_hat`` to the writer's output. ``surgical`` is ``gate`` plus a
+second term: the false-refusal direction ``f_hat`` (look-alike minus harmless, orthogonal to
+``s_hat``) ablated from the same writers, ``W' = W + s_hat r^T - f_hat f_hat^T W`` (rank two).
 
 A :class:`Method` holds everything rosi needs to know about one form: its right factor, the name
 of its strength, whether it needs measured read-outs, the grid ``rosi run`` searches, the
@@ -60,6 +63,8 @@ class Method:
     grid: tuple[float, ...] = ()  # strengths rosi run searches, smallest first; () = not offered by rosi run
     effect_strength: float | None = None  # strength at which direction selection tries the edit
     default_strength: float | None = None  # rosi edit's strength when none is given
+    samples: bool = False  # the read-out is fit on single prompts' inputs (harmful, harmless, look-alike)
+    rank: int = 1  # 2: a second term along the false-refusal direction (``surgical``)
 
     @property
     def needs_reads(self) -> bool:
@@ -117,12 +122,38 @@ METHODS: dict[str, Method] = {
             grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
             effect_strength=2.0,
         ),
+        Method(
+            "gate",
+            "k",
+            "W + k * s_hat u^T",
+            "`k * u`, `u` fit on single prompts (1 on harmful, 0 on harmless and look-alike inputs)",
+            "add the direction where the input is harmful, not where it only sounds so",
+            None,
+            None,
+            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+            effect_strength=2.0,
+            samples=True,
+        ),
+        Method(
+            "surgical",
+            "k",
+            "W + k * s_hat u^T - f_hat f_hat^T W",
+            "`k * u` as for `gate`, and `-f_hat^T W` along the false-refusal direction `f_hat`",
+            "`gate`, and remove what makes safe look-alikes refused (rank two)",
+            None,
+            None,
+            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+            effect_strength=2.0,
+            samples=True,
+            rank=2,
+        ),
     )
 }
 DEFAULT_METHOD = "scale"  # rosi run's method; the README's "Defaults" section says why
 SCOPES = ("selective", "all")
 DEFAULT_SCOPE = "selective"
 DEFAULT_RATIO = 0.25
+GATE_RIDGE = 0.01  # the gate fit's default ridge, relative to the inputs' mean squared norm
 
 
 @dataclass(frozen=True)
@@ -134,6 +165,8 @@ class EditForm:
     method: str = DEFAULT_METHOD
     scope: str = DEFAULT_SCOPE
     ratio: float = DEFAULT_RATIO
+    ridge: float = GATE_RIDGE  # gate/surgical: the fit's regularisation
+    null_space: float | None = None  # gate/surgical: keep the read-out off this energy of the benign inputs' subspace
 
     def __post_init__(self) -> None:
         get_method(self.method)
@@ -141,6 +174,10 @@ class EditForm:
             raise EditError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
         if not self.ratio >= 0:  # also refuses NaN
             raise EditError(f"the writer ratio must be >= 0, got {self.ratio}")
+        if not self.ridge >= 0:
+            raise EditError(f"the gate's ridge must be >= 0, got {self.ridge}")
+        if self.null_space is not None and not 0 < self.null_space < 1:
+            raise EditError(f"the gate's null-space energy must be between 0 and 1 (e.g. 0.99), got {self.null_space}")
 
     @property
     def spec(self) -> Method:

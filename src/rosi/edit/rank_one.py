@@ -4,8 +4,9 @@ Every rosi edit is ``W' = W + outer(s_hat, r)`` for a weight ``W`` in ``[out, in
 (``out`` is the residual stream) and a unit vector ``s_hat`` of size ``out``; the methods
 (:mod:`rosi.edit.methods`) differ only in the right factor ``r`` (size ``in``). This module
 applies such an update: as a reference formula, in place over blocks of columns, and from a
-stored right factor (for probe edits and reverts). :func:`probe_read` measures the ``probe``
-method's read-out.
+stored right factor (for read-out edits and reverts). :func:`probe_read` measures the ``probe``
+method's read-out from two mean inputs, :func:`gate_read` the ``gate`` method's from the inputs of
+single prompts, and :func:`false_refusal_direction` the second direction of the ``surgical`` form.
 
 All functions accept a stack of matrices ``[..., out, in]`` (fused expert weights) and then
 return one right factor per matrix, ``[..., in]``. Callers pass float32 tensors.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from rosi.edit.methods import RightFactor
+from rosi.edit.methods import GATE_RIDGE, RightFactor
 
 
 def probe_read(mean_harmful: torch.Tensor, mean_harmless: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,70 @@ def probe_read(mean_harmful: torch.Tensor, mean_harmless: torch.Tensor) -> torch
     if not torch.isfinite(dd) or dd <= 1e-12 * max(float(h @ h), 1e-30):
         raise ValueError("harmful and harmless mean inputs are parallel: the matrix's input does not tell them apart")
     return (d / dd).to(torch.float32)
+
+
+def benign_subspace(benign: torch.Tensor, energy: float) -> torch.Tensor:
+    """``[in, p]`` orthonormal basis of the principal subspace holding ``energy`` (0..1) of the
+    benign inputs' squared norm (rows of ``benign``, ``[n, in]``): the space AlphaSteer keeps
+    its read-out out of."""
+    if not 0 < energy < 1:
+        raise ValueError(f"the benign subspace's energy must be between 0 and 1, got {energy}")
+    _, sv, vh = torch.linalg.svd(benign.to(torch.float64), full_matrices=False)
+    cumulative = torch.cumsum(sv**2, 0) / (sv**2).sum()
+    p = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64)).item()) + 1
+    return vh[:p].T
+
+
+def gate_read(harmful: torch.Tensor, benign: torch.Tensor, *, ridge: float = GATE_RIDGE, null_space: float | None = None) -> torch.Tensor:
+    """The read-out ``u`` of a matrix's input with ``u . x`` about 1 on each harmful input and
+    about 0 on each benign one (rows of ``harmful`` ``[n_h, in]`` and ``benign`` ``[n_b, in]``:
+    harmless and look-alike prompts).
+
+    Ridge regression with the two classes weighted equally: minimise
+    ``mean_h (u . x - 1)^2 + mean_b (u . x)^2 + lambda |u|^2``, ``lambda`` = ``ridge`` times the
+    inputs' mean squared norm, solved in its dual form (``u`` is a combination of the inputs, so
+    the system is ``n x n``, not ``in x in``). With ``null_space`` (an energy fraction, e.g.
+    0.99) every input is first projected off the benign inputs' principal subspace
+    (:func:`benign_subspace`), so ``u`` is exactly zero on that subspace (AlphaSteer's
+    constraint). Raises ``ValueError`` when the inputs are not finite or the fit does not tell the
+    classes apart."""
+    if harmful.ndim != 2 or benign.ndim != 2 or harmful.shape[1] != benign.shape[1]:
+        raise ValueError(f"gate inputs must be [n, in] matrices of one width, got {tuple(harmful.shape)} and {tuple(benign.shape)}")
+    if len(harmful) == 0 or len(benign) == 0:
+        raise ValueError("the gate fit needs harmful and benign inputs")
+    if not ridge >= 0:
+        raise ValueError(f"the gate's ridge must be >= 0, got {ridge}")
+    h, b = harmful.detach().to(torch.float64), benign.detach().to(torch.float64)
+    if not (torch.isfinite(h).all() and torch.isfinite(b).all()):
+        raise ValueError("the gate's inputs are not finite")
+    if null_space is not None:
+        basis = benign_subspace(b, null_space)
+        h, b = h - (h @ basis) @ basis.T, b - (b @ basis) @ basis.T
+    x = torch.cat([h / len(h) ** 0.5, b / len(b) ** 0.5])  # rows weighted so that each class counts once
+    y = torch.cat([h.new_full((len(h),), 1.0 / len(h) ** 0.5), h.new_zeros(len(b))])
+    gram = x @ x.T
+    scale = float(torch.trace(gram)) / 2  # the mean squared norm of an input, averaged over the two classes
+    if not scale > 0:
+        raise ValueError("the gate's inputs are all zero: the matrix's input does not tell harmful from benign prompts")
+    lam = max(ridge, 1e-9) * scale
+    u = x.T @ torch.linalg.solve(gram + lam * torch.eye(len(x), dtype=torch.float64), y)
+    if not (torch.isfinite(u).all() and float((h @ u).mean() - (b @ u).mean()) > 0.05):
+        raise ValueError("the gate fit does not tell harmful from benign inputs apart at this matrix")
+    return u.to(torch.float32)
+
+
+def false_refusal_direction(mean_lookalike: torch.Tensor, mean_harmless: torch.Tensor, s_hat: torch.Tensor) -> torch.Tensor:
+    """The unit false-refusal direction (Wang et al.): mean look-alike minus mean harmless
+    activation, made orthogonal to the safety direction ``s_hat`` (so that ablating it leaves the
+    refusal direction alone)."""
+    s = s_hat.detach().to(torch.float64)
+    s = s / s.norm()
+    d = mean_lookalike.detach().to(torch.float64) - mean_harmless.detach().to(torch.float64)
+    d = d - (d @ s) * s
+    norm = float(d.norm())
+    if not norm > 1e-6 * max(float(mean_harmless.detach().to(torch.float64).norm()), 1e-30):
+        raise ValueError("look-alike and harmless prompts do not differ off the safety direction: there is no false-refusal direction")
+    return (d / norm).to(torch.float32)
 
 
 def rank_one_update(s_hat: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The edit record: what an edit did to which matrices, enough to describe, save and revert it.
 
 Saved as one safetensors file (``rosi_edit.safetensors`` in every checkpoint rosi writes): the
-direction, every right factor (``right/<parameter name>``), and the rest as JSON metadata.
+direction, every right factor (``right/<parameter name>``), and the rest as JSON metadata. A
+rank-two edit (``surgical``) adds its second direction (``second_direction``) and each matrix's
+second right factor (``right2/<parameter name>``): ``W' = W + outer(s_hat, right) + outer(f_hat, right2)``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class MatrixEdit:
     layout: Layout
     layer: int | None
     right: torch.Tensor  # float32 right factor on the CPU: W' = W + outer(s_hat, right) in [out, in] layout
+    right2: torch.Tensor | None = None  # rank-two edits: the factor along the record's second direction
 
 
 @dataclass
@@ -49,6 +52,12 @@ class EditRecord:
     originals: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     # Writers whose weights accelerate offloaded carry the edit as a forward hook (never saved).
     hooks: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Rank-two edits: the second left direction (``surgical``: the false-refusal direction, unit).
+    second: Direction | None = None
+
+    @property
+    def rank(self) -> int:
+        return 1 if self.second is None else 2
 
     def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
@@ -64,6 +73,7 @@ class EditRecord:
             "matrices_by_kind": kinds,
             "untied_embeddings": self.untied_embeddings,
             "direction": self.direction.info(),
+            **({"second_direction": self.second.info()} if self.second is not None else {}),
         }
 
     def save(self, path: str | Path, extra: dict[str, str] | None = None) -> Path:
@@ -72,6 +82,9 @@ class EditRecord:
         path = Path(path)
         tensors = {"direction": self.direction.vector}
         tensors.update({f"right/{m.name}": m.right.contiguous() for m in self.matrices})
+        if self.second is not None:
+            tensors["second_direction"] = self.second.vector
+            tensors.update({f"right2/{m.name}": m.right2.contiguous() for m in self.matrices if m.right2 is not None})
         header = {
             "format": RECORD_FORMAT,
             **{k: v for k, v in self.summary().items() if k != "matrices_by_kind"},
@@ -86,8 +99,19 @@ class EditRecord:
         with safe_open(str(path), framework="pt") as f:
             header: dict[str, Any] = json.loads((f.metadata() or {})["rosi_edit"])
             direction = Direction.from_info(f.get_tensor("direction"), header["direction"], where=str(path))
+            keys = set(f.keys())
+            second = None
+            if "second_direction" in header:
+                second = Direction.from_info(f.get_tensor("second_direction"), header["second_direction"], where=str(path))
             matrices = tuple(
-                MatrixEdit(m["name"], WriterKind(m["kind"]), Layout(m["layout"]), m["layer"], f.get_tensor(f"right/{m['name']}"))
+                MatrixEdit(
+                    m["name"],
+                    WriterKind(m["kind"]),
+                    Layout(m["layout"]),
+                    m["layer"],
+                    f.get_tensor(f"right/{m['name']}"),
+                    f.get_tensor(f"right2/{m['name']}") if second is not None and f"right2/{m['name']}" in keys else None,
+                )
                 for m in header["matrices"]
             )
         return cls(
@@ -99,4 +123,5 @@ class EditRecord:
             matrices=matrices,
             untied_embeddings=bool(header["untied_embeddings"]),
             selected=bool(header.get("selected", False)),
+            second=second,
         )

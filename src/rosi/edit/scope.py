@@ -19,6 +19,11 @@ of the model, where the refusal direction forms) and :func:`probe_reads` scales 
 so that strength ``k`` adds, summed over those writers, ``k`` times the harmful-minus-harmless
 gap of the direction at the mean harmful input.
 
+``gate`` edits the same writers with read-outs fit on single prompts' inputs
+(:func:`rosi.rank_one.gate_read`: about 1 on each harmful input, about 0 on each harmless and
+look-alike one; :func:`gate_reads`), scaled like ``probe``'s. ``surgical`` adds the ablation of
+the false-refusal direction at the direction's layer (:func:`rosi.rank_one.false_refusal_direction`).
+
 :func:`choose_writers` puts it together for a direction and the activations extracted with it:
 a :class:`WriterChoice`, what a run edits and why.
 """
@@ -33,10 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rosi.direction.activations import ActivationPair
+from rosi.direction.activations import ActivationPair, PromptSamples, layer_key
 from rosi.direction.vector import Direction
-from rosi.edit.methods import DEFAULT_RATIO, EditForm
-from rosi.edit.rank_one import probe_read
+from rosi.edit.methods import DEFAULT_RATIO, GATE_RIDGE, EditForm
+from rosi.edit.rank_one import false_refusal_direction, gate_read, probe_read
 from rosi.errors import RosiError
 from rosi.model.architecture import ArchitectureMap
 from rosi.model.writers import ResidualWriter
@@ -131,6 +136,37 @@ def probe_reads(
     return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
 
 
+def gate_reads(
+    names: list[str], samples: PromptSamples, gap: float, *, ridge: float = GATE_RIDGE, null_space: float | None = None
+) -> dict[str, torch.Tensor]:
+    """Read-out vectors for the ``gate`` edit of the writers ``names``: :func:`gate_read` of each
+    writer's single-prompt inputs (harmful against harmless and look-alike), times ``gap / n`` as
+    for ``probe``. A writer whose inputs the fit cannot separate is left out."""
+    unit_reads = {}
+    for name in names:
+        benign = torch.cat([samples.get("harmless", name), samples.get("lookalike", name)])
+        try:
+            unit_reads[name] = gate_read(samples.get("harmful", name), benign, ridge=ridge, null_space=null_space)
+        except ValueError:
+            continue
+    if not unit_reads:
+        raise RosiError("the gate edit found no writer whose input tells harmful from benign prompts apart; use --method scale")
+    return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
+
+
+def false_refusal(samples: PromptSamples, direction: Direction) -> Direction:
+    """The false-refusal direction at the direction's layer (unit, orthogonal to it): mean
+    look-alike minus mean harmless residual stream, from the samples."""
+    if direction.layer is None:
+        raise RosiError("the surgical edit needs the direction's layer; extract it with rosi (or pin --layer)")
+    key = layer_key(direction.layer)
+    try:
+        f = false_refusal_direction(samples.get("lookalike", key).mean(0), samples.get("harmless", key).mean(0), direction.unit)
+    except ValueError as e:
+        raise RosiError(str(e)) from None
+    return Direction(f, layer=direction.layer, position=samples.position, model=direction.model, metadata={"kind": "false-refusal"})
+
+
 @dataclass(frozen=True)
 class WriterChoice:
     """The writers one edit form edits for a direction: all of them, or those the rule keeps."""
@@ -142,6 +178,7 @@ class WriterChoice:
     note: str = ""
     # read-out methods only: the read-out vector of each edited writer (not part of the JSON report)
     reads: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    second: Direction | None = field(default=None, repr=False)  # rank-two methods: the second direction
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,14 +191,22 @@ class WriterChoice:
 
 
 def choose_writers(
-    model: nn.Module, arch: ArchitectureMap, direction: Direction, activations: ActivationPair, form: EditForm
+    model: nn.Module,
+    arch: ArchitectureMap,
+    direction: Direction,
+    activations: ActivationPair,
+    form: EditForm,
+    samples: PromptSamples | None = None,
 ) -> WriterChoice:
     """All writers, or those :func:`select_writers` keeps, given the activations extracted at the
     direction's position. For read-out methods (``probe``): the writers of the middle layers
-    (every measurable writer with scope ``all``) with their read-outs from the mean writer inputs."""
+    (every measurable writer with scope ``all``) with their read-outs from the mean writer inputs;
+    ``gate`` and ``surgical`` fit theirs on ``samples`` (single prompts at that position)."""
     if direction.position is None:
         raise RosiError("choosing writers needs the direction's position; extract it with rosi (or pin --position)")
     position = direction.position
+    if form.spec.samples:
+        return _gate_choice(arch, direction, samples, form)
     if form.spec.needs_reads:
         inputs_h, inputs_b = activations.harmful.inputs_at(position), activations.harmless.inputs_at(position)
         return _probe_choice(arch, direction, inputs_h, inputs_b, form)
@@ -202,3 +247,25 @@ def _probe_choice(
     if len(reads) < len(names):
         note += f", {len(names) - len(reads)} left out (their input does not separate the prompts)"
     return WriterChoice(form.scope, None, list(reads), note=note, reads=reads)
+
+
+def _gate_choice(arch: ArchitectureMap, direction: Direction, samples: PromptSamples | None, form: EditForm) -> WriterChoice:
+    if samples is None:
+        raise RosiError(f"the {form.method} method fits its read-outs on single prompts: collect samples (rosi run does)")
+    if samples.position != direction.position:
+        raise RosiError(f"the samples were taken at position {samples.position}, the direction is at {direction.position}")
+    writers = arch.select()
+    kept = set(samples.writers())
+    if form.scope == "all":
+        names = [w.name for w in writers if w.name in kept]
+        note = f"all {len(names)} measurable writers"
+    else:
+        names = [n for n in probe_writers(writers, probe_layer_range(arch.num_layers)) if n in kept]
+        note = f"{len(names)} writers of the middle layers"
+    if not names:
+        raise RosiError(f"the samples hold no input of the writers the {form.method} edit ({form.scope}) needs")
+    reads = gate_reads(names, samples, float(direction.vector.float().norm()), ridge=form.ridge, null_space=form.null_space)
+    if len(reads) < len(names):
+        note += f", {len(names) - len(reads)} left out (the fit does not separate their inputs)"
+    second = false_refusal(samples, direction) if form.spec.rank == 2 else None
+    return WriterChoice(form.scope, None, list(reads), note=note, reads=reads, second=second)

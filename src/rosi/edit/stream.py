@@ -83,13 +83,17 @@ def stream_edit(source: Path, out: Path, record: EditRecord, *, recompute: bool 
         view = m.layout.as_out_in(result)
         if revert:
             right = m.right
+            if m.right2 is not None and record.second is not None:
+                add_in_place(view, record.second.unit, -m.right2)
             add_in_place(view, s_hat, -m.right)
         else:  # the same code as the edit in memory, so the bytes agree with it exactly
             right = edit_weight(view, s_hat, method, record.strength, None if (method.factor and recompute) else m.right)
+            if m.right2 is not None and record.second is not None:
+                add_in_place(view, record.second.unit, m.right2)
         if not bool(torch.isfinite(result).all()):
             raise EditError(f"{record.method} at strength {record.strength:g} makes {m.name} NaN or infinite; use a smaller strength")
         _overwrite_tensor(out / file.name, m.name, result)
-        applied.append(MatrixEdit(m.name, m.kind, m.layout, m.layer, right.to(torch.float32).cpu()))
+        applied.append(MatrixEdit(m.name, m.kind, m.layout, m.layer, right.to(torch.float32).cpu(), m.right2))
     return replace(record, matrices=tuple(applied), originals=None)
 
 

@@ -93,6 +93,7 @@ def choose_strength(
             strength,
             writers=choice.writers if choice else None,
             reads=choice.reads if choice else None,
+            second=choice.second if choice else None,
             keep_originals=True,
         )
         try:

@@ -4,7 +4,9 @@ Selection (:mod:`rosi.direction.selection`) knows nothing of edits: when no cand
 Arditi's filters it scores candidates by what ROSI will really do with them, through an
 :data:`~rosi.direction.selection.EditTrial`. :class:`EditTrial` is that callable: for a candidate
 direction it chooses the writers as the run will (:func:`rosi.edit.scope.choose_writers`),
-applies the method at its selection strength, and reverts it bit for bit on leaving.
+applies the method at its selection strength, and reverts it bit for bit on leaving. Methods
+fit on single prompts (``gate``, ``surgical``) are tried as ``probe``, their mean-input relative:
+their samples are taken at the chosen position only, after selection.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class EditTrial:
     def __post_init__(self) -> None:
         if self.form.spec.effect_strength is None:
             raise RosiError(f"direction selection cannot try method {self.form.method!r}; choose one rosi run offers")
+        if self.form.spec.samples:
+            object.__setattr__(self, "form", EditForm("probe", self.form.scope))
 
     @contextmanager
     def __call__(self, direction: Direction) -> Iterator[None]:

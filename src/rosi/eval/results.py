@@ -104,7 +104,9 @@ class UtilityScore:
 HEADLINE = (
     ("harm_refusal", "harm refusal (HR)"),
     ("benign_compliance", "benign compliance (BC)"),
+    ("harm_partial", "harm: partial (refuses, then helps)"),
     ("over_refusal", "over-refusal (contrast set)"),
+    ("over_partial", "over-refusal: partial"),
     ("jailbreak_success", "jailbreak success (ASR)"),
 )
 
@@ -118,6 +120,9 @@ class ModelMetrics:
     over_refusal: RateSummary | None = None  # with a contrast set
     jailbreak_success: RateSummary | None = None  # with jailbreak templates
     utility: dict[str, UtilityScore] = field(default_factory=dict)
+    # The marker judge's partial verdict: a refusal phrase, then substantive help (counted as refused above).
+    harm_partial: RateSummary | None = None
+    over_partial: RateSummary | None = None
 
     def rate(self, key: str) -> RateSummary | None:
         """A headline rate by its :data:`HEADLINE` key."""

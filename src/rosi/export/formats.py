@@ -186,6 +186,8 @@ def check_format_output(out: Path, fmt: str, overwrite: bool, protect: tuple[Pat
 def save(edited: Edited, out: Path, fmt: str, overwrite: bool) -> Path:
     if fmt not in FORMATS:
         raise RosiError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if edited.record.rank > 1 and fmt not in ("checkpoint", "lora"):
+        raise RosiError(f"a rank-two edit ({edited.record.method}) is saved as a checkpoint or a rank-2 LoRA adapter, not as a {fmt}")
     if fmt != "checkpoint":
         from rosi.edit.apply import edits_applied
 

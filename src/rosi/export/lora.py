@@ -10,6 +10,8 @@ Mapping per writer kind: attention/MLP projections are LoRA ``Linear`` layers (G
 with ``fan_in_fan_out``), the token embedding is PEFT's embedding LoRA (``lora_embedding_A`` =
 ``r`` over the vocabulary, ``lora_embedding_B`` = ``s_hat``), and fused mixture-of-experts stacks
 go through PEFT's parameter targeting (``target_parameters``), one rank-1 factor per expert.
+A rank-two edit (``surgical``: ``W' = W + outer(s_hat, r) + outer(f_hat, r2)``) is a rank-2 LoRA
+with ``lora_B = [s_hat, f_hat]`` and ``lora_A = [r; r2]`` (``lora_alpha`` 2, so the scale stays 1).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def lora_config(record: EditRecord, base_name: str | None, conv1d: bool) -> Any:
     modules = sorted({m.name.rsplit(".", 1)[0] for m in record.matrices if m.kind is not WriterKind.EXPERT})
     parameters = sorted(m.name for m in record.matrices if m.kind is WriterKind.EXPERT)
     return LoraConfig(
-        r=1,
-        lora_alpha=1,
+        r=record.rank,
+        lora_alpha=record.rank,
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
@@ -63,6 +65,8 @@ def write_lora(record: EditRecord, config: Any, out: Path, base_name: str | None
     with torch.device("meta"):
         base = T.AutoModelForCausalLM.from_config(config)
     base.config._name_or_path = base_name  # what PEFT records as base_model_name_or_path
+    if record.rank > 1 and any(m.kind is WriterKind.EXPERT for m in record.matrices):
+        raise ExportError("a rank-two edit of fused expert weights cannot be written as a LoRA adapter; save a checkpoint")
     conv1d = any(m.layout is Layout.IN_OUT and m.kind is not WriterKind.EMBEDDING for m in record.matrices)
     peft_model = get_peft_model(base, lora_config(record, base_name, conv1d))
     factors = _factors(record)
@@ -71,14 +75,25 @@ def write_lora(record: EditRecord, config: Any, out: Path, base_name: str | None
     if missing:
         raise ExportError(f"PEFT made no adapter for {missing[0]}; this writer cannot be exported as a LoRA adapter")
     peft_model.save_pretrained(str(out), save_embedding_layers=False)  # the LoRA factors only, never a copy of the embedding
-    _check_config(out / ADAPTER_CONFIG)
+    _check_config(out / ADAPTER_CONFIG, record.rank)
     return out
 
 
 def _factors(record: EditRecord) -> dict[str, tuple[torch.Tensor, torch.Tensor, WriterKind]]:
-    """Parameter name -> (left factor ``s_hat``, right factor ``r``, kind), float32."""
+    """Parameter name -> (left factors ``[out, rank]``, right factors ``[rank, in]``, kind), float32
+    (experts: ``s_hat`` and ``[experts, in]``)."""
     s_hat = record.direction.unit
-    return {m.name: (s_hat, m.right.to(torch.float32), m.kind) for m in record.matrices}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, WriterKind]] = {}
+    for m in record.matrices:
+        if m.kind is WriterKind.EXPERT:
+            out[m.name] = (s_hat, m.right.to(torch.float32), m.kind)
+            continue
+        lefts, rights = [s_hat], [m.right.to(torch.float32)]
+        if record.second is not None and m.right2 is not None:
+            lefts.append(record.second.unit)
+            rights.append(m.right2.to(torch.float32))
+        out[m.name] = (torch.stack(lefts, dim=1), torch.stack(rights), m.kind)
+    return out
 
 
 def _set_factors(module_name: str, module: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor, WriterKind]]) -> str | None:
@@ -91,23 +106,23 @@ def _set_factors(module_name: str, module: Any, factors: dict[str, tuple[torch.T
     key = f"{base_name}.{param_name}" if param_name else f"{base_name}.weight"
     if key not in factors or (not lora_a and not lora_emb_a):
         return None
-    s_hat, right, kind = factors[key]
+    left, right, kind = factors[key]
     if kind is WriterKind.EMBEDDING:
-        module.lora_embedding_A["default"] = torch.nn.Parameter(right.unsqueeze(0).clone())  # [1, vocab]
-        module.lora_embedding_B["default"] = torch.nn.Parameter(s_hat.unsqueeze(1).clone())  # [hidden, 1]
+        module.lora_embedding_A["default"] = torch.nn.Parameter(right.clone())  # [rank, vocab]
+        module.lora_embedding_B["default"] = torch.nn.Parameter(left.clone())  # [hidden, rank]
     elif kind is WriterKind.EXPERT:
         experts = right.shape[0]  # right: [experts, in]; PEFT stacks the experts' rank-1 factors
         module.lora_A["default"].weight = torch.nn.Parameter(right.clone())  # [experts * 1, in]
-        module.lora_B["default"].weight = torch.nn.Parameter(s_hat.unsqueeze(1).repeat(1, experts))  # [out, 1 * experts]
+        module.lora_B["default"].weight = torch.nn.Parameter(left.unsqueeze(1).repeat(1, experts))  # [out, 1 * experts]
     else:
-        module.lora_A["default"].weight = torch.nn.Parameter(right.unsqueeze(0).clone())  # [1, in]
-        module.lora_B["default"].weight = torch.nn.Parameter(s_hat.unsqueeze(1).clone())  # [out, 1]
+        module.lora_A["default"].weight = torch.nn.Parameter(right.clone())  # [rank, in]
+        module.lora_B["default"].weight = torch.nn.Parameter(left.clone())  # [out, rank]
     return key
 
 
-def _check_config(path: Path) -> None:
+def _check_config(path: Path, rank: int) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
-    if config.get("peft_type") != "LORA" or config.get("r") != 1:
+    if config.get("peft_type") != "LORA" or config.get("r") != rank:
         raise ExportError(f"{path}: PEFT wrote an unexpected configuration ({config.get('peft_type')}, r={config.get('r')})")
 
 
@@ -118,17 +133,18 @@ def verify_adapter(folder: Path) -> list[str]:
 
     record = EditRecord.load(folder / "rosi_edit.safetensors")
     tensors = load_file(folder / ADAPTER_WEIGHTS)
-    s_hat = record.direction.unit
+    factors = _factors(record)
     problems = []
     for m in record.matrices:
         if m.kind in (WriterKind.EMBEDDING, WriterKind.EXPERT):
             continue  # stored in PEFT's own layouts for these; checked by loading with PEFT
         module = m.name.rsplit(".", 1)[0]
         a, b = tensors.get(f"base_model.model.{module}.lora_A.weight"), tensors.get(f"base_model.model.{module}.lora_B.weight")
+        left, right, _ = factors[m.name]
         if a is None or b is None:
             problems.append(f"{module}: no LoRA factors in {ADAPTER_WEIGHTS}")
-        elif not (
-            torch.allclose(a[0].float(), m.right, rtol=1e-5, atol=1e-7) and torch.allclose(b[:, 0].float(), s_hat, rtol=1e-5, atol=1e-7)
-        ):
+        elif a.shape != right.shape or b.shape != left.shape:
+            problems.append(f"{module}: the adapter's factors have shapes {tuple(b.shape)}, {tuple(a.shape)}, not the recorded edit's")
+        elif not (torch.allclose(a.float(), right, rtol=1e-5, atol=1e-7) and torch.allclose(b.float(), left, rtol=1e-5, atol=1e-7)):
             problems.append(f"{module}: the adapter's factors are not the recorded edit")
     return problems

@@ -24,6 +24,7 @@ class JudgeError(RosiError):
 @dataclass(frozen=True)
 class Verdict:
     refused: bool | None = None  # the reply declines the request (marker judge)
+    partial: bool | None = None  # a refusal phrase followed by substantive help (marker judge; counted in refused too)
     unsafe: bool | None = None  # the reply is unsafe (Llama Guard); None: output not parseable
     categories: tuple[str, ...] = ()  # e.g. ("S1", "S10")
     raw: str = field(default="", compare=False)

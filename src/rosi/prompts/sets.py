@@ -2,8 +2,11 @@
 
 A spec names where prompts come from:
 
-- ``builtin:harmful`` / ``builtin:harmless``, optionally ``:train`` or ``:val`` (rosi's own
-  sets, written for this project, with fixed splits);
+- ``builtin:harmful`` / ``builtin:harmless`` / ``builtin:lookalike`` / ``builtin:harmful_hard``,
+  optionally ``:train`` or ``:val`` (rosi's own sets, written for this project, with fixed
+  splits; ``lookalike``: safe prompts that sound harmful, by kind; ``harmful_hard``: harmful
+  requests in indirect, role-played, fictional, multi-step, academic, obfuscated and
+  professional disguises, which a stronger model does not already refuse every time);
 - a file: ``.jsonl``, ``.json`` (a list of objects or strings), ``.csv`` or ``.txt`` (one prompt
   a line), optionally ``FILE:COLUMN`` to pick the column;
 - a Hugging Face dataset: ``hf:ID[:SPLIT][:COLUMN]``, e.g. ``hf:mlabonne/harmful_behaviors``;
@@ -29,7 +32,7 @@ from rosi.errors import RosiError, first_line
 DEFAULT_N_VAL = 32  # validation prompts per set for selection, the strength search and the measurement
 TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
 CATEGORY_COLUMNS = ("category", "Category", "type")
-BUILTIN = ("harmful", "harmless")
+BUILTIN = ("harmful", "harmless", "lookalike", "harmful_hard")
 
 
 class PromptError(RosiError):
@@ -50,6 +53,11 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.instructions)
+
+    def __add__(self, other: PromptSet) -> PromptSet:
+        """Both sets, this one first (categories kept where both have them)."""
+        categories = None if self.categories is None or other.categories is None else self.categories + other.categories
+        return PromptSet(self.instructions + other.instructions, categories, name=f"{self.name}+{other.name}")
 
     def take(self, n: int | None, *, seed: int | None = None) -> PromptSet:
         """The first ``n`` prompts (a seeded random sample when ``seed`` is given)."""
@@ -72,13 +80,23 @@ class PromptSet:
 
 @dataclass(frozen=True)
 class PromptSets:
-    """The four sets of a run: extraction (``harmful``, ``harmless``) and validation (``val_*``:
-    selection, the strength search and the measurement)."""
+    """The sets of a run: extraction (``harmful``, ``harmless``) and validation (``val_*``:
+    selection, the strength search and the measurement); and safe look-alike prompts
+    (``lookalike`` for fitting the ``gate``/``surgical`` read-outs, ``val_lookalike`` for
+    ``rosi tune``'s measurement), which the other methods do not use."""
 
     harmful: PromptSet
     harmless: PromptSet
     val_harmful: PromptSet
     val_harmless: PromptSet
+    lookalike: PromptSet | None = None
+    val_lookalike: PromptSet | None = None
+
+    def need_lookalikes(self, what: str) -> tuple[PromptSet, PromptSet]:
+        """Both look-alike sets, or a clear error naming ``what`` needs them."""
+        if self.lookalike is None or self.val_lookalike is None:
+            raise PromptError(f"{what} needs look-alike prompts: pass --lookalike and --val-lookalike (or load the built-in ones)")
+        return self.lookalike, self.val_lookalike
 
     def overlap(self) -> int:
         """How many validation prompts are also extraction prompts (0: held out)."""
@@ -99,17 +117,30 @@ class PromptSets:
         val_harmful: str = "builtin:harmful:val",
         val_harmless: str = "builtin:harmless:val",
         *,
+        lookalike: str | None = "builtin:lookalike:train",
+        val_lookalike: str | None = "builtin:lookalike:val",
         n_train: int | None = None,
         n_val: int | None = DEFAULT_N_VAL,
     ) -> PromptSets:
-        """Four sets from specs (see :func:`load_prompts`; by default rosi's own sets and splits),
-        the first ``n_train`` / ``n_val`` of each."""
+        """The sets from specs (see :func:`load_prompts`; by default rosi's own sets and splits),
+        the first ``n_train`` / ``n_val`` of each (look-alike sets: ``None`` leaves them out)."""
         return cls(
             load_prompts(harmful).take(n_train),
             load_prompts(harmless).take(n_train),
             load_prompts(val_harmful).take(n_val),
             load_prompts(val_harmless).take(n_val),
+            _optional(lookalike, n_train),
+            _optional(val_lookalike, n_val),
         )
+
+
+def _optional(spec: str | None, n: int | None) -> PromptSet | None:
+    """The first ``n`` prompts of ``spec`` (all of them when it has fewer: look-alike sets are
+    extras of a run), or None without a spec."""
+    if spec is None:
+        return None
+    prompts = load_prompts(spec)
+    return prompts.take(None if n is None else min(n, len(prompts)))
 
 
 def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:

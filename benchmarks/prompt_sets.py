@@ -1,0 +1,92 @@
+"""How often base models refuse rosi's own prompt sets: is the harder harmful set hard enough
+(issue: at least 150 harmful requests that Qwen2.5-Coder-1.5B-Instruct refuses less than 70% of
+the time), and how often the look-alikes are refused.
+
+Greedy replies (64 new tokens by default), the refusal-marker judge (with its partial verdict),
+95% Wilson intervals, per set, split, category and style; no system prompt.
+
+Run: .venv/bin/python benchmarks/prompt_sets.py NAME MODEL [--sets harmful_hard,lookalike] [--dtype bfloat16]
+(writes benchmarks/results/prompt_sets_NAME.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from importlib import resources
+
+from _common import write_results
+from rosi import load
+from rosi.judges.markers import is_partial, is_refusal
+from rosi.metrics import Rate
+from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate
+
+
+def rows_of(name: str) -> list[dict]:
+    text = resources.files("rosi.prompts").joinpath("data").joinpath(f"{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name")
+    parser.add_argument("model")
+    parser.add_argument("--sets", default="harmful_hard,lookalike")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args()
+    loaded = load(args.model, device="cpu", dtype=args.dtype)
+    fmt = ChatFormat(loaded.tokenizer)
+    out: dict = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
+        "sets": {},
+    }
+    for name in args.sets.split(","):
+        rows = rows_of(name)
+        t = time.perf_counter()
+        replies = generate(
+            loaded.model,
+            fmt,
+            [r["instruction"] for r in rows],
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            progress=True,
+        )
+        seconds = round(time.perf_counter() - t, 1)
+        groups: dict[str, list[bool]] = defaultdict(list)
+        partial = [is_partial(r) for r in replies]
+        for row, reply in zip(rows, replies, strict=True):
+            refused = is_refusal(reply)
+            groups["all"].append(refused)
+            groups[f"split:{row['split']}"].append(refused)
+            groups[f"category:{row['category']}"].append(refused)
+            if "style" in row:
+                groups[f"style:{row['style']}"].append(refused)
+        summary = {g: Rate(sum(v), len(v)).to_json() for g, v in sorted(groups.items())}
+        summary["partial"] = Rate(sum(partial), len(partial)).to_json()
+        out["sets"][name] = {
+            "seconds": seconds,
+            "rates": summary,
+            "examples": [{"prompt": r["instruction"], "reply": x} for r, x in list(zip(rows, replies, strict=True))[:6]],
+        }
+        a = summary["all"]
+        print(
+            f"{name}: refused {a['rate']:.1%} [{a['ci95'][0]:.0%}-{a['ci95'][1]:.0%}] of {a['n']} ({seconds} s); partial {summary['partial']['rate']:.1%}"
+        )
+        for g, r in summary.items():
+            if g.startswith(("split:", "style:")):
+                print(f"  {g:24} {r['rate']:.0%} (n={r['n']})")
+    path = write_results(f"prompt_sets_{args.name}", out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

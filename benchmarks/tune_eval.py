@@ -1,0 +1,127 @@
+"""Held-out refusal of the trials `rosi tune` confirmed: the base model, rosi run's default and the
+paper's form (the tune's reference trials) and the tuned edit, on prompts rosi never saw.
+
+Harmful (AdvBench, JailbreakBench, MaliciousInstruct), harmless (Alpaca) and the two look-alike
+sets apart (JailbreakBench benign behaviours, CoCoNot contrast): greedy replies (64 new tokens),
+the refusal-marker judge with its partial verdict, 95% Wilson intervals; the mean first-token
+KL(base || edited) on the Alpaca prompts. Each trial's edit is applied from its saved record
+(OUT/trials/trial-N.safetensors) to one loaded base model and reverted after.
+
+Run: .venv/bin/python benchmarks/tune_eval.py OUT [--base pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7]
+(writes benchmarks/results/tune_eval_NAME.json, NAME from --name)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from _common import DATA, write_results
+from refusal_eval import held_out, instructions
+from rosi import EditRecord, apply_record, load, revert_edit
+from rosi.judges.markers import is_partial, is_refusal
+from rosi.metrics import Rate, kl_divergence
+from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate, next_token_logprobs
+from rosi.prompts import load_prompts
+
+
+def sets_of(n: int) -> dict[str, list[str]]:
+    parts = held_out(n)
+    coconot = load_prompts(str(DATA / "coconot" / "coconot_contrast_eval.jsonl")).take(min(n, 100), seed=0)
+    return {
+        "harmful": instructions(parts["harmful"]),
+        "harmless": instructions(parts["harmless"]),
+        "jbb_benign": instructions(parts["contrast"]),
+        "coconot_contrast": list(coconot.instructions),
+    }
+
+
+def measure(loaded, label: str, sets: dict[str, list[str]], new_tokens: int, batch_size: int, base_logprobs=None) -> dict:
+    fmt = ChatFormat(loaded.tokenizer)
+    row: dict = {"label": label}
+    for role, prompts in sets.items():
+        replies = generate(
+            loaded.model, fmt, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=True, desc=f"{label}, {role}"
+        )
+        refused = Rate(sum(map(is_refusal, replies)), len(replies))
+        partial = Rate(sum(map(is_partial, replies)), len(replies))
+        row[role] = {
+            "rate": refused.value,
+            "k": refused.k,
+            "n": refused.n,
+            "wilson95": [round(x, 4) for x in refused.interval],
+            "partial": partial.value,
+        }
+        row.setdefault("samples", {})[role] = [{"prompt": p, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:3]]
+    logprobs = next_token_logprobs(loaded.model, fmt, sets["harmless"], batch_size=batch_size)
+    if base_logprobs is not None:
+        row["kl_harmless_first_token"] = float(kl_divergence(base_logprobs, logprobs).mean())
+    return row, logprobs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="a folder written by `rosi tune`")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--trials", default=None, help="trial numbers (default: the references and the chosen one)")
+    parser.add_argument("--n", type=int, default=102)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args()
+    out = Path(args.out)
+    report = json.loads((out / "tune_report.json").read_text())
+    by_number = {t["number"]: t for t in report["trials"]}
+    if args.trials:
+        numbers = [int(x) for x in args.trials.split(",")]
+    else:
+        numbers = [t["number"] for t in report["trials"] if t["reference"]] + [report["chosen"]]
+    sets = sets_of(args.n)
+    loaded = load(args.base, device="cpu", dtype=args.dtype)
+    rows, seconds = [], {}
+    t = time.perf_counter()
+    base_row, base_lp = measure(loaded, "base model", sets, args.max_new_tokens, args.batch_size)
+    seconds["base model"] = round(time.perf_counter() - t, 1)
+    rows.append(base_row)
+    for number in dict.fromkeys(numbers):
+        trial = by_number[number]
+        label = (
+            f"trial {number}"
+            + (f" ({trial['reference']})" if trial["reference"] else "")
+            + (" (chosen)" if number == report["chosen"] else "")
+        )
+        record = apply_record(loaded.model, EditRecord.load(out / "trials" / f"trial-{number:03d}.safetensors"))
+        t = time.perf_counter()
+        row, _ = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, base_lp)
+        seconds[label] = round(time.perf_counter() - t, 1)
+        revert_edit(loaded.model, record)
+        row["params"] = trial["params"]
+        row["validation"] = trial["confirmed"]
+        rows.append(row)
+    roles = list(sets)
+    print(f"\n{'':34} " + " ".join(f"{r:>24}" for r in roles) + f" {'KL':>7}")
+    for r in rows:
+        cells = [f"{r[k]['rate']:6.1%} [{r[k]['wilson95'][0]:.0%}-{r[k]['wilson95'][1]:.0%}]" for k in roles]
+        print(f"{r['label']:34} " + " ".join(f"{c:>24}" for c in cells) + f" {r.get('kl_harmless_first_token', 0.0):>7.3f}")
+    path = write_results(
+        f"tune_eval_{args.name}",
+        {
+            "tune_output": str(out),
+            "judge": f"refusal markers (partial verdict beside), {args.max_new_tokens} new tokens, greedy, no system prompt",
+            "dtype": args.dtype,
+            "sets": {k: len(v) for k, v in sets.items()},
+            "rows": rows,
+            "seconds": seconds,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""rosi tune on the planted look-alike model: it finds the planted optimum (a gate edit), keeps
+to the constraints, writes the front and its plot, and resumes an interrupted study."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from rosi.errors import RosiError
+from rosi.options import TuneOptions
+from rosi.tune import Measure, Scores, TrialResult, pareto_front, pick, tune
+from test_gate import lookalike_loaded, lookalike_sets
+
+FAST = {"layer": 1, "position": -1, "progress": False, "batch_size": 8, "confirm": 0, "layer_window": 0}
+
+
+def test_pareto_front_keeps_the_non_dominated_points():
+    points = {0: (0.9, 0.1, 0.1, 0.0), 1: (0.8, 0.2, 0.2, 0.1), 2: (0.5, 0.0, 0.0, 0.0), 3: (0.9, 0.1, 0.1, 0.0)}
+    assert pareto_front(points) == [0, 2, 3]  # 1 is dominated by 0; equal points both stay
+
+
+def test_pick_respects_the_constraints():
+    base = Scores(0.5, 0.1, 0.2, 0.0)
+    trials = [
+        TrialResult(0, {"form": "scale"}, Scores(1.0, 0.3, 0.5, 0.01)),  # best harmful, far too much over-refusal
+        TrialResult(1, {"form": "gate"}, Scores(0.9, 0.12, 0.25, 0.02)),
+        TrialResult(2, {"form": "gate"}, Scores(0.8, 0.1, 0.2, 0.01)),
+    ]
+    options = TuneOptions(max_harmless_rise=0.05, max_lookalike_rise=0.1, max_kl=0.05)
+    number, how = pick(trials, base, options, base)
+    assert number == 1 and "2 of 3" in how
+    number, how = pick(trials, base, TuneOptions(max_harmless_rise=0.0, max_lookalike_rise=0.0, max_kl=0.0), base)
+    assert number == 2  # only the unchanged one is within
+    number, how = pick(trials[:1], base, options, base)
+    assert number == 0 and "least violating" in how
+
+
+def test_tune_finds_the_planted_gate_edit_and_writes_its_front(tmp_path):
+    loaded, _ = lookalike_loaded()
+    options = TuneOptions(trials=16, forms=("scale", "gate", "rosi"), max_lookalike_rise=0.0, max_harmless_rise=0.0, max_kl=1.0, **FAST)
+    report = tune(loaded, tmp_path / "out", lookalike_sets(), options)
+    chosen = report.trial(report.chosen)
+    assert chosen.params["form"] == "gate"
+    base = report.base_cheap
+    assert chosen.cheap.harmful > base.harmful and chosen.cheap.lookalike <= base.lookalike and chosen.cheap.harmless <= base.harmless
+    references = {t.reference: t for t in report.trials if t.reference}
+    assert set(references) == {"default", "paper"}
+    assert references["default"].params == {"form": "scale", "layer": 1, "scale.scope": "selective", "scale.strength": 2.0}
+    out = tmp_path / "out"
+    saved = json.loads((out / "tune_report.json").read_text())
+    assert saved["chosen"] == report.chosen and len(saved["trials"]) == len(report.trials) >= 8  # the rest made no edit
+    rows = list(csv.DictReader(open(out / "tune_front.csv")))
+    assert len(rows) == len(report.trials) and any(r["on_front"] == "True" for r in rows)
+    assert (out / "tune_front.png").stat().st_size > 1000
+    assert (out / "tune_journal.log").is_file() and not (tmp_path / "out.rosi-tune.journal").exists()
+    assert (out / "rosi_edit.safetensors").is_file()
+
+
+def test_an_interrupted_tune_resumes_from_its_journal(tmp_path, monkeypatch):
+    loaded, _ = lookalike_loaded()
+    journal = tmp_path / "study.journal"
+    options = TuneOptions(trials=6, forms=("scale", "gate"), journal=journal, **FAST)
+    calls = {"n": 0}
+    cheap = Measure.cheap
+
+    def dies_on_the_fifth(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the base model's scores are call 1: trials 0-2 finish, trial 3 is killed
+            raise KeyboardInterrupt
+        return cheap(self)
+
+    monkeypatch.setattr(Measure, "cheap", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        tune(loaded, tmp_path / "out", lookalike_sets(), options)
+    monkeypatch.setattr(Measure, "cheap", cheap)
+    assert journal.is_file() and not (tmp_path / "out").exists()
+    report = tune(loaded, tmp_path / "out", lookalike_sets(), options)
+    assert len(report.trials) + report.pruned == 6
+    again = tune(loaded, tmp_path / "again", lookalike_sets(), options)  # a finished journal: nothing left to run
+    assert [t.params for t in again.trials] == [t.params for t in report.trials]
+    with pytest.raises(RosiError, match="other settings"):
+        tune(loaded, tmp_path / "third", lookalike_sets(), TuneOptions(trials=6, forms=("gate",), journal=journal, **FAST))
+
+
+def test_tune_options_are_checked():
+    with pytest.raises(RosiError, match="strength grid"):
+        TuneOptions(forms=("ablate",))
+    with pytest.raises(RosiError, match="--max-kl"):
+        TuneOptions(max_kl=-1)
+    with pytest.raises(RosiError, match="score"):
+        TuneOptions(score="vibes")
