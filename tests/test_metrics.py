@@ -38,3 +38,22 @@ def test_rate_and_errors():
         wilson_interval(0, 0)
     with pytest.raises(ValueError, match="0..5"):
         wilson_interval(6, 5)
+
+
+def test_paired_difference_counts_discordant_pairs_and_tests_them():
+    from rosi.metrics import PairedDifference
+
+    a = [True] * 60 + [False] * 40
+    b = [True] * 50 + [False] * 10 + [True] * 5 + [False] * 35  # 10 only a, 5 only b
+    d = PairedDifference.of(a, b)
+    assert (d.n, d.a_correct, d.b_correct, d.a_only, d.b_only) == (100, 60, 55, 10, 5)
+    assert d.difference == pytest.approx(-0.05)
+    lo, hi = d.interval
+    se = math.sqrt((15 - 25 / 100) / 100**2)
+    assert (lo, hi) == pytest.approx((-0.05 - 1.959964 * se, -0.05 + 1.959964 * se), rel=1e-5)
+    # exact McNemar: P(X <= 5 | 15, 1/2) * 2
+    assert d.p_value == pytest.approx(2 * sum(math.comb(15, i) for i in range(6)) / 2**15)
+    same = PairedDifference.of(a, a)
+    assert same.difference == 0 and same.interval == (0.0, 0.0) and same.p_value == 1.0
+    with pytest.raises(ValueError, match="same questions"):
+        PairedDifference.of(a, b[:-1])

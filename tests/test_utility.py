@@ -138,3 +138,20 @@ def test_groups_are_pooled_over_their_leaf_tasks():
     assert pooled_accuracy(out, "mmlu_physics").accuracy.k == 5
     with pytest.raises(UtilityError, match="no accuracy for 'bleu_task'"):
         pooled_accuracy({"results": {"bleu_task": {"bleu,none": 3.0}}, "n-samples": {"bleu_task": {"effective": 3}}}, "bleu_task")
+
+
+def test_per_question_scores_are_in_file_order_and_pair_up(tmp_path):
+    """Each question once per choice: in every group of four copies exactly one is right, and the
+    same model scored twice gives the same flags (a paired difference of zero)."""
+    from rosi.eval.utility import per_question
+    from rosi.metrics import PairedDifference
+
+    questions = [("Which is a colour?", ["red", "seven", "Paris", "run"]), ("Pick a number.", ["three", "blue", "cat", "up"])]
+    docs = [{"question": q, "choices": c, "answer": a, "subject": "tests"} for q, c in questions for a in range(4)]
+    data = tmp_path / "mmlu.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    loaded = byte_level_model(tmp_path)
+    flags = per_question(loaded, [local_task_config("mmlu", data)], batch_size=4)["mmlu"]
+    assert len(flags) == 8 and sum(flags[:4]) == 1 and sum(flags[4:]) == 1
+    again = per_question(loaded, [local_task_config("mmlu", data)], batch_size=4)["mmlu"]
+    assert PairedDifference.of(flags, again).difference == 0

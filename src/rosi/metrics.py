@@ -97,6 +97,62 @@ class Mean:
         return f"{self.value:.4g} [{lo:.4g}, {hi:.4g}] (n={self.n})"
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """The difference of two models' accuracies on the same questions (``b - a``), scored as a
+    paired difference: the 95% interval from the discordant pairs (Wald, for paired proportions)
+    and McNemar's exact two-sided p-value. ``a_only``: questions only ``a`` got right."""
+
+    n: int
+    a_correct: int
+    b_correct: int
+    a_only: int
+    b_only: int
+
+    @classmethod
+    def of(cls, a: Sequence[bool], b: Sequence[bool]) -> PairedDifference:
+        if len(a) != len(b):
+            raise ValueError(f"paired scores need the same questions: {len(a)} vs {len(b)}")
+        return cls(
+            len(a), sum(a), sum(b), sum(x and not y for x, y in zip(a, b, strict=True)), sum(y and not x for x, y in zip(a, b, strict=True))
+        )
+
+    @property
+    def difference(self) -> float:
+        return (self.b_only - self.a_only) / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if not self.n:
+            return (float("nan"), float("nan"))
+        discordant = self.a_only + self.b_only
+        var = max(discordant - (self.b_only - self.a_only) ** 2 / self.n, 0.0) / self.n**2
+        half = Z95 * math.sqrt(var)
+        return (self.difference - half, self.difference + half)
+
+    @property
+    def p_value(self) -> float:
+        """McNemar's exact test: two-sided binomial on the discordant pairs."""
+        m, k = self.a_only + self.b_only, min(self.a_only, self.b_only)
+        if m == 0:
+            return 1.0
+        tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
+        return float(min(1.0, 2 * tail))
+
+    def to_json(self) -> dict[str, Any]:
+        lo, hi = self.interval
+        return {
+            "n": self.n,
+            "a_accuracy": self.a_correct / self.n if self.n else None,
+            "b_accuracy": self.b_correct / self.n if self.n else None,
+            "difference": self.difference,
+            "ci95": [round(lo, 4), round(hi, 4)],
+            "a_only": self.a_only,
+            "b_only": self.b_only,
+            "mcnemar_p": self.p_value,
+        }
+
+
 def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
     """Row-wise ``KL(P || Q) = Σ_v P(v) (log P(v) - log Q(v))`` from log-probabilities (rows:
     prompts, columns: vocabulary), in nats, computed in float64. Zero exactly when the rows agree."""

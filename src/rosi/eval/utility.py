@@ -175,6 +175,31 @@ def run_utility(
     return results
 
 
+def per_question(loaded: Any, local_configs: list[dict[str, Any]], *, batch_size: int = 16) -> dict[str, list[bool]]:
+    """Run lm-eval on local tasks and return, per task, whether each question (in the task file's
+    order) was answered right: what a paired comparison of two models on the same questions
+    needs (:class:`rosi.metrics.PairedDifference`)."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise UtilityError("utility benchmarks need lm-evaluation-harness: pip install 'rosi[eval]'") from None
+    device = str(next(loaded.model.parameters()).device)
+    lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device)
+    results = {}
+    for config in local_configs:
+        name = str(config["task"])
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=[config], log_samples=True, bootstrap_iters=0)
+        except Exception as e:  # noqa: BLE001 - lm-eval raises many types; all mean "this task cannot run"
+            raise UtilityError(f"lm-eval could not run {name!r} ({type(e).__name__}: {e})") from None
+        samples = sorted((out or {}).get("samples", {}).get(name, []), key=lambda r: int(r["doc_id"]))
+        if not samples:
+            raise UtilityError(f"lm-eval returned no per-question results for {name!r}")
+        results[name.removeprefix("rosi_")] = [bool(r["acc"]) for r in samples]
+    return results
+
+
 def pooled_accuracy(out: dict[str, Any], name: str) -> UtilityScore:
     """Accuracy of a task, or of a group (e.g. ``mmlu``) pooled over its leaf tasks (every question
     counts once), from an lm-eval result."""
