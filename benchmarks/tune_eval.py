@@ -69,6 +69,9 @@ def main() -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--trials", default=None, help="trial numbers (default: the references and the chosen one)")
+    parser.add_argument(
+        "--record", action="append", default=[], metavar="LABEL=FILE", help="also measure this edit record (e.g. rosi run's own edit)"
+    )
     parser.add_argument("--n", type=int, default=102)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -102,6 +105,15 @@ def main() -> int:
         revert_edit(loaded.model, record)
         row["params"] = trial["params"]
         row["validation"] = trial["confirmed"]
+        rows.append(row)
+    for item in args.record:
+        label, _, file = item.partition("=")
+        record = apply_record(loaded.model, EditRecord.load(file))
+        t = time.perf_counter()
+        row, _ = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, base_lp)
+        seconds[label] = round(time.perf_counter() - t, 1)
+        revert_edit(loaded.model, record)
+        row["record"] = file
         rows.append(row)
     roles = list(sets)
     print(f"\n{'':34} " + " ".join(f"{r:>24}" for r in roles) + f" {'KL':>7}")

@@ -13,7 +13,7 @@ from rosi.options import TuneOptions
 from rosi.tune import Measure, Scores, TrialResult, pareto_front, pick, tune
 from test_gate import lookalike_loaded, lookalike_sets
 
-FAST = {"layer": 1, "position": -1, "progress": False, "batch_size": 8, "confirm": 0, "layer_window": 0}
+FAST = {"score": "first-token", "layer": 1, "position": -1, "progress": False, "batch_size": 8, "confirm": 0, "layer_window": 0}
 
 
 def test_pareto_front_keeps_the_non_dominated_points():

@@ -328,7 +328,8 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
         "--score",
         choices=TUNE_SCORES,
         default=d.score,
-        help="the trials' cheap score: first-token refusal log-odds > 0, or the marker judge on 8-token replies (default: %(default)s)",
+        help="the trials' cheap score: the marker judge on 8-token replies, or first-token refusal log-odds > 0 "
+        "(one forward pass, but a poor proxy on some models) (default: %(default)s)",
     )
     g.add_argument(
         "--confirm", type=_int_at_least(0), default=d.confirm, help="front trials confirmed on full replies (default: %(default)s)"

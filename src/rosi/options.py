@@ -122,7 +122,7 @@ class TuneOptions(RunOptions):
     seed: int = 0
     forms: tuple[str, ...] = TUNE_FORMS
     layer_window: int = 2
-    score: str = "first-token"
+    score: str = "replies"  # measured: first-token log-odds do not track Qwen2.5-Coder's refusals (README, Tuning)
     confirm: int = 4
     max_harmless_rise: float = 0.05
     max_lookalike_rise: float = 0.10

@@ -10,9 +10,11 @@ Every trial is measured on validation prompts only, four objectives:
 - the rise of look-alike refusal over the base model (down): safe prompts that sound harmful,
 - the mean first-token KL(base || edited) on harmless prompts (down).
 
-Trials use cheap scores (``score="first-token"``: a prompt counts as refused when the refusal
-tokens' first-token log-odds is above 0, one forward pass per set; ``"replies"``: the marker
-judge on :data:`~rosi.edit.strength.SEARCH_TOKENS`-token replies). The Pareto front's trials
+Trials use cheap scores (``score="replies"``, the default: the marker judge on
+:data:`~rosi.edit.strength.SEARCH_TOKENS`-token replies; ``"first-token"``: a prompt counts as
+refused when the refusal tokens' first-token log-odds is above 0, one forward pass per set, but
+on Qwen2.5-Coder it does not track the replies' refusals). The mean log-odds of the harmful and
+look-alike sets are recorded either way (a score that does not saturate). The Pareto front's trials
 are then confirmed on full replies (``new_tokens``, the marker judge, with its partial verdict),
 and the trial kept is the one with the most harmful refusal within the user's constraints
 (``max_harmless_rise``, ``max_lookalike_rise``, ``max_kl``) on the confirmed figures. It is saved
