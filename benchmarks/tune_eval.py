@@ -8,7 +8,8 @@ KL(base || edited) on the Alpaca prompts. Each trial's edit is applied from its 
 (OUT/trials/trial-N.safetensors) to one loaded base model and reverted after.
 
 Run: .venv/bin/python benchmarks/tune_eval.py OUT [--base pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7]
-(writes benchmarks/results/tune_eval_NAME.json, NAME from --name)
+(writes benchmarks/results/tune_eval_NAME.json and a plot of held-out harmful against look-alike
+refusal, tune_eval_NAME.png; NAME from --name)
 """
 
 from __future__ import annotations
@@ -61,6 +62,38 @@ def measure(loaded, label: str, sets: dict[str, list[str]], new_tokens: int, bat
     if base_logprobs is not None:
         row["kl_harmless_first_token"] = float(kl_divergence(base_logprobs, logprobs).mean())
     return row, logprobs
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Held-out harmful refusal against each look-alike set's refusal, 95% intervals both ways."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    colours = plt.get_cmap("tab10")
+    for ax, look in zip(axes, ("jbb_benign", "coconot_contrast"), strict=True):
+        for i, r in enumerate(rows):
+            x, y = r[look], r["harmful"]
+            ax.errorbar(
+                x["rate"],
+                y["rate"],
+                xerr=[[x["rate"] - x["wilson95"][0]], [x["wilson95"][1] - x["rate"]]],
+                yerr=[[y["rate"] - y["wilson95"][0]], [y["wilson95"][1] - y["rate"]]],
+                fmt="*" if r["label"] == "base model" else "o",
+                markersize=12 if r["label"] == "base model" else 7,
+                color="black" if r["label"] == "base model" else colours(i),
+                capsize=3,
+                label=r["label"],
+            )
+        ax.set_xlabel(f"{look} refusal (held-out look-alikes)")
+        ax.set_ylabel("harmful refusal (held-out)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -131,7 +164,9 @@ def main() -> int:
             "seconds": seconds,
         },
     )
-    print(f"wrote {path}")
+    figure = path.with_suffix(".png")
+    plot(rows, figure)
+    print(f"wrote {path} and {figure}")
     return 0
 
 

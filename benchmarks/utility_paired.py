@@ -29,6 +29,9 @@ def main() -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--trials", default=None, help="trial numbers (default: the references and the chosen one)")
+    parser.add_argument(
+        "--record", action="append", default=[], metavar="LABEL=FILE", help="also measure this edit record (e.g. rosi run's own edit)"
+    )
     parser.add_argument("--mmlu", type=int, default=1000, help="MMLU questions, across all subjects (default: %(default)s)")
     parser.add_argument("--arc", type=int, default=None, help="ARC-Challenge questions (default: all 1172)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -49,6 +52,7 @@ def main() -> int:
     base = per_question(loaded, configs, batch_size=args.batch_size)
     seconds = {"base model": round(time.perf_counter() - t, 1)}
     rows = [{"label": "base model", "accuracy": {task: Rate(sum(v), len(v)).to_json() for task, v in base.items()}}]
+    edits: list[tuple[str, Path, dict]] = []
     for number in dict.fromkeys(numbers):
         trial = by_number[number]
         label = (
@@ -56,7 +60,12 @@ def main() -> int:
             + (f" ({trial['reference']})" if trial["reference"] else "")
             + (" (chosen)" if number == report["chosen"] else "")
         )
-        record = apply_record(loaded.model, EditRecord.load(out / "trials" / f"trial-{number:03d}.safetensors"))
+        edits.append((label, out / "trials" / f"trial-{number:03d}.safetensors", {"params": trial["params"]}))
+    for item in args.record:
+        label, _, file = item.partition("=")
+        edits.append((label, Path(file), {"record": file}))
+    for label, file, extra in edits:
+        record = apply_record(loaded.model, EditRecord.load(file))
         t = time.perf_counter()
         got = per_question(loaded, configs, batch_size=args.batch_size)
         seconds[label] = round(time.perf_counter() - t, 1)
@@ -64,7 +73,7 @@ def main() -> int:
         rows.append(
             {
                 "label": label,
-                "params": trial["params"],
+                **extra,
                 "accuracy": {task: Rate(sum(v), len(v)).to_json() for task, v in got.items()},
                 "paired_vs_base": {task: PairedDifference.of(base[task], got[task]).to_json() for task in got},
             }

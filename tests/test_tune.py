@@ -91,3 +91,51 @@ def test_tune_options_are_checked():
         TuneOptions(max_kl=-1)
     with pytest.raises(RosiError, match="score"):
         TuneOptions(score="vibes")
+
+
+def test_the_front_is_confirmed_on_replies_once_and_the_pick_uses_it(tmp_path, monkeypatch):
+    loaded, _ = lookalike_loaded()
+    journal = tmp_path / "study.journal"
+    fast = {**FAST, "confirm": 2}
+    options = TuneOptions(trials=8, forms=("scale", "gate"), journal=journal, new_tokens=4, **fast)
+    report = tune(loaded, tmp_path / "out", lookalike_sets(), options)
+    confirmed = [t for t in report.trials if t.confirmed is not None]
+    assert {t.reference for t in confirmed} >= {"default"}  # the references are always confirmed
+    assert 1 <= len([t for t in confirmed if not t.reference]) <= 2
+    assert report.trial(report.chosen).confirmed is not None and "4-token replies" in report.chosen_by
+    saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
+    assert all(t["confirmed"] is not None for t in saved["trials"] if t["number"] in {c.number for c in confirmed})
+    calls = {"n": 0}
+    replies = Measure.confirmed
+
+    def counted(self):
+        calls["n"] += 1
+        return replies(self)
+
+    monkeypatch.setattr(Measure, "confirmed", counted)
+    again = tune(loaded, tmp_path / "again", lookalike_sets(), options)  # resumed from the finished journal
+    assert calls["n"] == 1  # the base model's replies only: the trials' confirmations come from the journal
+    assert again.chosen == report.chosen
+
+
+def test_the_tune_selects_its_direction_as_rosi_run_does_and_measures_on_the_harder_prompts(tmp_path):
+    from dataclasses import replace
+
+    from rosi.edit.methods import EditForm
+    from rosi.pipeline import extract
+    from rosi.prompts import PromptSet
+
+    loaded, _ = lookalike_loaded()
+    sets = lookalike_sets()
+    fast = {**FAST, "layer": None, "position": None}
+    options = TuneOptions(trials=2, forms=("scale",), **fast)
+    run = extract(loaded, sets, replace(options, form=EditForm())).direction  # what rosi run selects
+    hard = PromptSet(sets.harmful.instructions[:3], name="hard")
+    report = tune(loaded, tmp_path / "out", sets, options, hard_train=hard, hard_val=hard)
+    assert (int(report.direction["layer"]), int(report.direction["position"])) == (run.layer, run.position)
+    assert report.trial(0).reference == "default" and report.trial(0).params["layer"] == run.layer
+    saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
+    assert saved["options"]["layer"] == run.layer
+    assert report.samples_mib > 0
+    settings = json.loads((tmp_path / "out" / "tune_journal.log").read_text().splitlines()[1])["user_attr"]["settings"]
+    assert settings["val_harmful"] == [len(sets.val_harmful) + 3, "h+hard"]

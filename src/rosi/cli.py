@@ -146,8 +146,8 @@ def _commands() -> list[tuple[str, Callable[[argparse.ArgumentParser], None], Ca
             (
                 "search edit forms, layers, scopes and strengths for the best harmful-vs-look-alike refusal trade-off",
                 "A multi-objective search (Optuna, seeded, journaled: an interrupted tune resumes) on validation prompts only: "
-                "harmful refusal up; harmless refusal rise, look-alike refusal rise and first-token KL down. Cheap first-token "
-                "scores for every trial, full replies to confirm the Pareto front; the trial with the most harmful refusal within "
+                "harmful refusal up; harmless refusal rise, look-alike refusal rise and first-token KL down. Cheap scores (8-token "
+                "replies) for every trial, full replies to confirm the Pareto front; the trial with the most harmful refusal within "
                 "the constraints is saved like rosi run's edit, with the front (tune_front.csv, tune_front.png) and tune_report.json.",
             ),
         ),
@@ -359,7 +359,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rosi.export.formats import check_format_output, default_format
     from rosi.options import TuneOptions
     from rosi.prompts import load_prompts
-    from rosi.tune import tune, tune_prompts
+    from rosi.tune import tune
 
     fmt = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
@@ -387,10 +387,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         prompts = load_prompts(spec)
         return prompts.take(None if n is None else min(n, len(prompts)))
 
-    prompts = tune_prompts(_prompts(args), hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val))
+    prompts = _prompts(args)
+    prompts.need_lookalikes("rosi tune")
+    hard_train, hard_val = hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val)
     loaded = _load(args, compute=True)
     started = time.perf_counter()
-    report = tune(loaded, args.out, prompts, options)
+    report = tune(loaded, args.out, prompts, options, hard_train=hard_train, hard_val=hard_val)
     print()
     print(f"Refusal on validation prompts ({options.new_tokens} new tokens, marker judge): {report.chosen_by}")
     print(report.table())

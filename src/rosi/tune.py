@@ -54,7 +54,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.generation import generate, next_token_logprobs
 from rosi.model.loading import LoadedModel
 from rosi.options import TuneOptions
-from rosi.pipeline import Extraction, extract
+from rosi.pipeline import Extraction, extract, prompt_samples
 from rosi.prompts import PromptSet, PromptSets
 
 OBJECTIVES = ("harmful", "harmless_rise", "lookalike_rise", "kl")
@@ -149,14 +149,15 @@ class TuneReport:
     def table(self) -> str:
         """The confirmed trials and the base model, as aligned text (what ``rosi tune`` prints)."""
         b = self.base_confirmed
-        lines = [f"{'':58} {'harmful':>8} {'harmless':>9} {'look-alike':>11} {'KL':>7}"]
-        lines.append(f"{'base model':58} {b.harmful:>8.0%} {b.harmless:>9.0%} {b.lookalike:>11.0%} {0.0:>7.3f}")
-        for t in self.trials:
-            if t.confirmed is None:
-                continue
+        rows = [(t, describe(t.params) + (f" ({t.reference})" if t.reference else "")) for t in self.trials if t.confirmed is not None]
+        width = max([10, *(len(label) for _, label in rows)])
+        lines = [f"{'':{width}} {'harmful':>8} {'harmless':>9} {'look-alike':>11} {'KL':>7}"]
+        lines.append(f"{'base model':{width}} {b.harmful:>8.0%} {b.harmless:>9.0%} {b.lookalike:>11.0%} {0.0:>7.3f}")
+        for t, label in rows:
             s = t.confirmed
-            label = describe(t.params) + (f" ({t.reference})" if t.reference else "") + ("  <- chosen" if t.number == self.chosen else "")
-            lines.append(f"{label:58} {s.harmful:>8.0%} {s.harmless:>9.0%} {s.lookalike:>11.0%} {s.kl:>7.3f}")
+            assert s is not None
+            chosen = "  <- chosen" if t.number == self.chosen else ""
+            lines.append(f"{label:{width}} {s.harmful:>8.0%} {s.harmless:>9.0%} {s.lookalike:>11.0%} {s.kl:>7.3f}{chosen}")
         return "\n".join(lines)
 
 
@@ -336,8 +337,22 @@ def _requeue_interrupted(study: Any) -> None:
         study.enqueue_trial(t.params, user_attrs=dict(t.user_attrs))
 
 
-def tune(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: TuneOptions | None = None) -> TuneReport:
-    """Search, confirm, pick and save (see the module docstring); returns the report."""
+def tune(
+    loaded: LoadedModel,
+    out: str | Path,
+    prompts: PromptSets,
+    options: TuneOptions | None = None,
+    *,
+    hard_train: PromptSet | None = None,
+    hard_val: PromptSet | None = None,
+) -> TuneReport:
+    """Search, confirm, pick and save (see the module docstring); returns the report.
+
+    The direction is extracted and selected from ``prompts`` exactly as ``rosi run`` does it
+    (its default form), so the ``default`` reference trial is ``rosi run``'s own edit. The harder
+    harmful prompts (``hard_train``, ``hard_val``) are added where the search needs variety: to
+    the single prompts the read-outs are fit on, and to the validation prompts every trial is
+    measured on."""
     options = options or TuneOptions()
     out = Path(out)
     check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
@@ -348,10 +363,21 @@ def tune(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: Tun
     def lap(name: str) -> None:
         seconds[name] = round(time.perf_counter() - started - sum(seconds.values()), 2)
 
-    extraction = extract(loaded, prompts, replace(options, form=EditForm("surgical", "all")))
+    measured = tune_prompts(prompts, hard_train, hard_val)
+    if options.layer is None or options.position is None:
+        picked = extract(loaded, prompts, replace(options, form=EditForm())).direction
+        options = replace(options, layer=picked.layer, position=picked.position)
+        lap("select_as_rosi_run")
+    extraction = extract(loaded, prompts, replace(options, form=EditForm("probe", "all")))  # pinned: every writer's means
+    assert extraction.direction.position is not None
+    fits = replace(options, form=EditForm("surgical", "all"))
+    extraction = replace(
+        extraction, samples=prompt_samples(loaded, ChatFormat(loaded.tokenizer), measured, extraction.direction.position, "all", fits)
+    )
     lap("extract_and_samples")
     space = Space(loaded, extraction, options)
     _say(options, f"rosi: tuning at layers {space.layers}, position {extraction.direction.position}; journal {journal}")
+    prompts = measured
     measure = Measure(loaded, prompts, options)
     space.measure_sets = measure.sets
     base_cheap = measure.cheap()
@@ -382,7 +408,6 @@ def tune(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: Tun
         extraction.samples.nbytes() / 2**20 if extraction.samples is not None else 0.0,
         _count_pruned(study),
     )
-    _say(options, report.table())
     _save(loaded, out, space, report, journal, options)
     lap("save")
     report.seconds = seconds
@@ -446,8 +471,9 @@ def _results(study: Any) -> list[TrialResult]:
     from optuna.trial import TrialState
 
     out = []
+    confirmations = study.user_attrs  # a finished trial cannot be updated: confirmations are the study's
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        confirmed = t.user_attrs.get("confirmed")
+        confirmed = confirmations.get(_confirmed_key(t.number))
         out.append(
             TrialResult(
                 t.number,
@@ -476,6 +502,10 @@ def _front(results: list[TrialResult], base: Scores) -> list[int]:
     return pareto_front({t.number: t.objectives(base) for t in results})
 
 
+def _confirmed_key(number: int) -> str:
+    return f"confirmed:{number}"
+
+
 def _confirm(
     study: Any, results: list[TrialResult], front: list[int], space: Space, measure: Measure, base: Scores, options: TuneOptions
 ) -> None:
@@ -496,8 +526,7 @@ def _confirm(
         finally:
             revert_edit(space.loaded.model, record)
         space.records[t.number] = record
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
-        study._storage.set_trial_user_attr(trial_id, "confirmed", asdict(scores))
+        study.set_user_attr(_confirmed_key(t.number), asdict(scores))
         _say(options, f"rosi: confirmed trial {t.number}: {describe(t.params)}: {_fmt(scores)}")
 
 
