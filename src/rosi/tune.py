@@ -21,9 +21,10 @@ and the trial kept is the one with the most harmful refusal within the user's co
 like ``rosi run``'s edit, with the front (``tune_front.csv``), its plot (``tune_front.png``) and
 everything in ``tune_report.json``.
 
-The reference points are trials of the study like any other, enqueued first: rosi run's default
-(``scale`` beta 2 on the selected writers at the selected layer) and the paper's form (alpha 25
-on every writer).
+The direction is extracted and selected exactly as ``rosi run`` does it, so the reference points,
+trials of the study like any other and enqueued first, are rosi run's own default edit (``scale``
+beta 2 on the selected writers at the selected layer) and the paper's form (alpha 25 on every
+writer). The layers searched are the selected one and ``layer_window`` either side.
 """
 
 from __future__ import annotations
