@@ -354,6 +354,9 @@ def _bypass(scorer: _Scorer, s: CandidateScore, r: torch.Tensor) -> float:
     return s.bypass
 
 
+EFFECT_TOLERANCE = 1e-3  # log-odds: "not above the base model" up to float noise (an edit that leaves harmless prompts alone)
+
+
 def _effect_candidates(scores: list[CandidateScore], n_layers: int, options: SelectionOptions) -> list[CandidateScore]:
     """The last-token candidates of layers ``[min, max)`` of the depth (all last-token ones if none)."""
     lo, hi = math.floor(options.min_layer_fraction * n_layers), math.floor(options.max_layer_fraction * n_layers)
@@ -382,7 +385,7 @@ def _score_effects(
         for s in ranked:
             s.edit_harmless = with_edit(s, scorer.val_harmless)
             bar.update(1)
-            if s.edit_harmless <= base_harmless:
+            if s.edit_harmless <= base_harmless + EFFECT_TOLERANCE:
                 s.status = CandidateStatus.CHOSEN_BY_EFFECT
                 return s
     best = max(ranked, key=lambda s: _value(s.edit_harmful) - _value(s.edit_harmless))
