@@ -24,7 +24,7 @@ from _common import DATA, write_results
 from refusal_eval import held_out, instructions
 from rosi import EditRecord, apply_record, load, revert_edit
 from rosi.judges.markers import is_partial, is_refusal
-from rosi.metrics import Rate, kl_divergence
+from rosi.metrics import PairedDifference, Rate, kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.generation import generate, next_token_logprobs
 from rosi.prompts import load_prompts
@@ -56,6 +56,7 @@ def measure(loaded, label: str, sets: dict[str, list[str]], new_tokens: int, bat
             "n": refused.n,
             "wilson95": [round(x, 4) for x in refused.interval],
             "partial": partial.value,
+            "refused": [is_refusal(r) for r in replies],  # per prompt, same order for every row: paired comparisons
         }
         row.setdefault("samples", {})[role] = [{"prompt": p, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:3]]
     logprobs = next_token_logprobs(loaded.model, fmt, sets["harmless"], batch_size=batch_size)
@@ -149,10 +150,25 @@ def main() -> int:
         row["record"] = file
         rows.append(row)
     roles = list(sets)
+    chosen = next((r for r in rows if "(chosen)" in r["label"]), None)
+    if chosen is not None:  # paired against every other row on the same prompts (McNemar)
+        for r in rows:
+            if r is not chosen:
+                r["chosen_minus_this"] = {k: PairedDifference.of(r[k]["refused"], chosen[k]["refused"]).to_json() for k in roles}
     print(f"\n{'':34} " + " ".join(f"{r:>24}" for r in roles) + f" {'KL':>7}")
     for r in rows:
         cells = [f"{r[k]['rate']:6.1%} [{r[k]['wilson95'][0]:.0%}-{r[k]['wilson95'][1]:.0%}]" for k in roles]
         print(f"{r['label']:34} " + " ".join(f"{c:>24}" for c in cells) + f" {r.get('kl_harmless_first_token', 0.0):>7.3f}")
+    if chosen is not None:
+        print("\nrefusal, chosen minus each row, paired on the same prompts (95% interval, McNemar p):")
+        for r in rows:
+            if "chosen_minus_this" in r:
+                d = r["chosen_minus_this"]
+                cells = [
+                    f"{d[k]['difference'] * 100:+.1f} [{d[k]['ci95'][0] * 100:+.1f}, {d[k]['ci95'][1] * 100:+.1f}] p={d[k]['mcnemar_p']:.2f}"
+                    for k in roles
+                ]
+                print(f"{r['label']:34} " + " ".join(f"{c:>24}" for c in cells))
     path = write_results(
         f"tune_eval_{args.name}",
         {
