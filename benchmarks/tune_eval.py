@@ -15,12 +15,11 @@ refusal, tune_eval_NAME.png; NAME from --name)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from _common import DATA, write_results
+from _common import DATA, tune_edits, write_results
 from refusal_eval import held_out, instructions
 from rosi import EditRecord, apply_record, load, revert_edit
 from rosi.judges.markers import is_partial, is_refusal
@@ -112,12 +111,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
     out = Path(args.out)
-    report = json.loads((out / "tune_report.json").read_text())
-    by_number = {t["number"]: t for t in report["trials"]}
-    if args.trials:
-        numbers = [int(x) for x in args.trials.split(",")]
-    else:
-        numbers = [t["number"] for t in report["trials"] if t["reference"]] + [report["chosen"]]
+    edits = tune_edits(out, args.trials, args.record)
     sets = sets_of(args.n)
     loaded = load(args.base, device="cpu", dtype=args.dtype)
     rows, seconds = [], {}
@@ -125,30 +119,13 @@ def main() -> int:
     base_row, base_lp = measure(loaded, "base model", sets, args.max_new_tokens, args.batch_size)
     seconds["base model"] = round(time.perf_counter() - t, 1)
     rows.append(base_row)
-    for number in dict.fromkeys(numbers):
-        trial = by_number[number]
-        label = (
-            f"trial {number}"
-            + (f" ({trial['reference']})" if trial["reference"] else "")
-            + (" (chosen)" if number == report["chosen"] else "")
-        )
-        record = apply_record(loaded.model, EditRecord.load(out / "trials" / f"trial-{number:03d}.safetensors"))
-        t = time.perf_counter()
-        row, _ = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, base_lp)
-        seconds[label] = round(time.perf_counter() - t, 1)
-        revert_edit(loaded.model, record)
-        row["params"] = trial["params"]
-        row["validation"] = trial["confirmed"]
-        rows.append(row)
-    for item in args.record:
-        label, _, file = item.partition("=")
+    for label, file, extra in edits:
         record = apply_record(loaded.model, EditRecord.load(file))
         t = time.perf_counter()
         row, _ = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, base_lp)
         seconds[label] = round(time.perf_counter() - t, 1)
         revert_edit(loaded.model, record)
-        row["record"] = file
-        rows.append(row)
+        rows.append({**row, **extra})
     roles = list(sets)
     chosen = next((r for r in rows if "(chosen)" in r["label"]), None)
     if chosen is not None:  # paired against every other row on the same prompts (McNemar)

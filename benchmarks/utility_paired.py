@@ -11,13 +11,12 @@ Run: .venv/bin/python benchmarks/utility_paired.py OUT --name NAME [--mmlu 1000]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, write_results
+from _common import DATA, tune_edits, write_results
 from rosi import EditRecord, apply_record, load, revert_edit
 from rosi.eval.utility import per_question, prepare_local_tasks
 from rosi.metrics import PairedDifference, Rate
@@ -38,13 +37,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
     out = Path(args.out)
-    report = json.loads((out / "tune_report.json").read_text())
-    by_number = {t["number"]: t for t in report["trials"]}
-    numbers = (
-        [int(x) for x in args.trials.split(",")]
-        if args.trials
-        else [t["number"] for t in report["trials"] if t["reference"]] + [report["chosen"]]
-    )
+    edits = tune_edits(out, args.trials, args.record)
     folder = Path(tempfile.mkdtemp(prefix="rosi-utility-"))
     configs = prepare_local_tasks({"mmlu": args.mmlu, "arc_challenge": args.arc}, DATA, folder)
     loaded = load(args.base, device="cpu", dtype=args.dtype)
@@ -52,18 +45,6 @@ def main() -> int:
     base = per_question(loaded, configs, batch_size=args.batch_size)
     seconds = {"base model": round(time.perf_counter() - t, 1)}
     rows = [{"label": "base model", "accuracy": {task: Rate(sum(v), len(v)).to_json() for task, v in base.items()}}]
-    edits: list[tuple[str, Path, dict]] = []
-    for number in dict.fromkeys(numbers):
-        trial = by_number[number]
-        label = (
-            f"trial {number}"
-            + (f" ({trial['reference']})" if trial["reference"] else "")
-            + (" (chosen)" if number == report["chosen"] else "")
-        )
-        edits.append((label, out / "trials" / f"trial-{number:03d}.safetensors", {"params": trial["params"]}))
-    for item in args.record:
-        label, _, file = item.partition("=")
-        edits.append((label, Path(file), {"record": file}))
     for label, file, extra in edits:
         record = apply_record(loaded.model, EditRecord.load(file))
         t = time.perf_counter()
