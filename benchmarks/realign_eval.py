@@ -6,17 +6,19 @@ JailbreakBench, MaliciousInstruct), harmless (Alpaca) and two look-alike sets (J
 benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful). No system
 prompt anywhere: the models are measured as they will be used.
 
-Run: .venv/bin/python benchmarks/realign_eval.py NAME LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16]
-(writes benchmarks/results/realign_eval_NAME.json)
+Run: .venv/bin/python benchmarks/realign_eval.py NAME LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--keep]
+(writes benchmarks/results/realign_eval_NAME.json; --keep keeps the rows of other labels already
+there, measured on the same sets with the same judge, and replaces those of the labels given)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
-from _common import DATA, write_results
+from _common import DATA, RESULTS, write_results
 from refusal_eval import held_out, measure
 from rosi import load
 from rosi.prompts import load_prompts
@@ -30,11 +32,19 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype for every model (default: %(default)s)")
+    parser.add_argument("--keep", action="store_true", help="keep the other labels' rows of an earlier run on the same sets")
     args = parser.parse_args()
     sets = held_out(args.n)
     coconot = load_prompts(str(DATA / "coconot" / "coconot_contrast_eval.jsonl")).take(min(args.n, 100), seed=0)
     sets["contrast"] = [*sets["contrast"], ("coconot-contrast", coconot)]
+    judge = f"refusal markers, {args.max_new_tokens} new tokens, greedy, no system prompt"
+    described = {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()}
+    labels = {item.partition("=")[0] for item in args.models}
     rows, seconds = [], {}
+    if args.keep:
+        earlier = kept_rows(args.name, judge, args.dtype, described)
+        rows = [r for r in earlier["rows"] if r["label"] not in labels]
+        seconds = {k: v for k, v in earlier["seconds"].items() if k not in labels}
     for item in args.models:
         label, _, spec = item.partition("=")
         loaded = load(spec, device="cpu", dtype=args.dtype)
@@ -54,15 +64,26 @@ def main() -> int:
     path = write_results(
         f"realign_eval_{args.name}",
         {
-            "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy, no system prompt",
+            "judge": judge,
             "dtype": args.dtype,
-            "sets": {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()},
+            "sets": described,
             "rows": rows,
             "seconds": seconds,
         },
     )
     print(f"results: {path}")
     return 0
+
+
+def kept_rows(name: str, judge: str, dtype: str, sets: dict) -> dict:
+    """The earlier results of ``name``, if they were measured the same way (else exit with why)."""
+    path = RESULTS / f"realign_eval_{name}.json"
+    if not path.is_file():
+        sys.exit(f"--keep: there is no {path} to keep rows of")
+    earlier = json.loads(path.read_text())
+    if (earlier.get("judge"), earlier.get("dtype"), earlier.get("sets")) != (judge, dtype, sets):
+        sys.exit(f"--keep: {path} was measured with other sets, judge or dtype; run every model again without --keep")
+    return earlier
 
 
 if __name__ == "__main__":

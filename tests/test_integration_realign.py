@@ -17,10 +17,12 @@ MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
 
 def test_realign_brings_refusal_back_to_the_abliterated_model_and_audit_flags_it(tmp_path):
     prompts = PromptSets(
-        harmful=builtin("harmful", "train").take(32),
-        harmless=builtin("harmless", "train").take(32),
+        harmful=builtin("harmful", "train").take(64),  # the gate is fit on single prompts: a few dozen of each
+        harmless=builtin("harmless", "train").take(64),
         val_harmful=builtin("harmful", "val").take(16),
         val_harmless=builtin("harmless", "val").take(16),
+        lookalike=builtin("lookalike", "train").take(64),
+        val_lookalike=builtin("lookalike", "val").take(16),
     )
     base = load(MODEL, dtype="bfloat16")
     direction = extract(base, prompts, ExtractOptions(layer=14, position=-1, progress=False)).direction
@@ -33,9 +35,10 @@ def test_realign_brings_refusal_back_to_the_abliterated_model_and_audit_flags_it
     abliterated = load(str(tmp_path / "abl"), dtype="bfloat16")
     verdict = audit(abliterated, direction=direction, progress=False)
     assert verdict.flagged and verdict.verdicts[0].startswith("ABLATED: the writers of layers 0-23")
-    options = RealignOptions(compare_paper=False, new_tokens=24, batch_size=16, progress=False)
+    # 16 harmless validation prompts: the default 5-point budget would allow not one more refusal
+    options = RealignOptions(compare_paper=False, new_tokens=24, batch_size=16, progress=False, budget=0.15)
     report = realign(abliterated, tmp_path / "out", prompts, options)
     before, after = report.rates[0], report.rates[-1]
-    assert "null direction" in report.direction["selected_by"] and after.label.startswith("probe")
+    assert "null direction" in report.direction["selected_by"] and after.label.startswith("gate")
     assert after.harmful >= before.harmful + 0.4
     assert after.harmless <= before.harmless + 0.15

@@ -22,7 +22,7 @@ def test_builtin_sets_are_large_split_and_categorised():
     assert load_prompts("builtin:harmful:val").instructions == builtin("harmful", "val").instructions
     kinds = set(builtin("lookalike").categories)
     assert {"homonym", "figurative", "safe_target", "safe_context", "definition", "nonsense_discrimination", "real_events"} <= kinds
-    assert {"safety_medical", "security_education"} <= kinds
+    assert {"safety_medical", "security_education", "sensitive_writing"} <= kinds
     for kind in kinds:  # every kind in both parts
         for split in ("train", "val"):
             assert kind in set(builtin("lookalike", split).categories)

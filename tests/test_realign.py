@@ -1,5 +1,7 @@
 """Re-alignment and the null direction: the math on tiny random models, the workflow on the planted model."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import transformers as T
@@ -7,6 +9,7 @@ import transformers as T
 import planted
 from conftest import tiny_model
 from rosi import Direction, apply_edit
+from rosi.cli import _realign_options, build_parser
 from rosi.direction.null import (
     GAP_DEPTH,
     ISOLATED,
@@ -24,7 +27,7 @@ from rosi.errors import RosiError
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
-from rosi.options import REALIGN_GRID, RealignOptions
+from rosi.options import REALIGN_FORM, REALIGN_GRID, RealignOptions
 from rosi.pipeline import extract, extraction_activations
 from rosi.prompts import PromptSet, PromptSets
 from rosi.prompts.system import SYSTEM_PROMPTS, system_prompt
@@ -98,7 +101,11 @@ def test_system_prompts_are_builtin_or_text():
 
 
 def test_realign_options_are_checked():
-    assert RealignOptions().form.method == "probe" and RealignOptions().system_prompt == SYSTEM_PROMPTS["plain"]
+    options = RealignOptions()
+    assert options.form == REALIGN_FORM and options.form.spec.samples and options.form.null_space
+    assert options.system_prompt == SYSTEM_PROMPTS["plain"]
+    args = build_parser().parse_args(["realign", "MODEL", "--out", "OUT"])  # the CLI's defaults are the library's
+    assert _realign_options(args, "checkpoint").form == REALIGN_FORM
     with pytest.raises(RosiError, match="direction source"):
         RealignOptions(direction="somewhere")
     with pytest.raises(RosiError, match="grid"):
@@ -127,14 +134,18 @@ def log_odds(loaded, prompts):
     return refusal_log_odds(last_logprobs(loaded.model, fmt, prompts), refusal_token_ids(loaded.tokenizer)).mean().item()
 
 
-def test_realign_re_adds_the_ablated_planted_direction(tmp_path):
+@pytest.mark.parametrize("method", ["probe", "gate"])
+def test_realign_re_adds_the_ablated_planted_direction(tmp_path, method):
     loaded, u = planted_loaded(ablate=True)
     before_h, before_b = log_odds(loaded, planted.HARMFUL), log_odds(loaded, planted.HARMLESS)
     assert before_h < 0  # ablated: "bomb" no longer makes the model refuse
     null, ablation = find_null(loaded)
     assert null.found and abs(float(null.vector @ u)) > 0.999 and abs(float(ablation.vector @ u)) > 0.999
-    options = RealignOptions(form=EditForm("probe", "all"), progress=False, compare_paper=False, new_tokens=4)
-    report = realign(loaded, tmp_path / "out", sets(), options)
+    options = RealignOptions(form=EditForm(method, "all"), progress=False, compare_paper=False, new_tokens=4)
+    prompts = sets()
+    if method == "gate":  # fit on single prompts: harmful to 1, harmless (and look-alike) to 0
+        prompts = replace(prompts, lookalike=prompts.harmless, val_lookalike=prompts.harmless)
+    report = realign(loaded, tmp_path / "out", prompts, options)
     assert "null direction" in report.direction["selected_by"]
     after = Direction.load(tmp_path / "out" / "direction.safetensors")
     assert float(after.unit @ u) > 0.999  # the sign chosen is the one that refuses
@@ -142,7 +153,7 @@ def test_realign_re_adds_the_ablated_planted_direction(tmp_path):
     gain_h = log_odds(loaded, planted.HARMFUL) - before_h
     gain_b = log_odds(loaded, planted.HARMLESS) - before_b
     assert gain_h > 1 and gain_b < 0.25 * gain_h  # the edit fires where the input holds "bomb"
-    assert [r.label.split()[0] for r in report.rates] == ["base", "probe"]
+    assert [r.label.split()[0] for r in report.rates] == ["base", method]
     assert report.strength in REALIGN_GRID
 
 
@@ -154,7 +165,7 @@ def test_realign_refuses_a_null_direction_where_none_was_ablated(tmp_path):
     model, _ = ablated_tiny()
     tok = planted.tokenizer()
     tiny = LoadedModel(model, tok, ModelSource("tiny", "memory", "", "0" * 64))
-    with pytest.raises(RosiError, match="use --method probe or rosi"):
+    with pytest.raises(RosiError, match="use --method probe or gate or surgical or rosi"):
         realign(tiny, tmp_path / "out", sets(), RealignOptions(form=EditForm("scale"), progress=False))
 
 

@@ -404,7 +404,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _realign_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import DIRECTION_SOURCES, REALIGN_BUDGET
+    from rosi.options import DIRECTION_SOURCES, REALIGN_BUDGET, REALIGN_FORM
     from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
 
     _run_args(p)
@@ -420,13 +420,24 @@ def _realign_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score the candidate directions and fit the read-outs with the system prompt in the context (default: without it)",
     )
-    p.set_defaults(method="probe", budget=REALIGN_BUDGET, system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}")
+    p.set_defaults(
+        method=REALIGN_FORM.method,
+        ridge=REALIGN_FORM.ridge,
+        null_space=REALIGN_FORM.null_space,
+        budget=REALIGN_BUDGET,
+        system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}",
+    )
     for action in p._actions:
         if action.dest == "system_prompt":
             action.help = (
                 "safety system prompt for extraction only: TEXT, a FILE, or one of "
                 + ", ".join(f"builtin:{n}" for n in SYSTEM_PROMPTS)
                 + " (default: %(default)s)"
+            )
+        if action.dest == "null_space":
+            action.help = (
+                "gate/surgical: keep the read-out off the benign inputs' principal subspace holding this share of their energy "
+                "(AlphaSteer's constraint; default: %(default)s)"
             )
 
 

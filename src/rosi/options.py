@@ -79,22 +79,30 @@ class RunOptions(ExtractOptions):
 
 DIRECTION_SOURCES = ("auto", "null", "extracted")
 REALIGN_BUDGET = 0.05
-# The null direction's probe edit is measured against the harmful-minus-harmless gap the ablated
-# model has left (much smaller than an aligned model's): its grid reaches further than probe's own.
-REALIGN_GRID = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+# The edit realign makes (the README's "Re-aligning" section: measured on validation prompts
+# against probe, gate without the null space, gate with other ridges and surgical): gate with the
+# read-out kept off 90% of the benign inputs' energy adds the direction on harmful inputs and
+# hardly at all on harmless ones.
+REALIGN_FORM = EditForm("gate", ridge=0.1, null_space=0.9)
+# Its strength is measured against the harmful-minus-harmless gap the model has left (much
+# smaller than an aligned model's, and the null-space constraint takes part of the read-out's
+# signal away): its grid reaches further than gate's own.
+REALIGN_GRID = (2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0)
 
 
 @dataclass(frozen=True)
 class RealignOptions(RunOptions):
     """:func:`rosi.realign`: :class:`RunOptions` with the defaults measured for uncensored
     models (the README's "Re-aligning" section): a built-in safety system prompt for extraction,
-    candidates scored and read-outs fit without it, the ``probe`` edit (its read-out looks at the
-    writers' inputs, which ablation leaves intact), a 5-point budget. ``direction``: ``null``
+    candidates scored and read-outs fit without it, the ``gate`` edit with a null-space
+    constraint (:data:`REALIGN_FORM`: its read-out looks at the writers' inputs, which ablation
+    leaves intact, and stays off the benign inputs' principal subspace), its own strength grid
+    (:data:`REALIGN_GRID`), a 5-point budget. ``direction``: ``null``
     re-adds the direction every writer had removed (found in the weights, see
     :mod:`rosi.direction.null`), ``extracted`` extracts one under the system prompt, ``auto``
     the first where the weights show an ablation, else the second."""
 
-    form: EditForm = field(default_factory=lambda: EditForm("probe"))
+    form: EditForm = REALIGN_FORM
     system_prompt: str | None = field(default_factory=_default_system_prompt)
     score_with_system_prompt: bool = False
     budget: float = REALIGN_BUDGET

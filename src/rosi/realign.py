@@ -5,10 +5,11 @@ Two kinds of "uncensored" model need two ways back:
 - An **abliterated** model had its refusal direction projected out of every residual writer. The
   direction is then gone from the residual stream (no difference of means can find it, with or
   without a system prompt) but not from the weights: it is the one direction none of the writers
-  writes along (:mod:`rosi.direction.null`). rosi re-adds it with the ``probe`` edit, whose
+  writes along (:mod:`rosi.direction.null`). rosi re-adds it with the ``gate`` edit, whose
   read-out looks at the writers' *inputs* (which ablation left intact: the model still tells
-  harmful from harmless requests, it just no longer writes the refusal), fit on the prompts as
-  the model will see them. The eigenvector's sign is arbitrary: the sign kept is the one whose
+  harmful from harmless requests, it just no longer writes the refusal), fit on single prompts
+  as the model will see them (about 1 on harmful, 0 on harmless and look-alike inputs, and kept
+  off the benign inputs' principal subspace). The eigenvector's sign is arbitrary: the sign kept is the one whose
   edit raises the first-token refusal log-odds of harmful over harmless validation prompts.
 - A model **fine-tuned** to comply (or never aligned) still writes along every direction: its
   refusal signal is weak, and the paper reads it with a safety system prompt in front of both
@@ -34,10 +35,10 @@ from rosi.export.formats import check_format_output
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.options import REALIGN_GRID, RealignOptions
-from rosi.pipeline import Extraction, RunReport, direction_metadata, extraction_activations, run
+from rosi.pipeline import Extraction, RunReport, direction_metadata, extraction_activations, prompt_samples, run
 from rosi.prompts import PromptSets
 
-NULL_METHODS = ("probe", "rosi")  # read-outs that do not rely on the writers' own component along the direction
+NULL_METHODS = ("probe", "gate", "surgical", "rosi")  # read-outs that do not rely on the writers' own component along the direction
 
 
 def find_null(loaded: LoadedModel) -> tuple[NullDirection, Ablation | None]:
@@ -59,6 +60,7 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
             f"no direction was taken out of this model's writers (its least-written one has {null.isolation:.2g} of the next one's "
             "eigenvalue, not near 0, and no two layers share one); use --direction extracted"
         )
+    options = replace(options, grid=options.grid or REALIGN_GRID)
     if options.direction == "extracted" or (options.direction == "auto" and ablation is None):
         return run(loaded, out, prompts, options)
     if options.form.method not in NULL_METHODS:
@@ -66,7 +68,6 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
             f"method {options.form.method!r} reads the writers' own component along the direction, which ablation set to zero; "
             f"use --method {' or '.join(NULL_METHODS)}"
         )
-    options = replace(options, grid=options.grid or REALIGN_GRID)
     assert ablation is not None
     return run(loaded, out, prompts, options, extractor=lambda: extract_null(loaded, prompts, options, ablation))
 
@@ -101,7 +102,8 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     sign = max(scores, key=lambda s: scores[s])
     metadata["sign_log_odds_gap"] = f"{scores[sign]:.3f} (other sign {scores[-sign]:.3f})"
     direction = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
-    return Extraction(direction, None, round(time.perf_counter() - started, 2), activations)
+    samples = prompt_samples(loaded, fmt, prompts, position, options.form.scope, options) if options.form.spec.samples else None
+    return Extraction(direction, None, round(time.perf_counter() - started, 2), activations, samples)
 
 
 def _verdict(null: NullDirection, ablation: Ablation | None) -> str:
