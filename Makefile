@@ -23,7 +23,7 @@ DEMO_OUT ?= demo-output/qwen2.5-coder-0.5b-rosi
 demo: $(STAMP)
 	$(BIN)/rosi run $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
 
-# Abliterate the demo model, audit it, re-align it with rosi realign, audit again (offline, ~8 min).
+# Abliterate the demo model, audit it, re-align it with rosi realign, audit again (offline; see the README for its time).
 demo-realign: $(STAMP)
 	$(BIN)/python examples/realign_demo.py demo-output/realign
 
