@@ -434,11 +434,6 @@ def _realign_args(p: argparse.ArgumentParser) -> None:
                 + ", ".join(f"builtin:{n}" for n in SYSTEM_PROMPTS)
                 + " (default: %(default)s)"
             )
-        if action.dest == "null_space":
-            action.help = (
-                "gate/surgical: keep the read-out off the benign inputs' principal subspace holding this share of their energy "
-                "(AlphaSteer's constraint; default: %(default)s)"
-            )
 
 
 def cmd_realign(args: argparse.Namespace) -> int:
@@ -651,7 +646,7 @@ def _edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False) -> 
         default=None,
         metavar="ENERGY",
         help="gate/surgical: keep the read-out off the benign inputs' principal subspace holding this share of their energy, "
-        "e.g. 0.99 (AlphaSteer's constraint; default: off)",
+        "e.g. 0.99 (AlphaSteer's constraint; default: %(default)s)",
     )
 
 

@@ -106,6 +106,7 @@ class RealignOptions(RunOptions):
     system_prompt: str | None = field(default_factory=_default_system_prompt)
     score_with_system_prompt: bool = False
     budget: float = REALIGN_BUDGET
+    grid: tuple[float, ...] | None = REALIGN_GRID
     direction: str = "auto"
 
     def __post_init__(self) -> None:

@@ -22,7 +22,6 @@ edit is then chosen, measured and saved by :func:`rosi.pipeline.run`, without an
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from rosi.direction.null import GAP_DEPTH, Ablation, NullDirection, find_ablation, null_direction, writer_gram, writer_grams
@@ -34,7 +33,7 @@ from rosi.errors import RosiError
 from rosi.export.formats import check_format_output
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
-from rosi.options import REALIGN_GRID, RealignOptions
+from rosi.options import RealignOptions
 from rosi.pipeline import Extraction, RunReport, direction_metadata, extraction_activations, prompt_samples, run
 from rosi.prompts import PromptSets
 
@@ -60,7 +59,6 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
             f"no direction was taken out of this model's writers (its least-written one has {null.isolation:.2g} of the next one's "
             "eigenvalue, not near 0, and no two layers share one); use --direction extracted"
         )
-    options = replace(options, grid=options.grid or REALIGN_GRID)
     if options.direction == "extracted" or (options.direction == "auto" and ablation is None):
         return run(loaded, out, prompts, options)
     if options.form.method not in NULL_METHODS:
