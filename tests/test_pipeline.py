@@ -179,6 +179,31 @@ def test_the_search_stops_where_no_stronger_edit_can_win():
     assert tried == [0.5, 1.0, 2.0] and best.strength == 1.0 and rows[-1].harmful is None
 
 
+def test_the_search_bisects_between_the_last_strength_within_the_budget_and_the_first_past_it():
+    """Harmless refusal rises past the limit between grid steps 2 and 4: two midpoints narrow it
+    down (3 is past it, 2.5 within and better than 2); complete refusal or a grid that ends
+    within the limit leave nothing to bisect."""
+    from rosi.edit.strength import StrengthStep, walk_grid
+
+    tried = []
+
+    def measure(strength, limit=0.2, harmful_at=lambda k: min(1.0, k / 4)):
+        tried.append(strength)
+        harmless = 0.1 if strength <= 2.75 else 0.5
+        return StrengthStep(strength, None if harmless > limit else harmful_at(strength), harmless)
+
+    base = StrengthStep(0.0, 0.0, 0.1)
+    rows, best = walk_grid((1.0, 2.0, 4.0, 8.0), measure, base, 0.2, bisect=2)
+    assert tried == [1.0, 2.0, 4.0, 3.0, 2.5] and best.strength == 2.5 and best.harmful == 0.625
+    tried.clear()
+    assert walk_grid((1.0, 2.0, 4.0, 8.0), measure, base, 0.2)[1].strength == 2.0 and tried == [1.0, 2.0, 4.0]
+    tried.clear()
+    assert walk_grid((1.0, 2.0), measure, base, 0.2, bisect=2)[1].strength == 2.0 and tried == [1.0, 2.0]
+    tried.clear()
+    rows, best = walk_grid((1.0, 2.0, 4.0), lambda k: measure(k, harmful_at=lambda _: 1.0), base, 0.2, bisect=2)
+    assert tried == [1.0] and best.strength == 1.0
+
+
 def test_the_base_search_rates_come_from_the_first_tokens_of_longer_replies(loaded):
     from rosi.edit.strength import SEARCH_TOKENS, base_step
     from rosi.judges import refusal_rate

@@ -27,7 +27,7 @@ from rosi.errors import RosiError
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
-from rosi.options import REALIGN_FORM, REALIGN_GRID, RealignOptions
+from rosi.options import REALIGN_BISECT, REALIGN_FORM, REALIGN_GRID, RealignOptions
 from rosi.pipeline import extract, extraction_activations
 from rosi.prompts import PromptSet, PromptSets
 from rosi.prompts.system import SYSTEM_PROMPTS, system_prompt
@@ -105,11 +105,14 @@ def test_realign_options_are_checked():
     assert options.form == REALIGN_FORM and options.form.spec.samples and options.form.null_space
     assert options.system_prompt == SYSTEM_PROMPTS["plain"]
     args = build_parser().parse_args(["realign", "MODEL", "--out", "OUT"])  # the CLI's defaults are the library's
-    assert _realign_options(args, "checkpoint").form == REALIGN_FORM
+    from_cli = _realign_options(args, "checkpoint")
+    assert from_cli.form == REALIGN_FORM and from_cli.bisect == options.bisect == REALIGN_BISECT > 0 and from_cli.grid == REALIGN_GRID
     with pytest.raises(RosiError, match="direction source"):
         RealignOptions(direction="somewhere")
     with pytest.raises(RosiError, match="grid"):
         RealignOptions(grid=(1.0, float("nan")))
+    with pytest.raises(RosiError, match="--bisect"):
+        RealignOptions(bisect=9)
 
 
 # --- the planted model -------------------------------------------------------------------------

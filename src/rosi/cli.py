@@ -298,6 +298,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="allowed rise of harmless refusal while searching the strength (default: %(default)s)",
     )
     p.add_argument(
+        "--bisect",
+        type=_int_at_least(0),
+        default=0,
+        metavar="N",
+        help="after the strength grid, try N midpoints between the strongest strength within the budget and the weakest past it "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--max-new-tokens",
         type=_int_at_least(1),
         default=DEFAULT_NEW_TOKENS,
@@ -404,7 +412,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _realign_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import DIRECTION_SOURCES, REALIGN_BUDGET, REALIGN_FORM
+    from rosi.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_BUDGET, REALIGN_FORM
     from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
 
     _run_args(p)
@@ -425,6 +433,7 @@ def _realign_args(p: argparse.ArgumentParser) -> None:
         ridge=REALIGN_FORM.ridge,
         null_space=REALIGN_FORM.null_space,
         budget=REALIGN_BUDGET,
+        bisect=REALIGN_BISECT,
         system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}",
     )
     for action in p._actions:
@@ -749,6 +758,7 @@ def _search_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
         "strength": args.alpha,
         "compare_paper": not args.no_compare,
         "budget": args.budget,
+        "bisect": args.bisect,
         "new_tokens": args.max_new_tokens,
         "format": fmt,
         "gguf_type": args.gguf_type,

@@ -66,6 +66,7 @@ class RunOptions(ExtractOptions):
     format: str = "checkpoint"  # see rosi.export.formats
     gguf_type: str = "Q8_0"  # --format gguf: what tensors of a type the gguf package cannot quantize become
     grid: tuple[float, ...] | None = None  # strengths searched (default: the method's own grid)
+    bisect: int = 0  # midpoints tried between the strongest strength within the budget and the weakest past it
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +74,8 @@ class RunOptions(ExtractOptions):
             raise RosiError(f"--budget is a share of prompts between 0 and 1 (0.1 = 10 points), got {self.budget}")
         if self.new_tokens < 1:
             raise RosiError(f"--max-new-tokens must be at least 1, got {self.new_tokens}")
+        if not 0 <= self.bisect <= 8:
+            raise RosiError(f"--bisect is a number of midpoints between 0 and 8, got {self.bisect}")
         if self.grid is not None and (not self.grid or not all(math.isfinite(g) and g > 0 for g in self.grid)):
             raise RosiError(f"the strength grid must be positive finite numbers, got {self.grid}")
 
@@ -88,6 +91,9 @@ REALIGN_FORM = EditForm("gate", ridge=0.1, null_space=0.9)
 # smaller than an aligned model's, and the null-space constraint takes part of the read-out's
 # signal away): its grid reaches further than gate's own.
 REALIGN_GRID = (2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0)
+# Its steps are coarse where a larger model's budget is tight (Qwen2.5-Coder-1.5B: k 2 within a
+# 5-point budget, k 4 past it): two midpoints between the last strength within and the first past.
+REALIGN_BISECT = 2
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,8 @@ class RealignOptions(RunOptions):
     candidates scored and read-outs fit without it, the ``gate`` edit with a null-space
     constraint (:data:`REALIGN_FORM`: its read-out looks at the writers' inputs, which ablation
     leaves intact, and stays off the benign inputs' principal subspace), its own strength grid
-    (:data:`REALIGN_GRID`), a 5-point budget. ``direction``: ``null``
+    (:data:`REALIGN_GRID`, with :data:`REALIGN_BISECT` midpoints where it steps past the
+    budget), a 5-point budget. ``direction``: ``null``
     re-adds the direction every writer had removed (found in the weights, see
     :mod:`rosi.direction.null`), ``extracted`` extracts one under the system prompt, ``auto``
     the first where the weights show an ablation, else the second."""
@@ -107,6 +114,7 @@ class RealignOptions(RunOptions):
     score_with_system_prompt: bool = False
     budget: float = REALIGN_BUDGET
     grid: tuple[float, ...] | None = REALIGN_GRID
+    bisect: int = REALIGN_BISECT
     direction: str = "auto"
 
     def __post_init__(self) -> None:

@@ -314,6 +314,7 @@ def _search_strengths(
             batch_size=options.batch_size,
             progress=options.progress,
             grid=options.grid if method == options.form.method else None,
+            bisect=options.bisect if method == options.form.method else 0,
         )
         searches.append(search)
     return searches

@@ -23,7 +23,7 @@ from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSet
 
 SEARCH_TOKENS = 8  # reply length judged during the search
-MAX_STEPS = 12  # strengths tried at most, halving below the grid included
+MAX_STEPS = 12  # strengths tried at most, halving below the grid and bisection included
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,13 @@ def choose_strength(
     batch_size: int = 32,
     progress: bool = True,
     grid: tuple[float, ...] | None = None,
+    bisect: int = 0,
 ) -> StrengthSearch:
     """Walk up ``grid`` (default: ``method``'s own) with the writers of ``choice`` (every
     writer without one), stopping past the budget; below the grid, halve the smallest strength
-    while even it over-refuses. ``base`` gives the base model's rates when they are known already."""
+    while even it over-refuses; then try ``bisect`` midpoints between the strongest edit within
+    the budget and the weakest past it (a coarse grid's step can jump over the best strength).
+    ``base`` gives the base model's rates when they are known already."""
     grid = grid or get_method(method).grid
 
     if base is None:
@@ -103,7 +106,7 @@ def choose_strength(
         _say(progress, f"rosi: {method} {strength:g}", step)
         return step
 
-    rows, best = walk_grid(grid, measure, base, limit)
+    rows, best = walk_grid(grid, measure, base, limit, bisect=bisect)
     if best is None:
         return StrengthSearch(
             method, rows[-1].strength, f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried", tuple(rows)
@@ -116,11 +119,13 @@ def choose_strength(
 
 
 def walk_grid(
-    grid: tuple[float, ...], measure: Callable[[float], StrengthStep], base: StrengthStep, limit: float
+    grid: tuple[float, ...], measure: Callable[[float], StrengthStep], base: StrengthStep, limit: float, *, bisect: int = 0
 ) -> tuple[list[StrengthStep], StrengthStep | None]:
     """Every step measured (the base first) and the best one with harmless refusal at most
     ``limit``, if any. The walk stops past the limit, and where harmful refusal is complete (no
-    stronger edit can refuse more)."""
+    stronger edit can refuse more). Then, while harmful refusal is incomplete, up to ``bisect``
+    midpoints between the strongest strength within the limit and the weakest one past it
+    (harmless refusal is taken to rise with strength, as the walk itself takes it)."""
     rows = [base]
     best: StrengthStep | None = None
     for strength in grid:
@@ -138,6 +143,17 @@ def walk_grid(
         step = measure(strength)
         rows.append(step)
         best = step if step.harmful is not None else None
+    for _ in range(bisect):
+        if best is None or (best.harmful or 0.0) >= 1.0 or len(rows) >= MAX_STEPS:
+            break
+        within = [r.strength for r in rows[1:] if r.harmful is not None]
+        past = [r.strength for r in rows[1:] if r.harmful is None and r.strength > max(within)]
+        if not past:  # the grid ended within the limit: nothing to bisect
+            break
+        step = measure((max(within) + min(past)) / 2)
+        rows.append(step)
+        if step.harmful is not None and step.harmful > (best.harmful or 0.0):
+            best = step
     return rows, best
 
 
