@@ -181,8 +181,9 @@ def test_the_search_stops_where_no_stronger_edit_can_win():
 
 def test_the_search_bisects_between_the_last_strength_within_the_budget_and_the_first_past_it():
     """Harmless refusal rises past the limit between grid steps 2 and 4: two midpoints narrow it
-    down (3 is past it, 2.5 within and better than 2); complete refusal or a grid that ends
-    within the limit leave nothing to bisect."""
+    down (3 is past it, 2.5 within and better than 2). Where harmful refusal peaks inside the
+    limit, the midpoints go between the best strength and the next one above it, not to the
+    limit. Complete refusal or a grid that ends at the best strength leave nothing to bisect."""
     from rosi.edit.strength import StrengthStep, walk_grid
 
     tried = []
@@ -202,6 +203,10 @@ def test_the_search_bisects_between_the_last_strength_within_the_budget_and_the_
     tried.clear()
     rows, best = walk_grid((1.0, 2.0, 4.0), lambda k: measure(k, harmful_at=lambda _: 1.0), base, 0.2, bisect=2)
     assert tried == [1.0] and best.strength == 1.0
+    tried.clear()
+    peak = lambda k: max(0.0, 0.9 - abs(k - 6) / 10)  # noqa: E731  (harmful refusal peaks at k 6, harmless never rises)
+    rows, best = walk_grid((2.0, 4.0, 8.0, 16.0), lambda k: measure(k, limit=1.0, harmful_at=peak), base, 1.0, bisect=2)
+    assert tried == [2.0, 4.0, 8.0, 16.0, 6.0, 7.0] and best.strength == 6.0
 
 
 def test_the_base_search_rates_come_from_the_first_tokens_of_longer_replies(loaded):

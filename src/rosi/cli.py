@@ -302,7 +302,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(0),
         default=0,
         metavar="N",
-        help="after the strength grid, try N midpoints between the strongest strength within the budget and the weakest past it "
+        help="after the strength grid, try N midpoints between the best strength and the next one tried above it (past the budget, or refusing less) "
         "(default: %(default)s)",
     )
     p.add_argument(

@@ -66,7 +66,7 @@ class RunOptions(ExtractOptions):
     format: str = "checkpoint"  # see rosi.export.formats
     gguf_type: str = "Q8_0"  # --format gguf: what tensors of a type the gguf package cannot quantize become
     grid: tuple[float, ...] | None = None  # strengths searched (default: the method's own grid)
-    bisect: int = 0  # midpoints tried between the strongest strength within the budget and the weakest past it
+    bisect: int = 0  # midpoints tried between the best strength and the next one tried above it
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,7 +92,7 @@ REALIGN_FORM = EditForm("gate", ridge=0.1, null_space=0.9)
 # signal away): its grid reaches further than gate's own.
 REALIGN_GRID = (2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0)
 # Its steps are coarse where a larger model's budget is tight (Qwen2.5-Coder-1.5B: k 2 within a
-# 5-point budget, k 4 past it): two midpoints between the last strength within and the first past.
+# 5-point budget, k 4 past it): two midpoints between the best strength and the next one tried.
 REALIGN_BISECT = 2
 
 

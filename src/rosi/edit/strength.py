@@ -78,8 +78,8 @@ def choose_strength(
 ) -> StrengthSearch:
     """Walk up ``grid`` (default: ``method``'s own) with the writers of ``choice`` (every
     writer without one), stopping past the budget; below the grid, halve the smallest strength
-    while even it over-refuses; then try ``bisect`` midpoints between the strongest edit within
-    the budget and the weakest past it (a coarse grid's step can jump over the best strength).
+    while even it over-refuses; then try ``bisect`` midpoints between the best strength and the
+    next one tried above it (a coarse grid's step can jump over the best strength).
     ``base`` gives the base model's rates when they are known already."""
     grid = grid or get_method(method).grid
 
@@ -124,8 +124,9 @@ def walk_grid(
     """Every step measured (the base first) and the best one with harmless refusal at most
     ``limit``, if any. The walk stops past the limit, and where harmful refusal is complete (no
     stronger edit can refuse more). Then, while harmful refusal is incomplete, up to ``bisect``
-    midpoints between the strongest strength within the limit and the weakest one past it
-    (harmless refusal is taken to rise with strength, as the walk itself takes it)."""
+    midpoints between the best strength and the next one measured above it (past the limit, or
+    within it and refusing fewer harmful prompts): a midpoint that refuses more becomes the best,
+    else the upper end."""
     rows = [base]
     best: StrengthStep | None = None
     for strength in grid:
@@ -143,14 +144,13 @@ def walk_grid(
         step = measure(strength)
         rows.append(step)
         best = step if step.harmful is not None else None
-    for _ in range(bisect):
+    for _ in range(bisect):  # the best strength stays the lower end; the next one measured above it the upper
         if best is None or (best.harmful or 0.0) >= 1.0 or len(rows) >= MAX_STEPS:
             break
-        within = [r.strength for r in rows[1:] if r.harmful is not None]
-        past = [r.strength for r in rows[1:] if r.harmful is None and r.strength > max(within)]
-        if not past:  # the grid ended within the limit: nothing to bisect
+        above = [r.strength for r in rows[1:] if r.strength > best.strength]
+        if not above:  # the grid ended at the best strength: nothing to bisect
             break
-        step = measure((max(within) + min(past)) / 2)
+        step = measure((best.strength + min(above)) / 2)
         rows.append(step)
         if step.harmful is not None and step.harmful > (best.harmful or 0.0):
             best = step
