@@ -33,6 +33,8 @@ def rates(loaded, prompts: PromptSets, label: str) -> tuple[str, float, float]:
 
 def main(out: Path) -> int:
     started = time.perf_counter()
+    # 32 harmful and 32 harmless validation prompts, as rosi run takes them, to keep the demo under
+    # 10 minutes; `rosi realign` measures on all of them (36 + 102), so its strength can differ
     prompts = PromptSets.load()
     base = load(MODEL, dtype="bfloat16")
     rows = [rates(base, prompts, "base model")]

@@ -9,7 +9,7 @@ import transformers as T
 import planted
 from conftest import tiny_model
 from rosi import Direction, apply_edit
-from rosi.cli import _realign_options, build_parser
+from rosi.cli import _prompts, _realign_options, build_parser
 from rosi.direction.null import (
     GAP_DEPTH,
     ISOLATED,
@@ -29,7 +29,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
 from rosi.options import REALIGN_BISECT, REALIGN_FORM, REALIGN_GRID, RealignOptions
 from rosi.pipeline import extract, extraction_activations
-from rosi.prompts import PromptSet, PromptSets
+from rosi.prompts import DEFAULT_N_VAL, PromptSet, PromptSets, builtin
 from rosi.prompts.system import SYSTEM_PROMPTS, system_prompt
 from rosi.realign import find_null, realign
 
@@ -107,6 +107,12 @@ def test_realign_options_are_checked():
     args = build_parser().parse_args(["realign", "MODEL", "--out", "OUT"])  # the CLI's defaults are the library's
     from_cli = _realign_options(args, "checkpoint")
     assert from_cli.form == REALIGN_FORM and from_cli.bisect == options.bisect == REALIGN_BISECT > 0 and from_cli.grid == REALIGN_GRID
+    # realign measures its few-point harmless budget on every validation prompt (one prompt of
+    # rosi run's 32 is 3.1 points); rosi run keeps its 32 per set
+    prompts = _prompts(args)
+    assert len(prompts.val_harmless) == len(builtin("harmless", "val")) >= 100
+    assert len(prompts.val_harmful) == len(builtin("harmful", "val"))
+    assert len(_prompts(build_parser().parse_args(["run", "MODEL", "--out", "OUT"])).val_harmless) == DEFAULT_N_VAL
     with pytest.raises(RosiError, match="direction source"):
         RealignOptions(direction="somewhere")
     with pytest.raises(RosiError, match="grid"):

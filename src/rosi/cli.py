@@ -412,7 +412,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _realign_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_BUDGET, REALIGN_FORM
+    from rosi.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_BUDGET, REALIGN_FORM, REALIGN_N_VAL
     from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
 
     _run_args(p)
@@ -435,8 +435,11 @@ def _realign_args(p: argparse.ArgumentParser) -> None:
         budget=REALIGN_BUDGET,
         bisect=REALIGN_BISECT,
         system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}",
+        n_val=REALIGN_N_VAL,
     )
     for action in p._actions:
+        if action.dest == "n_val":
+            action.help = "use N prompts of each validation set (default: all of them: the budget needs the harmless ones' resolution)"
         if action.dest == "system_prompt":
             action.help = (
                 "safety system prompt for extraction only: TEXT, a FILE, or one of "

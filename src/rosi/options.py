@@ -94,6 +94,10 @@ REALIGN_GRID = (2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0)
 # Its steps are coarse where a larger model's budget is tight (Qwen2.5-Coder-1.5B: k 2 within a
 # 5-point budget, k 4 past it): two midpoints between the best strength and the next one tried.
 REALIGN_BISECT = 2
+# Validation prompts per set (None: all of them; rosi run takes 32). The harmless budget is a few
+# points, and on 32 prompts one prompt is 3.1 points: the search's decision then hangs on single
+# prompts. All 102 built-in harmless validation prompts (and all 36 harmful ones) are measured.
+REALIGN_N_VAL: int | None = None
 
 
 @dataclass(frozen=True)
