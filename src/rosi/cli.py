@@ -317,7 +317,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import TUNE_FORMS, TUNE_SCORES, TuneOptions
+    from rosi.options import TUNE_FORMS, TUNE_N_VAL_LOOKALIKE, TUNE_SCORES, TuneOptions
 
     d = TuneOptions()
     _model_args(p)
@@ -358,12 +358,20 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("harder harmful prompts (added to --harmful and --val-harmful; 'none' leaves them out)")
     g.add_argument("--harmful-hard", default="builtin:harmful_hard:train", metavar="SPEC", help="(default: %(default)s)")
     g.add_argument("--val-harmful-hard", default="builtin:harmful_hard:val", metavar="SPEC", help="(default: %(default)s)")
+    p.add_argument(
+        "--n-val-lookalike",
+        type=_int_at_least(1),
+        default=TUNE_N_VAL_LOOKALIKE,
+        help="look-alike validation prompts measured, spread over their kinds (default: %(default)s: 5 of each built-in kind)",
+    )
     _format_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(method="surgical", scope="all", writer_ratio=DEFAULT_RATIO, ridge=GATE_RIDGE, null_space=None)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from rosi.export.formats import check_format_output, default_format
     from rosi.options import TuneOptions
     from rosi.prompts import load_prompts
@@ -397,6 +405,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     prompts = _prompts(args)
     prompts.need_lookalikes("rosi tune")
+    lookalikes = load_prompts(args.val_lookalike)
+    prompts = replace(prompts, val_lookalike=lookalikes.spread(min(args.n_val_lookalike, len(lookalikes))))
     hard_train, hard_val = hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val)
     loaded = _load(args, compute=True)
     started = time.perf_counter()

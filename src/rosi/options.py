@@ -129,6 +129,7 @@ class RealignOptions(RunOptions):
 
 TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")
 TUNE_SCORES = ("first-token", "replies")
+TUNE_N_VAL_LOOKALIKE = 55  # rosi tune's look-alike validation prompts: 5 of each of the 11 built-in kinds (spread over them)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A multi-objective search (Optuna, seeded, journaled so that an interrupted tune resumes) over the
 edit form (``scale``, the paper's ``rosi``, ``probe``, ``gate``, ``surgical``), the direction's
 layer, the writer scope, the strength and, for the fitted read-outs, the fit's regularisation.
-Every trial is measured on validation prompts only, four objectives:
+Every form gets an equal share of the trials (:func:`_queue_forms`). Every trial is measured on
+validation prompts only, four objectives:
 
 - harmful refusal (up),
 - the rise of harmless refusal over the base model (down),
@@ -439,6 +440,7 @@ def _run_trials(study: Any, space: Space, measure: Measure, base: Scores, option
     todo = max(0, options.trials - done)
     if done:
         _say(options, f"rosi: resuming: {done} trials done, {todo} to go")
+    _queue_forms(study, options.forms, todo)
 
     def objective(trial: Any) -> tuple[float, float, float, float]:
         params = space.suggest(trial)
@@ -460,6 +462,26 @@ def _run_trials(study: Any, space: Space, measure: Measure, base: Scores, option
 
     if todo:
         study.optimize(objective, n_trials=todo)
+
+
+def _queue_forms(study: Any, forms: tuple[str, ...], todo: int) -> None:
+    """Queue the next ``todo`` trials' forms so that every form gets an equal share of the study
+    (the references included; the sampler chooses every other setting). Left to the sampler,
+    40 trials over five forms were too few for a form's good region to be found again when the
+    prompts changed: the re-tune ran 4 ``gate`` trials, all at one layer (README, Tuning)."""
+    from optuna.trial import TrialState
+
+    counts = dict.fromkeys(forms, 0)
+    waiting = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)):
+        form = t.system_attrs.get("fixed_params", t.params).get("form") if t.state == TrialState.WAITING else t.params.get("form")
+        waiting += t.state == TrialState.WAITING
+        if form in counts:
+            counts[form] += 1
+    for _ in range(max(0, todo - waiting)):
+        form = min(forms, key=lambda f: counts[f])  # ties: the order of --forms
+        counts[form] += 1
+        study.enqueue_trial({"form": form})
 
 
 def _count_pruned(study: Any) -> int:

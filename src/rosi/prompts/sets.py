@@ -59,6 +59,29 @@ class PromptSet:
         categories = None if self.categories is None or other.categories is None else self.categories + other.categories
         return PromptSet(self.instructions + other.instructions, categories, name=f"{self.name}+{other.name}")
 
+    def spread(self, n: int) -> PromptSet:
+        """``n`` prompts spread evenly over the categories: one of each category in turn (in the
+        order they first appear, each category's prompts in order), so a kind appended at the end
+        of a set is sampled as often as the first ones. Without categories, the first ``n``."""
+        if self.categories is None:
+            return self.take(n)
+        self.take(n)  # the same checks on n
+        by_kind: dict[str | None, list[int]] = {}
+        for i, kind in enumerate(self.categories):
+            by_kind.setdefault(kind, []).append(i)
+        queues = list(by_kind.values())
+        picked: list[int] = []
+        depth = 0
+        while len(picked) < n:
+            picked += [q[depth] for q in queues if depth < len(q)][: n - len(picked)]
+            depth += 1
+        picked.sort()
+        return replace(
+            self,
+            instructions=tuple(self.instructions[i] for i in picked),
+            categories=tuple(self.categories[i] for i in picked),
+        )
+
     def take(self, n: int | None, *, seed: int | None = None) -> PromptSet:
         """The first ``n`` prompts (a seeded random sample when ``seed`` is given)."""
         if n is None:
@@ -123,7 +146,8 @@ class PromptSets:
         n_val: int | None = DEFAULT_N_VAL,
     ) -> PromptSets:
         """The sets from specs (see :func:`load_prompts`; by default rosi's own sets and splits),
-        the first ``n_train`` / ``n_val`` of each (look-alike sets: ``None`` leaves them out)."""
+        the first ``n_train`` / ``n_val`` of each (look-alike sets: ``None`` leaves them out; ``n``
+        of them are spread over their kinds)."""
         return cls(
             load_prompts(harmful).take(n_train),
             load_prompts(harmless).take(n_train),
@@ -135,12 +159,12 @@ class PromptSets:
 
 
 def _optional(spec: str | None, n: int | None) -> PromptSet | None:
-    """The first ``n`` prompts of ``spec`` (all of them when it has fewer: look-alike sets are
-    extras of a run), or None without a spec."""
+    """``n`` prompts of ``spec`` spread over its kinds (:meth:`PromptSet.spread`; all of them
+    when it has fewer: look-alike sets are extras of a run), or None without a spec."""
     if spec is None:
         return None
     prompts = load_prompts(spec)
-    return prompts.take(None if n is None else min(n, len(prompts)))
+    return prompts if n is None or n >= len(prompts) else prompts.spread(n)
 
 
 def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
