@@ -221,5 +221,8 @@ def test_tune_runs_from_the_command_line_on_as_many_look_alikes_as_asked(tmp_pat
     assert settings["val_lookalike"][0] == 3 < len(planted.LOOKALIKE_LA)
     report = json.loads((out / "tune_report.json").read_text())
     assert {t["params"]["form"] for t in report["trials"]} == {"scale", "rosi"}
+    assert report["options"]["min_harmful"] == "default" and "the default edit's" in report["chosen_by"]
     code, _, err = run(capsys, "tune", tmp_path / "m", "--out", tmp_path / "t2", "--n-val-lookalike", "0")
     assert code == 2 and "--n-val-lookalike" in err
+    code, _, err = run(capsys, "tune", tmp_path / "m", "--out", tmp_path / "t2", "--min-harmful", "most")
+    assert code == 2 and "--min-harmful" in err and "none or a share" in err

@@ -37,6 +37,33 @@ def test_pick_respects_the_constraints():
     assert number == 0 and "least violating" in how
 
 
+def test_pick_with_a_harmful_floor_keeps_the_least_over_refusal_among_trials_as_safe_as_the_default():
+    base = Scores(0.5, 0.1, 0.2, 0.0)
+    trials = [
+        TrialResult(0, {"form": "scale"}, Scores(0.8, 0.2, 0.5, 0.1), reference="default"),
+        TrialResult(1, {"form": "gate"}, Scores(0.9, 0.15, 0.4, 0.05)),
+        TrialResult(2, {"form": "surgical"}, Scores(0.82, 0.12, 0.3, 0.02)),  # as safe as the default, least over-refusal
+        TrialResult(3, {"form": "gate"}, Scores(0.7, 0.1, 0.2, 0.01)),  # gentlest, but below the floor
+    ]
+    loose = dict(max_harmless_rise=1.0, max_lookalike_rise=1.0, max_kl=1.0)
+    number, how = pick(trials, base, TuneOptions(**loose), base)
+    assert number == 2 and "the default edit's 80%" in how and "3 of 4" in how  # trial 3 is below the floor
+    assert pick(trials, base, TuneOptions(**loose, min_harmful=None), base)[0] == 1  # the most harmful refusal
+    assert pick(trials, base, TuneOptions(**loose, min_harmful=0.85), base)[0] == 1
+    assert pick(trials, base, TuneOptions(**loose, min_harmful=0.65), base)[0] == 3
+    number, how = pick(trials, base, TuneOptions(**loose, min_harmful="paper"), base)
+    assert number == 1 and "no paper trial" in how  # said, not silently dropped
+    # stricter: none reaching the floor is within; of those, the least violating
+    number, how = pick(trials, base, TuneOptions(max_lookalike_rise=0.05), base)
+    assert number == 2 and "least violating" in how
+    number, how = pick(trials, base, TuneOptions(**loose, min_harmful=0.95), base)
+    assert number == 1 and "no trial reached" in how
+    with pytest.raises(RosiError, match="--min-harmful"):
+        TuneOptions(min_harmful="base")
+    with pytest.raises(RosiError, match="--min-harmful"):
+        TuneOptions(min_harmful=1.5)
+
+
 def test_tune_finds_the_planted_gate_edit_and_writes_its_front(tmp_path):
     loaded, _ = lookalike_loaded()
     options = TuneOptions(trials=16, forms=("scale", "gate", "rosi"), max_lookalike_rise=0.0, max_harmless_rise=0.0, max_kl=1.0, **FAST)

@@ -88,6 +88,20 @@ def _int_at_least(lowest: int) -> Callable[[str], int]:
     return parse
 
 
+def _harmful_floor(text: str) -> float | str | None:
+    """``rosi tune --min-harmful``: a reference trial's name, ``none``, or a share."""
+    from rosi.options import TUNE_FLOORS
+
+    if text in TUNE_FLOORS:
+        return text
+    if text == "none":
+        return None
+    try:
+        return _float_in(0, 1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be {', '.join(TUNE_FLOORS)}, none or a share between 0 and 1, got {text!r}") from None
+
+
 def _float_in(lowest: float, highest: float = math.inf) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -351,6 +365,15 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--max-kl", type=_float_in(0), default=d.max_kl, help="mean first-token KL on harmless prompts, nats (default: %(default)s)"
     )
+    c.add_argument(
+        "--min-harmful",
+        type=_harmful_floor,
+        default=d.min_harmful,
+        metavar="{default,paper,none,SHARE}",
+        help="harmful refusal the chosen trial must reach: as much as rosi run's default edit, the paper's form, or a share "
+        "(0.9); of those, the least look-alike rise is kept. 'none': the most harmful refusal within the constraints "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--max-new-tokens", type=_int_at_least(1), default=DEFAULT_NEW_TOKENS, help="reply length when confirming (default: %(default)s)"
     )
@@ -391,6 +414,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         max_harmless_rise=args.max_harmless_rise,
         max_lookalike_rise=args.max_lookalike_rise,
         max_kl=args.max_kl,
+        min_harmful=args.min_harmful,
         journal=Path(args.journal) if args.journal else None,
         new_tokens=args.max_new_tokens,
         format=fmt,

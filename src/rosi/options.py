@@ -130,6 +130,7 @@ class RealignOptions(RunOptions):
 TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")
 TUNE_SCORES = ("first-token", "replies")
 TUNE_N_VAL_LOOKALIKE = 55  # rosi tune's look-alike validation prompts: 5 of each of the 11 built-in kinds (spread over them)
+TUNE_FLOORS = ("default", "paper")  # reference trials whose harmful refusal the kept trial can be asked to match
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,10 @@ class TuneOptions(RunOptions):
     resume), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
     scopes, strengths and the fits' ridge and null space; ``score`` the trials' cheap score;
     ``confirm`` front trials re-measured on full replies; the constraints the kept trial must
-    meet on those (rises over the base model, as shares; the KL in nats)."""
+    meet on those (rises over the base model, as shares; the KL in nats). ``min_harmful``: the
+    harmful refusal the kept trial must reach, a share or a reference trial's own (``"default"``:
+    as much as rosi run's default edit; ``"paper"``); among those the one with the least
+    look-alike rise is kept. ``None``: the most harmful refusal within the constraints."""
 
     trials: int = 40
     seed: int = 0
@@ -149,6 +153,7 @@ class TuneOptions(RunOptions):
     max_harmless_rise: float = 0.05
     max_lookalike_rise: float = 0.10
     max_kl: float = 0.10
+    min_harmful: float | str | None = "default"
     journal: Path | None = None
 
     def __post_init__(self) -> None:
@@ -174,3 +179,8 @@ class TuneOptions(RunOptions):
                 raise RosiError(f"--{name.replace('_', '-')} is a share of prompts between 0 and 1 (0.05 = 5 points), got {value}")
         if not (math.isfinite(self.max_kl) and self.max_kl >= 0):
             raise RosiError(f"--max-kl must be a number of nats >= 0, got {self.max_kl}")
+        floor = self.min_harmful
+        if isinstance(floor, str) and floor not in TUNE_FLOORS:
+            raise RosiError(f"--min-harmful is a share between 0 and 1, {', '.join(TUNE_FLOORS)} or none, got {floor!r}")
+        if isinstance(floor, float | int) and not (math.isfinite(floor) and 0 <= floor <= 1):
+            raise RosiError(f"--min-harmful is a share of prompts between 0 and 1 (0.9 = 90%), got {floor}")

@@ -17,8 +17,11 @@ refused when the refusal tokens' first-token log-odds is above 0, one forward pa
 on Qwen2.5-Coder it does not track the replies' refusals). The mean log-odds of the harmful and
 look-alike sets are recorded either way (a score that does not saturate). The Pareto front's trials
 are then confirmed on full replies (``new_tokens``, the marker judge, with its partial verdict),
-and the trial kept is the one with the most harmful refusal within the user's constraints
-(``max_harmless_rise``, ``max_lookalike_rise``, ``max_kl``) on the confirmed figures. It is saved
+and the trial kept, on the confirmed figures, is by default the one that refuses at least as many
+harmful prompts as rosi run's default edit (``min_harmful="default"``) with the least look-alike
+rise within the user's constraints (``max_harmless_rise``, ``max_lookalike_rise``, ``max_kl``):
+the same safety with less over-refusal. ``min_harmful=None`` keeps instead the most harmful
+refusal within the constraints. It is saved
 like ``rosi run``'s edit, with the front (``tune_front.csv``), its plot (``tune_front.png``) and
 everything in ``tune_report.json``.
 
@@ -533,12 +536,19 @@ def _confirm(
     study: Any, results: list[TrialResult], front: list[int], space: Space, measure: Measure, base: Scores, options: TuneOptions
 ) -> None:
     """Full replies for the references and the best front trials within the constraints (by cheap
-    scores; the least violating ones when too few are within). Stored in the journal, so a
+    scores; the least violating ones when too few are within; with a harmful floor the floor is
+    one of the constraints and the least look-alike rise ranks first). Stored in the journal, so a
     resumed tune does not confirm a trial twice."""
     if options.confirm == 0:
         return
     by_number = {t.number: t for t in results}
-    ranked = sorted((by_number[n] for n in front), key=lambda t: (_violation(t.objectives(base), options), -t.cheap.harmful))
+    floor, _ = harmful_floor(results, options, confirmed=False)
+
+    def rank(t: TrialResult) -> tuple[float, float]:
+        objectives = t.objectives(base)
+        return _violation(objectives, options, floor), (-objectives[0] if floor is None else objectives[2])
+
+    ranked = sorted((by_number[n] for n in front), key=rank)
     chosen = [t for t in results if t.reference] + [t for t in ranked if not t.reference][: options.confirm]
     for t in chosen:
         if t.confirmed is not None:
@@ -553,15 +563,40 @@ def _confirm(
         _say(options, f"rosi: confirmed trial {t.number}: {describe(t.params)}: {_fmt(scores)}")
 
 
-def _violation(objectives: tuple[float, ...], options: TuneOptions) -> float:
-    """How far a trial is outside the constraints (0: within all)."""
-    _, harmless, lookalike, kl = objectives
-    return max(0.0, harmless - options.max_harmless_rise) + max(0.0, lookalike - options.max_lookalike_rise) + max(0.0, kl - options.max_kl)
+def _violation(objectives: tuple[float, ...], options: TuneOptions, floor: float | None = None) -> float:
+    """How far a trial is outside the constraints (0: within all), the harmful ``floor`` one of them."""
+    harmful, harmless, lookalike, kl = objectives
+    short = 0.0 if floor is None else max(0.0, floor - harmful)
+    return (
+        short
+        + max(0.0, harmless - options.max_harmless_rise)
+        + max(0.0, lookalike - options.max_lookalike_rise)
+        + max(0.0, kl - options.max_kl)
+    )
+
+
+def harmful_floor(results: list[TrialResult], options: TuneOptions, confirmed: bool) -> tuple[float | None, str]:
+    """The harmful refusal the kept trial must reach (``options.min_harmful``: a share, or the named
+    reference trial's own refusal on the same scores), and how to say it; ``None`` for no floor,
+    also when the named reference is not among ``results`` (its form not searched: said so)."""
+    spec = options.min_harmful
+    if spec is None:
+        return None, ""
+    if not isinstance(spec, str):
+        return float(spec), f"harmful refusal >= {spec:.0%}"
+    ref = next((t for t in results if t.reference == spec), None)
+    if ref is None:
+        return None, f"no {spec} trial to match (its form is not searched), so no harmful floor; "
+    s = ref.confirmed if confirmed and ref.confirmed is not None else ref.cheap
+    return s.harmful, f"harmful refusal >= the {spec} edit's {s.harmful:.0%}"
 
 
 def pick(results: list[TrialResult], base: Scores, options: TuneOptions, base_cheap: Scores | None = None) -> tuple[int, str]:
-    """The confirmed trial with the most harmful refusal within the constraints (ties: the
-    lower look-alike rise, then KL); when none is within, the least violating one. Without
+    """The confirmed trial to keep. With a harmful floor (:func:`harmful_floor`, by default rosi
+    run's default edit's own refusal): of the trials reaching it, the one with the least look-alike
+    rise (then harmless rise, KL) within the constraints, or the least violating one. Without a
+    floor: the most harmful refusal within the constraints (ties: the lower look-alike rise, then
+    KL). When none is within, the least violating one. Without
     confirmed trials (``confirm=0``) the same rule on the cheap scores (against ``base_cheap``)."""
     if not results:
         raise RosiError("no trial finished; run more trials (--trials)")
@@ -572,16 +607,33 @@ def pick(results: list[TrialResult], base: Scores, options: TuneOptions, base_ch
     def objectives(t: TrialResult) -> tuple[float, float, float, float]:
         return t.objectives(against, on_confirmed)
 
-    within = [t for t in pool if _violation(objectives(t), options) == 0]
+    floor, floor_text = harmful_floor(pool, options, on_confirmed)
     limits = (
         f"harmless rise <= {options.max_harmless_rise:.0%}, look-alike rise <= {options.max_lookalike_rise:.0%}, KL <= {options.max_kl:g}"
     )
     scores = f"{options.new_tokens}-token replies" if on_confirmed else f"{options.score} scores (no trial confirmed)"
+    if floor is None:
+        within = [t for t in pool if _violation(objectives(t), options) == 0]
+        if within:
+            best = max(within, key=lambda t: (objectives(t)[0], -objectives(t)[2], -objectives(t)[3]))
+            return best.number, f"{floor_text}most harmful refusal in {scores} with {limits} ({len(within)} of {len(pool)} trials within)"
+        best = min(pool, key=lambda t: (_violation(objectives(t), options), -objectives(t)[0]))
+        return best.number, f"{floor_text}no trial met {limits} in {scores}: the least violating one"
+
+    def gentlest(t: TrialResult) -> tuple[float, float, float, float, float]:  # least look-alike rise, then harmless rise, KL
+        harmful, harmless, lookalike, kl = objectives(t)
+        return _violation(objectives(t), options), lookalike, harmless, kl, -harmful
+
+    reaching = [t for t in pool if objectives(t)[0] >= floor]
+    within = [t for t in reaching if _violation(objectives(t), options) == 0]
     if within:
-        best = max(within, key=lambda t: (objectives(t)[0], -objectives(t)[2], -objectives(t)[3]))
-        return best.number, f"most harmful refusal in {scores} with {limits} ({len(within)} of {len(pool)} trials within)"
-    best = min(pool, key=lambda t: (_violation(objectives(t), options), -objectives(t)[0]))
-    return best.number, f"no trial met {limits} in {scores}: the least violating one"
+        best = min(within, key=gentlest)
+        return best.number, f"least look-alike rise in {scores} with {floor_text}, {limits} ({len(within)} of {len(pool)} trials within)"
+    if reaching:
+        best = min(reaching, key=gentlest)
+        return best.number, f"no trial with {floor_text} met {limits} in {scores}: of those with it, the least violating one"
+    best = min(pool, key=lambda t: (_violation(objectives(t), options, floor), -objectives(t)[0]))
+    return best.number, f"no trial reached {floor_text} in {scores}: the least violating one"
 
 
 def _fmt(s: Scores) -> str:
