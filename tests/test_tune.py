@@ -10,7 +10,7 @@ import pytest
 
 from rosi.errors import RosiError
 from rosi.options import TuneOptions
-from rosi.tune import Measure, Scores, TrialResult, pareto_front, pick, tune
+from rosi.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, tune
 from test_gate import lookalike_loaded, lookalike_sets
 
 FAST = {"score": "first-token", "layer": 1, "position": -1, "progress": False, "batch_size": 8, "confirm": 0, "layer_window": 0}
@@ -62,6 +62,24 @@ def test_pick_with_a_harmful_floor_keeps_the_least_over_refusal_among_trials_as_
         TuneOptions(min_harmful="base")
     with pytest.raises(RosiError, match="--min-harmful"):
         TuneOptions(min_harmful=1.5)
+
+
+def test_the_front_is_confirmed_in_the_order_the_pick_takes_it():
+    base = Scores(0.5, 0.1, 0.2, 0.0)
+    trials = [
+        TrialResult(0, {"form": "scale"}, Scores(0.8, 0.2, 0.5, 0.1), reference="default"),
+        TrialResult(1, {"form": "gate"}, Scores(0.9, 0.15, 0.4, 0.05)),  # reaches the floor, within
+        TrialResult(2, {"form": "surgical"}, Scores(0.85, 0.12, 0.3, 0.02)),  # reaches it, within, less look-alike rise
+        TrialResult(3, {"form": "gate"}, Scores(0.78, 0.1, 0.25, 0.01)),  # just below the floor: after those reaching it
+        TrialResult(4, {"form": "probe"}, Scores(1.0, 0.3, 0.6, 0.3)),  # reaches it, far outside the constraints
+    ]
+    front = [0, 1, 2, 3, 4]
+    loose = dict(max_harmless_rise=0.5, max_lookalike_rise=0.5, max_kl=0.1)
+    order = [t.number for t in confirm_order(trials, front, base, TuneOptions(**loose))]
+    assert order == [2, 1, 0, 4, 3]
+    order = [t.number for t in confirm_order(trials, front, base, TuneOptions(**loose, min_harmful=None))]
+    assert order == [1, 2, 0, 3, 4]  # within first, the most harmful of them first
+    assert [t.number for t in confirm_order(trials, [1, 3], base, TuneOptions(**loose))] == [1, 3]
 
 
 def test_tune_finds_the_planted_gate_edit_and_writes_its_front(tmp_path):

@@ -532,23 +532,35 @@ def _confirmed_key(number: int) -> str:
     return f"confirmed:{number}"
 
 
+def confirm_order(results: list[TrialResult], front: list[int], base: Scores, options: TuneOptions) -> list[TrialResult]:
+    """The front's trials in the order they are worth confirming, on the cheap scores against
+    ``base``: without a harmful floor the least violating first, then the most harmful; with one,
+    those reaching it first (least violating, then least look-alike rise), as :func:`pick` takes
+    them, then the rest (least violating, the floor included)."""
+    by_number = {t.number: t for t in results}
+    floor, _ = harmful_floor(results, options, confirmed=False)
+
+    def rank(t: TrialResult) -> tuple[bool, float, float]:
+        objectives = t.objectives(base)
+        if floor is None:
+            return False, _violation(objectives, options), -objectives[0]
+        if objectives[0] >= floor:  # those reaching the floor first, as the pick takes them
+            return False, _violation(objectives, options), objectives[2]
+        return True, _violation(objectives, options, floor), -objectives[0]
+
+    return sorted((by_number[n] for n in front), key=rank)
+
+
 def _confirm(
     study: Any, results: list[TrialResult], front: list[int], space: Space, measure: Measure, base: Scores, options: TuneOptions
 ) -> None:
     """Full replies for the references and the best front trials within the constraints (by cheap
-    scores; the least violating ones when too few are within; with a harmful floor the floor is
-    one of the constraints and the least look-alike rise ranks first). Stored in the journal, so a
+    scores; the least violating ones when too few are within; with a harmful floor, those reaching
+    it first, the least violating and then the least look-alike rise of them). Stored in the journal, so a
     resumed tune does not confirm a trial twice."""
     if options.confirm == 0:
         return
-    by_number = {t.number: t for t in results}
-    floor, _ = harmful_floor(results, options, confirmed=False)
-
-    def rank(t: TrialResult) -> tuple[float, float]:
-        objectives = t.objectives(base)
-        return _violation(objectives, options, floor), (-objectives[0] if floor is None else objectives[2])
-
-    ranked = sorted((by_number[n] for n in front), key=rank)
+    ranked = confirm_order(results, front, base, options)
     chosen = [t for t in results if t.reference] + [t for t in ranked if not t.reference][: options.confirm]
     for t in chosen:
         if t.confirmed is not None:
