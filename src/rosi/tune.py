@@ -56,7 +56,7 @@ from rosi.export.formats import Edited, check_format_output, save
 from rosi.judges.markers import partial_rate, refusal_rate
 from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
-from rosi.model.generation import generate, next_token_logprobs
+from rosi.model.generation import generate_with_logprobs, next_token_logprobs
 from rosi.model.loading import LoadedModel
 from rosi.options import TuneOptions
 from rosi.pipeline import Extraction, extract, prompt_samples
@@ -198,26 +198,43 @@ class Measure:
         self.sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
         self.fmt = ChatFormat(loaded.tokenizer)
         self.ids = refusal_token_ids(loaded.tokenizer)
-        self.base_logprobs = self._logprobs("harmless")
+        self.base_logprobs = self._first("harmless")
 
     def _logprobs(self, role: str) -> torch.Tensor:
         return next_token_logprobs(self.loaded.model, self.fmt, self.sets[role].instructions, batch_size=self.options.batch_size)
 
+    def _first(self, role: str) -> torch.Tensor:
+        """First-token log-probabilities by the path the scores take (a plain forward pass for
+        first-token scoring, the first generation step otherwise), so that the KL of an
+        unchanged model is exactly 0 and not the two paths' rounding difference."""
+        return self._logprobs(role) if self.options.score == "first-token" else self._replies(role, 1)[1]
+
+    def _replies(self, role: str, tokens: int) -> tuple[list[str], torch.Tensor]:
+        """Greedy replies and first-token log-probabilities, from one pass over the prompts."""
+        return generate_with_logprobs(
+            self.loaded.model, self.fmt, self.sets[role].instructions, max_new_tokens=tokens, batch_size=self.options.batch_size
+        )
+
     def cheap(self) -> Scores:
-        lp = {role: self._logprobs(role) for role in self.sets}
-        odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
-        kl = float(kl_divergence(self.base_logprobs, lp["harmless"]).mean())
         if self.options.score == "first-token":
+            lp = {role: self._logprobs(role) for role in self.sets}
+            odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
             rates = {role: float((o > 0).float().mean()) for role, o in odds.items()}
         else:
-            rates = {role: refusal_rate(self._replies(role, SEARCH_TOKENS)) for role in self.sets}
+            out = {role: self._replies(role, SEARCH_TOKENS) for role in self.sets}
+            lp = {role: v for role, (_, v) in out.items()}
+            odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
+            rates = {role: refusal_rate(replies) for role, (replies, _) in out.items()}
+        kl = float(kl_divergence(self.base_logprobs, lp["harmless"]).mean())
         return Scores(
             rates["harmful"], rates["harmless"], rates["lookalike"], kl, float(odds["harmful"].mean()), float(odds["lookalike"].mean())
         )
 
     def confirmed(self) -> Scores:
-        replies = {role: self._replies(role, self.options.new_tokens) for role in self.sets}
-        kl = float(kl_divergence(self.base_logprobs, self._logprobs("harmless")).mean())
+        out = {role: self._replies(role, self.options.new_tokens) for role in self.sets}
+        replies = {role: r for role, (r, _) in out.items()}
+        first = out["harmless"][1] if self.options.score != "first-token" else self._logprobs("harmless")
+        kl = float(kl_divergence(self.base_logprobs, first).mean())
         return Scores(
             refusal_rate(replies["harmful"]),
             refusal_rate(replies["harmless"]),
@@ -225,11 +242,6 @@ class Measure:
             kl,
             harmful_partial=partial_rate(replies["harmful"]),
             lookalike_partial=partial_rate(replies["lookalike"]),
-        )
-
-    def _replies(self, role: str, tokens: int) -> list[str]:
-        return generate(
-            self.loaded.model, self.fmt, self.sets[role].instructions, max_new_tokens=tokens, batch_size=self.options.batch_size
         )
 
 

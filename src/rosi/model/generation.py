@@ -30,7 +30,6 @@ def generate(
     return list(fmt.tokenizer.batch_decode(ids, skip_special_tokens=True))
 
 
-@torch.no_grad()
 def generate_ids(
     model: CausalLM,
     fmt: ChatFormat,
@@ -42,9 +41,44 @@ def generate_ids(
     desc: str = "generating",
 ) -> list[list[int]]:
     """The new token ids of greedy completions (padding after a row's EOS included)."""
+    ids, _ = _greedy(model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=False)
+    return ids
+
+
+def generate_with_logprobs(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "generating",
+) -> tuple[list[str], torch.Tensor]:
+    """Greedy completions and the log-probabilities of the first reply token (as
+    :func:`next_token_logprobs` gives them) from one pass: the first generation step's logits
+    are the next-token distribution, so scoring both costs one prefill, not two."""
+    ids, logprobs = _greedy(model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=True)
+    assert logprobs is not None
+    return list(fmt.tokenizer.batch_decode(ids, skip_special_tokens=True)), logprobs
+
+
+@torch.no_grad()
+def _greedy(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    *,
+    first_logprobs: bool,
+) -> tuple[list[list[int]], torch.Tensor | None]:
     device = device_of(model)
     tok = fmt.tokenizer
     replies: list[list[int]] = []
+    rows: list[torch.Tensor] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
     for batch in fmt.batches(instructions, batch_size, device):
         out = model.generate(
@@ -55,13 +89,19 @@ def generate_ids(
             top_p=None,
             top_k=None,
             pad_token_id=tok.pad_token_id,
+            # the raw (unprocessed) logits of each step; only the first is kept
+            output_logits=first_logprobs,
+            return_dict_in_generate=first_logprobs,
         )
-        new = out[:, batch["input_ids"].shape[1] :]
+        sequences = out.sequences if first_logprobs else out
+        if first_logprobs:
+            rows.append(torch.log_softmax(out.logits[0].float(), dim=-1).cpu())
+        new = sequences[:, batch["input_ids"].shape[1] :]
         count_generated(int(new.numel()))
         replies.extend(new.tolist())
         bar.update(len(new))
     bar.close()
-    return replies
+    return replies, (torch.cat(rows) if first_logprobs else None)
 
 
 @torch.no_grad()
