@@ -222,25 +222,3 @@ def test_the_base_search_rates_come_from_the_first_tokens_of_longer_replies(load
     assert model.tokenizer.batch_decode([r[:SEARCH_TOKENS] for r in long], skip_special_tokens=True) == short
     step = base_step(long[:6], long[6:], model.tokenizer)
     assert (step.harmful, step.harmless) == (refusal_rate(short[:6]), refusal_rate(short[6:]))
-
-
-def test_one_pass_gives_the_replies_and_the_first_token_distributions_of_two():
-    from rosi.model.generation import generate, generate_with_logprobs, next_token_logprobs
-
-    # a random model (so positions and padding matter) over the planted vocabulary; prompts of
-    # different lengths, so rows are left-padded
-    config = T.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(planted.WORDS), pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = T.LlamaForCausalLM(config).eval()
-    model.generation_config = T.GenerationConfig(eos_token_id=2, pad_token_id=0)
-    fmt = ChatFormat(planted.tokenizer())
-    prompts = planted.HARMFUL + planted.HARMLESS
-    assert len({len(fmt.encode([p])["input_ids"][0]) for p in prompts}) > 1
-    replies, logprobs = generate_with_logprobs(model, fmt, prompts, max_new_tokens=5, batch_size=4)
-    assert replies == generate(model, fmt, prompts, max_new_tokens=5, batch_size=4)
-    expected = next_token_logprobs(model, fmt, prompts, batch_size=4)
-    assert logprobs.shape == expected.shape and logprobs.dtype == torch.float32
-    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=1e-5)

@@ -198,3 +198,21 @@ def test_the_tune_selects_its_direction_as_rosi_run_does_and_measures_on_the_har
     assert report.samples_mib > 0
     settings = json.loads((tmp_path / "out" / "tune_journal.log").read_text().splitlines()[1])["user_attr"]["settings"]
     assert settings["val_harmful"] == [len(sets.val_harmful) + 3, "h+hard"]
+
+
+def test_the_base_model_scores_no_kl_on_either_measuring_path():
+    """Cheap scores share the prompts' prefix, confirmed ones do not; each path's KL is taken
+    against the base model on the same path, so an unchanged model's KL is exactly 0 on both."""
+    import torch
+
+    from conftest import tiny_model
+    from rosi.model.chat import ChatFormat
+    from rosi.model.generation import _prefix_batches
+
+    loaded, _ = lookalike_loaded()
+    loaded.tokenizer.chat_template = "how to bake bread how to make a cake " + loaded.tokenizer.chat_template  # a shared preamble
+    loaded.model = tiny_model("llama")  # random, so the two paths round differently
+    prompts = lookalike_sets()
+    assert _prefix_batches(loaded.model, ChatFormat(loaded.tokenizer), list(prompts.val_harmful.instructions), 4, torch.device("cpu"))
+    measure = Measure(loaded, prompts, TuneOptions(batch_size=4, new_tokens=4))
+    assert measure.cheap().kl == 0.0 and measure.confirmed().kl == 0.0

@@ -190,7 +190,14 @@ def tune_prompts(prompts: PromptSets, hard_train: PromptSet | None, hard_val: Pr
 
 class Measure:
     """Scores of the model in memory as it is now, on the validation sets (the base model's
-    first-token distributions on harmless prompts kept for the KL)."""
+    first-token distributions on harmless prompts kept for the KL).
+
+    Cheap scores take the fast path: replies and first-token distributions from one generation
+    pass, the prompts' shared prefix (the chat template's system turn) computed once. Confirmed
+    scores take the plain path of ``rosi eval`` (no shared prefix), so they are the numbers an
+    evaluation of the saved edit gives on the same prompts. Each path's KL is taken against the
+    base model on the same path: the paths differ by rounding (in bfloat16, a KL of about 0.001),
+    which would otherwise be counted as the edit's."""
 
     def __init__(self, loaded: LoadedModel, prompts: PromptSets, options: TuneOptions) -> None:
         self.loaded, self.options = loaded, options
@@ -198,21 +205,23 @@ class Measure:
         self.sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
         self.fmt = ChatFormat(loaded.tokenizer)
         self.ids = refusal_token_ids(loaded.tokenizer)
-        self.base_logprobs = self._first("harmless")
+        # the plain generation path's first step is the forward pass's next-token distribution
+        self.base_plain = self._logprobs("harmless")
+        self.base_fast = self.base_plain if options.score == "first-token" else self._replies("harmless", 1, fast=True)[1]
 
     def _logprobs(self, role: str) -> torch.Tensor:
         return next_token_logprobs(self.loaded.model, self.fmt, self.sets[role].instructions, batch_size=self.options.batch_size)
 
-    def _first(self, role: str) -> torch.Tensor:
-        """First-token log-probabilities by the path the scores take (a plain forward pass for
-        first-token scoring, the first generation step otherwise), so that the KL of an
-        unchanged model is exactly 0 and not the two paths' rounding difference."""
-        return self._logprobs(role) if self.options.score == "first-token" else self._replies(role, 1)[1]
-
-    def _replies(self, role: str, tokens: int) -> tuple[list[str], torch.Tensor]:
-        """Greedy replies and first-token log-probabilities, from one pass over the prompts."""
+    def _replies(self, role: str, tokens: int, *, fast: bool) -> tuple[list[str], torch.Tensor]:
+        """Greedy replies and first-token log-probabilities, from one pass over the prompts
+        (``fast``: their shared prefix computed once)."""
         return generate_with_logprobs(
-            self.loaded.model, self.fmt, self.sets[role].instructions, max_new_tokens=tokens, batch_size=self.options.batch_size
+            self.loaded.model,
+            self.fmt,
+            self.sets[role].instructions,
+            max_new_tokens=tokens,
+            batch_size=self.options.batch_size,
+            share_prefix=fast,
         )
 
     def cheap(self) -> Scores:
@@ -221,20 +230,19 @@ class Measure:
             odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
             rates = {role: float((o > 0).float().mean()) for role, o in odds.items()}
         else:
-            out = {role: self._replies(role, SEARCH_TOKENS) for role in self.sets}
+            out = {role: self._replies(role, SEARCH_TOKENS, fast=True) for role in self.sets}
             lp = {role: v for role, (_, v) in out.items()}
             odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
             rates = {role: refusal_rate(replies) for role, (replies, _) in out.items()}
-        kl = float(kl_divergence(self.base_logprobs, lp["harmless"]).mean())
+        kl = float(kl_divergence(self.base_fast, lp["harmless"]).mean())
         return Scores(
             rates["harmful"], rates["harmless"], rates["lookalike"], kl, float(odds["harmful"].mean()), float(odds["lookalike"].mean())
         )
 
     def confirmed(self) -> Scores:
-        out = {role: self._replies(role, self.options.new_tokens) for role in self.sets}
+        out = {role: self._replies(role, self.options.new_tokens, fast=False) for role in self.sets}
         replies = {role: r for role, (r, _) in out.items()}
-        first = out["harmless"][1] if self.options.score != "first-token" else self._logprobs("harmless")
-        kl = float(kl_divergence(self.base_logprobs, first).mean())
+        kl = float(kl_divergence(self.base_plain, out["harmless"][1]).mean())
         return Scores(
             refusal_rate(replies["harmful"]),
             refusal_rate(replies["harmless"]),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from copy import deepcopy
+from typing import Any
 
 import torch
+import transformers.generation.utils as _generation_utils
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -54,11 +57,18 @@ def generate_with_logprobs(
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "generating",
+    share_prefix: bool = False,
 ) -> tuple[list[str], torch.Tensor]:
     """Greedy completions and the log-probabilities of the first reply token (as
     :func:`next_token_logprobs` gives them) from one pass: the first generation step's logits
-    are the next-token distribution, so scoring both costs one prefill, not two."""
-    ids, logprobs = _greedy(model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=True)
+    are the next-token distribution, so scoring both costs one prefill, not two.
+
+    ``share_prefix``: compute the tokens every prompt starts with (the chat template's system
+    turn, most of a short prompt) once, not once a row (:func:`shared_prefix_length`). The same
+    numbers up to rounding; for repeated measurement of one model's state (``rosi tune``)."""
+    ids, logprobs = _greedy(
+        model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=True, share_prefix=share_prefix
+    )
     assert logprobs is not None
     return list(fmt.tokenizer.batch_decode(ids, skip_special_tokens=True)), logprobs
 
@@ -74,13 +84,15 @@ def _greedy(
     desc: str,
     *,
     first_logprobs: bool,
+    share_prefix: bool = False,
 ) -> tuple[list[list[int]], torch.Tensor | None]:
     device = device_of(model)
     tok = fmt.tokenizer
     replies: list[list[int]] = []
     rows: list[torch.Tensor] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
-    for batch in fmt.batches(instructions, batch_size, device):
+    batches = _prefix_batches(model, fmt, instructions, batch_size, device) if share_prefix else None
+    for batch in batches if batches is not None else fmt.batches(instructions, batch_size, device):
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -102,6 +114,66 @@ def _greedy(
         bar.update(len(new))
     bar.close()
     return replies, (torch.cat(rows) if first_logprobs else None)
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all rows share, leaving every row at least one token of its own
+    (the one whose logits give the first reply token)."""
+    if not rows:
+        return 0
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(n, 0)
+
+
+# transformers renamed generate's cache argument (``past_key_values`` -> ``cache``) within 5.x
+_CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+_MIN_PREFIX = 4  # below this, sharing saves less than copying the cache costs
+
+
+def _prefix_batches(
+    model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], batch_size: int, device: torch.device
+) -> Iterator[dict[str, Any]] | None:
+    """Generation inputs whose shared prefix is computed once: each batch is the prefix, then
+    left padding, then each row's own tokens, with the prefix's key-value cache copied for every
+    row (positions come from the attention mask, so a row's tokens keep the positions they have
+    without the padding). None where the prompts share too little, or the model's cache cannot
+    be copied per row."""
+    tok = fmt.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ids = [list(r) for r in tok([fmt.render(i) for i in instructions], add_special_tokens=False).input_ids]
+    p = shared_prefix_length(ids)
+    if p < _MIN_PREFIX:
+        return None
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids[0][:p]], device=device), use_cache=True)
+    count_forward()
+    cache = getattr(out, "cache", None) or out.past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+
+    def batches() -> Iterator[dict[str, Any]]:
+        for start in range(0, len(ids), batch_size):
+            rows = ids[start : start + batch_size]
+            width = max(len(r) for r in rows) - p
+            input_ids, mask = [], []
+            for r in rows:
+                pad = width - (len(r) - p)
+                input_ids.append(r[:p] + [tok.pad_token_id] * pad + r[p:])
+                mask.append([1] * p + [0] * pad + [1] * (len(r) - p))
+            copy = deepcopy(cache)
+            copy.batch_repeat_interleave(len(rows))
+            yield {
+                "input_ids": torch.tensor(input_ids, device=device),
+                "attention_mask": torch.tensor(mask, device=device),
+                _CACHE_KWARG: copy,
+            }
+
+    return batches()
 
 
 @torch.no_grad()
