@@ -131,7 +131,7 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 # transformers renamed generate's cache argument (``past_key_values`` -> ``cache``) within 5.x
 _CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
-_MIN_PREFIX = 4  # below this, sharing saves less than copying the cache costs
+_MIN_PREFIX = 4  # shorter shared prefixes take the plain path (a floor chosen by hand, not measured)
 
 
 def _prefix_batches(
@@ -142,10 +142,9 @@ def _prefix_batches(
     row (positions come from the attention mask, so a row's tokens keep the positions they have
     without the padding). None where the prompts share too little, or the model's cache cannot
     be copied per row."""
-    tok = fmt.tokenizer
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    ids = [list(r) for r in tok([fmt.render(i) for i in instructions], add_special_tokens=False).input_ids]
+    encoded = fmt.encode(instructions)  # rendered and tokenized as every other path does it (pad token set)
+    ids = [row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
+    pad_id = fmt.tokenizer.pad_token_id
     p = shared_prefix_length(ids)
     if p < _MIN_PREFIX:
         return None
@@ -163,7 +162,7 @@ def _prefix_batches(
             input_ids, mask = [], []
             for r in rows:
                 pad = width - (len(r) - p)
-                input_ids.append(r[:p] + [tok.pad_token_id] * pad + r[p:])
+                input_ids.append(r[:p] + [pad_id] * pad + r[p:])
                 mask.append([1] * p + [0] * pad + [1] * (len(r) - p))
             copy = deepcopy(cache)
             copy.batch_repeat_interleave(len(rows))
