@@ -22,7 +22,7 @@ def test_builtin_sets_are_large_split_and_categorised():
     assert load_prompts("builtin:harmful:val").instructions == builtin("harmful", "val").instructions
     kinds = set(builtin("lookalike").categories)
     assert {"homonym", "figurative", "safe_target", "safe_context", "definition", "nonsense_discrimination", "real_events"} <= kinds
-    assert {"safety_medical", "security_education", "sensitive_writing"} <= kinds
+    assert {"safety_medical", "security_education", "sensitive_writing", "topic_twin"} <= kinds
     for kind in kinds:  # every kind in both parts
         for split in ("train", "val"):
             assert kind in set(builtin("lookalike", split).categories)
@@ -62,9 +62,11 @@ def test_spread_samples_every_kind_evenly_even_one_appended_at_the_end():
     with pytest.raises(PromptError, match="fewer than"):
         toy.spread(7)
     val = builtin("lookalike", "val")
-    assert "sensitive_writing" not in set(val.take(32).categories)  # the kind added last: the first 32 miss it
-    counts = {k: val.spread(55).categories.count(k) for k in set(val.categories)}
-    assert len(counts) == 11 and set(counts.values()) == {5}
+    assert "topic_twin" not in set(val.take(32).categories)  # the kind added last: the first 32 miss it
+    from rosi.options import TUNE_N_VAL_LOOKALIKE
+
+    counts = {k: val.spread(TUNE_N_VAL_LOOKALIKE).categories.count(k) for k in set(val.categories)}
+    assert len(counts) == 12 and set(counts.values()) == {5}  # rosi tune's default: 5 of each kind
     from rosi.prompts import PromptSets
 
     assert "sensitive_writing" in set(PromptSets.load().val_lookalike.categories)  # a run's look-alikes are spread too

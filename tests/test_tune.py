@@ -123,11 +123,23 @@ def test_an_interrupted_tune_resumes_from_its_journal(tmp_path, monkeypatch):
     assert journal.is_file() and not (tmp_path / "out").exists()
     report = tune(loaded, tmp_path / "out", lookalike_sets(), options)
     assert len(report.trials) + report.pruned == 6
-    assert forms_run(journal) == {"scale": 3, "gate": 3}  # every form its share, the killed trial's included
+    assert forms_run(journal) == {
+        "scale": 3,
+        "gate": 2,
+        "rosi": 1,
+    }  # the paper reference, and every form its share (ties: --forms order), the killed trial's included
     again = tune(loaded, tmp_path / "again", lookalike_sets(), options)  # a finished journal: nothing left to run
     assert [t.params for t in again.trials] == [t.params for t in report.trials]
     with pytest.raises(RosiError, match="other settings"):
         tune(loaded, tmp_path / "third", lookalike_sets(), TuneOptions(trials=6, forms=("gate",), journal=journal, **FAST))
+
+
+def test_the_references_are_measured_whatever_forms_are_searched(tmp_path):
+    loaded, _ = lookalike_loaded()
+    journal = tmp_path / "study.journal"
+    report = tune(loaded, tmp_path / "out", lookalike_sets(), TuneOptions(trials=5, forms=("gate",), journal=journal, **FAST))
+    assert {t.reference: t.params["form"] for t in report.trials if t.reference} == {"default": "scale", "paper": "rosi"}
+    assert forms_run(journal) == {"scale": 1, "rosi": 1, "gate": 3}  # the rest of the trials: the form searched
 
 
 def forms_run(journal) -> dict[str, int]:

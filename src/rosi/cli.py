@@ -331,7 +331,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import TUNE_FORMS, TUNE_N_VAL_LOOKALIKE, TUNE_SCORES, TuneOptions
+    from rosi.options import TUNE_FORMS, TUNE_N_VAL_LOOKALIKE, TUNE_SCORES, TUNE_SEARCHED, TuneOptions
 
     d = TuneOptions()
     _model_args(p)
@@ -339,7 +339,12 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=_int_at_least(1), default=d.trials, help="trials to run (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="the sampler's seed (default: %(default)s)")
-    g.add_argument("--forms", default=",".join(TUNE_FORMS), help="edit forms searched, comma-separated (default: %(default)s)")
+    g.add_argument(
+        "--forms",
+        default=",".join(TUNE_SEARCHED),
+        help=f"edit forms searched, comma-separated, of {', '.join(TUNE_FORMS)}; rosi run's default (scale) and the paper's "
+        "form (rosi) are measured in every tune as references (default: %(default)s)",
+    )
     g.add_argument(
         "--layer-window",
         type=_int_at_least(0),

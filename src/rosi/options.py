@@ -127,16 +127,20 @@ class RealignOptions(RunOptions):
             raise RosiError(f"unknown direction source {self.direction!r}; choose one of {', '.join(DIRECTION_SOURCES)}")
 
 
-TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")
+TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")  # the forms rosi tune can search
+# searched by default: the fitted and probe read-outs. In three tunes of Qwen2.5-Coder-0.5B no
+# `rosi` trial reached the default edit's validation harmful refusal and the `scale` trials that
+# did refused more look-alikes than it (README, Tuning); both stay in every tune as its references
+TUNE_SEARCHED = ("probe", "gate", "surgical")
 TUNE_SCORES = ("first-token", "replies")
-TUNE_N_VAL_LOOKALIKE = 55  # rosi tune's look-alike validation prompts: 5 of each of the 11 built-in kinds (spread over them)
+TUNE_N_VAL_LOOKALIKE = 60  # rosi tune's look-alike validation prompts: 5 of each of the 12 built-in kinds (spread over them)
 TUNE_FLOORS = ("default", "paper")  # reference trials whose harmful refusal the kept trial can be asked to match
 
 
 @dataclass(frozen=True)
 class TuneOptions(RunOptions):
     """:func:`rosi.tune`: ``trials`` searched (seeded; the journal lets an interrupted tune
-    resume), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
+    resume; the two reference trials among them, whatever ``forms``), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
     scopes, strengths and the fits' ridge and null space; ``score`` the trials' cheap score;
     ``confirm`` front trials re-measured on full replies; the constraints the kept trial must
     meet on those (rises over the base model, as shares; the KL in nats). ``min_harmful``: the
@@ -146,7 +150,7 @@ class TuneOptions(RunOptions):
 
     trials: int = 40
     seed: int = 0
-    forms: tuple[str, ...] = TUNE_FORMS
+    forms: tuple[str, ...] = TUNE_SEARCHED
     layer_window: int = 2
     score: str = "replies"  # measured: first-token log-odds do not track Qwen2.5-Coder's refusals (README, Tuning)
     confirm: int = 4

@@ -1,9 +1,9 @@
 """Tune the edit on both sides: :func:`tune`, the search behind ``rosi tune``.
 
 A multi-objective search (Optuna, seeded, journaled so that an interrupted tune resumes) over the
-edit form (``scale``, the paper's ``rosi``, ``probe``, ``gate``, ``surgical``), the direction's
-layer, the writer scope, the strength and, for the fitted read-outs, the fit's regularisation.
-Every form gets an equal share of the trials (:func:`_queue_forms`). Every trial is measured on
+edit form (by default ``probe``, ``gate`` and ``surgical``; ``scale`` and the paper's ``rosi`` can
+be added), the direction's layer, the writer scope, the strength and, for the fitted read-outs, the
+fit's regularisation. Every form searched gets an equal share of the trials (:func:`_queue_forms`). Every trial is measured on
 validation prompts only, four objectives:
 
 - harmful refusal (up),
@@ -70,9 +70,15 @@ REFERENCES = {  # enqueued first (at the selected layer, where their form is sea
 }
 
 
-def references(layer: int, forms: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """The reference trials for a search over ``forms`` at the selected ``layer``."""
-    return {name: {**p, "layer": layer} for name, p in REFERENCES.items() if p["form"] in forms}
+def references(layer: int) -> dict[str, dict[str, Any]]:
+    """The reference trials at the selected ``layer`` (in every tune, whatever forms it searches)."""
+    return {name: {**p, "layer": layer} for name, p in REFERENCES.items()}
+
+
+def form_choices(forms: tuple[str, ...]) -> list[str]:
+    """The ``form`` parameter's choices: the forms searched and the references' forms (queued
+    trials fix the form of every trial; see :func:`_queue_forms`)."""
+    return [*forms, *(p["form"] for p in REFERENCES.values() if p["form"] not in forms)]
 
 
 JOURNAL_SUFFIX = ".rosi-tune.journal"
@@ -267,7 +273,7 @@ class Space:
         self.records: dict[int, Any] = {}  # edit records of the confirmed trials (saved beside the chosen edit)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
-        form = trial.suggest_categorical("form", list(self.options.forms))
+        form = trial.suggest_categorical("form", form_choices(self.options.forms))
         spec = get_method(form)
         params = {"form": form, "layer": trial.suggest_categorical("layer", self.layers)}
         scopes = ["middle", "all"] if spec.needs_reads else ["selective", "all"]
@@ -410,7 +416,7 @@ def tune(
     lap("base_model")
     settings = _settings(loaded, prompts, options, extraction)
     assert extraction.direction.layer is not None
-    study = open_study(journal, settings, options.seed, references(extraction.direction.layer, options.forms))
+    study = open_study(journal, settings, options.seed, references(extraction.direction.layer))
     _run_trials(study, space, measure, base_cheap, options)
     lap("trials")
     results = _results(study)
@@ -488,8 +494,9 @@ def _run_trials(study: Any, space: Space, measure: Measure, base: Scores, option
 
 
 def _queue_forms(study: Any, forms: tuple[str, ...], todo: int) -> None:
-    """Queue the next ``todo`` trials' forms so that every form gets an equal share of the study
-    (the references included; the sampler chooses every other setting). Left to the sampler,
+    """Queue the next ``todo`` trials' forms so that every form searched gets an equal share of the
+    study (the references counted in their form's share when it is searched; the sampler chooses
+    every other setting). Left to the sampler,
     40 trials over five forms were too few for a form's good region to be found again when the
     prompts changed: the re-tune ran 4 ``gate`` trials, all at one layer (README, Tuning)."""
     from optuna.trial import TrialState
