@@ -64,7 +64,7 @@ from rosi.prompts import PromptSet, PromptSets
 
 OBJECTIVES = ("harmful", "harmless_rise", "lookalike_rise", "kl")
 DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
-REFERENCES = {  # enqueued first (at the selected layer, where their form is searched): rosi run's default, and the paper's form
+REFERENCES: dict[str, dict[str, Any]] = {  # enqueued first in every tune, at the selected layer: rosi run's default, the paper's form
     "default": {"form": "scale", "scale.scope": "selective", "scale.strength": 2.0},
     "paper": {"form": "rosi", "rosi.scope": "all", "rosi.strength": 25.0},
 }
@@ -78,7 +78,7 @@ def references(layer: int) -> dict[str, dict[str, Any]]:
 def form_choices(forms: tuple[str, ...]) -> list[str]:
     """The ``form`` parameter's choices: the forms searched and the references' forms (queued
     trials fix the form of every trial; see :func:`_queue_forms`)."""
-    return [*forms, *(p["form"] for p in REFERENCES.values() if p["form"] not in forms)]
+    return [*forms, *(str(p["form"]) for p in REFERENCES.values() if p["form"] not in forms)]
 
 
 JOURNAL_SUFFIX = ".rosi-tune.journal"
