@@ -8,7 +8,7 @@ from rosi.prompts import PromptError, PromptSet, builtin, load_prompts
 
 
 def test_builtin_sets_are_large_split_and_categorised():
-    for kind, minimum in (("harmful", 150), ("harmless", 150), ("lookalike", 200), ("harmful_hard", 150)):
+    for kind, minimum in (("harmful", 150), ("harmless", 150), ("lookalike", 200), ("harmful_hard", 150), ("harmless_tasks", 200)):
         everything = builtin(kind)
         train, val = builtin(kind, "train"), builtin(kind, "val")
         assert len(everything) >= minimum
@@ -27,10 +27,15 @@ def test_builtin_sets_are_large_split_and_categorised():
         for split in ("train", "val"):
             assert kind in set(builtin("lookalike", split).categories)
     assert set(builtin("harmful_hard").categories) == harmful_categories
+    tasks = builtin("harmless_tasks")
+    assert len(set(tasks.categories)) == 8
+    for split in ("train", "val"):  # every kind in both parts, evenly
+        part = builtin("harmless_tasks", split)
+        assert {part.categories.count(k) for k in set(tasks.categories)} == {15}
 
 
 def test_the_new_sets_share_no_prompt_with_the_old_ones():
-    sets = {kind: set(builtin(kind).instructions) for kind in ("harmful", "harmless", "lookalike", "harmful_hard")}
+    sets = {kind: set(builtin(kind).instructions) for kind in ("harmful", "harmless", "lookalike", "harmful_hard", "harmless_tasks")}
     for a in sets:
         for b in sets:
             if a < b:

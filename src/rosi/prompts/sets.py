@@ -6,7 +6,9 @@ A spec names where prompts come from:
   optionally ``:train`` or ``:val`` (rosi's own sets, written for this project, with fixed
   splits; ``lookalike``: safe prompts that sound harmful, by kind; ``harmful_hard``: harmful
   requests in indirect, role-played, fictional, multi-step, academic, obfuscated and
-  professional disguises, which a stronger model does not already refuse every time);
+  professional disguises, which a stronger model does not already refuse every time;
+  ``harmless_tasks``: ordinary requests in the imperative form harmful ones take: lists,
+  recipes, rewrites, short creative writing, persuasion, classification, dialogues, plans);
 - a file: ``.jsonl``, ``.json`` (a list of objects or strings), ``.csv`` or ``.txt`` (one prompt
   a line), optionally ``FILE:COLUMN`` to pick the column;
 - a Hugging Face dataset: ``hf:ID[:SPLIT][:COLUMN]``, e.g. ``hf:mlabonne/harmful_behaviors``;
@@ -32,7 +34,7 @@ from rosi.errors import RosiError, first_line
 DEFAULT_N_VAL = 32  # validation prompts per set for selection, the strength search and the measurement
 TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
 CATEGORY_COLUMNS = ("category", "Category", "type")
-BUILTIN = ("harmful", "harmless", "lookalike", "harmful_hard")
+BUILTIN = ("harmful", "harmless", "lookalike", "harmful_hard", "harmless_tasks")
 
 
 class PromptError(RosiError):
