@@ -31,9 +31,9 @@ from rosi.model.chat import ChatFormat
 from rosi.model.hooks import forward
 from rosi.model.loading import compute_dtype
 from rosi.model.meter import peak_rss_mb
-from rosi.options import ExtractOptions
-from rosi.pipeline import extract
 from rosi.prompts import PromptSets, builtin
+from rosi.workflows.extract import extract
+from rosi.workflows.options import ExtractOptions
 
 
 @torch.no_grad()

@@ -34,9 +34,9 @@ from rosi.edit.scope import probe_reads, probe_writers
 from rosi.judges import refusal_rate
 from rosi.model.chat import ChatFormat
 from rosi.model.generation import generate
-from rosi.options import ExtractOptions
-from rosi.pipeline import extract
 from rosi.prompts import PromptSets
+from rosi.workflows.extract import extract
+from rosi.workflows.options import ExtractOptions
 
 
 def main() -> int:

@@ -39,9 +39,9 @@ from rosi.direction.activations import collect_activations
 from rosi.model.chat import ChatFormat
 from rosi.model.hooks import forward
 from rosi.model.loading import LoadedModel, ModelSource
-from rosi.options import RunOptions
-from rosi.pipeline import run
 from rosi.prompts import PromptSet, PromptSets
+from rosi.workflows.options import RunOptions
+from rosi.workflows.run import run
 
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen0.5b": dict(

@@ -19,9 +19,9 @@ import time
 from _common import write_results
 from refusal_eval import held_out, measure
 from rosi import apply_edit, load
-from rosi.options import ExtractOptions
-from rosi.pipeline import extract
 from rosi.prompts import PromptSets
+from rosi.workflows.extract import extract
+from rosi.workflows.options import ExtractOptions
 
 
 def main() -> int:

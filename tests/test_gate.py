@@ -18,9 +18,9 @@ from rosi.edit.rank_one import benign_subspace, false_refusal_direction, gate_re
 from rosi.errors import EditError, RosiError
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
-from rosi.options import ExtractOptions
-from rosi.pipeline import extract
 from rosi.prompts import PromptSet, PromptSets
+from rosi.workflows.extract import extract
+from rosi.workflows.options import ExtractOptions
 
 
 def classes(d=40, n_h=12, n_b=20, seed=0):

@@ -24,9 +24,9 @@ from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint
 from rosi.model.generation import LocalGenerator, ServerGenerator
 from rosi.model.loading import LoadOptions
-from rosi.options import ExtractOptions
-from rosi.pipeline import extract
 from rosi.prompts import PromptSets, builtin
+from rosi.workflows.extract import extract
+from rosi.workflows.options import ExtractOptions
 
 pytestmark = pytest.mark.integration
 MODEL = "pypi:qwen2.5-coder-0.5b-instruct"

@@ -10,9 +10,9 @@ import pytest
 
 from rosi import Direction, load
 from rosi.edit.methods import EditForm
-from rosi.options import RunOptions
-from rosi.pipeline import run
 from rosi.prompts import PromptSets, builtin
+from rosi.workflows.options import RunOptions
+from rosi.workflows.run import run
 
 pytestmark = pytest.mark.integration
 

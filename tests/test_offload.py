@@ -13,9 +13,10 @@ from rosi import Direction, EditRecord, apply_edit, load, revert_edit
 from rosi.errors import RosiError
 from rosi.model.hooks import device_of, offloaded
 from rosi.model.loading import parse_max_memory
-from rosi.options import ExtractOptions, RunOptions
-from rosi.pipeline import extract, run
 from rosi.prompts import PromptSet, PromptSets
+from rosi.workflows.extract import extract
+from rosi.workflows.options import ExtractOptions, RunOptions
+from rosi.workflows.run import run
 
 
 @pytest.fixture

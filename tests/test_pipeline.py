@@ -14,11 +14,13 @@ from rosi.edit.methods import EditForm
 from rosi.edit.record import EditRecord
 from rosi.edit.strength import choose_strength
 from rosi.errors import RosiError
+from rosi.measure import RefusalMeter
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
-from rosi.options import DEFAULT_BUDGET, ExtractOptions, RunOptions
-from rosi.pipeline import extract, run
 from rosi.prompts import PromptSet, PromptSets
+from rosi.workflows.extract import extract
+from rosi.workflows.options import DEFAULT_BUDGET, ExtractOptions, RunOptions
+from rosi.workflows.run import run
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ def test_strength_search_respects_the_harmless_budget(loaded):
     model, u = loaded
     d = Direction(u * 3, layer=1, position=-1)
     s = sets()
-    search = choose_strength(model, d, "rosi", s.val_harmful, s.val_harmless, budget=DEFAULT_BUDGET, progress=False)
+    search = choose_strength(RefusalMeter(model), d, "rosi", s.val_harmful, s.val_harmless, budget=DEFAULT_BUDGET, progress=False)
     base = search.rows[0]
     chosen = next(r for r in search.rows if r.strength == search.strength)
     assert chosen.harmless <= base.harmless + 0.05
@@ -210,15 +212,15 @@ def test_the_search_bisects_between_the_last_strength_within_the_budget_and_the_
 
 
 def test_the_base_search_rates_come_from_the_first_tokens_of_longer_replies(loaded):
-    from rosi.edit.strength import SEARCH_TOKENS, base_step
+    from rosi.edit.strength import SEARCH_TOKENS
     from rosi.judges import refusal_rate
-    from rosi.model.generation import generate, generate_ids
+    from rosi.model.generation import generate
 
     model, _ = loaded
     fmt = ChatFormat(model.tokenizer)
     prompts = planted.HARMFUL + planted.HARMLESS
-    long = generate_ids(model.model, fmt, prompts, max_new_tokens=3 * SEARCH_TOKENS, batch_size=4)
     short = generate(model.model, fmt, prompts, max_new_tokens=SEARCH_TOKENS, batch_size=4)
-    assert model.tokenizer.batch_decode([r[:SEARCH_TOKENS] for r in long], skip_special_tokens=True) == short
-    step = base_step(long[:6], long[6:], model.tokenizer)
-    assert (step.harmful, step.harmless) == (refusal_rate(short[:6]), refusal_rate(short[6:]))
+    long = generate(model.model, fmt, prompts, max_new_tokens=3 * SEARCH_TOKENS, batch_size=4)
+    rates = RefusalMeter(model, batch_size=4).rates(prompts, (3 * SEARCH_TOKENS, SEARCH_TOKENS))
+    assert rates[SEARCH_TOKENS].value == refusal_rate(short)
+    assert rates[3 * SEARCH_TOKENS].value == refusal_rate(long)

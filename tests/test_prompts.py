@@ -68,7 +68,7 @@ def test_spread_samples_every_kind_evenly_even_one_appended_at_the_end():
         toy.spread(7)
     val = builtin("lookalike", "val")
     assert "topic_twin" not in set(val.take(32).categories)  # the kind added last: the first 32 miss it
-    from rosi.options import TUNE_N_VAL_LOOKALIKE
+    from rosi.workflows.options import TUNE_N_VAL_LOOKALIKE
 
     counts = {k: val.spread(TUNE_N_VAL_LOOKALIKE).categories.count(k) for k in set(val.categories)}
     assert len(counts) == 12 and set(counts.values()) == {5}  # rosi tune's default: 5 of each kind

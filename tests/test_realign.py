@@ -27,11 +27,11 @@ from rosi.errors import RosiError
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
-from rosi.options import REALIGN_BISECT, REALIGN_FORM, REALIGN_GRID, RealignOptions
-from rosi.pipeline import extract, extraction_activations
 from rosi.prompts import DEFAULT_N_VAL, PromptSet, PromptSets, builtin
 from rosi.prompts.system import SYSTEM_PROMPTS, system_prompt
-from rosi.realign import find_null, realign
+from rosi.workflows.extract import activations_for, extract
+from rosi.workflows.options import REALIGN_BISECT, REALIGN_FORM, REALIGN_GRID, RealignOptions
+from rosi.workflows.realign import find_null, realign
 
 ALL = ("attention", "mlp", "embedding")
 
@@ -186,9 +186,9 @@ def test_extraction_reads_candidates_with_the_system_prompt_and_writers_without_
     result = extract(loaded, s, options)
     with_sp, plain = ChatFormat(loaded.tokenizer, sp), ChatFormat(loaded.tokenizer)
     n_pos = len(plain.post_instruction_ids())
-    expected_direction = extraction_activations(loaded, with_sp, s, n_pos, options, writers=False).direction_at(1, -1)
+    expected_direction = activations_for(loaded, with_sp, s, n_pos, options, writers=False).direction_at(1, -1)
     torch.testing.assert_close(result.direction.vector, expected_direction)
-    expected_writers = extraction_activations(loaded, plain, s, n_pos, options)
+    expected_writers = activations_for(loaded, plain, s, n_pos, options)
     for name, value in expected_writers.harmful.writer_inputs.items():
         torch.testing.assert_close(result.activations.harmful.writer_inputs[name], value)
     assert result.direction.metadata["scored_with_system_prompt"] == "false"
@@ -200,6 +200,6 @@ def test_extraction_reads_candidates_with_the_system_prompt_and_writers_without_
         ),
     )
     assert both.direction.metadata["scored_with_system_prompt"] == "true"
-    with_sp_writers = extraction_activations(loaded, with_sp, s, n_pos, options)
+    with_sp_writers = activations_for(loaded, with_sp, s, n_pos, options)
     name = next(iter(with_sp_writers.harmful.writer_inputs))
     torch.testing.assert_close(both.activations.harmful.writer_inputs[name], with_sp_writers.harmful.writer_inputs[name])

@@ -12,12 +12,12 @@ import transformers as T
 import planted
 from conftest import save_tiny, tiny_model
 from rosi import Direction, EditRecord, apply_edit, load, revert_edit
-from rosi.edit.checkpoint import checkpoint_weights, save_checkpoint
-from rosi.edit.stream import stream_edit, streamable
+from rosi.export.checkpoint import checkpoint_weights, save_checkpoint
+from rosi.export.stream import stream_edit, streamable
 from rosi.model.loading import LoadedModel, ModelSource, checkpoint_dtype
-from rosi.options import RunOptions
-from rosi.pipeline import run
 from rosi.prompts import PromptSet, PromptSets
+from rosi.workflows.options import RunOptions
+from rosi.workflows.run import run
 
 
 def _direction(seed=3):

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from rosi.errors import RosiError
-from rosi.options import TuneOptions
-from rosi.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, tune
+from rosi.workflows.options import TuneOptions
+from rosi.workflows.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, tune
 from test_gate import lookalike_loaded, lookalike_sets
 
 FAST = {"score": "first-token", "layer": 1, "position": -1, "progress": False, "batch_size": 8, "confirm": 0, "layer_window": 0}
@@ -193,8 +193,8 @@ def test_the_tune_selects_its_direction_as_rosi_run_does_and_measures_on_the_har
     from dataclasses import replace
 
     from rosi.edit.methods import EditForm
-    from rosi.pipeline import extract
     from rosi.prompts import PromptSet
+    from rosi.workflows.extract import extract
 
     loaded, _ = lookalike_loaded()
     sets = lookalike_sets()

@@ -3,7 +3,7 @@
 The package reads as the pipeline (see CONTRIBUTING.md for the map):
 :mod:`rosi.model` (load a model, map its residual writers) -> :mod:`rosi.direction` (extract and
 select the refusal direction) -> :mod:`rosi.edit` (the methods, the rank-one edit, writers,
-strength, checkpoint) -> :mod:`rosi.pipeline` (``extract``, ``run``); :mod:`rosi.eval` measures
+strength, checkpoint) -> :mod:`rosi.workflows.run` (``extract``, ``run``); :mod:`rosi.eval` measures
 any model beside it. The names below are the public API; they are imported on first use, so
 ``import rosi`` (and ``rosi --help``) does not load torch.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from rosi._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -33,13 +33,13 @@ _EXPORTS = {
     "revert_edit": "rosi.edit.apply",
     "apply_record": "rosi.edit.apply",
     "EditRecord": "rosi.edit.record",
-    "save_checkpoint": "rosi.edit.checkpoint",
-    "ExtractOptions": "rosi.options",
-    "RunOptions": "rosi.options",
-    "RealignOptions": "rosi.options",
-    "TuneOptions": "rosi.options",
-    "extract": "rosi.pipeline",
-    "run": "rosi.pipeline",
+    "save_checkpoint": "rosi.export.checkpoint",
+    "ExtractOptions": "rosi.workflows.options",
+    "RunOptions": "rosi.workflows.options",
+    "RealignOptions": "rosi.workflows.options",
+    "TuneOptions": "rosi.workflows.options",
+    "extract": "rosi.workflows.extract",
+    "run": "rosi.workflows.run",
     "EvalOptions": "rosi.eval.evaluate",
     "evaluate": "rosi.eval.evaluate",
     "RosiError": "rosi.errors",
@@ -78,17 +78,18 @@ __all__ = [
 if TYPE_CHECKING:
     from rosi.direction.vector import Direction
     from rosi.edit.apply import apply_edit, apply_record, revert_edit
-    from rosi.edit.checkpoint import save_checkpoint
     from rosi.edit.methods import METHODS, EditForm
     from rosi.edit.record import EditRecord
     from rosi.errors import RosiError
     from rosi.eval.evaluate import EvalOptions, evaluate
+    from rosi.export.checkpoint import save_checkpoint
     from rosi.model.architecture import ArchitectureMap, architecture_map
     from rosi.model.loading import LoadedModel, LoadOptions, load
     from rosi.model.writers import ResidualWriter, WriterKind
-    from rosi.options import ExtractOptions, RealignOptions, RunOptions, TuneOptions
-    from rosi.pipeline import extract, run
     from rosi.prompts.sets import PromptSet, PromptSets
+    from rosi.workflows.extract import extract
+    from rosi.workflows.options import ExtractOptions, RealignOptions, RunOptions, TuneOptions
+    from rosi.workflows.run import run
 
 
 def __getattr__(name: str) -> Any:

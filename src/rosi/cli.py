@@ -14,15 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rosi import __version__
+from rosi._version import __version__
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, GATE_RIDGE, METHODS, SCOPES, searchable_methods, weight_methods
 from rosi.errors import RosiError
 from rosi.eval.suites import SUITES
 from rosi.judges import DEFAULT_NEW_TOKENS, JUDGES
 from rosi.model.packaged import PACKAGED
 from rosi.model.writers import DEFAULT_TARGETS, TARGETS
-from rosi.options import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET
 from rosi.prompts import DEFAULT_N_VAL
+from rosi.workflows.options import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +90,7 @@ def _int_at_least(lowest: int) -> Callable[[str], int]:
 
 def _harmful_floor(text: str) -> float | str | None:
     """``rosi tune --min-harmful``: a reference trial's name, ``none``, or a share."""
-    from rosi.options import TUNE_FLOORS
+    from rosi.workflows.options import TUNE_FLOORS
 
     if text in TUNE_FLOORS:
         return text
@@ -331,7 +331,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import TUNE_FORMS, TUNE_N_VAL_LOOKALIKE, TUNE_SCORES, TUNE_SEARCHED, TuneOptions
+    from rosi.workflows.options import TUNE_FORMS, TUNE_N_VAL_LOOKALIKE, TUNE_SCORES, TUNE_SEARCHED, TuneOptions
 
     d = TuneOptions()
     _model_args(p)
@@ -401,9 +401,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from rosi.export.formats import check_format_output, default_format
-    from rosi.options import TuneOptions
     from rosi.prompts import load_prompts
-    from rosi.tune import tune
+    from rosi.workflows.options import TuneOptions
+    from rosi.workflows.tune import tune
 
     fmt = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
@@ -451,8 +451,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _realign_args(p: argparse.ArgumentParser) -> None:
-    from rosi.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_BUDGET, REALIGN_FORM, REALIGN_N_VAL
     from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
+    from rosi.workflows.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_BUDGET, REALIGN_FORM, REALIGN_N_VAL
 
     _run_args(p)
     p.add_argument(
@@ -489,7 +489,7 @@ def _realign_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_realign(args: argparse.Namespace) -> int:
     from rosi.export.formats import check_format_output, default_format
-    from rosi.realign import realign
+    from rosi.workflows.realign import realign
 
     fmt = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
@@ -503,7 +503,7 @@ def cmd_realign(args: argparse.Namespace) -> int:
 
 
 def _realign_options(args: argparse.Namespace, fmt: str) -> Any:
-    from rosi.options import RealignOptions
+    from rosi.workflows.options import RealignOptions
 
     return _run_options(
         args,
@@ -781,7 +781,7 @@ def _run_options(args: argparse.Namespace, options_class: Any = None, **extra: A
     """The options the CLI's flags give, as ``options_class`` (default: ``RunOptions``; ``extra``:
     the fields only that command has)."""
     from rosi.edit.methods import EditForm
-    from rosi.options import RunOptions
+    from rosi.workflows.options import RunOptions
 
     return (options_class or RunOptions)(
         form=EditForm(args.method, args.scope, args.writer_ratio, ridge=args.ridge, null_space=args.null_space),
@@ -824,12 +824,12 @@ def _is_scores_file(path: Path) -> bool:
 def cmd_direction(args: argparse.Namespace) -> int:
     from rosi._fs import atomic_file, check_output
     from rosi.direction.vector import is_direction_file
-    from rosi.pipeline import extract
+    from rosi.workflows.extract import extract
 
     out = Path(args.out)
     scores = out.with_suffix(".scores.json")
     protect = _inputs(args)
-    check_output(out, args.overwrite, protect=protect, owned=is_direction_file, what="direction file")
+    check_output(out, args.overwrite, protect=protect, owned=is_direction_file, what="direction file", file_name="direction.safetensors")
     check_output(scores, args.overwrite, protect=protect, owned=_is_scores_file, what="score table")
     options = _run_options(args)
     prompts = _prompts(args)
@@ -849,7 +849,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rosi.export.formats import check_format_output, default_format
-    from rosi.pipeline import run
+    from rosi.workflows.run import run
 
     fmt = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=_inputs(args))
@@ -1045,8 +1045,8 @@ def _patch_from_files(args: argparse.Namespace, direction: Any, strength: float,
     import transformers as T
 
     from rosi._fs import atomic_file
-    from rosi.edit.stream import plan_record
     from rosi.export.patch import write_patch
+    from rosi.export.stream import plan_record
 
     base = Path(args.model).expanduser()
     started = time.perf_counter()
@@ -1132,8 +1132,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from rosi._fs import atomic_directory, check_output, regular_file
-    from rosi.edit.checkpoint import is_rosi_output
     from rosi.export.card import card_text
+    from rosi.export.checkpoint import is_rosi_output
     from rosi.export.patch import RECORD_FILE, apply_patch, check_base, read_patch
 
     record, identity = read_patch(regular_file(Path(args.patch), "patch"))
@@ -1210,7 +1210,7 @@ def _verify_gguf(model: Path, args: argparse.Namespace) -> int:
 
 def cmd_revert(args: argparse.Namespace) -> int:
     from rosi._fs import atomic_directory, check_output
-    from rosi.edit.checkpoint import is_rosi_output
+    from rosi.export.checkpoint import is_rosi_output
     from rosi.export.patch import revert_folder
 
     model, out = Path(args.model), Path(args.out)

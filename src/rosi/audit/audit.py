@@ -244,7 +244,7 @@ def _with(result: Audit, info: dict[str, Any], verdicts: list[str], changes: lis
 
 def _record_check(loaded: LoadedModel, base: LoadedModel) -> str | None:
     """The edit record's check against the weights, for local checkpoint folders."""
-    from rosi.edit.checkpoint import RECORD_FILE
+    from rosi.export.checkpoint import RECORD_FILE
     from rosi.export.patch import verify
     from rosi.model.loading import local_folder
 

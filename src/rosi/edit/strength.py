@@ -1,14 +1,15 @@
 """How strongly to edit: a search up the method's grid on validation prompts.
 
 The strength kept is the one with the most refusals on harmful validation prompts while refusals
-on harmless ones rise by at most ``budget`` over the base model, judged by the marker judge on
-short greedy replies (:data:`SEARCH_TOKENS` tokens: enough for "I'm sorry" or "I can't", at
-little more than the cost of one forward pass over the prompts).
+on harmless ones rise by at most ``budget`` over the base model, measured by a
+:class:`~rosi.measure.RefusalMeter` (any judge; the marker judge by default) on short greedy
+replies (:data:`SEARCH_TOKENS` tokens: enough for "I'm sorry" or "I can't", at little more than
+the cost of one forward pass over the prompts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,10 +17,7 @@ from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, revert_edit
 from rosi.edit.methods import get_method
 from rosi.edit.scope import WriterChoice
-from rosi.judges.markers import refusal_rate
-from rosi.model.chat import ChatFormat
-from rosi.model.generation import generate
-from rosi.model.loading import LoadedModel
+from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSet
 
 SEARCH_TOKENS = 8  # reply length judged during the search
@@ -51,18 +49,8 @@ class StrengthSearch:
         return {"method": self.method, "strength": self.strength, "chosen_by": self.chosen_by, "rows": [asdict(r) for r in self.rows]}
 
 
-def refusal_rate_of(
-    loaded: LoadedModel, prompts: PromptSet | Sequence[str], *, new_tokens: int, batch_size: int, progress: bool = False, desc: str = ""
-) -> tuple[float, list[str]]:
-    """The marker judge's refusal rate on greedy replies of ``new_tokens`` tokens, and the replies."""
-    instructions = prompts.instructions if isinstance(prompts, PromptSet) else prompts
-    fmt = ChatFormat(loaded.tokenizer)
-    replies = generate(loaded.model, fmt, instructions, max_new_tokens=new_tokens, batch_size=batch_size, progress=progress, desc=desc)
-    return refusal_rate(replies), replies
-
-
 def choose_strength(
-    loaded: LoadedModel,
+    meter: RefusalMeter,
     direction: Direction,
     method: str,
     val_harmful: PromptSet,
@@ -71,7 +59,6 @@ def choose_strength(
     budget: float,
     choice: WriterChoice | None = None,
     base: StrengthStep | None = None,
-    batch_size: int = 32,
     progress: bool = True,
     grid: tuple[float, ...] | None = None,
     bisect: int = 0,
@@ -80,17 +67,18 @@ def choose_strength(
     writer without one), stopping past the budget; below the grid, halve the smallest strength
     while even it over-refuses; then try ``bisect`` midpoints between the best strength and the
     next one tried above it (a coarse grid's step can jump over the best strength).
-    ``base`` gives the base model's rates when they are known already."""
+    ``base`` gives the base model's rates when they are known already; ``meter`` measures the
+    model it was made for, as it is while each strength is applied."""
     grid = grid or get_method(method).grid
 
     if base is None:
-        base = _rates(loaded, 0.0, val_harmful, val_harmless, batch_size, limit=None)
+        base = _rates(meter, 0.0, val_harmful, val_harmless, limit=None)
         _say(progress, "rosi: base model", base)
     limit = base.harmless + budget
 
     def measure(strength: float) -> StrengthStep:
         record = apply_edit(
-            loaded.model,
+            meter.loaded.model,
             direction,
             method,
             strength,
@@ -100,9 +88,9 @@ def choose_strength(
             keep_originals=True,
         )
         try:
-            step = _rates(loaded, strength, val_harmful, val_harmless, batch_size, limit=limit)
+            step = _rates(meter, strength, val_harmful, val_harmless, limit=limit)
         finally:
-            revert_edit(loaded.model, record)
+            revert_edit(meter.loaded.model, record)
         _say(progress, f"rosi: {method} {strength:g}", step)
         return step
 
@@ -157,25 +145,12 @@ def walk_grid(
     return rows, best
 
 
-def _rates(
-    loaded: LoadedModel, strength: float, harmful: PromptSet, harmless: PromptSet, batch_size: int, *, limit: float | None
-) -> StrengthStep:
+def _rates(meter: RefusalMeter, strength: float, harmful: PromptSet, harmless: PromptSet, *, limit: float | None) -> StrengthStep:
     """Harmless refusal first: past ``limit`` the harmful prompts are not worth generating for."""
-    kw: dict[str, Any] = {"new_tokens": SEARCH_TOKENS, "batch_size": batch_size}
-    harmless_rate = refusal_rate_of(loaded, harmless, **kw)[0]
+    harmless_rate = meter.rate(harmless, SEARCH_TOKENS).value
     if limit is not None and harmless_rate > limit:
         return StrengthStep(strength, None, harmless_rate)
-    return StrengthStep(strength, refusal_rate_of(loaded, harmful, **kw)[0], harmless_rate)
-
-
-def base_step(harmful_replies: Sequence[Sequence[int]], harmless_replies: Sequence[Sequence[int]], tokenizer: Any) -> StrengthStep:
-    """The base model's search rates from its longer greedy replies (token ids): the first
-    :data:`SEARCH_TOKENS` tokens of a greedy reply are the shorter greedy reply."""
-
-    def rate(replies: Sequence[Sequence[int]]) -> float:
-        return refusal_rate(tokenizer.batch_decode([list(r[:SEARCH_TOKENS]) for r in replies], skip_special_tokens=True))
-
-    return StrengthStep(0.0, rate(harmful_replies), rate(harmless_replies))
+    return StrengthStep(strength, meter.rate(harmful, SEARCH_TOKENS).value, harmless_rate)
 
 
 def _say(progress: bool, label: str, step: StrengthStep) -> None:

@@ -46,8 +46,8 @@ class OutputFormat:
 
 
 def _checkpoint(edited: Edited, out: Path, overwrite: bool) -> Path:
-    from rosi.edit.checkpoint import checkpoint_weights, save_checkpoint
     from rosi.export.card import write_card
+    from rosi.export.checkpoint import checkpoint_weights, save_checkpoint
 
     def extras(folder: Path) -> None:
         if edited.write_extra is not None:
@@ -66,7 +66,7 @@ def _checkpoint(edited: Edited, out: Path, overwrite: bool) -> Path:
 
 
 def _lora(edited: Edited, out: Path, overwrite: bool) -> Path:
-    from rosi.edit.checkpoint import MANIFEST, build_manifest, input_paths, is_rosi_output
+    from rosi.export.checkpoint import MANIFEST, build_manifest, input_paths, is_rosi_output
     from rosi.export.lora import write_lora
     from rosi.export.patch import RECORD_FILE
 
@@ -99,7 +99,7 @@ def is_rosi_file(path: Path) -> bool:
 
 
 def _file_output(writer: Callable[[Path], object], edited: Edited, out: Path, overwrite: bool, what: str) -> Path:
-    from rosi.edit.checkpoint import input_paths
+    from rosi.export.checkpoint import input_paths
 
     check_output(out, overwrite, protect=input_paths(edited.loaded.source), owned=is_rosi_file, what=what)
     with atomic_file(out) as tmp:
@@ -180,7 +180,7 @@ def check_format_output(out: Path, fmt: str, overwrite: bool, protect: tuple[Pat
     if fmt not in FORMATS:
         raise RosiError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     owned = _is_checkpoint_or_adapter if FORMATS[fmt].kind == "folder" else is_rosi_file
-    check_output(Path(out), overwrite, protect=protect, owned=owned, what=FORMATS[fmt].description.split(" (")[0])
+    check_output(Path(out), overwrite, protect=protect, owned=owned, what=f"{fmt} {FORMATS[fmt].kind}")
 
 
 def save(edited: Edited, out: Path, fmt: str, overwrite: bool) -> Path:

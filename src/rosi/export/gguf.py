@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rosi import __version__
+from rosi._version import __version__
 from rosi.edit.apply import edit_weight
 from rosi.edit.methods import get_method
 from rosi.edit.record import EditRecord, MatrixEdit
@@ -221,10 +221,10 @@ def planned_record(
     source: Path, direction: Any, method: str, strength: float, targets: tuple[str, ...], layers: tuple[int, ...] | None
 ) -> EditRecord:
     """The record of an edit of a GGUF file's writers, made without loading its weights (see
-    :func:`rosi.edit.stream.plan_record`; the factors are computed by :func:`edit_gguf`)."""
+    :func:`rosi.export.stream.plan_record`; the factors are computed by :func:`edit_gguf`)."""
     import transformers as T
 
-    from rosi.edit.stream import plan_record
+    from rosi.export.stream import plan_record
 
     config = T.AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
     return plan_record(config, direction, method, strength, targets, layers)

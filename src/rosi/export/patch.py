@@ -4,7 +4,7 @@ A patch is an edit record file (the direction and every right factor, :mod:`rosi
 whose metadata also names the base it is for: the model type and, for every edited tensor, its
 dtype, shape and the sha256 of its stored bytes. :func:`apply_patch` checks a base against that
 identity before anything is written (a wrong base or revision names the tensor that differs),
-then streams the base's safetensors shards one tensor at a time (:mod:`rosi.edit.stream`): the
+then streams the base's safetensors shards one tensor at a time (:mod:`rosi.export.stream`): the
 edited tensors recomputed in float32 and written in their own dtype, everything else copied byte
 for byte, shards and index as in the base. :func:`verify` checks that a model is its base plus
 its recorded edit (or, without a base, that the recorded factors fit the weights), and
@@ -26,8 +26,8 @@ from safetensors import safe_open
 from rosi.edit.methods import get_method
 from rosi.edit.rank_one import rank_one_update
 from rosi.edit.record import EditRecord
-from rosi.edit.stream import INDEX, stream_edit, tensor_info, tensor_sha256, weight_files
 from rosi.errors import RosiError
+from rosi.export.stream import INDEX, stream_edit, tensor_info, tensor_sha256, weight_files
 
 PATCH_FORMAT = "rosi-patch/1"
 RECORD_FILE = "rosi_edit.safetensors"

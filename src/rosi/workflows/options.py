@@ -67,6 +67,7 @@ class RunOptions(ExtractOptions):
     gguf_type: str = "Q8_0"  # --format gguf: what tensors of a type the gguf package cannot quantize become
     grid: tuple[float, ...] | None = None  # strengths searched (default: the method's own grid)
     bisect: int = 0  # midpoints tried between the best strength and the next one tried above it
+    judge: str = "markers"  # the judge of every refusal measured (a rosi.judges spec: markers, llamaguard:PATH, openai:URL, ...)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,7 +103,7 @@ REALIGN_N_VAL: int | None = None
 
 @dataclass(frozen=True)
 class RealignOptions(RunOptions):
-    """:func:`rosi.realign`: :class:`RunOptions` with the defaults measured for uncensored
+    """:func:`rosi.workflows.realign`: :class:`RunOptions` with the defaults measured for uncensored
     models (the README's "Re-aligning" section): a built-in safety system prompt for extraction,
     candidates scored and read-outs fit without it, the ``gate`` edit with a null-space
     constraint (:data:`REALIGN_FORM`: its read-out looks at the writers' inputs, which ablation
@@ -139,7 +140,7 @@ TUNE_FLOORS = ("default", "paper")  # reference trials whose harmful refusal the
 
 @dataclass(frozen=True)
 class TuneOptions(RunOptions):
-    """:func:`rosi.tune`: ``trials`` searched (seeded; the journal lets an interrupted tune
+    """:func:`rosi.workflows.tune`: ``trials`` searched (seeded; the journal lets an interrupted tune
     resume; the two reference trials among them, whatever ``forms``), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
     scopes, strengths and the fits' ridge and null space; ``score`` the trials' cheap score;
     ``confirm`` front trials re-measured on full replies; the constraints the kept trial must

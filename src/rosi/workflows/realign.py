@@ -16,7 +16,7 @@ Two kinds of "uncensored" model need two ways back:
   extraction sets (:mod:`rosi.prompts.system`); selection and the read-outs then work without it.
 
 ``direction="auto"`` takes the first where the weights show an ablation, else the second. The
-edit is then chosen, measured and saved by :func:`rosi.pipeline.run`, without any system prompt.
+edit is then chosen, measured and saved by :func:`rosi.workflows.run.run`, without any system prompt.
 """
 
 from __future__ import annotations
@@ -24,18 +24,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rosi.direction.extraction import direction_metadata
 from rosi.direction.null import GAP_DEPTH, Ablation, NullDirection, find_ablation, null_direction, writer_gram, writer_grams
 from rosi.direction.score import PassCounter, mean_log_odds, refusal_token_ids
 from rosi.direction.vector import Direction
-from rosi.edit.checkpoint import input_paths
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
+from rosi.export.checkpoint import input_paths
 from rosi.export.formats import check_format_output
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
-from rosi.options import RealignOptions
-from rosi.pipeline import Extraction, RunReport, direction_metadata, extraction_activations, prompt_samples, run
 from rosi.prompts import PromptSets
+from rosi.workflows.extract import Extraction, activations_for, samples_for
+from rosi.workflows.options import RealignOptions
+from rosi.workflows.run import RunReport, run
 
 NULL_METHODS = ("probe", "gate", "surgical", "rosi")  # read-outs that do not rely on the writers' own component along the direction
 
@@ -49,7 +51,7 @@ def find_null(loaded: LoadedModel) -> tuple[NullDirection, Ablation | None]:
 
 def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: RealignOptions | None = None) -> RunReport:
     """Find the way back for an uncensored model, then search, measure and save the edit as
-    :func:`rosi.pipeline.run` does (the report's direction metadata says which way was taken)."""
+    :func:`rosi.workflows.run.run` does (the report's direction metadata says which way was taken)."""
     options = options or RealignOptions()
     check_format_output(Path(out), options.format, options.overwrite, protect=input_paths(loaded.source))
     null, ablation = find_null(loaded)
@@ -78,7 +80,7 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     started = time.perf_counter()
     fmt = ChatFormat(loaded.tokenizer)
     n_pos = len(fmt.post_instruction_ids())
-    activations = extraction_activations(loaded, fmt, prompts, n_pos, options)
+    activations = activations_for(loaded, fmt, prompts, n_pos, options)
     layer = options.layer if options.layer is not None else int(GAP_DEPTH * loaded.architecture.num_layers)
     position = options.position if options.position is not None else -1
     gap = float(activations.direction_at(layer, position).norm())
@@ -100,7 +102,7 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     sign = max(scores, key=lambda s: scores[s])
     metadata["sign_log_odds_gap"] = f"{scores[sign]:.3f} (other sign {scores[-sign]:.3f})"
     direction = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
-    samples = prompt_samples(loaded, fmt, prompts, position, options.form.scope, options) if options.form.spec.samples else None
+    samples = samples_for(loaded, fmt, prompts, position, options.form.scope, options) if options.form.spec.samples else None
     return Extraction(direction, None, round(time.perf_counter() - started, 2), activations, samples)
 
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from rosi import __version__
 from rosi._fs import atomic_directory, check_output, is_rosi_folder
+from rosi._version import __version__
 from rosi.edit.apply import edits_applied
 from rosi.edit.record import EditRecord
-from rosi.edit.stream import stream_edit, streamable
 from rosi.errors import EditError
+from rosi.export.stream import stream_edit, streamable
 from rosi.model.architecture import model_type_of
 from rosi.model.hooks import offloaded
 from rosi.model.loading import LoadedModel, ModelSource, checkpoint_dtype, local_folder
@@ -49,7 +49,7 @@ def save_checkpoint(
     ``extra`` is merged into ``rosi.json``; ``write_extra(folder)`` may add files to the output
     before it is renamed into place. With ``weights_from`` (the local safetensors folder the model
     was loaded from) the weights are that checkpoint's, in its own precision, with ``record``
-    applied tensor by tensor (:mod:`rosi.edit.stream`), instead of the model's in memory (which
+    applied tensor by tensor (:mod:`rosi.export.stream`), instead of the model's in memory (which
     may have been loaded in a lower precision for speed)."""
     if isinstance(model, LoadedModel):
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer

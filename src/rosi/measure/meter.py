@@ -1,0 +1,112 @@
+"""The refusal meter: prompts -> greedy replies -> a judge -> :class:`RefusalRate`.
+
+Every refusal figure rosi reports (``rosi run``'s validation table and strength search, ``rosi
+tune``'s trials, ``rosi realign``, ``rosi eval``, the benchmarks) comes from here, with any
+registered judge (:mod:`rosi.judges`; the marker judge by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from rosi.errors import RosiError
+from rosi.judges import Judge, MarkerJudge, make_judge
+from rosi.measure.rate import RefusalRate
+from rosi.model.chat import ChatFormat
+from rosi.model.endpoint import Endpoint
+from rosi.model.generation import generate_ids, generate_with_logprobs
+from rosi.model.loading import LoadedModel, looks_like_a_path
+from rosi.prompts import PromptSet
+
+Prompts = PromptSet | Sequence[str]
+
+
+def check_judge(spec: str) -> None:
+    """Everything about a judge spec that can fail, checked before long work and without loading
+    a judge model: the judge's name, a local judge folder that must exist, a judge server that must
+    answer. Raises :class:`~rosi.errors.RosiError` naming the problem."""
+    name, _, where = spec.partition(":")
+    if name == "llamaguard":
+        if not where:
+            raise RosiError(f"--judge {spec}: llamaguard needs a checkpoint: llamaguard:PATH_OR_HUB_ID")
+        if looks_like_a_path(where) and not Path(where).expanduser().exists():
+            raise RosiError(f"--judge {spec}: {where} does not exist; pass a Llama Guard checkpoint folder or hub id")
+        return
+    judge = make_judge(spec)  # cheap for every other judge: a name check, a URL parsed
+    endpoint = getattr(judge, "endpoint", None)
+    if isinstance(endpoint, Endpoint):
+        endpoint.check_reachable()
+
+
+def judge_of(spec: str) -> Judge:
+    """The judge of ``spec`` (``markers``, ``llamaguard:PATH_OR_ID``, ``openai:URL[#MODEL]``, ...),
+    after :func:`check_judge`."""
+    check_judge(spec)
+    return make_judge(spec)
+
+
+def _instructions(prompts: Prompts) -> list[str]:
+    return list(prompts.instructions if isinstance(prompts, PromptSet) else prompts)
+
+
+class RefusalMeter:
+    """Measures the model in memory as it is now (edits applied or not) on any prompts.
+
+    ``judge``: any :class:`~rosi.judges.Judge` (default: the marker judge). ``share_prefix``:
+    compute the prompts' shared prefix (the chat template's system turn) once per call, the fast
+    path of :func:`rosi.model.generation.generate_with_logprobs` (equal up to rounding)."""
+
+    def __init__(
+        self, loaded: LoadedModel, judge: Judge | None = None, *, batch_size: int = 32, progress: bool = False, share_prefix: bool = False
+    ) -> None:
+        self.loaded, self.judge = loaded, judge or MarkerJudge()
+        self.batch_size, self.progress, self.share_prefix = batch_size, progress, share_prefix
+        self.fmt = ChatFormat(loaded.tokenizer)
+
+    def judged(self, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0, label: str = "") -> RefusalRate:
+        """Judge replies already generated (by this model, a server, a cache)."""
+        verdicts = self.judge.judge(_instructions(prompts), list(replies))
+        return RefusalRate.of(verdicts, judge=self.judge.name or type(self.judge).__name__, new_tokens=new_tokens, label=label)
+
+    def replies(self, prompts: Prompts, new_tokens: int, *, desc: str = "") -> list[str]:
+        return self.replies_at(prompts, (new_tokens,), desc=desc)[new_tokens]
+
+    def replies_at(self, prompts: Prompts, lengths: Sequence[int], *, desc: str = "") -> dict[int, list[str]]:
+        """Greedy replies cut at each of ``lengths`` tokens, from one generation of the longest
+        (the first ``n`` tokens of a greedy reply are the ``n``-token greedy reply)."""
+        ids = generate_ids(
+            self.loaded.model,
+            self.fmt,
+            _instructions(prompts),
+            max_new_tokens=max(lengths),
+            batch_size=self.batch_size,
+            progress=self.progress and bool(desc),
+            desc=desc,
+        )
+        decode = self.loaded.tokenizer.batch_decode
+        return {n: list(decode([row[:n] for row in ids], skip_special_tokens=True)) for n in lengths}
+
+    def rate(self, prompts: Prompts, new_tokens: int, *, desc: str = "", label: str = "") -> RefusalRate:
+        """Refusal in greedy replies of ``new_tokens`` tokens."""
+        return self.rates(prompts, (new_tokens,), desc=desc, label=label)[new_tokens]
+
+    def rates(self, prompts: Prompts, lengths: Sequence[int], *, desc: str = "", label: str = "") -> dict[int, RefusalRate]:
+        """Refusal at each reply length, from one generation (:meth:`replies_at`)."""
+        replies = self.replies_at(prompts, lengths, desc=desc)
+        return {n: self.judged(prompts, r, new_tokens=n, label=label) for n, r in replies.items()}
+
+    def rate_and_logprobs(self, prompts: Prompts, new_tokens: int, *, share_prefix: bool | None = None) -> tuple[RefusalRate, torch.Tensor]:
+        """Refusal in ``new_tokens``-token replies and the first reply token's log-probabilities
+        (for a KL against another model state), from one generation pass."""
+        replies, logprobs = generate_with_logprobs(
+            self.loaded.model,
+            self.fmt,
+            _instructions(prompts),
+            max_new_tokens=new_tokens,
+            batch_size=self.batch_size,
+            share_prefix=self.share_prefix if share_prefix is None else share_prefix,
+        )
+        return self.judged(prompts, replies, new_tokens=new_tokens), logprobs

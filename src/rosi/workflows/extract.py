@@ -1,0 +1,128 @@
+"""The first step of every workflow: :func:`extract` the refusal direction (difference of means,
+then selection on validation prompts), with what the edit needs to choose its writers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rosi.direction.activations import ActivationPair, PromptSamples
+from rosi.direction.extraction import direction_metadata, extraction_activations, prompt_samples
+from rosi.direction.selection import Selection, select_direction
+from rosi.direction.vector import Direction
+from rosi.edit.methods import EditForm, get_method
+from rosi.edit.scope import WriterChoice, choose_writers, probe_layer_range, probe_writers
+from rosi.edit.trial import EditTrial
+from rosi.errors import RosiError
+from rosi.model.chat import ChatFormat
+from rosi.model.loading import LoadedModel
+from rosi.prompts import PromptSets
+from rosi.workflows.options import ExtractOptions
+
+
+@dataclass(frozen=True)
+class Extraction:
+    direction: Direction
+    selection: Selection | None  # None when the layer and position were pinned
+    seconds: float
+    # Mean activations of both extraction sets (layers, and the measurable writers' outputs and,
+    # for read-out methods, inputs), for choosing which writers to edit.
+    activations: ActivationPair
+    # Single prompts at the direction's position, for methods fit on them (gate, surgical).
+    samples: PromptSamples | None = None
+
+    def choose_writers(self, loaded: LoadedModel, form: EditForm) -> WriterChoice:
+        """The writers ``form`` edits for this direction."""
+        return choose_writers(loaded.model, loaded.architecture, self.direction, self.activations, form, self.samples)
+
+
+def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | None = None) -> Extraction:
+    """Difference of means at every (layer, post-instruction position) of the extraction prompts;
+    select one on the validation prompts, or take the pinned ``options.layer``/``position``.
+
+    With a system prompt the candidates are read with it in front of both sets. Selection scores
+    them, and the writers are measured, with it too when ``options.score_with_system_prompt``,
+    otherwise without it (in a second pass over the extraction prompts)."""
+    options = options or ExtractOptions()
+    started = time.perf_counter()
+    fmt = ChatFormat(loaded.tokenizer, options.system_prompt)
+    plain = fmt if options.score_with_system_prompt or not options.system_prompt else ChatFormat(loaded.tokenizer)
+    n_pos = len(fmt.post_instruction_ids())
+    _check_pin(loaded, options, n_pos)
+    if plain is fmt:
+        activations = candidates = activations_for(loaded, fmt, prompts, n_pos, options)
+    else:
+        candidates = activations_for(loaded, fmt, prompts, n_pos, options, writers=False)
+        activations = activations_for(loaded, plain, prompts, n_pos, options)
+    selection = None
+    layer, position = options.layer, options.position
+    if layer is None or position is None:
+        selection = select_direction(
+            loaded.model,
+            plain,
+            candidates.differences(),
+            prompts.val_harmful.instructions,
+            prompts.val_harmless.instructions,
+            trial=EditTrial(loaded.model, loaded.architecture, activations, options.form),
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
+        layer, position = selection.layer, selection.position
+    metadata = direction_metadata(
+        loaded, prompts, fmt, position, "pinned" if selection is None else selection.selected_by, options.system_prompt
+    )
+    if options.system_prompt:
+        metadata["scored_with_system_prompt"] = str(plain is fmt).lower()
+    direction = Direction(
+        candidates.direction_at(layer, position), layer=layer, position=position, model=loaded.source.spec, metadata=metadata
+    )
+    samples = samples_for(loaded, plain, prompts, position, options.form.scope, options) if options.form.spec.samples else None
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2), activations, samples)
+
+
+def activations_for(
+    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, n_pos: int, options: ExtractOptions, writers: bool = True
+) -> ActivationPair:
+    """Both extraction sets' means, with the writers' inputs where ``options.form`` reads them."""
+    return extraction_activations(
+        loaded,
+        fmt,
+        prompts,
+        n_pos,
+        writers=writers,
+        read_inputs=options.form.spec.needs_reads,
+        batch_size=options.batch_size,
+        progress=options.progress,
+    )
+
+
+def samples_for(
+    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, position: int, scope: str, options: ExtractOptions
+) -> PromptSamples:
+    """Single prompts' activations at the inputs of the writers ``scope`` edits (the middle
+    layers', or all), for the read-outs fit on them."""
+    arch = loaded.architecture
+    modules = arch.measurable_modules(loaded.model)
+    if scope != "all":
+        keep = set(probe_writers(arch.select(), probe_layer_range(arch.num_layers)))
+        modules = {name: m for name, m in modules.items() if name in keep}
+    return prompt_samples(
+        loaded,
+        fmt,
+        prompts,
+        position,
+        modules,
+        batch_size=options.batch_size,
+        progress=options.progress,
+        need=f"method {options.form.method!r}",
+    )
+
+
+def _check_pin(loaded: LoadedModel, options: ExtractOptions, n_pos: int) -> None:
+    if get_method(options.form.method).effect_strength is None:
+        raise RosiError(f"rosi selects directions for the methods rosi run offers, not {options.form.method!r}")
+    n_layers = loaded.architecture.num_layers
+    if options.layer is not None and not 0 <= options.layer < n_layers:
+        raise RosiError(f"--layer {options.layer} is out of range: the model has layers 0..{n_layers - 1}")
+    if options.position is not None and not -n_pos <= options.position < 0:
+        raise RosiError(f"--position {options.position} is out of range: post-instruction positions are -{n_pos}..-1")

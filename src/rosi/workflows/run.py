@@ -1,0 +1,261 @@
+"""ROSI end to end: :func:`~rosi.workflows.extract.extract` the direction, then :func:`run`
+chooses the writers and the strength, injects, measures and saves.
+
+The stages live in their folders (:mod:`rosi.direction`, :mod:`rosi.edit`, :mod:`rosi.measure`,
+:mod:`rosi.export`); this module only sequences them and writes what they return.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosi._fs import atomic_file
+from rosi.direction.vector import Direction
+from rosi.edit.apply import apply_edit, check_strength, revert_edit
+from rosi.edit.methods import EditForm, get_method
+from rosi.edit.record import EditRecord
+from rosi.edit.scope import WriterChoice
+from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, choose_strength
+from rosi.errors import RosiError
+from rosi.export.checkpoint import input_paths
+from rosi.export.formats import FORMATS, Edited, check_format_output, save
+from rosi.measure import RefusalMeter, RefusalRate, judge_of
+from rosi.model.loading import LoadedModel
+from rosi.model.meter import Phase, PhaseClock, phase_table
+from rosi.prompts import PromptSets
+from rosi.workflows.extract import Extraction, extract
+from rosi.workflows.options import ExtractOptions, RunOptions
+
+PAPER_METHOD = "rosi"  # the comparison row: the paper's form on every writer
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Refusal on the validation prompts, for one model: per set (``harmful``, ``harmless``, and
+    ``lookalike`` where measured) the meter's :class:`~rosi.measure.RefusalRate`."""
+
+    label: str
+    measured: dict[str, RefusalRate]
+
+    @property
+    def harmful(self) -> float:
+        return self.measured["harmful"].value
+
+    @property
+    def harmless(self) -> float:
+        return self.measured["harmless"].value
+
+    @property
+    def n_harmful(self) -> int:
+        return self.measured["harmful"].n
+
+    @property
+    def n_harmless(self) -> int:
+        return self.measured["harmless"].n
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label}
+        for role, rate in self.measured.items():
+            out[role], out[f"n_{role}"] = rate.value, rate.n
+        out["verdicts"] = {role: rate.to_json() for role, rate in self.measured.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class RunReport:
+    model: str
+    method: str
+    strength: float
+    direction: dict[str, str]
+    writers: dict[str, WriterChoice]
+    rates: list[Rates]
+    strength_searches: list[StrengthSearch]
+    selection_cost: dict[str, Any] | None
+    seconds: dict[str, float]
+    new_tokens: int
+    phases: list[Phase] = field(default_factory=list)  # seconds, passes, tokens and peak memory per phase
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "method": self.method,
+            "strength": self.strength,
+            "direction": self.direction,
+            "writers": {m: c.to_json() for m, c in self.writers.items()},
+            "rates": [r.to_json() for r in self.rates],
+            "strength_searches": [s.to_json() for s in self.strength_searches],
+            "selection_cost": self.selection_cost,
+            "seconds": self.seconds,
+            "new_tokens": self.new_tokens,
+            "phases": [p.to_json() for p in self.phases],
+        }
+
+    def phase_table(self) -> str:
+        return phase_table(self.phases)
+
+    def table(self) -> str:
+        lines = [f"{'':44} {'harmful refused':>16} {'harmless refused':>17}"]
+        for r in self.rates:
+            lines.append(f"{r.label:44} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})")
+        return "\n".join(lines)
+
+
+def run(
+    loaded: LoadedModel,
+    out: str | Path,
+    prompts: PromptSets,
+    options: RunOptions | None = None,
+    extractor: Callable[[], Extraction] | None = None,
+) -> RunReport:
+    """Extract, select, inject and measure; save the edited checkpoint with its report to ``out``.
+    ``extractor`` finds the direction another way than :func:`extract` (as :func:`realign` does)."""
+    options = options or RunOptions()
+    if not options.form.spec.searchable:
+        raise RosiError(f"rosi run supports the methods with a strength search, not {options.form.method!r}")
+    if options.strength is not None:
+        check_strength(options.form.method, options.strength)
+    out = Path(out)
+    check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
+    meter = RefusalMeter(loaded, judge_of(options.judge), batch_size=options.batch_size, progress=options.progress)
+    clock = PhaseClock()
+    extraction = extractor() if extractor is not None else extract(loaded, prompts, options)
+    clock.done("extract_and_select")
+    direction = extraction.direction
+    _say(options, f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})")
+    forms = [options.form] + ([EditForm(PAPER_METHOD, "all")] if options.compare_paper and options.form.method != PAPER_METHOD else [])
+    choices = {f.method: extraction.choose_writers(loaded, f) for f in forms}
+    chosen = choices[options.form.method]
+    if chosen.writers is not None:
+        _say(options, f"rosi: {options.form.method} edits {len(chosen.writers)} writers ({chosen.note})")
+    base_rates, base_step = _base(meter, prompts, options)
+    clock.done("base_model")
+    searches = _search_strengths(meter, direction, choices, prompts, options, base_step)
+    strengths = {s.method: s.strength for s in searches}
+    clock.done("strength_search")
+    rates, record = _measure(meter, direction, choices, strengths, prompts, options, base_rates)
+    clock.done("evaluation")
+    report = RunReport(
+        model=loaded.source.spec,
+        method=options.form.method,
+        strength=strengths[options.form.method],
+        direction=direction.info(),
+        writers=choices,
+        rates=rates,
+        strength_searches=searches,
+        selection_cost=extraction.selection.cost.to_json() if extraction.selection else None,
+        seconds={p.name: p.seconds for p in clock.phases},
+        new_tokens=options.new_tokens,
+        phases=list(clock.phases),
+    )
+    _save(loaded, out, record, report, extraction, options)
+    report.phases.append(clock.done("save"))
+    return report
+
+
+def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tuple[Rates, StrengthStep]:
+    """The base model's replies, generated once: its measured rates, and (from their first tokens)
+    its rates in the strength search."""
+    lengths = (options.new_tokens, SEARCH_TOKENS)
+    harmful = meter.rates(prompts.val_harmful, lengths, desc="rosi: base model, harmful")
+    harmless = meter.rates(prompts.val_harmless, lengths, desc="rosi: base model, harmless")
+    rates = Rates("base model", {"harmful": harmful[options.new_tokens], "harmless": harmless[options.new_tokens]})
+    step = StrengthStep(0.0, harmful[SEARCH_TOKENS].value, harmless[SEARCH_TOKENS].value)
+    _say(options, f"rosi: base model: refusal in {SEARCH_TOKENS}-token replies: harmful {step.harmful:.0%}, harmless {step.harmless:.0%}")
+    return rates, step
+
+
+def _search_strengths(
+    meter: RefusalMeter,
+    direction: Direction,
+    choices: dict[str, WriterChoice],
+    prompts: PromptSets,
+    options: RunOptions,
+    base: StrengthStep,
+) -> list[StrengthSearch]:
+    """The chosen method's strength (given, or searched) and the comparison's, from the same base."""
+    searches = []
+    for method, choice in choices.items():
+        if method == options.form.method and options.strength is not None:
+            searches.append(StrengthSearch(method, options.strength, "given"))
+            continue
+        search = choose_strength(
+            meter,
+            direction,
+            method,
+            prompts.val_harmful,
+            prompts.val_harmless,
+            budget=options.budget,
+            choice=choice,
+            base=base,
+            progress=options.progress,
+            grid=options.grid if method == options.form.method else None,
+            bisect=options.bisect if method == options.form.method else 0,
+        )
+        searches.append(search)
+    return searches
+
+
+def _measure(
+    meter: RefusalMeter,
+    direction: Direction,
+    choices: dict[str, WriterChoice],
+    strengths: dict[str, float],
+    prompts: PromptSets,
+    options: RunOptions,
+    base: Rates,
+) -> tuple[list[Rates], EditRecord]:
+    """Refusal on the validation prompts: the base model (measured before), the chosen edit and
+    the comparison. The chosen edit is applied last and stays applied; its record is returned."""
+    rates = [base]
+    record = None
+    for method in reversed(list(choices)):  # the chosen method last, so that it stays applied
+        choice = choices[method]
+        paper = method != options.form.method
+        record = apply_edit(
+            meter.loaded.model,
+            direction,
+            method,
+            strengths[method],
+            writers=choice.writers,
+            reads=choice.reads,
+            second=choice.second,
+            keep_originals=paper,
+        )
+        label = f"{method} {get_method(method).symbol}={strengths[method]:g}, {len(record.matrices)} writers" + (
+            " (paper's form)" if paper else ""
+        )
+        rates.insert(1, _rates(meter, label, prompts, options))
+        if paper:
+            revert_edit(meter.loaded.model, record)
+    assert record is not None  # choices holds at least the chosen method
+    return rates, record
+
+
+def _rates(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> Rates:
+    n = options.new_tokens
+    harmful = meter.rate(prompts.val_harmful, n, desc=f"rosi: {label}, harmful", label=label)
+    harmless = meter.rate(prompts.val_harmless, n, desc=f"rosi: {label}, harmless", label=label)
+    return Rates(label, {"harmful": harmful, "harmless": harmless})
+
+
+def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, options: RunOptions) -> None:
+    def extras(folder: Path) -> None:
+        extraction.direction.save(folder / "direction.safetensors")
+        (folder / "rosi_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        if extraction.selection is not None:
+            (folder / "direction_scores.json").write_text(json.dumps(extraction.selection.table(), indent=2) + "\n")
+
+    edited = Edited(loaded, record, {"report": "rosi_report.json"}, extras, [r.to_json() for r in report.rates], options.gguf_type)
+    save(edited, out, options.format, options.overwrite)
+    if FORMATS[options.format].kind == "file":  # a single file: the report goes beside it
+        with atomic_file(out.with_name(out.name + ".report.json")) as tmp:
+            tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def _say(options: ExtractOptions, message: str) -> None:
+    if options.progress:
+        print(message, flush=True)

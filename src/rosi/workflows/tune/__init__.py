@@ -1,0 +1,235 @@
+"""Tune the edit on both sides: :func:`tune`, the search behind ``rosi tune``.
+
+A multi-objective search (Optuna, seeded, journaled so that an interrupted tune resumes) over the
+edit form (by default ``probe``, ``gate`` and ``surgical``; ``scale`` and the paper's ``rosi`` can
+be added), the direction's layer, the writer scope, the strength and, for the fitted read-outs, the
+fit's regularisation. Every form searched gets an equal share of the trials (:func:`_queue_forms`). Every trial is measured on
+validation prompts only, four objectives:
+
+- harmful refusal (up),
+- the rise of harmless refusal over the base model (down),
+- the rise of look-alike refusal over the base model (down): safe prompts that sound harmful,
+- the mean first-token KL(base || edited) on harmless prompts (down).
+
+Trials use cheap scores (``score="replies"``, the default: the marker judge on
+:data:`~rosi.edit.strength.SEARCH_TOKENS`-token replies; ``"first-token"``: a prompt counts as
+refused when the refusal tokens' first-token log-odds is above 0, one forward pass per set, but
+on Qwen2.5-Coder it does not track the replies' refusals). The mean log-odds of the harmful and
+look-alike sets are recorded either way (a score that does not saturate). The Pareto front's trials
+are then confirmed on full replies (``new_tokens``, the marker judge, with its partial verdict),
+and the trial kept, on the confirmed figures, is by default the one that refuses at least as many
+harmful prompts as rosi run's default edit (``min_harmful="default"``) with the least look-alike
+rise within the user's constraints (``max_harmless_rise``, ``max_lookalike_rise``, ``max_kl``):
+the same safety with less over-refusal. ``min_harmful=None`` keeps instead the most harmful
+refusal within the constraints. It is saved
+like ``rosi run``'s edit, with the front (``tune_front.csv``), its plot (``tune_front.png``) and
+everything in ``tune_report.json``.
+
+The direction is extracted and selected exactly as ``rosi run`` does it, so the reference points,
+trials of the study like any other and enqueued first, are rosi run's own default edit (``scale``
+beta 2 on the selected writers at the selected layer) and the paper's form (alpha 25 on every
+writer). The layers searched are the selected one and ``layer_window`` either side.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rosi.edit.apply import revert_edit
+from rosi.edit.methods import EditForm
+from rosi.export.checkpoint import input_paths
+from rosi.export.formats import Edited, check_format_output, save
+from rosi.measure import judge_of
+from rosi.model.chat import ChatFormat
+from rosi.model.loading import LoadedModel
+from rosi.prompts import PromptSet, PromptSets
+from rosi.workflows.extract import Extraction, extract, samples_for
+from rosi.workflows.options import TuneOptions
+from rosi.workflows.tune.measurement import Measure
+from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Scores, TrialResult, confirm_order, front, pareto_front, pick
+from rosi.workflows.tune.report import TuneReport, options_json, write_front
+from rosi.workflows.tune.space import REFERENCES, RIDGES, Space, describe, form_choices, references
+from rosi.workflows.tune.study import (
+    JOURNAL_SUFFIX,
+    confirm,
+    count_pruned,
+    journal_path,
+    open_study,
+    read_results,
+    run_trials,
+    settings,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "JOURNAL_SUFFIX",
+    "OBJECTIVES",
+    "REFERENCES",
+    "RIDGES",
+    "Measure",
+    "Scores",
+    "Space",
+    "TrialResult",
+    "TuneReport",
+    "confirm_order",
+    "describe",
+    "form_choices",
+    "pareto_front",
+    "pick",
+    "references",
+    "tune",
+    "tune_prompts",
+]
+
+
+def tune_prompts(prompts: PromptSets, hard_train: PromptSet | None, hard_val: PromptSet | None) -> PromptSets:
+    """The run's sets with the harder harmful prompts added to extraction and validation."""
+    prompts.need_lookalikes("rosi tune")
+    return replace(
+        prompts,
+        harmful=prompts.harmful if hard_train is None else prompts.harmful + hard_train,
+        val_harmful=prompts.val_harmful if hard_val is None else prompts.val_harmful + hard_val,
+    )
+
+
+@dataclass
+class _Laps:
+    """Seconds per phase of a tune."""
+
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, name: str) -> None:
+        self.seconds[name] = round(time.perf_counter() - self.started - sum(self.seconds.values()), 2)
+
+
+def tune(
+    loaded: LoadedModel,
+    out: str | Path,
+    prompts: PromptSets,
+    options: TuneOptions | None = None,
+    *,
+    hard_train: PromptSet | None = None,
+    hard_val: PromptSet | None = None,
+) -> TuneReport:
+    """Search, confirm, pick and save (see the module docstring); returns the report.
+
+    The direction is extracted and selected from ``prompts`` exactly as ``rosi run`` does it
+    (its default form), so the ``default`` reference trial is ``rosi run``'s own edit. The harder
+    harmful prompts (``hard_train``, ``hard_val``) are added where the search needs variety: to
+    the single prompts the read-outs are fit on, and to the validation prompts every trial is
+    measured on."""
+    options = options or TuneOptions()
+    out = Path(out)
+    check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
+    judge = judge_of(options.judge)
+    journal = journal_path(out, options.journal)
+    lap = _Laps()
+    measured = tune_prompts(prompts, hard_train, hard_val)
+    options, extraction = _extract(loaded, prompts, measured, options, lap)
+    space = Space(loaded, extraction, options)
+    _say(options, f"rosi: tuning at layers {space.layers}, position {extraction.direction.position}; journal {journal}")
+    measure = Measure(loaded, measured, options, judge)
+    space.measure_sets = measure.sets
+    base_cheap = measure.cheap()
+    base_confirmed = measure.confirmed() if options.confirm else base_cheap
+    lap("base_model")
+    assert extraction.direction.layer is not None
+    study = open_study(journal, settings(loaded, measured, options, extraction), options.seed, references(extraction.direction.layer))
+    run_trials(study, space, measure, base_cheap, options)
+    lap("trials")
+    results = read_results(study)
+    on_front = front(results, base_cheap)
+    confirm(study, results, on_front, space, measure, base_cheap, options)
+    lap("confirm")
+    results = read_results(study)
+    chosen, how = pick(results, base_confirmed, options, base_cheap)
+    samples_mib = extraction.samples.nbytes() / 2**20 if extraction.samples is not None else 0.0
+    report = TuneReport(
+        loaded.source.spec,
+        options_json(options),
+        extraction.direction.info(),
+        base_cheap,
+        base_confirmed,
+        results,
+        on_front,
+        chosen,
+        how,
+        lap.seconds,
+        samples_mib,
+        count_pruned(study),
+    )
+    _save(loaded, out, space, report, journal, options)
+    lap("save")
+    report.seconds = lap.seconds
+    return report
+
+
+def _extract(
+    loaded: LoadedModel, prompts: PromptSets, measured: PromptSets, options: TuneOptions, lap: _Laps
+) -> tuple[TuneOptions, Extraction]:
+    """The direction rosi run selects (pinned in the returned options), every writer's means at it,
+    and the single prompts' samples (``measured``: with the harder prompts) for the fitted forms."""
+    if options.layer is None or options.position is None:
+        picked = extract(loaded, prompts, replace(options, form=EditForm())).direction
+        options = replace(options, layer=picked.layer, position=picked.position)
+        lap("select_as_rosi_run")
+    extraction = extract(loaded, prompts, replace(options, form=EditForm("probe", "all")))  # pinned: every writer's means
+    assert extraction.direction.position is not None
+    fits = replace(options, form=EditForm("surgical", "all"))
+    samples = samples_for(loaded, ChatFormat(loaded.tokenizer), measured, extraction.direction.position, "all", fits)
+    lap("extract_and_samples")
+    return options, replace(extraction, samples=samples)
+
+
+def _save(loaded: LoadedModel, out: Path, space: Space, report: TuneReport, journal: Path, options: TuneOptions) -> None:
+    for t in report.trials:  # confirmed in an earlier, interrupted tune: make their records again
+        if t.confirmed is not None and t.number not in space.records:
+            space.records[t.number] = space.apply(t.params)
+            revert_edit(loaded.model, space.records[t.number])
+    chosen = report.trial(report.chosen)
+    record = space.apply(chosen.params)
+    record.originals = None
+    direction = record.direction
+
+    def extras(folder: Path) -> None:
+        direction.save(folder / "direction.safetensors")
+        (folder / "tune_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        write_front(report, folder)
+        (folder / "trials").mkdir()
+        for number, trial_record in sorted(space.records.items()):
+            trial_record.save(folder / "trials" / f"trial-{number:03d}.safetensors")
+        if journal.is_file():
+            shutil.copyfile(journal, folder / "tune_journal.log")
+
+    n_h, n_b = len(space.measure_sets["harmful"]), len(space.measure_sets["harmless"])
+    confirmed = chosen.confirmed or chosen.cheap
+    rates = [
+        {
+            "label": "base model",
+            "harmful": report.base_confirmed.harmful,
+            "harmless": report.base_confirmed.harmless,
+            "n_harmful": n_h,
+            "n_harmless": n_b,
+        },
+        {
+            "label": describe(chosen.params),
+            "harmful": confirmed.harmful,
+            "harmless": confirmed.harmless,
+            "n_harmful": n_h,
+            "n_harmless": n_b,
+        },
+    ]
+    edited = Edited(loaded, record, {"report": "tune_report.json"}, extras, rates, options.gguf_type)
+    save(edited, out, options.format, options.overwrite)
+    if journal.is_file() and options.journal is None:
+        journal.unlink()  # rosi wrote it beside the output; the output folder holds its copy now
+
+
+def _say(options: TuneOptions, message: str) -> None:
+    if options.progress:
+        print(message, flush=True)

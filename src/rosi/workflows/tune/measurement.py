@@ -1,0 +1,75 @@
+"""A trial's scores: refusal on the three validation sets and the first-token KL on harmless prompts,
+measured by the refusal meter (:mod:`rosi.measure`) with the tune's judge."""
+
+from __future__ import annotations
+
+import torch
+
+from rosi.direction.score import refusal_log_odds, refusal_token_ids
+from rosi.edit.strength import SEARCH_TOKENS
+from rosi.judges import Judge
+from rosi.measure import RefusalMeter
+from rosi.metrics import kl_divergence
+from rosi.model.generation import next_token_logprobs
+from rosi.model.loading import LoadedModel
+from rosi.prompts import PromptSets
+from rosi.workflows.options import TuneOptions
+from rosi.workflows.tune.pick import Scores
+
+
+class Measure:
+    """Scores of the model in memory as it is now, on the validation sets (the base model's
+    first-token distributions on harmless prompts kept for the KL).
+
+    Cheap scores take the fast path: replies and first-token distributions from one generation
+    pass, the prompts' shared prefix (the chat template's system turn) computed once. Confirmed
+    scores take the plain path of ``rosi eval`` (no shared prefix), so they are the numbers an
+    evaluation of the saved edit gives on the same prompts. Each path's KL is taken against the
+    base model on the same path: the paths differ by rounding (in bfloat16, a KL of about 0.001),
+    which would otherwise be counted as the edit's."""
+
+    def __init__(self, loaded: LoadedModel, prompts: PromptSets, options: TuneOptions, judge: Judge | None = None) -> None:
+        self.loaded, self.options = loaded, options
+        _, val_lookalike = prompts.need_lookalikes("rosi tune")
+        self.sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
+        self.meter = RefusalMeter(loaded, judge, batch_size=options.batch_size)
+        self.ids = refusal_token_ids(loaded.tokenizer)
+        # the plain generation path's first step is the forward pass's next-token distribution
+        self.base_plain = self._logprobs("harmless")
+        self.base_fast = (
+            self.base_plain
+            if options.score == "first-token"
+            else self.meter.rate_and_logprobs(self.sets["harmless"], 1, share_prefix=True)[1]
+        )
+
+    def _logprobs(self, role: str) -> torch.Tensor:
+        return next_token_logprobs(self.loaded.model, self.meter.fmt, self.sets[role].instructions, batch_size=self.options.batch_size)
+
+    def cheap(self) -> Scores:
+        if self.options.score == "first-token":
+            lp = {role: self._logprobs(role) for role in self.sets}
+            odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
+            rates = {role: float((o > 0).float().mean()) for role, o in odds.items()}
+        else:
+            out = {role: self.meter.rate_and_logprobs(s, SEARCH_TOKENS, share_prefix=True) for role, s in self.sets.items()}
+            lp = {role: v for role, (_, v) in out.items()}
+            odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
+            rates = {role: rate.value for role, (rate, _) in out.items()}
+        kl = float(kl_divergence(self.base_fast, lp["harmless"]).mean())
+        return Scores(
+            rates["harmful"], rates["harmless"], rates["lookalike"], kl, float(odds["harmful"].mean()), float(odds["lookalike"].mean())
+        )
+
+    def confirmed(self) -> Scores:
+        n = self.options.new_tokens
+        out = {role: self.meter.rate_and_logprobs(s, n, share_prefix=False) for role, s in self.sets.items()}
+        rates = {role: rate for role, (rate, _) in out.items()}
+        kl = float(kl_divergence(self.base_plain, out["harmless"][1]).mean())
+        return Scores(
+            rates["harmful"].value,
+            rates["harmless"].value,
+            rates["lookalike"].value,
+            kl,
+            harmful_partial=rates["harmful"].partial_rate,
+            lookalike_partial=rates["lookalike"].partial_rate,
+        )

@@ -1,0 +1,148 @@
+"""What a tune reports: :class:`TuneReport` (``tune_report.json``, the printed table) and the front
+(``tune_front.csv``, ``tune_front.png``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosi._version import __version__
+from rosi.workflows.options import TuneOptions
+from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Scores, TrialResult
+from rosi.workflows.tune.space import describe
+
+
+@dataclass
+class TuneReport:
+    model: str
+    options: dict[str, Any]
+    direction: dict[str, str]
+    base_cheap: Scores
+    base_confirmed: Scores
+    trials: list[TrialResult]
+    front: list[int]  # trial numbers on the cheap front
+    chosen: int
+    chosen_by: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    samples_mib: float = 0.0
+    pruned: int = 0  # trials whose settings made no edit
+
+    def trial(self, number: int) -> TrialResult:
+        return next(t for t in self.trials if t.number == number)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "rosi_version": __version__,
+            "options": self.options,
+            "direction": self.direction,
+            "objectives": dict(zip(OBJECTIVES, DIRECTIONS, strict=True)),
+            "base": {"cheap": asdict(self.base_cheap), "confirmed": asdict(self.base_confirmed)},
+            "trials": [
+                {
+                    "number": t.number,
+                    "params": t.params,
+                    "reference": t.reference,
+                    "cheap": asdict(t.cheap),
+                    "confirmed": None if t.confirmed is None else asdict(t.confirmed),
+                    "on_front": t.number in self.front,
+                }
+                for t in self.trials
+            ],
+            "front": self.front,
+            "chosen": self.chosen,
+            "chosen_by": self.chosen_by,
+            "seconds": self.seconds,
+            "samples_mib": round(self.samples_mib, 1),
+            "pruned_trials": self.pruned,
+        }
+
+    def table(self) -> str:
+        """The confirmed trials and the base model, as aligned text (what ``rosi tune`` prints)."""
+        b = self.base_confirmed
+        rows = [(t, describe(t.params) + (f" ({t.reference})" if t.reference else "")) for t in self.trials if t.confirmed is not None]
+        width = max([10, *(len(label) for _, label in rows)])
+        lines = [f"{'':{width}} {'harmful':>8} {'harmless':>9} {'look-alike':>11} {'KL':>7}"]
+        lines.append(f"{'base model':{width}} {b.harmful:>8.0%} {b.harmless:>9.0%} {b.lookalike:>11.0%} {0.0:>7.3f}")
+        for t, label in rows:
+            s = t.confirmed
+            assert s is not None
+            chosen = "  <- chosen" if t.number == self.chosen else ""
+            lines.append(f"{label:{width}} {s.harmful:>8.0%} {s.harmless:>9.0%} {s.lookalike:>11.0%} {s.kl:>7.3f}{chosen}")
+        return "\n".join(lines)
+
+
+def options_json(options: TuneOptions) -> dict[str, Any]:
+    out = {k: v for k, v in asdict(options).items() if k not in ("form", "journal", "system_prompt")}
+    out["journal"] = None if options.journal is None else str(options.journal)
+    return json.loads(json.dumps(out, default=str))
+
+
+def write_front(report: TuneReport, folder: Path) -> None:
+    """``tune_front.csv`` (every trial) and ``tune_front.png`` (harmful against look-alike
+    refusal, one colour per form, the base model and the reference trials marked)."""
+    base = report.base_cheap
+    with open(folder / "tune_front.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "trial",
+                "settings",
+                "reference",
+                "on_front",
+                "harmful",
+                "harmless_rise",
+                "lookalike_rise",
+                "kl",
+                "confirmed_harmful",
+                "confirmed_harmless_rise",
+                "confirmed_lookalike_rise",
+                "confirmed_kl",
+            ]
+        )
+        for t in report.trials:
+            cheap = t.objectives(base)
+            conf = t.objectives(report.base_confirmed, True) if t.confirmed is not None else ("",) * 4
+            writer.writerow([t.number, describe(t.params), t.reference or "", t.number in report.front, *_round(cheap), *_round(conf)])
+    _plot(report, folder / "tune_front.png")
+
+
+def _round(values: tuple[Any, ...]) -> list[Any]:
+    return [round(v, 4) if isinstance(v, float) else v for v in values]
+
+
+def _plot(report: TuneReport, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, confirmed in zip(axes, (False, True), strict=True):
+        base = report.base_confirmed if confirmed else report.base_cheap
+        forms = sorted({t.params["form"] for t in report.trials})
+        colours = {form: plt.get_cmap("tab10")(i) for i, form in enumerate(forms)}
+        for form in forms:
+            pts = [t for t in report.trials if t.params["form"] == form and (not confirmed or t.confirmed is not None)]
+            xs = [x for x in ((t.confirmed if confirmed else t.cheap) for t in pts) if x is not None]
+            ax.scatter([x.lookalike for x in xs], [x.harmful for x in xs], color=colours[form], label=form, alpha=0.75, s=28)
+        ax.scatter([base.lookalike], [base.harmful], marker="*", s=220, color="black", label="base model", zorder=5)
+        for t in report.trials:
+            point = t.confirmed if confirmed else t.cheap
+            if point is not None and (t.reference or t.number == report.chosen):
+                label = t.reference or "chosen"
+                ax.scatter([point.lookalike], [point.harmful], facecolors="none", edgecolors="black", s=160, linewidths=1.5, zorder=6)
+                ax.annotate(label, (point.lookalike, point.harmful), textcoords="offset points", xytext=(6, -10), fontsize=8)
+        ax.set_xlabel("look-alike refusal (validation)")
+        ax.set_ylabel("harmful refusal (validation)")
+        ax.set_title("confirmed, full replies" if confirmed else f"all trials, {report.options.get('score')} scores")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
