@@ -17,9 +17,10 @@ from rosi.eval.evaluate import EvalOptions, evaluate
 from rosi.eval.jailbreak import load_templates
 from rosi.eval.report import compare
 from rosi.eval.results import KLSummary, RateSummary, load_results
-from rosi.eval.scoring import declined, score
+from rosi.eval.scoring import score
 from rosi.eval.suites import SUITES, Item, build_sets
 from rosi.judges import JUDGES, Judge, JudgeError, Verdict, register
+from rosi.measure import declined
 from rosi.metrics import Z95, Mean, kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint, EndpointError

@@ -18,8 +18,8 @@ from conftest import DATA, needs_data
 from rosi import apply_edit, load, save_checkpoint
 from rosi.edit.methods import EditForm
 from rosi.eval.evaluate import EvalOptions, ModelSpec, evaluate
-from rosi.eval.scoring import declined
 from rosi.judges import make_judge
+from rosi.measure import declined
 from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint
 from rosi.model.generation import LocalGenerator, ServerGenerator

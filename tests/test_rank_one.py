@@ -94,3 +94,23 @@ def test_probe_read_refuses_inputs_that_do_not_separate():
         probe_read(h, 3 * h)
     with pytest.raises(ValueError, match="parallel"):
         probe_read(torch.zeros(8), torch.zeros(8))
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.recover is not None])
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.0])
+def test_a_method_recovers_its_factor_from_the_edited_weights(name, strength):
+    """`rosi verify`'s check: the registry's ``recover`` gives back the factor that was added."""
+    torch.manual_seed(0)
+    spec = METHODS[name]
+    w = torch.randn(12, 7, dtype=torch.float64)
+    s = torch.nn.functional.normalize(torch.randn(12, dtype=torch.float64), dim=0)
+    right = spec.factor(w, s, strength)
+    edited = w + torch.outer(s, right)
+    torch.testing.assert_close(spec.recover(edited, s, strength, right), right)
+    other = w + torch.outer(s, 1.1 * right)  # a factor that was not the one recorded
+    assert not torch.allclose(spec.recover(other, s, strength, right), right)
+
+
+def test_the_registry_says_which_methods_survive_ablation_and_which_strengths_the_tune_references():
+    assert {n for n, m in METHODS.items() if m.survives_ablation} == {"rosi", "probe", "gate", "surgical"}
+    assert all(m.reference_strength is None or m.reference_strength in m.grid for m in METHODS.values())

@@ -22,7 +22,7 @@ from rosi.direction.null import (
     writer_grams,
 )
 from rosi.direction.score import last_logprobs, refusal_log_odds, refusal_token_ids
-from rosi.edit.methods import EditForm
+from rosi.edit.methods import METHODS, EditForm
 from rosi.errors import RosiError
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat
@@ -174,8 +174,10 @@ def test_realign_refuses_a_null_direction_where_none_was_ablated(tmp_path):
     model, _ = ablated_tiny()
     tok = planted.tokenizer()
     tiny = LoadedModel(model, tok, ModelSource("tiny", "memory", "", "0" * 64))
-    with pytest.raises(RosiError, match="use --method probe or gate or surgical or rosi"):
+    with pytest.raises(RosiError, match="use --method rosi or probe or gate or surgical") as refused:
         realign(tiny, tmp_path / "out", sets(), RealignOptions(form=EditForm("scale"), progress=False))
+    named = str(refused.value).rsplit("use --method ", 1)[1].split(" or ")
+    assert set(named) == {name for name, m in METHODS.items() if m.survives_ablation} and "scale" not in named
 
 
 def test_extraction_reads_candidates_with_the_system_prompt_and_writers_without_it():

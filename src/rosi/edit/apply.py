@@ -94,26 +94,12 @@ def apply_edit(
         _check_read_shapes(chosen, params, reads)  # before anything changes
     untied = _handle_tied_embedding(model, arch, chosen, untie_embeddings)
     _warn_post_norms(arch, chosen)
-    s_hat = direction.unit
     originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
-    matrices = []
     hooks: dict[str, Any] = {}
-    for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress):
-        param = params[w.name]
-        right2 = None
-        if offloaded(param):
-            if second is not None:
-                raise EditError(
-                    f"{w.name}: rank-two edits ({method}) cannot be applied to offloaded weights; load the model without --device-map"
-                )
-            right, hooks[w.name] = _edit_as_hook(model, w, s_hat, spec, strength, reads)
-        else:
-            if originals is not None:
-                originals[w.name] = param.detach().to("cpu", copy=True)
-            right = _edit_parameter(param, w, s_hat, spec, strength, reads)
-            if second is not None:
-                right2 = edit_in_place(w.layout.as_out_in(param.detach()), second.unit.to(param.device), ablate_factor, 1.0).to("cpu")
-        matrices.append(MatrixEdit(w.name, w.kind, w.layout, w.layer, right, right2))
+    matrices = [
+        _edit_writer(model, w, params[w.name], direction, spec, strength, reads, second, originals, hooks)
+        for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress)
+    ]
     record = EditRecord(
         method=method,
         strength=strength,
@@ -130,6 +116,36 @@ def apply_edit(
     _check_finite(model, record, params)
     _count_edits(model, +1)
     return record
+
+
+def _edit_writer(
+    model: nn.Module,
+    w: ResidualWriter,
+    param: nn.Parameter,
+    direction: Direction,
+    spec: Method,
+    strength: float,
+    reads: Reads | None,
+    second: Direction | None,
+    originals: dict[str, torch.Tensor] | None,
+    hooks: dict[str, Any],
+) -> MatrixEdit:
+    """One writer's edit: in place (its original kept in ``originals`` when asked), or as a hook
+    on an offloaded weight (kept in ``hooks``)."""
+    s_hat, right2 = direction.unit, None
+    if offloaded(param):
+        if second is not None:
+            raise EditError(
+                f"{w.name}: rank-two edits ({spec.name}) cannot be applied to offloaded weights; load the model without --device-map"
+            )
+        right, hooks[w.name] = _edit_as_hook(model, w, s_hat, spec, strength, reads)
+    else:
+        if originals is not None:
+            originals[w.name] = param.detach().to("cpu", copy=True)
+        right = _edit_parameter(param, w, s_hat, spec, strength, reads)
+        if second is not None:
+            right2 = edit_in_place(w.layout.as_out_in(param.detach()), second.unit.to(param.device), ablate_factor, 1.0).to("cpu")
+    return MatrixEdit(w.name, w.kind, w.layout, w.layer, right, right2)
 
 
 EDIT_COUNT = "_rosi_edits_applied"  # edits applied to a model in memory and not reverted

@@ -51,6 +51,32 @@ def ablate_factor(weight: Tensor, s_hat: Tensor, alpha: float) -> Tensor:
     return -alpha * (s_hat @ weight)
 
 
+# How the weights alone give back a method's right factor r from the edited matrix W' = W + s r^T
+# (for `rosi verify` of a patched model; s the unit direction, k the strength, ``right`` the
+# recorded factor where the recovery needs it). Read-out methods' factors were measured on
+# prompts and cannot be recovered.
+Recover = Callable[["Tensor", "Tensor", float, "Tensor"], "Tensor"]
+
+
+def scale_recover(w: Tensor, s: Tensor, k: float, right: Tensor) -> Tensor:
+    """``s^T W' = (1 + beta) s^T W``, so ``r = beta / (1 + beta) s^T W'``."""
+    return (k / (1 + k)) * (s @ w)
+
+
+def ablate_recover(w: Tensor, s: Tensor, k: float, right: Tensor) -> Tensor:
+    """``s^T W' = (1 - alpha) s^T W``, so ``r = -alpha / (1 - alpha) s^T W'``; at ``alpha = 1``
+    nothing is left along ``s`` and ``s^T W' = 0 = r * 0``: the check is that ``s^T W'`` vanishes
+    (the returned value is ``right`` plus ``s^T W'``)."""
+    if abs(1 - k) > 1e-6:
+        return (-k / (1 - k)) * (s @ w)
+    return right + s @ w
+
+
+def paper_recover(w: Tensor, s: Tensor, k: float, right: Tensor) -> Tensor:
+    """``w_bar' = w_bar + mean(s) r`` and ``r = alpha w_bar``, so ``r = alpha (w_bar' - mean(s) r)``."""
+    return k * (w.mean(dim=-2) - s.mean() * right)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -65,6 +91,11 @@ class Method:
     default_strength: float | None = None  # rosi edit's strength when none is given
     samples: bool = False  # the read-out is fit on single prompts' inputs (harmful, harmless, look-alike)
     rank: int = 1  # 2: a second term along the false-refusal direction (``surgical``)
+    # re-adds a direction ablated from every writer (rosi realign): the right factor does not read
+    # the writers' own component along the direction, which ablation set to zero
+    survives_ablation: bool = False
+    reference_strength: float | None = None  # the strength of this form's reference trial in rosi tune
+    recover: Recover | None = None  # the right factor from the edited weights (rosi verify), where it can be
 
     @property
     def needs_reads(self) -> bool:
@@ -89,6 +120,9 @@ METHODS: dict[str, Method] = {
             lambda s_hat: s_hat.new_full(s_hat.shape, 1.0 / s_hat.numel()),
             grid=(12.5, 25.0, 50.0, 100.0, 200.0),
             effect_strength=50.0,
+            survives_ablation=True,
+            reference_strength=25.0,  # the paper's alpha
+            recover=paper_recover,
         ),
         Method(
             "scale",
@@ -100,6 +134,8 @@ METHODS: dict[str, Method] = {
             lambda s_hat: s_hat,
             grid=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
             effect_strength=2.0,
+            reference_strength=2.0,  # rosi run's default edit (beta 2 on the selected writers)
+            recover=scale_recover,
         ),
         Method(
             "ablate",
@@ -110,6 +146,7 @@ METHODS: dict[str, Method] = {
             ablate_factor,
             lambda s_hat: -s_hat,
             default_strength=1.0,
+            recover=ablate_recover,
         ),
         Method(
             "probe",
@@ -121,6 +158,7 @@ METHODS: dict[str, Method] = {
             None,
             grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
             effect_strength=2.0,
+            survives_ablation=True,
         ),
         Method(
             "gate",
@@ -133,6 +171,7 @@ METHODS: dict[str, Method] = {
             grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
             effect_strength=2.0,
             samples=True,
+            survives_ablation=True,
         ),
         Method(
             "surgical",
@@ -146,6 +185,7 @@ METHODS: dict[str, Method] = {
             effect_strength=2.0,
             samples=True,
             rank=2,
+            survives_ablation=True,
         ),
     )
 }

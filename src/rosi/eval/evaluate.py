@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from rosi import __version__
 from rosi._fs import atomic_file
+from rosi._version import __version__
 from rosi.errors import EvalError
 from rosi.eval.cache import GenerationCache
 from rosi.eval.report import write_report
@@ -43,11 +43,12 @@ from rosi.eval.scoring import score
 from rosi.eval.suites import ROLES, Item, Suite, build_sets, get_suite
 from rosi.eval.utility import parse_tasks, prepare_local_tasks, run_utility
 from rosi.judges import Judge, make_judge
+from rosi.measure import check_judge
 from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint, parse_spec
 from rosi.model.generation import Generator, LocalGenerator, ServerGenerator, next_token_logprobs
-from rosi.model.loading import LoadedModel, LoadOptions, compute_dtype, load, looks_like_a_path
+from rosi.model.loading import LoadedModel, LoadOptions, compute_dtype, load
 
 GENERATIONS = "generations.jsonl"
 SETUP = "eval_setup.json"
@@ -186,8 +187,8 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
         raise EvalError(f"--data {data} is not a folder; point it at a folder of public datasets (see README: Evaluation)")
     # fail early on a bad judge spec, before hours of generation; a local Llama Guard (weights to
     # load) is built only when the replies are there, so it does not sit in memory meanwhile
-    judge = None if options.judge.startswith("llamaguard:") and options.judge != "llamaguard:" else make_judge(options.judge)
-    _check_reachable(judge, options.judge)
+    check_judge(options.judge)
+    judge = None if options.judge.startswith("llamaguard:") else make_judge(options.judge)
     utility = options.utility
     if utility is None:
         utility = suite.utility if data is not None or suite.utility_hub is None else suite.utility_hub
@@ -205,18 +206,6 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
 
 def _todo(cache: GenerationCache, role: str, plan: _Plan) -> int:
     return sum(len(cache.missing(role, [i.prompt for i in items])) for items in plan.sets.values())
-
-
-def _check_reachable(judge: Judge | None, spec: str) -> None:
-    """What can fail after the long generation is checked before it: a judge server that does not
-    answer, a local judge checkpoint that does not exist."""
-    endpoint = getattr(judge, "endpoint", None)
-    if isinstance(endpoint, Endpoint):
-        endpoint.check_reachable()
-    if judge is None:
-        where = spec.partition(":")[2]
-        if looks_like_a_path(where) and not Path(where).expanduser().exists():
-            raise EvalError(f"--judge {spec}: {where} does not exist; pass a Llama Guard checkpoint folder or hub id")
 
 
 def _run_model(

@@ -212,28 +212,18 @@ def _check_against_base(name: str, file: Path, base_file: Path, record: EditReco
 
 
 def _check_structure(name: str, file: Path, record: EditRecord, right: torch.Tensor) -> TensorCheck:
-    """What the weights alone say of the recorded factor: ``scale`` (beta) gives ``s^T W' =
-    (1 + beta) s^T W``, so ``r = beta / (1 + beta) s^T W'``; ``ablate`` (alpha) gives
-    ``r = -alpha / (1 - alpha) s^T W'``; the paper's form gives ``r = alpha (w_bar' - mean(s) r)``.
-    A read-out method's factor was measured on prompts and cannot be checked this way."""
+    """What the weights alone say of the recorded factor: the method's ``recover`` (its registry
+    entry) gives it back from the edited weights. A read-out method's factor was measured on
+    prompts and cannot be checked this way."""
     m = next(x for x in record.matrices if x.name == name)
     s = record.direction.unit
     stored = _load(file, name)
     w = m.layout.as_out_in(stored).float()
     tol = max(10 * torch.finfo(stored.dtype).eps, 1e-4)  # the weights' own rounding bounds how well they predict the factor
-    k = record.strength
-    if record.method == "scale":
-        predicted = (k / (1 + k)) * (s @ w)
-    elif record.method == "ablate" and abs(1 - k) > 1e-6:
-        predicted = (-k / (1 - k)) * (s @ w)
-    elif record.method == "ablate":
-        return _agree(name, s @ w, torch.zeros_like(right), "s^T W' (abliteration leaves no component along s)", tol)
-    elif record.method == "rosi":
-        predicted = k * (w.mean(dim=-2) - s.mean() * right)
-    else:
-        get_method(record.method)
+    recover = get_method(record.method).recover
+    if recover is None:
         return TensorCheck(name, True, f"{record.method}: the factor was measured on prompts; not checkable from the weights")
-    return _agree(name, predicted, right, "the recorded factor", tol)
+    return _agree(name, recover(w, s, record.strength, right), right, "the recorded factor", tol)
 
 
 def _agree(name: str, got: torch.Tensor, expected: torch.Tensor, what: str, tol: float) -> TensorCheck:

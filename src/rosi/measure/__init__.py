@@ -2,7 +2,7 @@
 judges them with any registered judge and returns a :class:`RefusalRate` (per-prompt verdicts,
 the rate and its 95% interval)."""
 
-from rosi.measure.meter import RefusalMeter, check_judge, judge_of
+from rosi.measure.meter import RefusalMeter, check_judge, judge_of, judged
 from rosi.measure.rate import RefusalRate, declined
 
-__all__ = ["RefusalMeter", "RefusalRate", "check_judge", "declined", "judge_of"]
+__all__ = ["RefusalMeter", "RefusalRate", "check_judge", "declined", "judge_of", "judged"]

@@ -48,6 +48,12 @@ def judge_of(spec: str) -> Judge:
     return make_judge(spec)
 
 
+def judged(judge: Judge, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0, label: str = "") -> RefusalRate:
+    """Judge replies already generated (by a model in memory, a server, an evaluation's cache)."""
+    verdicts = judge.judge(_instructions(prompts), list(replies))
+    return RefusalRate.of(verdicts, judge=judge.name or type(judge).__name__, new_tokens=new_tokens, label=label)
+
+
 def _instructions(prompts: Prompts) -> list[str]:
     return list(prompts.instructions if isinstance(prompts, PromptSet) else prompts)
 
@@ -67,9 +73,8 @@ class RefusalMeter:
         self.fmt = ChatFormat(loaded.tokenizer)
 
     def judged(self, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0, label: str = "") -> RefusalRate:
-        """Judge replies already generated (by this model, a server, a cache)."""
-        verdicts = self.judge.judge(_instructions(prompts), list(replies))
-        return RefusalRate.of(verdicts, judge=self.judge.name or type(self.judge).__name__, new_tokens=new_tokens, label=label)
+        """Judge replies already generated, with this meter's judge."""
+        return judged(self.judge, prompts, replies, new_tokens=new_tokens, label=label)
 
     def replies(self, prompts: Prompts, new_tokens: int, *, desc: str = "") -> list[str]:
         return self.replies_at(prompts, (new_tokens,), desc=desc)[new_tokens]

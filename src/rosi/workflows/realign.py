@@ -28,6 +28,7 @@ from rosi.direction.extraction import direction_metadata
 from rosi.direction.null import GAP_DEPTH, Ablation, NullDirection, find_ablation, null_direction, writer_gram, writer_grams
 from rosi.direction.score import PassCounter, mean_log_odds, refusal_token_ids
 from rosi.direction.vector import Direction
+from rosi.edit.methods import METHODS
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
 from rosi.export.checkpoint import input_paths
@@ -38,8 +39,6 @@ from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction, activations_for, samples_for
 from rosi.workflows.options import RealignOptions
 from rosi.workflows.run import RunReport, run
-
-NULL_METHODS = ("probe", "gate", "surgical", "rosi")  # read-outs that do not rely on the writers' own component along the direction
 
 
 def find_null(loaded: LoadedModel) -> tuple[NullDirection, Ablation | None]:
@@ -63,10 +62,11 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
         )
     if options.direction == "extracted" or (options.direction == "auto" and ablation is None):
         return run(loaded, out, prompts, options)
-    if options.form.method not in NULL_METHODS:
+    if not options.form.spec.survives_ablation:
+        fits = [name for name, m in METHODS.items() if m.survives_ablation]
         raise RosiError(
             f"method {options.form.method!r} reads the writers' own component along the direction, which ablation set to zero; "
-            f"use --method {' or '.join(NULL_METHODS)}"
+            f"use --method {' or '.join(fits)}"
         )
     assert ablation is not None
     return run(loaded, out, prompts, options, extractor=lambda: extract_null(loaded, prompts, options, ablation))

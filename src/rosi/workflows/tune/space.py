@@ -7,7 +7,7 @@ from typing import Any
 
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit
-from rosi.edit.methods import EditForm, get_method
+from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_SCOPE, METHODS, EditForm, get_method
 from rosi.edit.scope import WriterChoice, false_refusal
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSet
@@ -15,8 +15,12 @@ from rosi.workflows.extract import Extraction
 from rosi.workflows.options import TuneOptions
 
 REFERENCES: dict[str, dict[str, Any]] = {  # enqueued first in every tune, at the selected layer: rosi run's default, the paper's form
-    "default": {"form": "scale", "scale.scope": "selective", "scale.strength": 2.0},
-    "paper": {"form": "rosi", "rosi.scope": "all", "rosi.strength": 25.0},
+    "default": {
+        "form": DEFAULT_METHOD,
+        f"{DEFAULT_METHOD}.scope": DEFAULT_SCOPE,
+        f"{DEFAULT_METHOD}.strength": METHODS[DEFAULT_METHOD].reference_strength,
+    },
+    "paper": {"form": "rosi", "rosi.scope": "all", "rosi.strength": METHODS["rosi"].reference_strength},
 }
 
 
