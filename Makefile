@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo demo-realign test check lint bench clean
+.PHONY: demo demo-realign test check lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/edit_speed.py
+
+docs: $(STAMP)
+	$(BIN)/python benchmarks/results_pages.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache
