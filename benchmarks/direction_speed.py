@@ -10,7 +10,8 @@
    passes counted, and seconds (the grid's seconds are its pass count times the measured time of
    one pass; running it in full takes tens of minutes on this CPU).
 
-Run: .venv/bin/python benchmarks/direction_speed.py [--method scale|probe|rosi] [--n-train 120] [--n-val 32]
+Run: .venv/bin/python benchmarks/direction_speed.py [--model SPEC] [--method scale|probe|rosi] [--n-train 120] [--n-val 32] [--name NAME]
+(e.g. --method probe --name direction_speed_probe; --model pypi:qwen2.5-coder-1.5b-instruct --name direction_speed_1.5b)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from _common import timed, write_results
+from _common import add_model, add_name, timed, write_results
 from rosi import load
 from rosi.direction.activations import collect_activations
 from rosi.direction.score import last_logprobs
@@ -44,13 +45,13 @@ def bare_forward(model, fmt: ChatFormat, instructions, batch_size: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="pypi:qwen2.5-coder-0.5b-instruct")
+    add_model(parser)
     parser.add_argument("--n-train", type=int, default=64)
     parser.add_argument("--n-val", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--method", choices=searchable_methods(), default=DEFAULT_METHOD)
-    parser.add_argument("--suffix", default="", help="added to the results file's name (e.g. _1.5b)")
+    add_name(parser, __file__)
     args = parser.parse_args()
     dtype = compute_dtype("auto", "cpu")  # what rosi run computes in here
     loaded = load(args.model, device="cpu", dtype=dtype)
@@ -87,7 +88,7 @@ def main() -> int:
     )
     print(f"chosen: layer {sel.layer}, position {sel.position}")
     path = write_results(
-        ("direction_speed" if args.method == DEFAULT_METHOD else f"direction_speed_{args.method}") + args.suffix,
+        args.name,
         {
             "model": args.model,
             "dtype": dtype,

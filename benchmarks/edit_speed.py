@@ -4,10 +4,10 @@ Load = ``rosi.load`` from safetensors on the CPU (float32, page cache warm, the 
 the copy of the writers into private memory included). Edit = ``apply_edit`` (median of repeats).
 
 Target: the edit costs under 5% of the load time. Two models:
-- the real Qwen2.5-Coder-0.5B-Instruct (pypi:qwen2.5-coder-0.5b-instruct, from the converted cache);
+- a real model (--model; default the real Qwen2.5-Coder-0.5B-Instruct, pypi:qwen2.5-coder-0.5b-instruct, from the converted cache);
 - a random-weight model with Llama-3.2-1B's config, saved once as safetensors and loaded like a real one.
 
-Run: .venv/bin/python benchmarks/edit_speed.py [--skip-llama] [--repeats N]
+Run: .venv/bin/python benchmarks/edit_speed.py [--model SPEC] [--skip-llama] [--repeats N] [--name NAME]
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 import transformers as T
 
-import rosi
-from _common import timed, write_results
+from _common import add_model, add_name, timed, write_results
 from rosi import Direction, apply_edit, load
 from rosi.model.writers import DEFAULT_TARGETS
 
@@ -90,11 +89,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-llama", action="store_true")
+    add_model(parser, help="the real model measured")
+    add_name(parser, __file__)
     args = parser.parse_args()
     rows = []
-    spec = "pypi:qwen2.5-coder-0.5b-instruct"
+    spec = args.model
     load(spec, device="cpu")  # warm-up: fetch/convert once, fill the page cache, so load times are steady-state
-    rows.append(measure(spec, "Qwen2.5-Coder-0.5B-Instruct (real)", args.repeats))
+    rows.append(measure(spec, f"{spec} (real)", args.repeats))
     if not args.skip_llama:
         with tempfile.TemporaryDirectory(prefix="rosi-bench-") as tmp:
             torch.manual_seed(0)
@@ -103,7 +104,7 @@ def main() -> int:
             del model
             load(Path(tmp) / "llama", device="cpu")  # warm the page cache like the Qwen run
             rows.append(measure(str(Path(tmp) / "llama"), "Llama-3.2-1B config (random weights)", args.repeats))
-    path = write_results("edit_speed", {"rosi_version": rosi.__version__, "method": "rosi", "rows": rows})
+    path = write_results(args.name, {"method": "rosi", "rows": rows})
     print(f"results: {path}")
     return 0 if all(r["target_met"] for r in rows) else 1
 

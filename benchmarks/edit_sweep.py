@@ -14,7 +14,7 @@ writers of layers LO..HI-1; default rosi's own choice).
 These prompts are held out from rosi: choosing defaults from this sweep would tune on the test
 set. The README's exploration figures come from this script.
 
-Run: .venv/bin/python benchmarks/edit_sweep.py '{"method": "probe", "k": 2}' '{"method": "scale", "k": 3}' [--n 102]
+Run: .venv/bin/python benchmarks/edit_sweep.py '{"method": "probe", "k": 2}' '{"method": "scale", "k": 3}' [--n 102] [--model SPEC] [--name NAME]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from _common import write_results
+from _common import add_model, add_name, write_results
 from refusal_eval import held_out, instructions
 from rosi import apply_edit, load, revert_edit
 from rosi.edit.methods import EditForm
@@ -42,7 +42,8 @@ from rosi.workflows.options import ExtractOptions
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("settings", nargs="+", help="JSON objects, one per setting")
-    parser.add_argument("--model", default="pypi:qwen2.5-coder-0.5b-instruct")
+    add_model(parser)
+    add_name(parser, __file__)
     parser.add_argument("--n", type=int, default=102)
     parser.add_argument("--min-harmful", type=float, default=0.94, help="measure harmless refusal from this harmful rate on")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -90,7 +91,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     path = write_results(
-        "edit_sweep",
+        args.name,
         {
             "model": args.model,
             "dtype": "bfloat16 (generation), float32 (extraction)",

@@ -3,7 +3,8 @@
 One script, no network: random-weight models built from real configs (weights do not change the
 cost), a word-level tokenizer with a chat template, prompts made of random words. On a CUDA device
 it measures the Qwen2.5-0.5B and Llama-3.1-8B shapes in bfloat16; elsewhere (and with --tiny) small
-shapes, so the script is tested in CI. Results go to benchmarks/results/gpu_pipeline_<device>.json.
+shapes, so the script is tested in CI. Results go to benchmarks/results/NAME.json (default
+gpu_pipeline.json; the device is recorded in it), or to --out FILE.
 
 Figures (targets from the speed issue):
 - extraction of 256 prompts (every layer and every attention/MLP writer hooked) against bare
@@ -14,7 +15,7 @@ Figures (targets from the speed issue):
   under 2 minutes for the 8B shape;
 - greedy generation throughput (tokens/s) with the default dynamic KV cache and with a static one.
 
-Run: python benchmarks/gpu_pipeline.py [--tiny] [--models qwen0.5b,llama8b] [--out FILE]
+Run: python benchmarks/gpu_pipeline.py [--tiny] [--models qwen0.5b,llama8b] [--name NAME | --out FILE]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import transformers as T
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from _common import RESULTS, machine
+from _common import add_name, write_results
 from rosi import Direction, apply_edit, revert_edit
 from rosi.direction.activations import collect_activations
 from rosi.model.chat import ChatFormat
@@ -197,14 +198,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="small shapes and counts (the CPU default)")
     parser.add_argument("--models", default=None, help="comma list of shapes (default: qwen0.5b,llama8b on CUDA, tiny elsewhere)")
-    parser.add_argument("--out", default=None, help="results file (default: benchmarks/results/gpu_pipeline_<device>.json)")
+    add_name(parser, __file__)
+    parser.add_argument("--out", default=None, metavar="FILE", help="write the results to FILE instead of benchmarks/results/NAME.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tiny = args.tiny or device.type != "cuda"
     names = (args.models or ("tiny" if tiny else "qwen0.5b,llama8b")).split(",")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n, batch, new_tokens = (32, 8, 8) if tiny else (256, 32, 64)
-    results: dict[str, Any] = {"benchmark": "gpu_pipeline", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "device": str(device)}
+    results: dict[str, Any] = {"device": str(device)}
     if device.type == "cuda":
         results["device_name"] = torch.cuda.get_device_name(device)
     for name in names:
@@ -224,9 +226,7 @@ def main() -> int:
         del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    path = Path(args.out) if args.out else RESULTS / f"gpu_pipeline_{device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(args.name, results, Path(args.out) if args.out else None)
     print(f"results: {path}")
     return 0
 

@@ -5,8 +5,8 @@ the time), and how often the look-alikes are refused.
 Greedy replies (64 new tokens by default), the refusal-marker judge (with its partial verdict),
 95% Wilson intervals, per set, split, category and style; no system prompt.
 
-Run: .venv/bin/python benchmarks/prompt_sets.py NAME MODEL [--sets harmful_hard,lookalike] [--dtype bfloat16]
-(writes benchmarks/results/prompt_sets_NAME.json)
+Run: .venv/bin/python benchmarks/prompt_sets.py [--model SPEC] [--sets harmful_hard,lookalike] [--dtype bfloat16] [--name NAME]
+(writes benchmarks/results/NAME.json; e.g. --model pypi:qwen2.5-coder-1.5b-instruct --name prompt_sets_qwen1.5b)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from importlib import resources
 
-from _common import write_results
+from _common import add_model, add_name, write_results
 from rosi import load
 from rosi.judges.markers import is_partial, is_refusal
 from rosi.metrics import Rate
@@ -33,8 +33,8 @@ def rows_of(name: str) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name")
-    parser.add_argument("model")
+    add_model(parser)
+    add_name(parser, __file__)
     parser.add_argument("--sets", default="harmful_hard,lookalike")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -83,7 +83,7 @@ def main() -> int:
         for g, r in summary.items():
             if g.startswith(("split:", "style:")):
                 print(f"  {g:24} {r['rate']:.0%} (n={r['n']})")
-    path = write_results(f"prompt_sets_{args.name}", out)
+    path = write_results(args.name, out)
     print(f"wrote {path}")
     return 0
 

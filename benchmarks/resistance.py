@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from _common import write_results
+from _common import add_name, write_results
 from refusal_eval import held_out, measure
 from rosi import apply_edit, load
 from rosi.prompts import PromptSets
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--layer", type=int, default=None, help="pin the attacker's layer (with --position) instead of selecting it")
     parser.add_argument("--position", type=int, default=None)
-    parser.add_argument("--name", default="resistance", help="results file name (default: %(default)s)")
+    add_name(parser, __file__)
     args = parser.parse_args()
     sets = held_out(args.n)
     loaded = load(args.edited, device="cpu", dtype=args.dtype)

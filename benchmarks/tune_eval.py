@@ -7,9 +7,9 @@ the refusal-marker judge with its partial verdict, 95% Wilson intervals; the mea
 KL(base || edited) on the Alpaca prompts. Each trial's edit is applied from its saved record
 (OUT/trials/trial-N.safetensors) to one loaded base model and reverted after.
 
-Run: .venv/bin/python benchmarks/tune_eval.py OUT [--base pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7]
-(writes benchmarks/results/tune_eval_NAME.json and a plot of held-out harmful against look-alike
-refusal, tune_eval_NAME.png; NAME from --name)
+Run: .venv/bin/python benchmarks/tune_eval.py OUT [--model pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7] [--name NAME]
+(writes benchmarks/results/NAME.json and a plot of held-out harmful against look-alike refusal,
+NAME.png; e.g. --name tune_eval_qwen0.5b)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import DATA, tune_edits, write_results
+from _common import DATA, add_model, add_name, tune_edits, write_results
 from refusal_eval import held_out, instructions
 from rosi import EditRecord, apply_record, load, revert_edit
 from rosi.judges.markers import is_partial, is_refusal
@@ -99,8 +99,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="a folder written by `rosi tune`")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
+    add_name(parser, __file__)
+    add_model(parser, "--base", help="the base model the tune edited")
     parser.add_argument("--trials", default=None, help="trial numbers (default: the references and the chosen one)")
     parser.add_argument(
         "--record", action="append", default=[], metavar="LABEL=FILE", help="also measure this edit record (e.g. rosi run's own edit)"
@@ -113,7 +113,7 @@ def main() -> int:
     out = Path(args.out)
     edits = tune_edits(out, args.trials, args.record)
     sets = sets_of(args.n)
-    loaded = load(args.base, device="cpu", dtype=args.dtype)
+    loaded = load(args.model, device="cpu", dtype=args.dtype)
     rows, seconds = [], {}
     t = time.perf_counter()
     base_row, base_lp = measure(loaded, "base model", sets, args.max_new_tokens, args.batch_size)
@@ -147,7 +147,7 @@ def main() -> int:
                 ]
                 print(f"{r['label']:34} " + " ".join(f"{c:>24}" for c in cells))
     path = write_results(
-        f"tune_eval_{args.name}",
+        args.name,
         {
             "tune_output": str(out),
             "judge": f"refusal markers (partial verdict beside), {args.max_new_tokens} new tokens, greedy, no system prompt",

@@ -13,14 +13,14 @@ the paths agree: the same replies (bfloat16 rounds a batch-of-one prefix differe
 batched one, so a near-tied greedy step can flip) and the KL between their first-token
 distributions.
 
-Run: .venv/bin/python benchmarks/tune_scoring.py [--model SPEC] [--batch-size 32]
+Run: .venv/bin/python benchmarks/tune_scoring.py [--model SPEC] [--batch-size 32] [--name NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from _common import timed, write_results
+from _common import add_model, add_name, timed, write_results
 from rosi import load
 from rosi.judges import refusal_rate
 from rosi.metrics import kl_divergence
@@ -31,7 +31,8 @@ from rosi.prompts import builtin
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="pypi:qwen2.5-coder-0.5b-instruct")
+    add_model(parser)
+    add_name(parser, __file__)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
@@ -92,7 +93,7 @@ def main() -> int:
         print(f"{k:40s} {v:6.1f} s")
     for name in ("two_passes_vs_one_pass", "plain_vs_shared_prefix_8", "plain_vs_shared_prefix_64"):
         print(name, payload[name])
-    print("results:", write_results("tune_scoring", payload))
+    print("results:", write_results(args.name, payload))
     return 0
 
 

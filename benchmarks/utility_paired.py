@@ -4,8 +4,8 @@ choice, rosi's local task files), for the base model and each trial of a `rosi t
 scored as a *paired* difference against the base on the same questions (95% interval from the
 discordant pairs, McNemar's exact p).
 
-Run: .venv/bin/python benchmarks/utility_paired.py OUT --name NAME [--mmlu 1000] [--trials 0,1,7]
-(writes benchmarks/results/utility_paired_NAME.json)
+Run: .venv/bin/python benchmarks/utility_paired.py OUT [--model SPEC] [--mmlu 1000] [--trials 0,1,7] [--name NAME]
+(writes benchmarks/results/NAME.json, e.g. --name utility_paired_qwen0.5b)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, tune_edits, write_results
+from _common import DATA, add_model, add_name, tune_edits, write_results
 from rosi import EditRecord, apply_record, load, revert_edit
 from rosi.eval.utility import per_question, prepare_local_tasks
 from rosi.metrics import PairedDifference, Rate
@@ -25,8 +25,8 @@ from rosi.metrics import PairedDifference, Rate
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="a folder written by `rosi tune`")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--base", default="pypi:qwen2.5-coder-0.5b-instruct")
+    add_name(parser, __file__)
+    add_model(parser, "--base", help="the base model the tune edited")
     parser.add_argument("--trials", default=None, help="trial numbers (default: the references and the chosen one)")
     parser.add_argument(
         "--record", action="append", default=[], metavar="LABEL=FILE", help="also measure this edit record (e.g. rosi run's own edit)"
@@ -40,7 +40,7 @@ def main() -> int:
     edits = tune_edits(out, args.trials, args.record)
     folder = Path(tempfile.mkdtemp(prefix="rosi-utility-"))
     configs = prepare_local_tasks({"mmlu": args.mmlu, "arc_challenge": args.arc}, DATA, folder)
-    loaded = load(args.base, device="cpu", dtype=args.dtype)
+    loaded = load(args.model, device="cpu", dtype=args.dtype)
     t = time.perf_counter()
     base = per_question(loaded, configs, batch_size=args.batch_size)
     seconds = {"base model": round(time.perf_counter() - t, 1)}
@@ -75,7 +75,7 @@ def main() -> int:
             )
         print(f"{r['label']:30} " + " ".join(f"{c:>38}" for c in cells))
     path = write_results(
-        f"utility_paired_{args.name}",
+        args.name,
         {"tune_output": str(out), "dtype": args.dtype, "tasks": {k: len(v) for k, v in base.items()}, "rows": rows, "seconds": seconds},
     )
     print(f"wrote {path}")

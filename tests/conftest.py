@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,37 @@ CONFIGS = {
     "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=128, bos_token_id=1, eos_token_id=2),
 }
 ARCHS = sorted(CONFIGS)
-# the public datasets beside the repository (../shared/data), for tests of the evaluation suites
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repository")
+# The public datasets beside the repository (../shared/data), for tests of the evaluation suites.
+# ROSI_TEST_DATA points the tests at another folder (read by the tests only, e.g. to check what a
+# run without the data does).
+DATA = Path(os.environ.get("ROSI_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# A test that reads ../shared/data: ``@needs_data``, or ``@needs_data("llamaguard3")`` for one of
+# its folders. Without the data it is skipped, except under CI (CI=true), where it fails: a CI run
+# must not pass while testing less.
+needs_data = pytest.mark.needs_data
 POST_NORM_ARCHS = {"gemma2", "gemma3_text", "olmo2"}
+
+
+def require_data(*parts: str) -> Path:
+    """The folder ``DATA/parts``; when it is missing, fail the test under CI (CI=true), else skip it."""
+    path = DATA.joinpath(*parts)
+    if path.is_dir():
+        return path
+    shown = "/".join(("../shared/data", *parts))
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{shown} is missing ({path}): CI must run with ../shared beside the repository", pytrace=False)
+    pytest.skip(f"{shown} is missing ({path}): ../shared is not beside the repository")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_data(*folders): reads ../shared/data (or a folder of it): skipped without it, failed under CI=true"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_data"):
+        require_data(*mark.args)
 
 
 def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:

@@ -358,3 +358,26 @@ def test_permission_denied_is_one_line(tmp_path, tokenizer_dir, capsys, monkeypa
     err = capsys.readouterr().err
     assert "Permission denied" in err and "Traceback" not in err
     assert list(locked.iterdir()) == []
+
+
+def test_direction_out_that_is_a_folder_says_so(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    """`rosi direction --out EXISTING_FOLDER`: the error says the path is a folder and which file
+    path to give instead, with or without --overwrite, and every such message has its article right."""
+    monkeypatch.setenv("ROSI_CACHE", str(tmp_path / "cache"))
+    world = make_world(tmp_path / "w", tokenizer_dir)
+    before = _snapshot(world["root"])
+    capsys.readouterr()
+    for extra in ((), ("--overwrite",)):
+        assert main(direction(world, *extra, out=str(world["other"]))) == 1
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("rosi: error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err
+        assert f"--out {world['other']} is a folder" in errors[0], errors[0]
+        assert f"give a file path such as {world['other'] / 'direction.safetensors'}" in errors[0], errors[0]
+        assert "a direction file" in errors[0] and "an direction" not in errors[0], errors[0]
+    assert main(direction(world, "--overwrite", out=str(world["file"]))) == 1  # a plain file, not a folder
+    error = capsys.readouterr().err
+    assert "exists and is not a direction file rosi wrote" in error and "is a folder" not in error, error
+    assert main(edit(world)[:-1] + [str(world["file"]), "--overwrite"]) == 1
+    assert "exists and is not a checkpoint folder rosi wrote" in capsys.readouterr().err
+    assert _snapshot(world["root"]) == before

@@ -1,14 +1,14 @@
 """Jailbreak templates: both file layouts, both kinds of template, seeded draws, errors."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import DATA, needs_data
 from rosi.eval.jailbreak import Template, jailbreak_prompts, load_templates
 from rosi.prompts import PromptError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "jailbreak_templates"
+SHARED = DATA / "jailbreak_templates"
 
 
 def test_wrap_with_and_without_a_slot():
@@ -51,7 +51,7 @@ def test_errors(tmp_path, name, content, match):
         jailbreak_prompts([Template("a", "x")], ["r"], per_request=2)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/jailbreak_templates not present")
+@needs_data("jailbreak_templates")
 def test_the_shared_template_files_load():
     rows = load_templates(SHARED / "jailbreak_templates.jsonl")
     assert len(rows) == 680 and sum(t.has_slot for t in rows) == 85

@@ -4,12 +4,12 @@ the local Llama Guard path end to end on a tiny model, and the endpoint judge's 
 import http.server
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 import transformers as T
 
+from conftest import DATA, needs_data
 from rosi.judges import (
     JUDGES,
     Judge,
@@ -26,8 +26,8 @@ from rosi.judges import (
 )
 from rosi.model.loading import LoadedModel, ModelSource
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamaguard3"
-needs_spec = pytest.mark.skipif(not SPEC.is_dir(), reason="../shared/data/llamaguard3 not present")
+SPEC = DATA / "llamaguard3"
+needs_spec = needs_data("llamaguard3")
 
 
 @needs_spec

@@ -33,10 +33,21 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def check_output(path: Path, overwrite: bool, *, protect: Iterable[Path] = (), owned: Owned | None = None, what: str = "output") -> None:
+def check_output(
+    path: Path,
+    overwrite: bool,
+    *,
+    protect: Iterable[Path] = (),
+    owned: Owned | None = None,
+    what: str = "output",
+    file_name: str | None = None,
+) -> None:
     """Refuse an output that would touch a protected path (the input, a folder holding it, or a
     folder inside it), that exists when overwriting was not asked for, or that exists and was not
-    written by rosi (``owned``) when it was. Also refuse a path whose parent is a file."""
+    written by rosi (``owned``) when it was. Also refuse a path whose parent is a file, and, for an
+    output that is a file (``what`` ends with "file", or ``file_name`` gives an example name for
+    it), a path that is a folder.
+    ``what`` names the output ("direction file", "checkpoint"); the article is added here."""
     path = Path(path)
     resolved = path.resolve()
     for p in protect:
@@ -48,13 +59,24 @@ def check_output(path: Path, overwrite: bool, *, protect: Iterable[Path] = (), o
         raise RosiError(f"cannot write {path}: {parent} is a file, not a folder")
     if not (path.exists() or path.is_symlink()):
         return
+    if (file_name is not None or what.endswith(" file")) and path.is_dir() and not path.is_symlink():
+        example = f"such as {path / file_name}" if file_name else "(a new name inside it, for example)"
+        raise OutputExistsError(f"--out {path} is a folder, not {with_article(what)} rosi wrote; give a file path {example}")
     if not overwrite:
         raise OutputExistsError(f"{path} already exists; choose another output or pass overwrite=True (CLI: --overwrite)")
     if path.is_symlink() or owned is None or not owned(path):
         raise OutputExistsError(
-            f"{path} exists and is not an {what} rosi wrote, so --overwrite will not replace it (rosi deletes only what it wrote); "
+            f"{path} exists and is not {with_article(what)} rosi wrote, so --overwrite will not replace it (rosi deletes only what it wrote); "
             "choose another --out"
         )
+
+
+def with_article(noun: str) -> str:
+    """``noun`` with its indefinite article ("a direction file", "an audit folder"), unless it
+    already starts with one (or with "the")."""
+    if noun.split(" ", 1)[0].lower() in ("a", "an", "the"):
+        return noun
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def _existing_ancestor(path: Path) -> Path | None:
