@@ -226,3 +226,36 @@ def test_tune_runs_from_the_command_line_on_as_many_look_alikes_as_asked(tmp_pat
     assert code == 2 and "--n-val-lookalike" in err
     code, _, err = run(capsys, "tune", tmp_path / "m", "--out", tmp_path / "t2", "--min-harmful", "most")
     assert code == 2 and "--min-harmful" in err and "none or a share" in err
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "realign"])
+def test_a_bad_judge_is_refused_before_the_model_is_loaded(tmp_path, capsys, command):
+    missing_model = tmp_path / "no-model"  # loading it would fail with another message
+    for spec, match in (("nope", "unknown judge 'nope'"), (f"llamaguard:{tmp_path / 'no-guard'}", "--judge llamaguard:")):
+        code, _, err = run(capsys, command, missing_model, "--out", tmp_path / "out", "--judge", spec)
+        lines = [line for line in err.splitlines() if line.startswith("rosi: error:")]
+        assert code == 1 and len(lines) == 1 and match in lines[0] and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "command,workflow",
+    [("run", "rosi.workflows.run.run"), ("tune", "rosi.workflows.tune.tune"), ("realign", "rosi.workflows.realign.realign")],
+)
+def test_the_judge_reaches_the_workflow(base, capsys, monkeypatch, command, workflow):
+    from rosi.errors import RosiError
+
+    seen = []
+
+    def stop(loaded, out, prompts, options, **kw):
+        seen.append(options.judge)
+        raise RosiError("stopped here")
+
+    module, name = workflow.rsplit(".", 1)
+    monkeypatch.setattr(f"{module}.{name}", stop)
+    guard = base / "guard"
+    guard.mkdir()  # check_judge only needs a local Llama Guard folder to exist
+    for extra, judge in (((), "markers"), (("--judge", f"llamaguard:{guard}"), f"llamaguard:{guard}")):
+        code, _, err = run(capsys, command, base / "base", "--out", base / "out", "--device", "cpu", *extra)
+        assert code == 1 and "stopped here" in err, err
+        assert seen[-1] == judge

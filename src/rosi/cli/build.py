@@ -1,0 +1,248 @@
+"""The commands that build an edit: ``rosi direction``, ``rosi run`` and ``rosi realign`` (``rosi
+tune``, the fourth, is in :mod:`rosi.cli.tune`), and the options they share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rosi.cli.common import edit_form_args, float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
+from rosi.cli.sources import inputs, load, text_or_file
+from rosi.judges import DEFAULT_NEW_TOKENS
+from rosi.workflows.options import DEFAULT_BUDGET, REALIGN_BUDGET, REALIGN_FORM
+
+REALIGN_DESCRIPTION = (
+    "Re-align an uncensored model. If a direction was ablated from every residual writer (found in the weights), re-add it; "
+    "otherwise extract the refusal direction under a safety system prompt. Either way the edit (by default "
+    f"{REALIGN_FORM.method}, its read-out fit with ridge {REALIGN_FORM.ridge:g} and kept off the benign inputs' principal subspace "
+    f"holding {REALIGN_FORM.null_space:.0%} of their energy; strength searched within a {REALIGN_BUDGET:.0%} harmless budget) "
+    "is searched, measured and used without any system prompt."
+)
+REALIGN_METHOD_NOTE = (
+    f"with --ridge {REALIGN_FORM.ridge:g} and --null-space {REALIGN_FORM.null_space}: the form measured for uncensored models"
+)
+
+
+def prompt_sets(args: argparse.Namespace) -> Any:
+    """The prompt sets the flags of :func:`~rosi.cli.common.prompt_args` name."""
+    from rosi.prompts import PromptSets
+
+    return PromptSets.load(
+        args.harmful,
+        args.harmless,
+        args.val_harmful,
+        args.val_harmless,
+        lookalike=args.lookalike,
+        val_lookalike=args.val_lookalike,
+        n_train=args.n_train,
+        n_val=args.n_val,
+    )
+
+
+def run_options(args: argparse.Namespace, options_class: Any = None, **extra: Any) -> Any:
+    """The options the flags of :func:`~rosi.cli.common.edit_form_args` and
+    :func:`~rosi.cli.common.prompt_args` give, as ``options_class`` (default: ``RunOptions``;
+    ``extra``: the fields only that command has)."""
+    from rosi.edit.methods import EditForm
+    from rosi.workflows.options import RunOptions
+
+    return (options_class or RunOptions)(
+        form=EditForm(args.method, args.scope, args.writer_ratio, ridge=args.ridge, null_space=args.null_space),
+        system_prompt=text_or_file(args.system_prompt),
+        layer=args.layer,
+        position=args.position,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        **extra,
+    )
+
+
+def checked_output(args: argparse.Namespace) -> str:
+    """The output format, after checking --out and --judge (before any prompt or model is loaded)."""
+    from rosi.export.formats import check_format_output, default_format
+    from rosi.measure import check_judge
+
+    fmt: str = args.format or default_format(args.model, Path(args.out))
+    check_format_output(Path(args.out), fmt, args.overwrite, protect=inputs(args))
+    check_judge(args.judge)
+    return fmt
+
+
+def direction_args(p: argparse.ArgumentParser) -> None:
+    model_args(p, compute=True)
+    p.add_argument("--out", required=True, metavar="FILE", help="direction file to write (.safetensors); the score table goes beside it")
+    edit_form_args(p, for_direction=True)
+    prompt_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run_args(p: argparse.ArgumentParser, method_note: str = "the best measured trade-off") -> None:
+    model_args(p, compute=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
+    edit_form_args(p, method_note=method_note)
+    p.add_argument("--alpha", type=float_in(0), default=None, help="strength (default: chosen on the validation prompts)")
+    p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
+    p.add_argument(
+        "--budget",
+        type=float_in(0, 1),
+        default=DEFAULT_BUDGET,
+        help="allowed rise of harmless refusal while searching the strength (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bisect",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="after the strength grid, try N midpoints between the best strength and the next one tried above it (past the budget, or refusing less) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int_at_least(1),
+        default=DEFAULT_NEW_TOKENS,
+        help="tokens generated per reply when measuring refusal (default: %(default)s)",
+    )
+    judge_arg(p, "every refusal measured (the strength search and the validation table)")
+    prompt_args(p)
+    format_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _is_scores_file(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"cost", "candidates"} <= set(data)
+
+
+def cmd_direction(args: argparse.Namespace) -> int:
+    from rosi._fs import atomic_file, check_output
+    from rosi.direction.vector import is_direction_file
+    from rosi.workflows.extract import extract
+
+    out = Path(args.out)
+    scores = out.with_suffix(".scores.json")
+    protect = inputs(args)
+    check_output(out, args.overwrite, protect=protect, owned=is_direction_file, what="direction file", file_name="direction.safetensors")
+    check_output(scores, args.overwrite, protect=protect, owned=_is_scores_file, what="score table")
+    options = run_options(args)
+    prompts = prompt_sets(args)
+    loaded = load(args, compute=True)
+    result = extract(loaded, prompts, options)
+    if result.selection is not None:
+        with atomic_file(scores) as tmp:
+            tmp.write_text(json.dumps({"cost": result.selection.cost.to_json(), "candidates": result.selection.table()}, indent=2) + "\n")
+        print(f"rosi: selection cost {result.selection.cost.to_json()}; all candidate scores in {scores}")
+    result.direction.save(out)
+    d = result.direction
+    print(
+        f"rosi: direction at layer {d.layer}, position {d.position} ({d.metadata['token']!r}), norm {d.vector.norm():.2f}; wrote {out} in {result.seconds:.0f} s"
+    )
+    return 0
+
+
+def _search_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
+    """The options of ``rosi run`` and ``rosi realign`` beyond extraction: strength, measurement, output."""
+    return {
+        "strength": args.alpha,
+        "compare_paper": not args.no_compare,
+        "budget": args.budget,
+        "bisect": args.bisect,
+        "new_tokens": args.max_new_tokens,
+        "judge": args.judge,
+        "format": fmt,
+        "gguf_type": args.gguf_type,
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rosi.workflows.run import run
+
+    fmt = checked_output(args)
+    options = run_options(args, **_search_options(args, fmt))
+    prompts = prompt_sets(args)
+    loaded = load(args, compute=True)
+    started = time.perf_counter()
+    report = run(loaded, args.out, prompts, options)
+    _print_run(args, prompts, report, fmt, started)
+    return 0
+
+
+def _print_run(args: argparse.Namespace, prompts: Any, report: Any, fmt: str, started: float) -> None:
+    print()
+    print(f"Refusal on validation prompts, {prompts.validation_note()} ({report.new_tokens} new tokens, {judge_note(args.judge)}):")
+    print(report.table())
+    print()
+    print(report.phase_table())
+    print()
+    print(
+        f"rosi: saved {args.out} ({fmt}; {report.method}, strength {report.strength:g}) in {time.perf_counter() - started:.0f} s; report in "
+        + (f"{args.out}/rosi_report.json" if Path(args.out).is_dir() else f"{args.out}.report.json")
+    )
+
+
+def realign_args(p: argparse.ArgumentParser) -> None:
+    from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
+    from rosi.workflows.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_N_VAL
+
+    run_args(p, method_note=REALIGN_METHOD_NOTE)
+    p.add_argument(
+        "--direction",
+        choices=DIRECTION_SOURCES,
+        default="auto",
+        help="null: re-add the direction ablated from every writer; extracted: extract one under the system prompt; "
+        "auto: null where the weights show an ablation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-with-system-prompt",
+        action="store_true",
+        help="score the candidate directions and fit the read-outs with the system prompt in the context (default: without it)",
+    )
+    p.set_defaults(
+        method=REALIGN_FORM.method,
+        scope=REALIGN_FORM.scope,
+        writer_ratio=REALIGN_FORM.ratio,
+        ridge=REALIGN_FORM.ridge,
+        null_space=REALIGN_FORM.null_space,
+        budget=REALIGN_BUDGET,
+        bisect=REALIGN_BISECT,
+        system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}",
+        n_val=REALIGN_N_VAL,
+    )
+    actions = {a.dest: a for a in p._actions}  # the run arguments whose help differs here
+    every = "all of them: the budget needs the harmless ones' resolution"
+    actions["n_val"].help = f"use N prompts of each validation set (default: {every if REALIGN_N_VAL is None else REALIGN_N_VAL})"
+    actions["system_prompt"].help = (
+        "safety system prompt for extraction only: TEXT, a FILE, or one of "
+        + ", ".join(f"builtin:{n}" for n in SYSTEM_PROMPTS)
+        + " (default: %(default)s)"
+    )
+
+
+def realign_options(args: argparse.Namespace, fmt: str) -> Any:
+    from rosi.workflows.options import RealignOptions
+
+    return run_options(
+        args,
+        RealignOptions,
+        score_with_system_prompt=args.score_with_system_prompt,
+        direction=args.direction,
+        **_search_options(args, fmt),
+    )
+
+
+def cmd_realign(args: argparse.Namespace) -> int:
+    from rosi.workflows.realign import realign
+
+    fmt = checked_output(args)
+    options = realign_options(args, fmt)
+    prompts = prompt_sets(args)
+    loaded = load(args, compute=True)
+    started = time.perf_counter()
+    report = realign(loaded, args.out, prompts, options)
+    _print_run(args, prompts, report, fmt, started)
+    return 0

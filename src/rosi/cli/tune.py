@@ -1,0 +1,185 @@
+"""``rosi tune``: search edit forms, layers, scopes and strengths on validation prompts and save
+the trial the pick rule keeps (the fourth command that builds an edit, beside :mod:`rosi.cli.build`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from rosi.cli.build import checked_output, prompt_sets, run_options
+from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
+from rosi.cli.sources import load
+from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
+from rosi.workflows.options import TuneOptions
+
+CHEAP_TOKENS = 8  # rosi.edit.strength.SEARCH_TOKENS (which imports torch): the length of the replies cheap scores judge
+
+
+def pick_rule(floor: float | str | None) -> str:
+    """Which confirmed trial ``rosi tune`` saves under ``--min-harmful floor`` (see ``pick`` in rosi.workflows.tune)."""
+    if floor is None:
+        return "the confirmed trial with the most harmful refusal within the constraints"
+    reach = f"at least {floor:.0%} of the" if not isinstance(floor, str) else "at least as many"
+    like = "" if not isinstance(floor, str) else " as rosi run's default edit" if floor == "default" else f" as the {floor} reference trial"
+    return f"of the confirmed trials refusing {reach} harmful validation prompts{like}, the one with the least look-alike rise within the constraints"
+
+
+TUNE_DESCRIPTION = (
+    "A multi-objective search (Optuna, seeded, journaled: an interrupted tune resumes) on validation prompts only: "
+    "harmful refusal up; harmless refusal rise, look-alike refusal rise and first-token KL down. Cheap scores "
+    f"({CHEAP_TOKENS}-token replies by default) for every trial, full replies to confirm the Pareto front, both judged by --judge. "
+    f"By default (--min-harmful {TuneOptions.min_harmful}), {pick_rule(TuneOptions.min_harmful)} is saved like rosi run's edit, "
+    "with the front (tune_front.csv, tune_front.png) and tune_report.json."
+)
+
+
+def harmful_floor(text: str) -> float | str | None:
+    """``rosi tune --min-harmful``: a reference trial's name, ``none``, or a share."""
+    from rosi.workflows.options import TUNE_FLOORS
+
+    if text in TUNE_FLOORS:
+        return text
+    if text == "none":
+        return None
+    try:
+        return float_in(0, 1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be {', '.join(TUNE_FLOORS)}, none or a share between 0 and 1, got {text!r}") from None
+
+
+def tune_args(p: argparse.ArgumentParser) -> None:
+    from rosi.workflows.options import TUNE_N_VAL_LOOKALIKE
+
+    d = TuneOptions()
+    model_args(p, compute=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder of the chosen trial (must not exist)")
+    _tune_search_args(p.add_argument_group("search"), d)
+    _tune_constraint_args(p.add_argument_group("constraints on the chosen trial (validation prompts, full replies)"), d)
+    p.add_argument(
+        "--max-new-tokens", type=int_at_least(1), default=d.new_tokens, help="reply length when confirming (default: %(default)s)"
+    )
+    judge_arg(p, "every refusal measured (the trials' cheap scores with --score replies, the confirmed front)")
+    prompt_args(p)
+    g = p.add_argument_group("harder harmful prompts (added to --harmful and --val-harmful; 'none' leaves them out)")
+    g.add_argument("--harmful-hard", default="builtin:harmful_hard:train", metavar="SPEC", help="(default: %(default)s)")
+    g.add_argument("--val-harmful-hard", default="builtin:harmful_hard:val", metavar="SPEC", help="(default: %(default)s)")
+    p.add_argument(
+        "--n-val-lookalike",
+        type=int_at_least(1),
+        default=TUNE_N_VAL_LOOKALIKE,
+        help="look-alike validation prompts measured, spread over their kinds (default: %(default)s: 5 of each built-in kind)",
+    )
+    format_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(method="surgical", scope="all", writer_ratio=DEFAULT_RATIO, ridge=GATE_RIDGE, null_space=None)
+
+
+def _tune_search_args(g: Any, d: TuneOptions) -> None:
+    from rosi.workflows.options import TUNE_FORMS, TUNE_SCORES
+
+    g.add_argument("--trials", type=int_at_least(1), default=d.trials, help="trials to run (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="the sampler's seed (default: %(default)s)")
+    g.add_argument(
+        "--forms",
+        default=",".join(d.forms),
+        help=f"edit forms searched, comma-separated, of {', '.join(TUNE_FORMS)}; rosi run's default ({DEFAULT_METHOD}) and the paper's "
+        "form (rosi) are measured in every tune as references (default: %(default)s)",
+    )
+    g.add_argument(
+        "--layer-window",
+        type=int_at_least(0),
+        default=d.layer_window,
+        help="layers searched either side of the selected one (default: %(default)s)",
+    )
+    g.add_argument(
+        "--score",
+        choices=TUNE_SCORES,
+        default=d.score,
+        help=f"the trials' cheap score: --judge on {CHEAP_TOKENS}-token replies, or first-token refusal log-odds > 0 "
+        "(one forward pass, but a poor proxy on some models) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--confirm", type=int_at_least(0), default=d.confirm, help="front trials confirmed on full replies (default: %(default)s)"
+    )
+    g.add_argument(
+        "--journal", default=None, metavar="FILE", help="the study's journal (default: OUT.rosi-tune.journal, removed when done)"
+    )
+
+
+def _tune_constraint_args(c: Any, d: TuneOptions) -> None:
+    c.add_argument("--max-harmless-rise", type=float_in(0, 1), default=d.max_harmless_rise, help="(default: %(default)s)")
+    c.add_argument("--max-lookalike-rise", type=float_in(0, 1), default=d.max_lookalike_rise, help="(default: %(default)s)")
+    c.add_argument(
+        "--max-kl", type=float_in(0), default=d.max_kl, help="mean first-token KL on harmless prompts, nats (default: %(default)s)"
+    )
+    c.add_argument(
+        "--min-harmful",
+        type=harmful_floor,
+        default=d.min_harmful,
+        metavar="{default,paper,none,SHARE}",
+        help="harmful refusal the chosen trial must reach: as much as rosi run's default edit, the paper's form, or a share "
+        "(0.9); of those, the least look-alike rise is kept. 'none': the most harmful refusal within the constraints "
+        "(default: %(default)s)",
+    )
+
+
+def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
+    return run_options(
+        args,
+        TuneOptions,
+        trials=args.trials,
+        seed=args.seed,
+        forms=tuple(f.strip() for f in args.forms.split(",") if f.strip()),
+        layer_window=args.layer_window,
+        score=args.score,
+        confirm=args.confirm,
+        max_harmless_rise=args.max_harmless_rise,
+        max_lookalike_rise=args.max_lookalike_rise,
+        max_kl=args.max_kl,
+        min_harmful=args.min_harmful,
+        journal=Path(args.journal) if args.journal else None,
+        new_tokens=args.max_new_tokens,
+        judge=args.judge,
+        format=fmt,
+        gguf_type=args.gguf_type,
+    )
+
+
+def _tune_prompts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The prompt sets of a tune (its look-alikes spread over their kinds) and the harder harmful ones."""
+    from dataclasses import replace
+
+    from rosi.prompts import load_prompts
+
+    def hard(spec: str, n: int | None) -> Any:
+        if spec.lower() == "none":
+            return None
+        prompts = load_prompts(spec)
+        return prompts.take(None if n is None else min(n, len(prompts)))
+
+    prompts = prompt_sets(args)
+    prompts.need_lookalikes("rosi tune")
+    lookalikes = load_prompts(args.val_lookalike)
+    prompts = replace(prompts, val_lookalike=lookalikes.spread(min(args.n_val_lookalike, len(lookalikes))))
+    return prompts, hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rosi.workflows.tune import tune
+
+    fmt = checked_output(args)
+    options = _tune_options(args, fmt)
+    prompts, hard_train, hard_val = _tune_prompts(args)
+    loaded = load(args, compute=True)
+    started = time.perf_counter()
+    report = tune(loaded, args.out, prompts, options, hard_train=hard_train, hard_val=hard_val)
+    print()
+    print(f"Refusal on validation prompts ({options.new_tokens} new tokens, {judge_note(args.judge)}): {report.chosen_by}")
+    print(report.table())
+    print()
+    print(
+        f"rosi: saved {args.out} ({fmt}; trial {report.chosen}) in {time.perf_counter() - started:.0f} s; front in {args.out}/tune_front.csv"
+    )
+    return 0
