@@ -41,7 +41,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.hooks import forward
 from rosi.model.loading import LoadedModel, ModelSource
 from rosi.prompts import PromptSet, PromptSets
-from rosi.workflows.options import RunOptions
+from rosi.workflows.options import ExtractOptions, MeasureOptions, RunOptions, StrengthOptions
 from rosi.workflows.run import run
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -167,7 +167,9 @@ def whole_run(loaded: LoadedModel, n: int, batch: int, new_tokens: int) -> dict[
     sets = PromptSets(PromptSet(prompts(n, 2)), PromptSet(prompts(n, 3)), PromptSet(prompts(n // 2, 4)), PromptSet(prompts(n // 2, 5)))
     layer = loaded.architecture.num_layers // 2
     options = RunOptions(
-        layer=layer, position=-1, strength=2.0, compare_paper=False, new_tokens=new_tokens, batch_size=batch, progress=False
+        extract=ExtractOptions(layer=layer, position=-1, batch_size=batch, progress=False),
+        strength=StrengthOptions(strength=2.0, compare_paper=False),
+        measure=MeasureOptions(new_tokens=new_tokens),
     )
     with tempfile.TemporaryDirectory(prefix="rosi-gpu-bench-") as tmp:
         start = time.perf_counter()

@@ -18,7 +18,7 @@ from rosi.export.checkpoint import save_checkpoint
 from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract
-from rosi.workflows.options import RealignOptions
+from rosi.workflows.options import OutputOptions, RealignOptions, realign_strength
 from rosi.workflows.realign import realign
 
 MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
@@ -55,7 +55,12 @@ def main(out: Path) -> int:
     print("\n== rosi realign")
     # compare_paper=False: the paper's form (which re-aligns this model hardly at all, see the
     # README) is not searched and measured beside it, to keep the demo short
-    report = realign(loaded, out / "realigned", prompts, RealignOptions(overwrite=True, compare_paper=False))
+    report = realign(
+        loaded,
+        out / "realigned",
+        prompts,
+        RealignOptions(strength=realign_strength(compare_paper=False), output=OutputOptions(overwrite=True)),
+    )
     rows += [("abliterated", report.rates[0].harmful, report.rates[0].harmless)]
     chosen = report.rates[1]
     rows += [(f"re-aligned ({chosen.label})", chosen.harmful, chosen.harmless)]

@@ -248,7 +248,7 @@ def test_the_judge_reaches_the_workflow(base, capsys, monkeypatch, command, work
     seen = []
 
     def stop(loaded, out, prompts, options, **kw):
-        seen.append(options.judge)
+        seen.append(options.measure.judge)
         raise RosiError("stopped here")
 
     module, name = workflow.rsplit(".", 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -75,7 +75,7 @@ def test_judges_are_listed_wherever_a_judge_is_taken():
         judge = _flag(name, "--judge SPEC")
         for registered, cls in JUDGES.items():
             assert (f"{registered}:{cls.argument}" if cls.argument else registered) in judge, (name, registered)
-        assert "(default: markers)" in judge and RunOptions.judge == "markers"
+        assert "(default: markers)" in judge and RunOptions().measure.judge == "markers"
 
 
 def test_run_help_names_its_defaults():
@@ -88,14 +88,12 @@ def test_run_help_names_its_defaults():
     assert f"(default: {DEFAULT_NEW_TOKENS})" in _flag("run", "--max-new-tokens MAX_NEW_TOKENS")
     assert f"(default: {DEFAULT_N_VAL})" in _flag("run", "--n-val N_VAL")
     assert f"(default: {DEFAULT_BATCH_SIZE})" in _flag("run", "--batch-size BATCH_SIZE")
-    assert "(default: 0)" in _flag("run", "--bisect N") and RunOptions.bisect == 0
+    assert "(default: 0)" in _flag("run", "--bisect N") and RunOptions().strength.bisect == 0
 
 
 def test_run_flags_default_to_the_library_options():
     args = _defaults(["run", "MODEL", "--out", "OUT"])
-    from rosi.cli.build import _search_options
-
-    assert run_options(args, **_search_options(args, "checkpoint")) == RunOptions()
+    assert run_options(args, "checkpoint") == RunOptions()
 
 
 def test_tune_help_names_its_defaults_and_its_pick_rule():
@@ -116,7 +114,7 @@ def test_tune_help_names_its_defaults_and_its_pick_rule():
         ("--max-lookalike-rise MAX_LOOKALIKE_RISE", d.max_lookalike_rise),
         ("--max-kl MAX_KL", d.max_kl),
         ("--min-harmful {default,paper,none,SHARE}", d.min_harmful),
-        ("--max-new-tokens MAX_NEW_TOKENS", d.new_tokens),
+        ("--max-new-tokens MAX_NEW_TOKENS", d.measure.new_tokens),
         ("--n-val-lookalike N_VAL_LOOKALIKE", TUNE_N_VAL_LOOKALIKE),
     ):
         assert f"(default: {value}" in _flag("tune", flag), flag
@@ -139,7 +137,9 @@ def test_tune_flags_default_to_the_library_options():
     options = _tune_options(_defaults(["tune", "MODEL", "--out", "OUT"]), "checkpoint")
     library = TuneOptions()
     for f in fields(TuneOptions):
-        if f.name != "form":  # tune searches the forms; its form only names what extraction scores with
+        if f.name == "extract":  # tune searches the forms; its extraction form only names what the fits read
+            assert replace(options.extract, form=library.extract.form) == library.extract
+        else:
             assert getattr(options, f.name) == getattr(library, f.name), f.name
 
 
@@ -155,7 +155,7 @@ def test_realign_help_names_its_defaults():
     assert f"(default: {REALIGN_BUDGET})" in _flag("realign", "--budget BUDGET")
     assert f"(default: {REALIGN_BISECT})" in _flag("realign", "--bisect N")
     assert f"(default: builtin:{DEFAULT_SYSTEM_PROMPT})" in _flag("realign", "--system-prompt TEXT|FILE")
-    assert "(default: all of them" in _flag("realign", "--n-val N_VAL") and RealignOptions().grid is not None
+    assert "(default: all of them" in _flag("realign", "--n-val N_VAL") and RealignOptions().strength.grid is not None
 
 
 def test_realign_flags_default_to_the_library_options():

@@ -11,13 +11,13 @@ import pytest
 from rosi import Direction, load
 from rosi.edit.methods import EditForm
 from rosi.prompts import PromptSets, builtin
-from rosi.workflows.options import RunOptions
+from rosi.workflows.options import ExtractOptions, MeasureOptions, RunOptions, StrengthOptions
 from rosi.workflows.run import run
 
 pytestmark = pytest.mark.integration
 
 
-def _run(out, n_val: int, method: str = "scale", **options):
+def _run(out, n_val: int, method: str = "scale", strength=None, layer=None, position=None, new_tokens=None):
     """`rosi run` on a fresh copy of the real model (run leaves its edit applied), 32 + 32
     extraction prompts and n_val + n_val validation prompts, without the paper's-form row."""
     loaded = load("pypi:qwen2.5-coder-0.5b-instruct", device="cpu")
@@ -27,7 +27,12 @@ def _run(out, n_val: int, method: str = "scale", **options):
         val_harmful=builtin("harmful", "val").take(n_val),
         val_harmless=builtin("harmless", "val").take(n_val),
     )
-    return run(loaded, out, prompts, RunOptions(form=EditForm(method), compare_paper=False, batch_size=n_val, progress=False, **options))
+    options = RunOptions(
+        extract=ExtractOptions(form=EditForm(method), layer=layer, position=position, batch_size=n_val, progress=False),
+        strength=StrengthOptions(strength=strength, compare_paper=False),
+        measure=MeasureOptions() if new_tokens is None else MeasureOptions(new_tokens=new_tokens),
+    )
+    return run(loaded, out, prompts, options)
 
 
 def test_rosi_run_raises_harmful_refusal_and_keeps_harmless_low(tmp_path):

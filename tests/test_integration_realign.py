@@ -8,7 +8,7 @@ from rosi.audit import audit
 from rosi.export.checkpoint import save_checkpoint
 from rosi.prompts import PromptSets, builtin
 from rosi.workflows.extract import extract
-from rosi.workflows.options import RealignOptions
+from rosi.workflows.options import MeasureOptions, RealignOptions, realign_extract, realign_strength
 from rosi.workflows.realign import realign
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,11 @@ def test_realign_brings_refusal_back_to_the_abliterated_model_and_audit_flags_it
     verdict = audit(abliterated, direction=direction, progress=False)
     assert verdict.flagged and verdict.verdicts[0].startswith("ABLATED: the writers of layers 0-23")
     # 16 harmless validation prompts: the default 5-point budget would allow not one more refusal
-    options = RealignOptions(compare_paper=False, new_tokens=24, batch_size=16, progress=False, budget=0.15)
+    options = RealignOptions(
+        extract=realign_extract(batch_size=16, progress=False),
+        strength=realign_strength(compare_paper=False, budget=0.15),
+        measure=MeasureOptions(new_tokens=24),
+    )
     report = realign(abliterated, tmp_path / "out", prompts, options)
     before, after = report.rates[0], report.rates[-1]
     assert "null direction" in report.direction["selected_by"] and after.label.startswith("gate")

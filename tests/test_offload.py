@@ -15,7 +15,7 @@ from rosi.model.hooks import device_of, offloaded
 from rosi.model.loading import parse_max_memory
 from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import extract
-from rosi.workflows.options import ExtractOptions, RunOptions
+from rosi.workflows.options import ExtractOptions, MeasureOptions, RunOptions
 from rosi.workflows.run import run
 
 
@@ -76,7 +76,7 @@ def test_an_edit_of_offloaded_writers_acts_like_the_weight_edit_and_reverts(plan
 def test_run_on_an_offloaded_model_completes_and_saves_from_disk(planted_folder, tmp_path):
     folder, u, max_memory = planted_folder
     spread = _offloaded(folder, max_memory, tmp_path)
-    report = run(spread, tmp_path / "out", _sets(), RunOptions(new_tokens=4, progress=False))
+    report = run(spread, tmp_path / "out", _sets(), RunOptions(ExtractOptions(progress=False), measure=MeasureOptions(new_tokens=4)))
     record = EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors")
     assert (record.method, record.strength) == ("scale", report.strength)
     expected = T.AutoModelForCausalLM.from_pretrained(folder)

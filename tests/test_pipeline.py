@@ -19,7 +19,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
 from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import extract
-from rosi.workflows.options import DEFAULT_BUDGET, ExtractOptions, RunOptions
+from rosi.workflows.options import DEFAULT_BUDGET, ExtractOptions, MeasureOptions, RunOptions
 from rosi.workflows.run import run
 
 
@@ -98,7 +98,12 @@ def test_probe_edit_raises_refusal_on_harmful_prompts_only(loaded):
 
 def test_run_with_the_probe_method_saves_its_reads(loaded, tmp_path):
     model, u = loaded
-    report = run(model, tmp_path / "out", sets(), RunOptions(form=EditForm("probe", "all"), new_tokens=4, progress=False))
+    report = run(
+        model,
+        tmp_path / "out",
+        sets(),
+        RunOptions(ExtractOptions(form=EditForm("probe", "all"), progress=False), measure=MeasureOptions(new_tokens=4)),
+    )
     saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
     assert saved["method"] == "probe" and saved["writers"]["probe"]["writers"] == ["model.layers.0.self_attn.o_proj.weight"]
     assert [r["label"].split()[0] for r in saved["rates"]] == ["base", "probe", "rosi"]
@@ -122,7 +127,7 @@ def test_strength_search_respects_the_harmless_budget(loaded):
 def test_run_writes_checkpoint_direction_and_report(loaded, tmp_path):
     model, u = loaded
     before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
-    report = run(model, tmp_path / "out", sets(), RunOptions(new_tokens=4, progress=False))
+    report = run(model, tmp_path / "out", sets(), RunOptions(ExtractOptions(progress=False), measure=MeasureOptions(new_tokens=4)))
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {
         "model.safetensors",

@@ -9,7 +9,9 @@ import transformers as T
 import planted
 from conftest import tiny_model
 from rosi import Direction, apply_edit
-from rosi.cli import _prompts, _realign_options, build_parser
+from rosi.cli import build_parser
+from rosi.cli.build import prompt_sets as _prompts
+from rosi.cli.build import realign_options as _realign_options
 from rosi.direction.null import (
     GAP_DEPTH,
     ISOLATED,
@@ -30,7 +32,16 @@ from rosi.model.loading import LoadedModel, ModelSource
 from rosi.prompts import DEFAULT_N_VAL, PromptSet, PromptSets, builtin
 from rosi.prompts.system import SYSTEM_PROMPTS, system_prompt
 from rosi.workflows.extract import activations_for, extract
-from rosi.workflows.options import REALIGN_BISECT, REALIGN_FORM, REALIGN_GRID, RealignOptions
+from rosi.workflows.options import (
+    REALIGN_BISECT,
+    REALIGN_FORM,
+    REALIGN_GRID,
+    MeasureOptions,
+    RealignOptions,
+    StrengthOptions,
+    realign_extract,
+    realign_strength,
+)
 from rosi.workflows.realign import find_null, realign
 
 ALL = ("attention", "mlp", "embedding")
@@ -102,11 +113,12 @@ def test_system_prompts_are_builtin_or_text():
 
 def test_realign_options_are_checked():
     options = RealignOptions()
-    assert options.form == REALIGN_FORM and options.form.spec.samples and options.form.null_space
-    assert options.system_prompt == SYSTEM_PROMPTS["plain"]
+    assert options.extract.form == REALIGN_FORM and options.extract.form.spec.samples and options.extract.form.null_space
+    assert options.extract.system_prompt == SYSTEM_PROMPTS["plain"]
     args = build_parser().parse_args(["realign", "MODEL", "--out", "OUT"])  # the CLI's defaults are the library's
     from_cli = _realign_options(args, "checkpoint")
-    assert from_cli.form == REALIGN_FORM and from_cli.bisect == options.bisect == REALIGN_BISECT > 0 and from_cli.grid == REALIGN_GRID
+    assert from_cli == options and from_cli.extract.form == REALIGN_FORM
+    assert from_cli.strength.bisect == REALIGN_BISECT > 0 and from_cli.strength.grid == REALIGN_GRID
     # realign measures its few-point harmless budget on every validation prompt (one prompt of
     # rosi run's 32 is 3.1 points); rosi run keeps its 32 per set
     prompts = _prompts(args)
@@ -116,9 +128,9 @@ def test_realign_options_are_checked():
     with pytest.raises(RosiError, match="direction source"):
         RealignOptions(direction="somewhere")
     with pytest.raises(RosiError, match="grid"):
-        RealignOptions(grid=(1.0, float("nan")))
+        RealignOptions(strength=StrengthOptions(grid=(1.0, float("nan"))))
     with pytest.raises(RosiError, match="--bisect"):
-        RealignOptions(bisect=9)
+        RealignOptions(strength=StrengthOptions(bisect=9))
 
 
 # --- the planted model -------------------------------------------------------------------------
@@ -150,7 +162,11 @@ def test_realign_re_adds_the_ablated_planted_direction(tmp_path, method):
     assert before_h < 0  # ablated: "bomb" no longer makes the model refuse
     null, ablation = find_null(loaded)
     assert null.found and abs(float(null.vector @ u)) > 0.999 and abs(float(ablation.vector @ u)) > 0.999
-    options = RealignOptions(form=EditForm(method, "all"), progress=False, compare_paper=False, new_tokens=4)
+    options = RealignOptions(
+        extract=realign_extract(form=EditForm(method, "all"), progress=False),
+        strength=realign_strength(compare_paper=False),
+        measure=MeasureOptions(new_tokens=4),
+    )
     prompts = sets()
     if method == "gate":  # fit on single prompts: harmful to 1, harmless (and look-alike) to 0
         prompts = replace(prompts, lookalike=prompts.harmless, val_lookalike=prompts.harmless)
@@ -170,12 +186,12 @@ def test_realign_refuses_a_null_direction_where_none_was_ablated(tmp_path):
     loaded, _ = planted_loaded(ablate=False)
     # the planted model's zero writers leave many directions unwritten: not one isolated direction
     with pytest.raises(RosiError, match="no direction was taken out"):
-        realign(loaded, tmp_path / "out", sets(), RealignOptions(direction="null", progress=False))
+        realign(loaded, tmp_path / "out", sets(), RealignOptions(extract=realign_extract(progress=False), direction="null"))
     model, _ = ablated_tiny()
     tok = planted.tokenizer()
     tiny = LoadedModel(model, tok, ModelSource("tiny", "memory", "", "0" * 64))
     with pytest.raises(RosiError, match="use --method rosi or probe or gate or surgical") as refused:
-        realign(tiny, tmp_path / "out", sets(), RealignOptions(form=EditForm("scale"), progress=False))
+        realign(tiny, tmp_path / "out", sets(), RealignOptions(extract=realign_extract(form=EditForm("scale"), progress=False)))
     named = str(refused.value).rsplit("use --method ", 1)[1].split(" or ")
     assert set(named) == {name for name, m in METHODS.items() if m.survives_ablation} and "scale" not in named
 
@@ -184,7 +200,7 @@ def test_extraction_reads_candidates_with_the_system_prompt_and_writers_without_
     loaded, _ = planted_loaded(ablate=False)
     s = sets()
     sp = "Sure bake"
-    options = RealignOptions(form=EditForm("probe", "all"), system_prompt=sp, layer=1, position=-1, progress=False)
+    options = realign_extract(form=EditForm("probe", "all"), system_prompt=sp, layer=1, position=-1, progress=False)
     result = extract(loaded, s, options)
     with_sp, plain = ChatFormat(loaded.tokenizer, sp), ChatFormat(loaded.tokenizer)
     n_pos = len(plain.post_instruction_ids())
@@ -197,7 +213,7 @@ def test_extraction_reads_candidates_with_the_system_prompt_and_writers_without_
     both = extract(
         loaded,
         s,
-        RealignOptions(
+        realign_extract(
             form=EditForm("probe", "all"), system_prompt=sp, layer=1, position=-1, progress=False, score_with_system_prompt=True
         ),
     )

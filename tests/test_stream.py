@@ -16,7 +16,7 @@ from rosi.export.checkpoint import checkpoint_weights, save_checkpoint
 from rosi.export.stream import stream_edit, streamable
 from rosi.model.loading import LoadedModel, ModelSource, checkpoint_dtype
 from rosi.prompts import PromptSet, PromptSets
-from rosi.workflows.options import RunOptions
+from rosi.workflows.options import ExtractOptions, MeasureOptions, RunOptions
 from rosi.workflows.run import run
 
 
@@ -94,7 +94,9 @@ def test_run_in_bfloat16_saves_the_checkpoint_in_its_own_precision(tmp_path):
     planted.tokenizer().save_pretrained(tmp_path / "m")
     loaded = load(tmp_path / "m", device="cpu", dtype="bfloat16")
     h, b = PromptSet(tuple(planted.HARMFUL), name="h"), PromptSet(tuple(planted.HARMLESS), name="b")
-    report = run(loaded, tmp_path / "out", PromptSets(h, b, h, b), RunOptions(new_tokens=4, progress=False))
+    report = run(
+        loaded, tmp_path / "out", PromptSets(h, b, h, b), RunOptions(ExtractOptions(progress=False), measure=MeasureOptions(new_tokens=4))
+    )
     assert [p.name for p in report.phases] == ["extract_and_select", "base_model", "strength_search", "evaluation", "save"]
     assert "peak memory" in report.phase_table()
     record = EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors")

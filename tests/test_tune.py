@@ -9,11 +9,16 @@ import json
 import pytest
 
 from rosi.errors import RosiError
-from rosi.workflows.options import TuneOptions
+from rosi.workflows.options import ExtractOptions, MeasureOptions, TuneOptions
 from rosi.workflows.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, tune
 from test_gate import lookalike_loaded, lookalike_sets
 
-FAST = {"score": "first-token", "layer": 1, "position": -1, "progress": False, "batch_size": 8, "confirm": 0, "layer_window": 0}
+FAST = {
+    "score": "first-token",
+    "confirm": 0,
+    "layer_window": 0,
+    "extract": ExtractOptions(layer=1, position=-1, progress=False, batch_size=8),
+}
 
 
 def test_pareto_front_keeps_the_non_dominated_points():
@@ -168,7 +173,7 @@ def test_the_front_is_confirmed_on_replies_once_and_the_pick_uses_it(tmp_path, m
     loaded, _ = lookalike_loaded()
     journal = tmp_path / "study.journal"
     fast = {**FAST, "confirm": 2}
-    options = TuneOptions(trials=8, forms=("scale", "gate"), journal=journal, new_tokens=4, **fast)
+    options = TuneOptions(trials=8, forms=("scale", "gate"), journal=journal, measure=MeasureOptions(new_tokens=4), **fast)
     report = tune(loaded, tmp_path / "out", lookalike_sets(), options)
     confirmed = [t for t in report.trials if t.confirmed is not None]
     assert {t.reference for t in confirmed} >= {"default"}  # the references are always confirmed
@@ -198,9 +203,9 @@ def test_the_tune_selects_its_direction_as_rosi_run_does_and_measures_on_the_har
 
     loaded, _ = lookalike_loaded()
     sets = lookalike_sets()
-    fast = {**FAST, "layer": None, "position": None}
+    fast = {**FAST, "extract": replace(FAST["extract"], layer=None, position=None)}
     options = TuneOptions(trials=2, forms=("scale",), **fast)
-    run = extract(loaded, sets, replace(options, form=EditForm())).direction  # what rosi run selects
+    run = extract(loaded, sets, replace(options.extract, form=EditForm())).direction  # what rosi run selects
     hard = PromptSet(sets.harmful.instructions[:3], name="hard")
     report = tune(loaded, tmp_path / "out", sets, options, hard_train=hard, hard_val=hard)
     assert (int(report.direction["layer"]), int(report.direction["position"])) == (run.layer, run.position)
@@ -226,5 +231,5 @@ def test_the_base_model_scores_no_kl_on_either_measuring_path():
     loaded.model = tiny_model("llama")  # random, so the two paths round differently
     prompts = lookalike_sets()
     assert _prefix_batches(loaded.model, ChatFormat(loaded.tokenizer), list(prompts.val_harmful.instructions), 4, torch.device("cpu"))
-    measure = Measure(loaded, prompts, TuneOptions(batch_size=4, new_tokens=4))
+    measure = Measure(loaded, prompts, TuneOptions(extract=ExtractOptions(batch_size=4), measure=MeasureOptions(new_tokens=4)))
     assert measure.cheap().kl == 0.0 and measure.confirmed().kl == 0.0

@@ -38,6 +38,11 @@ _EXPORTS = {
     "RunOptions": "rosi.workflows.options",
     "RealignOptions": "rosi.workflows.options",
     "TuneOptions": "rosi.workflows.options",
+    "StrengthOptions": "rosi.workflows.options",
+    "MeasureOptions": "rosi.workflows.options",
+    "OutputOptions": "rosi.workflows.options",
+    "RefusalMeter": "rosi.measure.meter",
+    "RefusalRate": "rosi.measure.rate",
     "extract": "rosi.workflows.extract",
     "run": "rosi.workflows.run",
     "EvalOptions": "rosi.eval.evaluate",
@@ -55,12 +60,17 @@ __all__ = [
     "LoadOptions",
     "LoadedModel",
     "METHODS",
+    "MeasureOptions",
+    "OutputOptions",
     "PromptSet",
     "PromptSets",
     "RealignOptions",
+    "RefusalMeter",
+    "RefusalRate",
     "ResidualWriter",
     "RosiError",
     "RunOptions",
+    "StrengthOptions",
     "TuneOptions",
     "WriterKind",
     "__version__",
@@ -83,12 +93,22 @@ if TYPE_CHECKING:
     from rosi.errors import RosiError
     from rosi.eval.evaluate import EvalOptions, evaluate
     from rosi.export.checkpoint import save_checkpoint
+    from rosi.measure.meter import RefusalMeter
+    from rosi.measure.rate import RefusalRate
     from rosi.model.architecture import ArchitectureMap, architecture_map
     from rosi.model.loading import LoadedModel, LoadOptions, load
     from rosi.model.writers import ResidualWriter, WriterKind
     from rosi.prompts.sets import PromptSet, PromptSets
     from rosi.workflows.extract import extract
-    from rosi.workflows.options import ExtractOptions, RealignOptions, RunOptions, TuneOptions
+    from rosi.workflows.options import (
+        ExtractOptions,
+        MeasureOptions,
+        OutputOptions,
+        RealignOptions,
+        RunOptions,
+        StrengthOptions,
+        TuneOptions,
+    )
     from rosi.workflows.run import run
 
 

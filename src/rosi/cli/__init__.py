@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, parents=[common], help=command.help, description=command.description or command.help)
         command.add_args(p)
-        p.set_defaults(func=command.run)
+        p.set_defaults(func=command.run, command=command.name)
     return parser
 
 

@@ -42,22 +42,30 @@ def prompt_sets(args: argparse.Namespace) -> Any:
     )
 
 
-def run_options(args: argparse.Namespace, options_class: Any = None, **extra: Any) -> Any:
-    """The options the flags of :func:`~rosi.cli.common.edit_form_args` and
-    :func:`~rosi.cli.common.prompt_args` give, as ``options_class`` (default: ``RunOptions``;
-    ``extra``: the fields only that command has)."""
+def extract_options(args: argparse.Namespace, **extra: Any) -> Any:
+    """The extraction options the flags of :func:`~rosi.cli.common.edit_form_args` and
+    :func:`~rosi.cli.common.prompt_args` give (``extra``: the fields only that command sets)."""
     from rosi.edit.methods import EditForm
-    from rosi.workflows.options import RunOptions
+    from rosi.workflows.options import ExtractOptions
 
-    return (options_class or RunOptions)(
+    return ExtractOptions(
         form=EditForm(args.method, args.scope, args.writer_ratio, ridge=args.ridge, null_space=args.null_space),
         system_prompt=text_or_file(args.system_prompt),
         layer=args.layer,
         position=args.position,
         batch_size=args.batch_size,
-        overwrite=args.overwrite,
         **extra,
     )
+
+
+def measure_output_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
+    """The measurement and output parts every workflow's options have."""
+    from rosi.workflows.options import MeasureOptions, OutputOptions
+
+    return {
+        "measure": MeasureOptions(new_tokens=args.max_new_tokens, judge=args.judge),
+        "output": OutputOptions(format=fmt, gguf_type=args.gguf_type, overwrite=args.overwrite),
+    }
 
 
 def checked_output(args: argparse.Namespace) -> str:
@@ -129,7 +137,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
     protect = inputs(args)
     check_output(out, args.overwrite, protect=protect, owned=is_direction_file, what="direction file", file_name="direction.safetensors")
     check_output(scores, args.overwrite, protect=protect, owned=_is_scores_file, what="score table")
-    options = run_options(args)
+    options = extract_options(args)
     prompts = prompt_sets(args)
     loaded = load(args, compute=True)
     result = extract(loaded, prompts, options)
@@ -145,25 +153,25 @@ def cmd_direction(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
-    """The options of ``rosi run`` and ``rosi realign`` beyond extraction: strength, measurement, output."""
-    return {
-        "strength": args.alpha,
-        "compare_paper": not args.no_compare,
-        "budget": args.budget,
-        "bisect": args.bisect,
-        "new_tokens": args.max_new_tokens,
-        "judge": args.judge,
-        "format": fmt,
-        "gguf_type": args.gguf_type,
-    }
+def _strength_options(args: argparse.Namespace) -> Any:
+    """How ``rosi run`` and ``rosi realign`` choose the strength."""
+    from rosi.workflows.options import StrengthOptions, realign_strength
+
+    make = realign_strength if args.command == "realign" else StrengthOptions
+    return make(strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, bisect=args.bisect)
+
+
+def run_options(args: argparse.Namespace, fmt: str) -> Any:
+    from rosi.workflows.options import RunOptions
+
+    return RunOptions(extract=extract_options(args), strength=_strength_options(args), **measure_output_options(args, fmt))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rosi.workflows.run import run
 
     fmt = checked_output(args)
-    options = run_options(args, **_search_options(args, fmt))
+    options = run_options(args, fmt)
     prompts = prompt_sets(args)
     loaded = load(args, compute=True)
     started = time.perf_counter()
@@ -226,12 +234,11 @@ def realign_args(p: argparse.ArgumentParser) -> None:
 def realign_options(args: argparse.Namespace, fmt: str) -> Any:
     from rosi.workflows.options import RealignOptions
 
-    return run_options(
-        args,
-        RealignOptions,
-        score_with_system_prompt=args.score_with_system_prompt,
+    return RealignOptions(
+        extract=extract_options(args, score_with_system_prompt=args.score_with_system_prompt),
+        strength=_strength_options(args),
         direction=args.direction,
-        **_search_options(args, fmt),
+        **measure_output_options(args, fmt),
     )
 
 

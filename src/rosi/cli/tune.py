@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rosi.cli.build import checked_output, prompt_sets, run_options
+from rosi.cli.build import checked_output, extract_options, measure_output_options, prompt_sets
 from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
 from rosi.cli.sources import load
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
@@ -58,7 +58,7 @@ def tune_args(p: argparse.ArgumentParser) -> None:
     _tune_search_args(p.add_argument_group("search"), d)
     _tune_constraint_args(p.add_argument_group("constraints on the chosen trial (validation prompts, full replies)"), d)
     p.add_argument(
-        "--max-new-tokens", type=int_at_least(1), default=d.new_tokens, help="reply length when confirming (default: %(default)s)"
+        "--max-new-tokens", type=int_at_least(1), default=d.measure.new_tokens, help="reply length when confirming (default: %(default)s)"
     )
     judge_arg(p, "every refusal measured (the trials' cheap scores with --score replies, the confirmed front)")
     prompt_args(p)
@@ -126,9 +126,8 @@ def _tune_constraint_args(c: Any, d: TuneOptions) -> None:
 
 
 def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
-    return run_options(
-        args,
-        TuneOptions,
+    return TuneOptions(
+        extract=extract_options(args),
         trials=args.trials,
         seed=args.seed,
         forms=tuple(f.strip() for f in args.forms.split(",") if f.strip()),
@@ -140,10 +139,7 @@ def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
         max_kl=args.max_kl,
         min_harmful=args.min_harmful,
         journal=Path(args.journal) if args.journal else None,
-        new_tokens=args.max_new_tokens,
-        judge=args.judge,
-        format=fmt,
-        gguf_type=args.gguf_type,
+        **measure_output_options(args, fmt),
     )
 
 
@@ -176,7 +172,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     report = tune(loaded, args.out, prompts, options, hard_train=hard_train, hard_val=hard_val)
     print()
-    print(f"Refusal on validation prompts ({options.new_tokens} new tokens, {judge_note(args.judge)}): {report.chosen_by}")
+    print(f"Refusal on validation prompts ({options.measure.new_tokens} new tokens, {judge_note(args.judge)}): {report.chosen_by}")
     print(report.table())
     print()
     print(

@@ -1,4 +1,6 @@
-"""The options of :func:`rosi.extract` and :func:`rosi.run`, as frozen values the CLI fills.
+"""The options of the workflows (:func:`rosi.extract`, :func:`rosi.run`, :func:`rosi.realign`,
+:func:`rosi.tune`), as frozen values the CLI fills, each workflow's composed of the parts it uses:
+extraction, the strength search, measurement and output.
 
 No torch here: ``rosi --help`` shows these defaults without loading it.
 """
@@ -53,32 +55,61 @@ class ExtractOptions:
 
 
 @dataclass(frozen=True)
-class RunOptions(ExtractOptions):
-    """Everything :func:`rosi.run` does beyond extraction: the strength (``None``: searched on
-    the validation prompts within ``budget``), whether the paper's form is measured beside the
-    chosen edit, the reply length judged, and whether an existing output may be replaced."""
+class StrengthOptions:
+    """How :func:`rosi.run` chooses the strength: given (``strength``), or searched up the
+    method's grid (or ``grid``) on the validation prompts within ``budget``, with ``bisect``
+    midpoints; ``compare_paper``: also measure the paper's form beside the chosen edit."""
 
     strength: float | None = None
-    compare_paper: bool = True
     budget: float = DEFAULT_BUDGET
-    new_tokens: int = DEFAULT_NEW_TOKENS
-    overwrite: bool = False
-    format: str = "checkpoint"  # see rosi.export.formats
-    gguf_type: str = "Q8_0"  # --format gguf: what tensors of a type the gguf package cannot quantize become
     grid: tuple[float, ...] | None = None  # strengths searched (default: the method's own grid)
     bisect: int = 0  # midpoints tried between the best strength and the next one tried above it
-    judge: str = "markers"  # the judge of every refusal measured (a rosi.judges spec: markers, llamaguard:PATH, openai:URL, ...)
+    compare_paper: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if not (math.isfinite(self.budget) and 0 <= self.budget <= 1):
             raise RosiError(f"--budget is a share of prompts between 0 and 1 (0.1 = 10 points), got {self.budget}")
-        if self.new_tokens < 1:
-            raise RosiError(f"--max-new-tokens must be at least 1, got {self.new_tokens}")
         if not 0 <= self.bisect <= 8:
             raise RosiError(f"--bisect is a number of midpoints between 0 and 8, got {self.bisect}")
         if self.grid is not None and (not self.grid or not all(math.isfinite(g) and g > 0 for g in self.grid)):
             raise RosiError(f"the strength grid must be positive finite numbers, got {self.grid}")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a workflow writes: the output ``format`` (see :mod:`rosi.export.formats`), what
+    tensors of a type the gguf package cannot quantize become (``gguf_type``), and whether an
+    existing output rosi wrote may be replaced."""
+
+    format: str = "checkpoint"
+    gguf_type: str = "Q8_0"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How refusal is measured: greedy replies of ``new_tokens`` tokens, judged by ``judge`` (a
+    :mod:`rosi.judges` spec: ``markers``, ``llamaguard:PATH``, ``openai:URL``, ...)."""
+
+    new_tokens: int = DEFAULT_NEW_TOKENS
+    judge: str = "markers"
+
+    def __post_init__(self) -> None:
+        if self.new_tokens < 1:
+            raise RosiError(f"--max-new-tokens must be at least 1, got {self.new_tokens}")
+        if not self.judge:
+            raise RosiError("--judge needs a judge spec, e.g. markers")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """:func:`rosi.run`: how the direction is extracted, how the strength is chosen, how refusal
+    is measured, and what is written."""
+
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    strength: StrengthOptions = field(default_factory=StrengthOptions)
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
 
 
 DIRECTION_SOURCES = ("auto", "null", "extracted")
@@ -101,9 +132,22 @@ REALIGN_BISECT = 2
 REALIGN_N_VAL: int | None = None
 
 
+def realign_extract(**changes: object) -> ExtractOptions:
+    """Extraction as :func:`rosi.realign` does it by default (``changes`` on top): a built-in safety
+    system prompt, candidates scored and read-outs fit without it, the :data:`REALIGN_FORM` edit."""
+    defaults: dict[str, object] = {"form": REALIGN_FORM, "system_prompt": _default_system_prompt(), "score_with_system_prompt": False}
+    return ExtractOptions(**{**defaults, **changes})  # type: ignore[arg-type]
+
+
+def realign_strength(**changes: object) -> StrengthOptions:
+    """The strength search :func:`rosi.realign` makes by default (``changes`` on top)."""
+    defaults: dict[str, object] = {"budget": REALIGN_BUDGET, "grid": REALIGN_GRID, "bisect": REALIGN_BISECT}
+    return StrengthOptions(**{**defaults, **changes})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class RealignOptions(RunOptions):
-    """:func:`rosi.workflows.realign`: :class:`RunOptions` with the defaults measured for uncensored
+class RealignOptions:
+    """:func:`rosi.workflows.realign`: :class:`RunOptions`'s parts with the defaults measured for uncensored
     models (the README's "Re-aligning" section): a built-in safety system prompt for extraction,
     candidates scored and read-outs fit without it, the ``gate`` edit with a null-space
     constraint (:data:`REALIGN_FORM`: its read-out looks at the writers' inputs, which ablation
@@ -114,18 +158,20 @@ class RealignOptions(RunOptions):
     :mod:`rosi.direction.null`), ``extracted`` extracts one under the system prompt, ``auto``
     the first where the weights show an ablation, else the second."""
 
-    form: EditForm = REALIGN_FORM
-    system_prompt: str | None = field(default_factory=_default_system_prompt)
-    score_with_system_prompt: bool = False
-    budget: float = REALIGN_BUDGET
-    grid: tuple[float, ...] | None = REALIGN_GRID
-    bisect: int = REALIGN_BISECT
+    extract: ExtractOptions = field(default_factory=realign_extract)
+    strength: StrengthOptions = field(default_factory=realign_strength)
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
     direction: str = "auto"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.direction not in DIRECTION_SOURCES:
             raise RosiError(f"unknown direction source {self.direction!r}; choose one of {', '.join(DIRECTION_SOURCES)}")
+
+    @property
+    def run(self) -> RunOptions:
+        """What :func:`rosi.run` is given once the way back is found."""
+        return RunOptions(self.extract, self.strength, self.measure, self.output)
 
 
 TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")  # the forms rosi tune can search
@@ -139,7 +185,7 @@ TUNE_FLOORS = ("default", "paper")  # reference trials whose harmful refusal the
 
 
 @dataclass(frozen=True)
-class TuneOptions(RunOptions):
+class TuneOptions:
     """:func:`rosi.workflows.tune`: ``trials`` searched (seeded; the journal lets an interrupted tune
     resume; the two reference trials among them, whatever ``forms``), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
     scopes, strengths and the fits' ridge and null space; ``score`` the trials' cheap score;
@@ -149,6 +195,9 @@ class TuneOptions(RunOptions):
     as much as rosi run's default edit; ``"paper"``); among those the one with the least
     look-alike rise is kept. ``None``: the most harmful refusal within the constraints."""
 
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
     trials: int = 40
     seed: int = 0
     forms: tuple[str, ...] = TUNE_SEARCHED
@@ -162,7 +211,6 @@ class TuneOptions(RunOptions):
     journal: Path | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         from rosi.edit.methods import get_method
 
         if self.trials < 1:

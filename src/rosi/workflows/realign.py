@@ -52,7 +52,7 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
     """Find the way back for an uncensored model, then search, measure and save the edit as
     :func:`rosi.workflows.run.run` does (the report's direction metadata says which way was taken)."""
     options = options or RealignOptions()
-    check_format_output(Path(out), options.format, options.overwrite, protect=input_paths(loaded.source))
+    check_format_output(Path(out), options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
     null, ablation = find_null(loaded)
     _say(options, f"rosi: {_verdict(null, ablation)}")
     if options.direction == "null" and ablation is None:
@@ -61,15 +61,15 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
             "eigenvalue, not near 0, and no two layers share one); use --direction extracted"
         )
     if options.direction == "extracted" or (options.direction == "auto" and ablation is None):
-        return run(loaded, out, prompts, options)
-    if not options.form.spec.survives_ablation:
+        return run(loaded, out, prompts, options.run)
+    if not options.extract.form.spec.survives_ablation:
         fits = [name for name, m in METHODS.items() if m.survives_ablation]
         raise RosiError(
-            f"method {options.form.method!r} reads the writers' own component along the direction, which ablation set to zero; "
+            f"method {options.extract.form.method!r} reads the writers' own component along the direction, which ablation set to zero; "
             f"use --method {' or '.join(fits)}"
         )
     assert ablation is not None
-    return run(loaded, out, prompts, options, extractor=lambda: extract_null(loaded, prompts, options, ablation))
+    return run(loaded, out, prompts, options.run, extractor=lambda: extract_null(loaded, prompts, options, ablation))
 
 
 def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptions, ablation: Ablation) -> Extraction:
@@ -80,16 +80,16 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     started = time.perf_counter()
     fmt = ChatFormat(loaded.tokenizer)
     n_pos = len(fmt.post_instruction_ids())
-    activations = activations_for(loaded, fmt, prompts, n_pos, options)
-    layer = options.layer if options.layer is not None else int(GAP_DEPTH * loaded.architecture.num_layers)
-    position = options.position if options.position is not None else -1
+    activations = activations_for(loaded, fmt, prompts, n_pos, options.extract)
+    layer = options.extract.layer if options.extract.layer is not None else int(GAP_DEPTH * loaded.architecture.num_layers)
+    position = options.extract.position if options.extract.position is not None else -1
     gap = float(activations.direction_at(layer, position).norm())
     if not gap > 0:
         raise RosiError(f"harmful and harmless prompts do not differ at layer {layer}: pin another --layer")
     selected_by = f"the null direction of {len(ablation.layers)} layers' writers, length the gap at layer {layer}"
     metadata = direction_metadata(loaded, prompts, fmt, position, selected_by, None)
     metadata["system_prompt_used"] = "none (the null direction is read from the weights)"
-    trial = EditTrial(loaded.model, loaded.architecture, activations, options.form)
+    trial = EditTrial(loaded.model, loaded.architecture, activations, options.extract.form)
     ids = refusal_token_ids(loaded.tokenizer)
     counter = PassCounter()
     scores = {}
@@ -97,12 +97,16 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
         candidate = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
         with trial(candidate):
             scores[sign] = mean_log_odds(
-                loaded.model, fmt, prompts.val_harmful.instructions, ids, options.batch_size, counter
-            ) - mean_log_odds(loaded.model, fmt, prompts.val_harmless.instructions, ids, options.batch_size, counter)
+                loaded.model, fmt, prompts.val_harmful.instructions, ids, options.extract.batch_size, counter
+            ) - mean_log_odds(loaded.model, fmt, prompts.val_harmless.instructions, ids, options.extract.batch_size, counter)
     sign = max(scores, key=lambda s: scores[s])
     metadata["sign_log_odds_gap"] = f"{scores[sign]:.3f} (other sign {scores[-sign]:.3f})"
     direction = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
-    samples = samples_for(loaded, fmt, prompts, position, options.form.scope, options) if options.form.spec.samples else None
+    samples = (
+        samples_for(loaded, fmt, prompts, position, options.extract.form.scope, options.extract)
+        if options.extract.form.spec.samples
+        else None
+    )
     return Extraction(direction, None, round(time.perf_counter() - started, 2), activations, samples)
 
 
@@ -114,5 +118,5 @@ def _verdict(null: NullDirection, ablation: Ablation | None) -> str:
 
 
 def _say(options: RealignOptions, message: str) -> None:
-    if options.progress:
+    if options.extract.progress:
         print(message, flush=True)

@@ -114,23 +114,25 @@ def run(
     """Extract, select, inject and measure; save the edited checkpoint with its report to ``out``.
     ``extractor`` finds the direction another way than :func:`extract` (as :func:`realign` does)."""
     options = options or RunOptions()
-    if not options.form.spec.searchable:
-        raise RosiError(f"rosi run supports the methods with a strength search, not {options.form.method!r}")
-    if options.strength is not None:
-        check_strength(options.form.method, options.strength)
+    if not options.extract.form.spec.searchable:
+        raise RosiError(f"rosi run supports the methods with a strength search, not {options.extract.form.method!r}")
+    if options.strength.strength is not None:
+        check_strength(options.extract.form.method, options.strength.strength)
     out = Path(out)
-    check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
-    meter = RefusalMeter(loaded, judge_of(options.judge), batch_size=options.batch_size, progress=options.progress)
+    check_format_output(out, options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
+    meter = RefusalMeter(loaded, judge_of(options.measure.judge), batch_size=options.extract.batch_size, progress=options.extract.progress)
     clock = PhaseClock()
-    extraction = extractor() if extractor is not None else extract(loaded, prompts, options)
+    extraction = extractor() if extractor is not None else extract(loaded, prompts, options.extract)
     clock.done("extract_and_select")
     direction = extraction.direction
-    _say(options, f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})")
-    forms = [options.form] + ([EditForm(PAPER_METHOD, "all")] if options.compare_paper and options.form.method != PAPER_METHOD else [])
+    _say(options.extract, f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})")
+    forms = [options.extract.form] + (
+        [EditForm(PAPER_METHOD, "all")] if options.strength.compare_paper and options.extract.form.method != PAPER_METHOD else []
+    )
     choices = {f.method: extraction.choose_writers(loaded, f) for f in forms}
-    chosen = choices[options.form.method]
+    chosen = choices[options.extract.form.method]
     if chosen.writers is not None:
-        _say(options, f"rosi: {options.form.method} edits {len(chosen.writers)} writers ({chosen.note})")
+        _say(options.extract, f"rosi: {options.extract.form.method} edits {len(chosen.writers)} writers ({chosen.note})")
     base_rates, base_step = _base(meter, prompts, options)
     clock.done("base_model")
     searches = _search_strengths(meter, direction, choices, prompts, options, base_step)
@@ -140,15 +142,15 @@ def run(
     clock.done("evaluation")
     report = RunReport(
         model=loaded.source.spec,
-        method=options.form.method,
-        strength=strengths[options.form.method],
+        method=options.extract.form.method,
+        strength=strengths[options.extract.form.method],
         direction=direction.info(),
         writers=choices,
         rates=rates,
         strength_searches=searches,
         selection_cost=extraction.selection.cost.to_json() if extraction.selection else None,
         seconds={p.name: p.seconds for p in clock.phases},
-        new_tokens=options.new_tokens,
+        new_tokens=options.measure.new_tokens,
         phases=list(clock.phases),
     )
     _save(loaded, out, record, report, extraction, options)
@@ -159,12 +161,15 @@ def run(
 def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tuple[Rates, StrengthStep]:
     """The base model's replies, generated once: its measured rates, and (from their first tokens)
     its rates in the strength search."""
-    lengths = (options.new_tokens, SEARCH_TOKENS)
+    lengths = (options.measure.new_tokens, SEARCH_TOKENS)
     harmful = meter.rates(prompts.val_harmful, lengths, desc="rosi: base model, harmful")
     harmless = meter.rates(prompts.val_harmless, lengths, desc="rosi: base model, harmless")
-    rates = Rates("base model", {"harmful": harmful[options.new_tokens], "harmless": harmless[options.new_tokens]})
+    rates = Rates("base model", {"harmful": harmful[options.measure.new_tokens], "harmless": harmless[options.measure.new_tokens]})
     step = StrengthStep(0.0, harmful[SEARCH_TOKENS].value, harmless[SEARCH_TOKENS].value)
-    _say(options, f"rosi: base model: refusal in {SEARCH_TOKENS}-token replies: harmful {step.harmful:.0%}, harmless {step.harmless:.0%}")
+    _say(
+        options.extract,
+        f"rosi: base model: refusal in {SEARCH_TOKENS}-token replies: harmful {step.harmful:.0%}, harmless {step.harmless:.0%}",
+    )
     return rates, step
 
 
@@ -179,8 +184,8 @@ def _search_strengths(
     """The chosen method's strength (given, or searched) and the comparison's, from the same base."""
     searches = []
     for method, choice in choices.items():
-        if method == options.form.method and options.strength is not None:
-            searches.append(StrengthSearch(method, options.strength, "given"))
+        if method == options.extract.form.method and options.strength.strength is not None:
+            searches.append(StrengthSearch(method, options.strength.strength, "given"))
             continue
         search = choose_strength(
             meter,
@@ -188,12 +193,12 @@ def _search_strengths(
             method,
             prompts.val_harmful,
             prompts.val_harmless,
-            budget=options.budget,
+            budget=options.strength.budget,
             choice=choice,
             base=base,
-            progress=options.progress,
-            grid=options.grid if method == options.form.method else None,
-            bisect=options.bisect if method == options.form.method else 0,
+            progress=options.extract.progress,
+            grid=options.strength.grid if method == options.extract.form.method else None,
+            bisect=options.strength.bisect if method == options.extract.form.method else 0,
         )
         searches.append(search)
     return searches
@@ -214,7 +219,7 @@ def _measure(
     record = None
     for method in reversed(list(choices)):  # the chosen method last, so that it stays applied
         choice = choices[method]
-        paper = method != options.form.method
+        paper = method != options.extract.form.method
         record = apply_edit(
             meter.loaded.model,
             direction,
@@ -236,7 +241,7 @@ def _measure(
 
 
 def _rates(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> Rates:
-    n = options.new_tokens
+    n = options.measure.new_tokens
     harmful = meter.rate(prompts.val_harmful, n, desc=f"rosi: {label}, harmful", label=label)
     harmless = meter.rate(prompts.val_harmless, n, desc=f"rosi: {label}, harmless", label=label)
     return Rates(label, {"harmful": harmful, "harmless": harmless})
@@ -249,9 +254,9 @@ def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport,
         if extraction.selection is not None:
             (folder / "direction_scores.json").write_text(json.dumps(extraction.selection.table(), indent=2) + "\n")
 
-    edited = Edited(loaded, record, {"report": "rosi_report.json"}, extras, [r.to_json() for r in report.rates], options.gguf_type)
-    save(edited, out, options.format, options.overwrite)
-    if FORMATS[options.format].kind == "file":  # a single file: the report goes beside it
+    edited = Edited(loaded, record, {"report": "rosi_report.json"}, extras, [r.to_json() for r in report.rates], options.output.gguf_type)
+    save(edited, out, options.output.format, options.output.overwrite)
+    if FORMATS[options.output.format].kind == "file":  # a single file: the report goes beside it
         with atomic_file(out.with_name(out.name + ".report.json")) as tmp:
             tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
 

@@ -125,8 +125,8 @@ def tune(
     measured on."""
     options = options or TuneOptions()
     out = Path(out)
-    check_format_output(out, options.format, options.overwrite, protect=input_paths(loaded.source))
-    judge = judge_of(options.judge)
+    check_format_output(out, options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
+    judge = judge_of(options.measure.judge)
     journal = journal_path(out, options.journal)
     lap = _Laps()
     measured = tune_prompts(prompts, hard_train, hard_val)
@@ -174,13 +174,13 @@ def _extract(
 ) -> tuple[TuneOptions, Extraction]:
     """The direction rosi run selects (pinned in the returned options), every writer's means at it,
     and the single prompts' samples (``measured``: with the harder prompts) for the fitted forms."""
-    if options.layer is None or options.position is None:
-        picked = extract(loaded, prompts, replace(options, form=EditForm())).direction
-        options = replace(options, layer=picked.layer, position=picked.position)
+    if options.extract.layer is None or options.extract.position is None:
+        picked = extract(loaded, prompts, replace(options.extract, form=EditForm())).direction
+        options = replace(options, extract=replace(options.extract, layer=picked.layer, position=picked.position))
         lap("select_as_rosi_run")
-    extraction = extract(loaded, prompts, replace(options, form=EditForm("probe", "all")))  # pinned: every writer's means
+    extraction = extract(loaded, prompts, replace(options.extract, form=EditForm("probe", "all")))  # pinned: every writer's means
     assert extraction.direction.position is not None
-    fits = replace(options, form=EditForm("surgical", "all"))
+    fits = replace(options.extract, form=EditForm("surgical", "all"))
     samples = samples_for(loaded, ChatFormat(loaded.tokenizer), measured, extraction.direction.position, "all", fits)
     lap("extract_and_samples")
     return options, replace(extraction, samples=samples)
@@ -224,12 +224,12 @@ def _save(loaded: LoadedModel, out: Path, space: Space, report: TuneReport, jour
             "n_harmless": n_b,
         },
     ]
-    edited = Edited(loaded, record, {"report": "tune_report.json"}, extras, rates, options.gguf_type)
-    save(edited, out, options.format, options.overwrite)
+    edited = Edited(loaded, record, {"report": "tune_report.json"}, extras, rates, options.output.gguf_type)
+    save(edited, out, options.output.format, options.output.overwrite)
     if journal.is_file() and options.journal is None:
         journal.unlink()  # rosi wrote it beside the output; the output folder holds its copy now
 
 
 def _say(options: TuneOptions, message: str) -> None:
-    if options.progress:
+    if options.extract.progress:
         print(message, flush=True)

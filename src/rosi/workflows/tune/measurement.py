@@ -32,7 +32,7 @@ class Measure:
         self.loaded, self.options = loaded, options
         _, val_lookalike = prompts.need_lookalikes("rosi tune")
         self.sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
-        self.meter = RefusalMeter(loaded, judge, batch_size=options.batch_size)
+        self.meter = RefusalMeter(loaded, judge, batch_size=options.extract.batch_size)
         self.ids = refusal_token_ids(loaded.tokenizer)
         # the plain generation path's first step is the forward pass's next-token distribution
         self.base_plain = self._logprobs("harmless")
@@ -43,7 +43,9 @@ class Measure:
         )
 
     def _logprobs(self, role: str) -> torch.Tensor:
-        return next_token_logprobs(self.loaded.model, self.meter.fmt, self.sets[role].instructions, batch_size=self.options.batch_size)
+        return next_token_logprobs(
+            self.loaded.model, self.meter.fmt, self.sets[role].instructions, batch_size=self.options.extract.batch_size
+        )
 
     def cheap(self) -> Scores:
         if self.options.score == "first-token":
@@ -61,7 +63,7 @@ class Measure:
         )
 
     def confirmed(self) -> Scores:
-        n = self.options.new_tokens
+        n = self.options.measure.new_tokens
         out = {role: self.meter.rate_and_logprobs(s, n, share_prefix=False) for role, s in self.sets.items()}
         rates = {role: rate for role, (rate, _) in out.items()}
         kl = float(kl_divergence(self.base_plain, out["harmless"][1]).mean())

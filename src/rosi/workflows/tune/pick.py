@@ -124,7 +124,7 @@ def pick(results: list[TrialResult], base: Scores, options: TuneOptions, base_ch
     limits = (
         f"harmless rise <= {options.max_harmless_rise:.0%}, look-alike rise <= {options.max_lookalike_rise:.0%}, KL <= {options.max_kl:g}"
     )
-    scores = f"{options.new_tokens}-token replies" if on_confirmed else f"{options.score} scores (no trial confirmed)"
+    scores = f"{options.measure.new_tokens}-token replies" if on_confirmed else f"{options.score} scores (no trial confirmed)"
     if floor is None:
         within = [t for t in pool if violation(objectives(t), options) == 0]
         if within:

@@ -76,7 +76,11 @@ class TuneReport:
 
 
 def options_json(options: TuneOptions) -> dict[str, Any]:
-    out = {k: v for k, v in asdict(options).items() if k not in ("form", "journal", "system_prompt")}
+    """The options as the report records them: one flat table (the parts' fields side by side)."""
+    parts = ("extract", "measure", "output")
+    out = {k: v for part in parts for k, v in asdict(getattr(options, part)).items()}
+    out.update({k: v for k, v in asdict(options).items() if k not in parts})
+    out = {k: v for k, v in out.items() if k not in ("form", "journal", "system_prompt")}
     out["journal"] = None if options.journal is None else str(options.journal)
     return json.loads(json.dumps(out, default=str))
 

@@ -183,5 +183,5 @@ def fmt(s: Scores) -> str:
 
 
 def _say(options: TuneOptions, message: str) -> None:
-    if options.progress:
+    if options.extract.progress:
         print(message, flush=True)
