@@ -16,7 +16,7 @@ A :class:`Method` holds everything rosi needs to know about one form: its right 
 of its strength, whether it needs measured read-outs, the grid ``rosi run`` searches, the
 strength at which direction selection tries it, and the read-out ``u`` with which it acts on a
 writer's output (``r . x = strength * u . (W x)``, for choosing writers). The CLI's choices, the
-strength search and the README's table all come from :data:`METHODS`; adding a method is one
+strength search and the methods table of docs/method.md all come from :data:`METHODS`; adding a method is one
 entry here. (No torch import: the CLI lists the methods without loading it.)
 """
 
@@ -81,8 +81,8 @@ def paper_recover(w: Tensor, s: Tensor, k: float, right: Tensor) -> Tensor:
 class Method:
     name: str
     symbol: str  # the strength's name: alpha, beta, k
-    formula: str  # the edited matrix, for help texts and the README
-    right_factor: str  # the right factor r in words (README)
+    formula: str  # the edited matrix, for help texts and docs/method.md
+    right_factor: str  # the right factor r in words (docs/method.md)
     use: str  # one line: what the method is for
     factor: RightFactor | None  # None: the right factor is a read-out measured on prompts
     output_readout: Callable[[Tensor], Tensor] | None  # u(s_hat) with r . x = strength * u . (W x); None for read-out methods
@@ -189,7 +189,7 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-DEFAULT_METHOD = "scale"  # rosi run's method; the README's "Defaults" section says why
+DEFAULT_METHOD = "scale"  # rosi run's method; docs/method.md ("Which one") says why
 SCOPES = ("selective", "all")
 DEFAULT_SCOPE = "selective"
 DEFAULT_RATIO = 0.25
@@ -241,7 +241,7 @@ def weight_methods() -> tuple[str, ...]:
 
 
 def methods_table() -> str:
-    """The README's method table (a test keeps the README in step with it)."""
+    """The methods table of docs/method.md (tests/test_docs.py keeps the page in step with it)."""
     rows = ["| method | edit | right factor `r` in `W' = W + s_hat r^T` | use |", "|---|---|---|---|"]
     rows += [f"| `{m.name}` | `{m.formula}` | {m.right_factor} | {m.use} |" for m in METHODS.values()]
     return "\n".join(rows)

@@ -17,10 +17,10 @@ from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, revert_edit
 from rosi.edit.methods import get_method
 from rosi.edit.scope import WriterChoice
+from rosi.judges import SEARCH_TOKENS
 from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSet
 
-SEARCH_TOKENS = 8  # reply length judged during the search
 MAX_STEPS = 12  # strengths tried at most, halving below the grid and bisection included
 
 

@@ -184,7 +184,7 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
     suite = get_suite(options.suite)
     data = Path(options.data_dir) if options.data_dir else None
     if data is not None and not data.is_dir():
-        raise EvalError(f"--data {data} is not a folder; point it at a folder of public datasets (see README: Evaluation)")
+        raise EvalError(f"--data {data} is not a folder; point it at a folder of public datasets (see docs/eval.md)")
     # fail early on a bad judge spec, before hours of generation; a local Llama Guard (weights to
     # load) is built only when the replies are there, so it does not sit in memory meanwhile
     check_judge(options.judge)

@@ -7,7 +7,7 @@ Two ways to name tasks:
   the Hugging Face hub (users with a network);
 - **offline, local**: ``local:mmlu``, ``local:arc_easy``, ``local:arc_challenge``,
   ``local:hellaswag`` read the public files of a local data folder (the layout documented in
-  README: ``mmlu/<subject>/test.json``, ``arc/arc-easy/test.json``, ``arc/arc-challenge/test.json``,
+  docs/eval.md: ``mmlu/<subject>/test.json``, ``arc/arc-easy/test.json``, ``arc/arc-challenge/test.json``,
   ``hellaswag/hellaswag_val_sample1000.jsonl``). rosi samples the questions (seeded; MMLU across all
   subjects), writes them as JSONL, and hands lm-eval a task configuration over that file (zero-shot,
   log-likelihood multiple choice, the prompt layouts of lm-eval's own MMLU / ARC / HellaSwag tasks).

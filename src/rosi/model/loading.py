@@ -128,7 +128,7 @@ def cpu_has_fast_bf16() -> bool:
 def compute_dtype(dtype: str, device: str) -> str:
     """``auto`` for work that only reads the model (extraction, selection, the strength search,
     generation, evaluation): bfloat16 on a CPU with native bf16 dot products (AVX512-BF16, AMX:
-    much faster there, see the README's timings; and the precision most open models are released
+    much faster there, see docs/results.md; and the precision most open models are released
     in); otherwise loading's ``auto`` (float32 on other CPUs, the checkpoint's dtype on a GPU).
     Saved weights keep the checkpoint's own precision whatever the compute dtype."""
     if dtype == "auto" and pick_device(device).type == "cpu" and cpu_has_fast_bf16():

@@ -114,7 +114,7 @@ class RunOptions:
 
 DIRECTION_SOURCES = ("auto", "null", "extracted")
 REALIGN_BUDGET = 0.05
-# The edit realign makes (the README's "Re-aligning" section: measured on validation prompts
+# The edit realign makes (docs/realign.md: measured on validation prompts
 # against probe, gate without the null space, gate with other ridges and surgical): gate with the
 # read-out kept off 90% of the benign inputs' energy adds the direction on harmful inputs and
 # hardly at all on harmless ones.
@@ -148,7 +148,7 @@ def realign_strength(**changes: object) -> StrengthOptions:
 @dataclass(frozen=True)
 class RealignOptions:
     """:func:`rosi.workflows.realign`: :class:`RunOptions`'s parts with the defaults measured for uncensored
-    models (the README's "Re-aligning" section): a built-in safety system prompt for extraction,
+    models (docs/realign.md): a built-in safety system prompt for extraction,
     candidates scored and read-outs fit without it, the ``gate`` edit with a null-space
     constraint (:data:`REALIGN_FORM`: its read-out looks at the writers' inputs, which ablation
     leaves intact, and stays off the benign inputs' principal subspace), its own strength grid
@@ -177,7 +177,7 @@ class RealignOptions:
 TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")  # the forms rosi tune can search
 # searched by default: the fitted and probe read-outs. In three tunes of Qwen2.5-Coder-0.5B no
 # `rosi` trial reached the default edit's validation harmful refusal and the `scale` trials that
-# did refused more look-alikes than it (README, Tuning); both stay in every tune as its references
+# did refused more look-alikes than it (docs/tune.md); both stay in every tune as its references
 TUNE_SEARCHED = ("probe", "gate", "surgical")
 TUNE_SCORES = ("first-token", "replies")
 TUNE_N_VAL_LOOKALIKE = 60  # rosi tune's look-alike validation prompts: 5 of each of the 12 built-in kinds (spread over them)
@@ -202,7 +202,7 @@ class TuneOptions:
     seed: int = 0
     forms: tuple[str, ...] = TUNE_SEARCHED
     layer_window: int = 2
-    score: str = "replies"  # measured: first-token log-odds do not track Qwen2.5-Coder's refusals (README, Tuning)
+    score: str = "replies"  # measured: first-token log-odds do not track Qwen2.5-Coder's refusals (docs/tune.md)
     confirm: int = 4
     max_harmless_rise: float = 0.05
     max_lookalike_rise: float = 0.10
