@@ -79,16 +79,11 @@ def apply_edit(
     (``W' = W + k * outer(s_hat, read) - outer(f_hat, f_hat^T W)``; ``f_hat`` is made
     orthogonal to ``s_hat`` first, so the two terms do not interfere).
     ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
-    :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic.
-    """
+    :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic."""
     strength = check_strength(method, strength)
     spec = get_method(method)
     arch = architecture_map(model)
-    direction.check_size(arch.hidden_size)
-    second = _check_second(spec, direction, second, arch.hidden_size)
-    if spec.needs_reads:
-        writers = _check_reads_given(method, writers, reads)
-    chosen = _chosen_writers(arch, targets, layers, writers)
+    second, writers, chosen = _checked(arch, direction, spec, targets, layers, writers, reads, second)
     params = dict(model.named_parameters(remove_duplicate=False))
     if reads is not None and spec.needs_reads:
         _check_read_shapes(chosen, params, reads)  # before anything changes
@@ -116,6 +111,25 @@ def apply_edit(
     _check_finite(model, record, params)
     _count_edits(model, +1)
     return record
+
+
+def _checked(
+    arch: ArchitectureMap,
+    direction: Direction,
+    spec: Method,
+    targets: tuple[str, ...],
+    layers: tuple[int, ...] | None,
+    writers: Collection[str] | None,
+    reads: Reads | None,
+    second: Direction | None,
+) -> tuple[Direction | None, Collection[str] | None, list[ResidualWriter]]:
+    """What an edit needs, checked before any weight changes: the direction's size, the second
+    direction of a rank-two method, the read-outs of a read-out method; and the writers chosen."""
+    direction.check_size(arch.hidden_size)
+    second = _check_second(spec, direction, second, arch.hidden_size)
+    if spec.needs_reads:
+        writers = _check_reads_given(spec.name, writers, reads)
+    return second, writers, _chosen_writers(arch, targets, layers, writers)
 
 
 def _edit_writer(
