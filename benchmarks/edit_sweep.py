@@ -4,8 +4,9 @@ Extracts the directions once (float32, rosi's built-in training prompts, writer 
 inputs at the post-instruction positions), then for each setting applies the edit to a bfloat16
 copy of the model, generates greedy replies to the held-out harmful prompts of
 `refusal_eval.py` (and, when harmful refusal reaches --min-harmful, to its harmless prompts),
-judges them with the refusal markers, and reverts. bfloat16 generation is about 2.5x faster than
-float32 on CPUs with native bf16; rates can differ from float32 by a prompt or two.
+judges them through rosi.measure (the refusal markers), and reverts. bfloat16 generation is
+about 2.5x faster than float32 on CPUs with native bf16; rates can differ from float32 by a
+prompt or two.
 
 Settings are JSON objects: {"method": "scale"|"probe"|"rosi", "k": STRENGTH, "layer": 14,
 "position": -1, "scope": "selective"|"all", "ratio": 0.25, "layers": [LO, HI]} (probe: the
@@ -26,14 +27,12 @@ import time
 
 import torch
 
-from _common import add_model, add_name, write_results
+from _common import DEFAULT_JUDGE, add_model, add_name, judge_words, write_results
 from refusal_eval import held_out, instructions
 from rosi import apply_edit, load, revert_edit
 from rosi.edit.methods import EditForm
 from rosi.edit.scope import probe_reads, probe_writers
-from rosi.judges import refusal_rate
-from rosi.model.chat import ChatFormat
-from rosi.model.generation import generate
+from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract
 from rosi.workflows.options import ExtractOptions
@@ -58,12 +57,12 @@ def main() -> int:
             options = ExtractOptions(form=EditForm("probe"), layer=key[0], position=key[1])
             extractions[key] = extract(loaded, PromptSets.load(n_val=None), options)
     loaded.model.to(torch.bfloat16)
-    fmt = ChatFormat(loaded.tokenizer)
+    meter = RefusalMeter(loaded, batch_size=args.batch_size)
     sets = held_out(args.n)
     harmful, harmless = instructions(sets["harmful"]), instructions(sets["harmless"])
 
     def rate(prompts: list[str]) -> float:
-        return refusal_rate(generate(loaded.model, fmt, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))
+        return meter.rate(prompts, args.max_new_tokens).value
 
     rows = [{"setting": "base model", "harmful": rate(harmful), "harmless": rate(harmless)}]
     print(json.dumps(rows[0]), flush=True)
@@ -95,7 +94,8 @@ def main() -> int:
         {
             "model": args.model,
             "dtype": "bfloat16 (generation), float32 (extraction)",
-            "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
+            "judge": judge_words(DEFAULT_JUDGE, args.max_new_tokens),
+            "judge_spec": DEFAULT_JUDGE,
             "sets": {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items() if role != "contrast"},
             "rows": rows,
         },

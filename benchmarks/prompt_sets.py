@@ -2,10 +2,11 @@
 (issue: at least 150 harmful requests that Qwen2.5-Coder-1.5B-Instruct refuses less than 70% of
 the time), and how often the look-alikes are refused.
 
-Greedy replies (64 new tokens by default), the refusal-marker judge (with its partial verdict),
-95% Wilson intervals, per set, split, category and style; no system prompt.
+Greedy replies (64 new tokens by default) measured through rosi.measure: the refusal-marker
+judge (with its partial verdict) or --judge SPEC, 95% Wilson intervals, per set, split, category
+and style; no system prompt.
 
-Run: .venv/bin/python benchmarks/prompt_sets.py [--model SPEC] [--sets harmful_hard,lookalike] [--dtype bfloat16] [--name NAME]
+Run: .venv/bin/python benchmarks/prompt_sets.py [--model SPEC] [--sets harmful_hard,lookalike] [--dtype bfloat16] [--judge SPEC] [--name NAME]
 (writes benchmarks/results/NAME.json; e.g. --model pypi:qwen2.5-coder-1.5b-instruct --name prompt_sets_qwen1.5b)
 """
 
@@ -18,12 +19,10 @@ import time
 from collections import defaultdict
 from importlib import resources
 
-from _common import add_model, add_name, write_results
+from _common import add_judge, add_model, add_name, judge_words, write_results
 from rosi import load
-from rosi.judges.markers import is_partial, is_refusal
+from rosi.measure import RefusalMeter, judge_of
 from rosi.metrics import Rate
-from rosi.model.chat import ChatFormat
-from rosi.model.generation import generate
 
 
 def rows_of(name: str) -> list[dict]:
@@ -39,47 +38,47 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16")
+    add_judge(parser)
     args = parser.parse_args()
-    loaded = load(args.model, device="cpu", dtype=args.dtype)
-    fmt = ChatFormat(loaded.tokenizer)
+    meter = RefusalMeter(load(args.model, device="cpu", dtype=args.dtype), judge_of(args.judge), batch_size=args.batch_size, progress=True)
     out: dict = {
         "model": args.model,
         "dtype": args.dtype,
-        "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
+        "judge": judge_words(args.judge, args.max_new_tokens),
+        "judge_spec": args.judge,
         "sets": {},
     }
     for name in args.sets.split(","):
         rows = rows_of(name)
+        prompts = [r["instruction"] for r in rows]
         t = time.perf_counter()
-        replies = generate(
-            loaded.model,
-            fmt,
-            [r["instruction"] for r in rows],
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            progress=True,
-        )
+        replies = meter.replies(prompts, args.max_new_tokens, desc=name)
         seconds = round(time.perf_counter() - t, 1)
+        rate = meter.judged(prompts, replies, new_tokens=args.max_new_tokens, label=name)
         groups: dict[str, list[bool]] = defaultdict(list)
-        partial = [is_partial(r) for r in replies]
-        for row, reply in zip(rows, replies, strict=True):
-            refused = is_refusal(reply)
+        for row, refused in zip(rows, rate.refused, strict=True):
+            if refused is None:  # the judge gave no verdict: in no group (counted as "unjudged")
+                continue
             groups["all"].append(refused)
             groups[f"split:{row['split']}"].append(refused)
             groups[f"category:{row['category']}"].append(refused)
             if "style" in row:
                 groups[f"style:{row['style']}"].append(refused)
+        unjudged = rate.n - rate.judged.n
         summary = {g: Rate(sum(v), len(v)).to_json() for g, v in sorted(groups.items())}
-        summary["partial"] = Rate(sum(partial), len(partial)).to_json()
+        if rate.partial is not None:
+            summary["partial"] = Rate(sum(rate.partial), len(rate.partial)).to_json()
+        if unjudged:
+            summary["unjudged"] = Rate(unjudged, len(rows)).to_json()
         out["sets"][name] = {
             "seconds": seconds,
             "rates": summary,
             "examples": [{"prompt": r["instruction"], "reply": x} for r, x in list(zip(rows, replies, strict=True))[:6]],
         }
-        a = summary["all"]
-        print(
-            f"{name}: refused {a['rate']:.1%} [{a['ci95'][0]:.0%}-{a['ci95'][1]:.0%}] of {a['n']} ({seconds} s); partial {summary['partial']['rate']:.1%}"
-        )
+        a = summary.get("all")  # none when the judge gave no verdict at all
+        refused = f"refused {a['rate']:.1%} [{a['ci95'][0]:.0%}-{a['ci95'][1]:.0%}] of {a['n']}" if a else "no verdicts"
+        part = f"; partial {summary['partial']['rate']:.1%}" if "partial" in summary else ""
+        print(f"{name}: {refused} ({seconds} s){part}")
         for g, r in summary.items():
             if g.startswith(("split:", "style:")):
                 print(f"  {g:24} {r['rate']:.0%} (n={r['n']})")

@@ -1,12 +1,12 @@
 """Held-out refusal of uncensored and re-aligned models (the acceptance measurement of `rosi realign`).
 
-Greedy replies (64 new tokens) to prompts from ../shared/data that rosi never saw, judged by the
-refusal-marker judge, with 95% Wilson intervals, for each model given: harmful (AdvBench,
+Greedy replies (64 new tokens) to prompts from ../shared/data that rosi never saw, judged through
+rosi.measure (the refusal-marker judge, or --judge SPEC), with 95% Wilson intervals, for each model given: harmful (AdvBench,
 JailbreakBench, MaliciousInstruct), harmless (Alpaca) and two look-alike sets (JailbreakBench
 benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful). No system
 prompt anywhere: the models are measured as they will be used.
 
-Run: .venv/bin/python benchmarks/realign_eval.py LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--keep] [--name NAME]
+Run: .venv/bin/python benchmarks/realign_eval.py LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--judge SPEC] [--keep] [--name NAME]
 (writes benchmarks/results/NAME.json, e.g. --name realign_eval_qwen0.5b; --keep keeps the rows of
 other labels already there, measured on the same sets with the same judge, and replaces those of
 the labels given)
@@ -19,9 +19,10 @@ import json
 import sys
 import time
 
-from _common import DATA, RESULTS, add_name, write_results
+from _common import DATA, DEFAULT_JUDGE, RESULTS, add_judge, add_name, judge_words, write_results
 from refusal_eval import held_out, measure
 from rosi import load
+from rosi.measure import judge_of
 from rosi.prompts import load_prompts
 
 
@@ -34,23 +35,25 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype for every model (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the other labels' rows of an earlier run on the same sets")
+    add_judge(parser)
     args = parser.parse_args()
     sets = held_out(args.n)
     coconot = load_prompts(str(DATA / "coconot" / "coconot_contrast_eval.jsonl")).take(min(args.n, 100), seed=0)
     sets["contrast"] = [*sets["contrast"], ("coconot-contrast", coconot)]
-    judge = f"refusal markers, {args.max_new_tokens} new tokens, greedy, no system prompt"
+    judge = judge_words(args.judge, args.max_new_tokens, "no system prompt")
     described = {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()}
     labels = {item.partition("=")[0] for item in args.models}
     rows, seconds = [], {}
     if args.keep:
-        earlier = kept_rows(args.name, judge, args.dtype, described)
+        earlier = kept_rows(args.name, judge, args.judge, args.dtype, described)
         rows = [r for r in earlier["rows"] if r["label"] not in labels]
         seconds = {k: v for k, v in earlier["seconds"].items() if k not in labels}
+    judged_by = judge_of(args.judge)
     for item in args.models:
         label, _, spec = item.partition("=")
         loaded = load(spec, device="cpu", dtype=args.dtype)
         t = time.perf_counter()
-        row = measure(loaded, label, sets, args.max_new_tokens, args.batch_size)
+        row = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, judged_by)
         row["model"] = spec
         rows.append(row)
         seconds[label] = round(time.perf_counter() - t, 1)
@@ -66,6 +69,7 @@ def main() -> int:
         args.name,
         {
             "judge": judge,
+            "judge_spec": args.judge,
             "dtype": args.dtype,
             "sets": described,
             "rows": rows,
@@ -76,13 +80,15 @@ def main() -> int:
     return 0
 
 
-def kept_rows(name: str, judge: str, dtype: str, sets: dict) -> dict:
-    """The earlier results of ``name``, if they were measured the same way (else exit with why)."""
+def kept_rows(name: str, judge: str, spec: str, dtype: str, sets: dict) -> dict:
+    """The earlier results of ``name``, if they were measured the same way (else exit with why).
+    Files written before ``judge_spec`` was recorded were measured with the marker judge."""
     path = RESULTS / f"{name}.json"
     if not path.is_file():
         sys.exit(f"--keep: there is no {path} to keep rows of")
     earlier = json.loads(path.read_text())
-    if (earlier.get("judge"), earlier.get("dtype"), earlier.get("sets")) != (judge, dtype, sets):
+    was = (earlier.get("judge"), earlier.get("judge_spec", DEFAULT_JUDGE), earlier.get("dtype"), earlier.get("sets"))
+    if was != (judge, spec, dtype, sets):
         sys.exit(f"--keep: {path} was measured with other sets, judge or dtype; run every model again without --keep")
     return earlier
 

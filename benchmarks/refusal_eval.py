@@ -1,7 +1,7 @@
 """Held-out refusal rates (the acceptance measurement of `rosi run`).
 
 Greedy replies (64 new tokens by default) to prompts from ../shared/data that rosi never saw,
-judged by the refusal-marker judge, with 95% Wilson intervals:
+judged through rosi.measure (the refusal-marker judge, or --judge SPEC), with 95% Wilson intervals:
 
 - harmful: AdvBench, JailbreakBench harmful behaviours, MaliciousInstruct (a third each);
 - harmless: the Alpaca test split of refusal_direction (ordinary instructions);
@@ -13,7 +13,7 @@ and the checkpoint `rosi run` saved. Also: how well the direction separates the 
 (projection at its layer and position; the threshold is the midpoint of the projected class means
 of rosi's built-in training prompts, so nothing is fitted on held-out prompts).
 
-Run: .venv/bin/python benchmarks/refusal_eval.py OUT_DIR [--model pypi:qwen2.5-coder-0.5b-instruct] [--n 102] [--name NAME]
+Run: .venv/bin/python benchmarks/refusal_eval.py OUT_DIR [--model pypi:qwen2.5-coder-0.5b-instruct] [--n 102] [--judge SPEC] [--name NAME]
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
-from _common import DATA, add_model, add_name, write_results
+from _common import DATA, add_judge, add_model, add_name, judge_words, write_results
 from rosi import Direction, apply_edit, load
 from rosi.direction.activations import activations_at
-from rosi.judges import is_refusal
-from rosi.metrics import Rate
+from rosi.judges import Judge
+from rosi.measure import RefusalMeter, RefusalRate, judge_of
 from rosi.model.chat import ChatFormat
-from rosi.model.generation import generate
 from rosi.prompts import PromptSet, builtin, load_prompts
 
 
@@ -88,23 +87,33 @@ def separation_accuracy(loaded, direction: Direction, sets, batch_size: int) -> 
     }
 
 
-def measure(loaded, label: str, sets, new_tokens: int, batch_size: int) -> dict[str, object]:
-    fmt = ChatFormat(loaded.tokenizer)
+def rate_row(rate: RefusalRate) -> dict[str, object]:
+    """A rate as the rows keep it: ``rate``, ``k`` of ``n`` (the prompts the judge gave a verdict
+    on) and the ``wilson95`` interval; ``unjudged``: prompts without a verdict, where there are any."""
+    judged = rate.judged
+    row: dict[str, object] = {"rate": judged.value, "k": judged.k, "n": judged.n, "wilson95": [round(x, 4) for x in rate.interval]}
+    if judged.n < rate.n:
+        row["unjudged"] = rate.n - judged.n
+    return row
+
+
+def measure(loaded, label: str, sets, new_tokens: int, batch_size: int, judge: Judge | None = None) -> dict[str, object]:
+    """A row: each role's refusal (and each source's, for a role of several) from
+    :class:`rosi.measure.RefusalMeter` with ``judge`` (default the marker judge), and a few replies."""
+    meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True)
     row: dict[str, object] = {"label": label}
     samples = {}
     for role, parts in sets.items():
-        replies = generate(
-            loaded.model, fmt, instructions(parts), max_new_tokens=new_tokens, batch_size=batch_size, progress=True, desc=f"{label}, {role}"
-        )
-        flags = [is_refusal(r) for r in replies]
-        rate = Rate(sum(flags), len(flags))
-        row[role] = {"rate": rate.value, "k": rate.k, "n": rate.n, "wilson95": [round(x, 4) for x in rate.interval]}
+        prompts = instructions(parts)
+        replies = meter.replies(prompts, new_tokens, desc=f"{label}, {role}")
+        rate = meter.judged(prompts, replies, new_tokens=new_tokens, label=label)
+        row[role] = rate_row(rate)
         start = 0
         for source, p in parts if len(parts) > 1 else []:
-            k = sum(flags[start : start + len(p)])
-            row[role][source] = {"rate": k / len(p), "n": len(p)}  # type: ignore[index]
+            part = RefusalRate(rate.refused[start : start + len(p)]).judged
+            row[role][source] = {"rate": part.value, "n": part.n}  # type: ignore[index]
             start += len(p)
-        samples[role] = [{"prompt": i, "reply": r} for i, r in list(zip(instructions(parts), replies, strict=True))[:4]]
+        samples[role] = [{"prompt": i, "reply": r} for i, r in list(zip(prompts, replies, strict=True))[:4]]
     row["samples"] = samples
     return row
 
@@ -116,6 +125,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=102, help="prompts per role (contrast: at most 100) (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    add_judge(parser)
     add_name(parser, __file__)
     args = parser.parse_args()
     sets = held_out(args.n)
@@ -123,6 +133,7 @@ def main() -> int:
     report = json.loads((out / "rosi_report.json").read_text())
     direction = Direction.load(out / "direction.safetensors")
     rows, seconds = [], {}
+    judge = judge_of(args.judge)
     base = load(args.model, device="cpu")
     t = time.perf_counter()
     separation = separation_accuracy(base, direction, sets, args.batch_size)
@@ -133,14 +144,21 @@ def main() -> int:
         flush=True,
     )
     t = time.perf_counter()
-    rows.append(measure(base, "base model", sets, args.max_new_tokens, args.batch_size))
+    rows.append(measure(base, "base model", sets, args.max_new_tokens, args.batch_size, judge))
     seconds["base"] = round(time.perf_counter() - t, 1)
     rosi_search = next((s for s in report["strength_searches"] if s["method"] == "rosi"), None)
     if rosi_search and report["method"] != "rosi":
         apply_edit(base.model, direction, "rosi", rosi_search["strength"])
         t = time.perf_counter()
         rows.append(
-            measure(base, f"rosi alpha={rosi_search['strength']:g}, all writers (paper's form)", sets, args.max_new_tokens, args.batch_size)
+            measure(
+                base,
+                f"rosi alpha={rosi_search['strength']:g}, all writers (paper's form)",
+                sets,
+                args.max_new_tokens,
+                args.batch_size,
+                judge,
+            )
         )
         seconds["rosi_form"] = round(time.perf_counter() - t, 1)
     del base
@@ -149,7 +167,12 @@ def main() -> int:
     t = time.perf_counter()
     rows.append(
         measure(
-            edited, f"{report['method']} {report['strength']:g}, {n_edited} writers (rosi run)", sets, args.max_new_tokens, args.batch_size
+            edited,
+            f"{report['method']} {report['strength']:g}, {n_edited} writers (rosi run)",
+            sets,
+            args.max_new_tokens,
+            args.batch_size,
+            judge,
         )
     )
     seconds["edited"] = round(time.perf_counter() - t, 1)
@@ -167,7 +190,8 @@ def main() -> int:
             "direction": report["direction"],
             "method": report["method"],
             "strength": report["strength"],
-            "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
+            "judge": judge_words(args.judge, args.max_new_tokens),
+            "judge_spec": args.judge,
             "sets": {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()},
             "rows": rows,
             "separation": separation,

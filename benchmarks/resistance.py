@@ -3,10 +3,11 @@
 ROSI is a last-mile safety edit, not a tamper-proof one. This benchmark plays the attacker with
 the standard recipe: extract the refusal direction from the *edited* model (rosi's own
 extraction and selection, the built-in prompts), project it out of every residual writer
-(attention, MLP, embedding), and measure held-out refusal (as benchmarks/refusal_eval.py: 64-token
-greedy replies, marker judge, 95% Wilson intervals) before and after.
+(attention, MLP, embedding), and measure held-out refusal (as benchmarks/refusal_eval.py, through
+rosi.measure: 64-token greedy replies, the marker judge or --judge SPEC, 95% Wilson intervals)
+before and after.
 
-Run: .venv/bin/python benchmarks/resistance.py EDITED [--n 102] [--dtype bfloat16] [--layer L --position P] [--name NAME]
+Run: .venv/bin/python benchmarks/resistance.py EDITED [--n 102] [--dtype bfloat16] [--layer L --position P] [--judge SPEC] [--name NAME]
 (writes benchmarks/results/NAME.json; the attacker's layer and position are selected unless pinned)
 """
 
@@ -16,9 +17,10 @@ import argparse
 import sys
 import time
 
-from _common import add_name, write_results
+from _common import add_judge, add_name, judge_words, write_results
 from refusal_eval import held_out, measure
 from rosi import apply_edit, load
+from rosi.measure import judge_of
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract
 from rosi.workflows.options import ExtractOptions
@@ -33,13 +35,15 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--layer", type=int, default=None, help="pin the attacker's layer (with --position) instead of selecting it")
     parser.add_argument("--position", type=int, default=None)
+    add_judge(parser)
     add_name(parser, __file__)
     args = parser.parse_args()
     sets = held_out(args.n)
+    judge = judge_of(args.judge)
     loaded = load(args.edited, device="cpu", dtype=args.dtype)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    rows = [measure(loaded, "rosi-edited", sets, args.max_new_tokens, args.batch_size)]
+    rows = [measure(loaded, "rosi-edited", sets, args.max_new_tokens, args.batch_size, judge)]
     seconds["edited"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     attack = extract(loaded, PromptSets.load(), ExtractOptions(batch_size=args.batch_size, layer=args.layer, position=args.position))
@@ -47,7 +51,7 @@ def main() -> int:
     d = attack.direction
     record = apply_edit(loaded.model, d, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
     t = time.perf_counter()
-    rows.append(measure(loaded, f"abliterated again (layer {d.layer})", sets, args.max_new_tokens, args.batch_size))
+    rows.append(measure(loaded, f"abliterated again (layer {d.layer})", sets, args.max_new_tokens, args.batch_size, judge))
     seconds["attacked"] = round(time.perf_counter() - t, 1)
     for r in rows:
         print(
@@ -60,7 +64,8 @@ def main() -> int:
             "dtype": args.dtype,
             "attacker_direction": d.info(),
             "matrices_ablated": len(record.matrices),
-            "judge": f"refusal markers, {args.max_new_tokens} new tokens, greedy",
+            "judge": judge_words(args.judge, args.max_new_tokens),
+            "judge_spec": args.judge,
             "rows": rows,
             "seconds": seconds,
         },

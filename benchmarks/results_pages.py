@@ -6,7 +6,10 @@ registry. So no figure in the docs can drift from the file it came from.
     python benchmarks/results_pages.py --check   # exit 1 naming each stale file, write nothing
 
 Plain Python and json: no torch. Any result file renders: the kinds below get a table each, and
-whatever else a file holds (an unknown kind included) is shown as its scalar fields.
+whatever else a file holds (an unknown kind included) is shown as its scalar fields. What every
+result records about how it was made (benchmarks/_common.py: the ``command``, the ``commit`` and
+whether src/ was ``dirty``, the ``rosi_version``) and the ``judge`` of its refusal figures are
+shown compactly under its heading, not as fields.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ RESULTS_PAGE = DOCS / "results.md"
 METHOD_PAGE = DOCS / "method.md"
 
 SKIP = {"benchmark", "date", "machine", "rows", "samples", "refused", "examples", "trials", "options", "front"}
+PROVENANCE = ("command", "commit", "dirty", "rosi_version", "judge", "judge_spec")  # shown by provenance(), not as fields
 LABEL_KEYS = ("label", "setting", "model")
 MAX_DEPTH = 4
 
@@ -259,18 +263,45 @@ def section(path: Path, results: Path, page_dir: Path) -> list[str]:
     lines = [f"### {name}", ""]
     if not isinstance(data, dict):
         return lines + [f"{link(path, page_dir)}: a JSON {type(data).__name__}, not a result record.", ""]
+    inner = data.get("results") if isinstance(data.get("results"), dict) else data
     facts = [link(path, page_dir)] + [f"{k} {data[k]}" for k in ("date",) if isinstance(data.get(k), str)]
+    facts += provenance(data, inner)
     facts += [f"[{f.relative_to(results).as_posix()}]({Path(os.path.relpath(f, page_dir)).as_posix()})" for f in companions(path, results)]
     lines += [" · ".join(facts), ""]
-    inner = data.get("results") if isinstance(data.get("results"), dict) else data
+    lines += made_by(data, inner)
     try:
         lines += known_tables(data, inner)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:  # a known kind in a layout this page does not know
         lines += [f"(Its tables did not render: {type(e).__name__}; its fields follow.)", ""]
-    rest = [[k, v] for k, v in flatten({k: v for k, v in data.items() if k not in ("results", "base", "objectives")})]
+    rest = [[k, v] for k, v in flatten({k: v for k, v in data.items() if k not in ("results", "base", "objectives", *PROVENANCE)})]
     if inner is not data:
-        rest += [[f"results.{k}", v] for k, v in flatten({k: v for k, v in inner.items() if k not in ("metrics", "models")})]
+        rest += [[f"results.{k}", v] for k, v in flatten({k: v for k, v in inner.items() if k not in ("metrics", "models", *PROVENANCE)})]
     return lines + (table(["field", "value"], rest) if rest else [])
+
+
+def provenance(data: dict[str, Any], inner: dict[str, Any]) -> list[str]:
+    """What a result measured, for its heading's line: ``rosi 0.2.0 at 1a2b3c4d5e`` (``, src/
+    modified`` when the library had uncommitted changes). A rosi eval result keeps its version
+    inside ``results``."""
+    version = next((d["rosi_version"] for d in (data, inner) if isinstance(d.get("rosi_version"), str)), None)
+    commit = data.get("commit")
+    parts = [f"rosi {version}"] if version else []
+    if isinstance(commit, str) and commit:
+        parts.append(f"at {commit[:10]}" + (", src/ modified" if data.get("dirty") else ""))
+    return [" ".join(parts)] if parts else []
+
+
+def made_by(data: dict[str, Any], inner: dict[str, Any]) -> list[str]:
+    """The judge of a result's refusal figures and the command that wrote it, a paragraph each."""
+    lines = []
+    judge = next((d["judge"] for d in (data, inner) if d.get("judge") not in (None, "")), None)
+    if judge is not None:
+        text, spec = fmt(judge), data.get("judge_spec")
+        lines.append(f"Judge: {text}" + (f" (`--judge {spec}`)" if isinstance(spec, str) and spec not in text else "") + ".")
+    if isinstance(data.get("command"), str) and data["command"]:
+        tick = "``" if "`" in data["command"] else "`"
+        lines.append(f"Command: {tick}{data['command']}{tick}")
+    return [x for line in lines for x in (line, "")]
 
 
 def known_tables(data: dict[str, Any], inner: dict[str, Any]) -> list[str]:

@@ -2,12 +2,13 @@
 paper's form (the tune's reference trials) and the tuned edit, on prompts rosi never saw.
 
 Harmful (AdvBench, JailbreakBench, MaliciousInstruct), harmless (Alpaca) and the two look-alike
-sets apart (JailbreakBench benign behaviours, CoCoNot contrast): greedy replies (64 new tokens),
-the refusal-marker judge with its partial verdict, 95% Wilson intervals; the mean first-token
-KL(base || edited) on the Alpaca prompts. Each trial's edit is applied from its saved record
+sets apart (JailbreakBench benign behaviours, CoCoNot contrast): greedy replies (64 new tokens)
+measured through rosi.measure (the refusal-marker judge with its partial verdict, or --judge SPEC),
+95% Wilson intervals; the mean first-token KL(base || edited) on the Alpaca prompts, from the
+same generation as their replies. Each trial's edit is applied from its saved record
 (OUT/trials/trial-N.safetensors) to one loaded base model and reverted after.
 
-Run: .venv/bin/python benchmarks/tune_eval.py OUT [--model pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7] [--name NAME]
+Run: .venv/bin/python benchmarks/tune_eval.py OUT [--model pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7] [--judge SPEC] [--name NAME]
 (writes benchmarks/results/NAME.json and a plot of held-out harmful against look-alike refusal,
 NAME.png; e.g. --name tune_eval_qwen0.5b)
 """
@@ -19,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from _common import DATA, add_model, add_name, tune_edits, write_results
-from refusal_eval import held_out, instructions
+import torch
+
+from _common import DATA, add_judge, add_model, add_name, judge_words, tune_edits, write_results
+from refusal_eval import held_out, instructions, rate_row
 from rosi import EditRecord, apply_record, load, revert_edit
-from rosi.judges.markers import is_partial, is_refusal
-from rosi.metrics import PairedDifference, Rate, kl_divergence
-from rosi.model.chat import ChatFormat
-from rosi.model.generation import generate, next_token_logprobs
+from rosi.judges import Judge
+from rosi.measure import RefusalMeter, judge_of
+from rosi.metrics import PairedDifference, kl_divergence
 from rosi.prompts import load_prompts
 
 
@@ -40,28 +42,37 @@ def sets_of(n: int) -> dict[str, list[str]]:
     }
 
 
-def measure(loaded, label: str, sets: dict[str, list[str]], new_tokens: int, batch_size: int, base_logprobs=None) -> dict:
-    fmt = ChatFormat(loaded.tokenizer)
-    row: dict = {"label": label}
+def measure(
+    loaded, label: str, sets: dict[str, list[str]], new_tokens: int, batch_size: int, base_logprobs=None, judge: Judge | None = None
+) -> tuple[dict, torch.Tensor]:
+    """A row: each set's refusal from :class:`rosi.measure.RefusalMeter` (``judge``, default the
+    marker judge), with the per-prompt verdicts; the harmless prompts' first-token distributions
+    come from the generation of their replies (the plain path, no shared prefix), for the KL."""
+    meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True)
+    row: dict = {"label": label, "samples": {}}
+    logprobs = None
     for role, prompts in sets.items():
-        replies = generate(
-            loaded.model, fmt, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=True, desc=f"{label}, {role}"
-        )
-        refused = Rate(sum(map(is_refusal, replies)), len(replies))
-        partial = Rate(sum(map(is_partial, replies)), len(replies))
+        if role == "harmless":
+            rate, logprobs = meter.rate_and_logprobs(prompts, new_tokens, share_prefix=False)
+        else:
+            replies = meter.replies(prompts, new_tokens, desc=f"{label}, {role}")
+            rate = meter.judged(prompts, replies, new_tokens=new_tokens, label=label)
+            row["samples"][role] = [{"prompt": p, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:3]]
         row[role] = {
-            "rate": refused.value,
-            "k": refused.k,
-            "n": refused.n,
-            "wilson95": [round(x, 4) for x in refused.interval],
-            "partial": partial.value,
-            "refused": [is_refusal(r) for r in replies],  # per prompt, same order for every row: paired comparisons
+            **rate_row(rate),
+            "partial": rate.partial_rate,  # None where the judge does not tell
+            "refused": list(rate.refused),  # per prompt, same order for every row: paired comparisons
         }
-        row.setdefault("samples", {})[role] = [{"prompt": p, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:3]]
-    logprobs = next_token_logprobs(loaded.model, fmt, sets["harmless"], batch_size=batch_size)
+    assert logprobs is not None, "the sets have no harmless prompts for the KL"
     if base_logprobs is not None:
         row["kl_harmless_first_token"] = float(kl_divergence(base_logprobs, logprobs).mean())
     return row, logprobs
+
+
+def paired(a: list[bool | None], b: list[bool | None]) -> PairedDifference:
+    """``b - a`` on the prompts both rows have a verdict on (every prompt, for the marker judge)."""
+    both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    return PairedDifference.of([x for x, _ in both], [y for _, y in both])
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -109,20 +120,22 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16")
+    add_judge(parser)
     args = parser.parse_args()
     out = Path(args.out)
     edits = tune_edits(out, args.trials, args.record)
     sets = sets_of(args.n)
+    judge = judge_of(args.judge)
     loaded = load(args.model, device="cpu", dtype=args.dtype)
     rows, seconds = [], {}
     t = time.perf_counter()
-    base_row, base_lp = measure(loaded, "base model", sets, args.max_new_tokens, args.batch_size)
+    base_row, base_lp = measure(loaded, "base model", sets, args.max_new_tokens, args.batch_size, judge=judge)
     seconds["base model"] = round(time.perf_counter() - t, 1)
     rows.append(base_row)
     for label, file, extra in edits:
         record = apply_record(loaded.model, EditRecord.load(file))
         t = time.perf_counter()
-        row, _ = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, base_lp)
+        row, _ = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, base_lp, judge)
         seconds[label] = round(time.perf_counter() - t, 1)
         revert_edit(loaded.model, record)
         rows.append({**row, **extra})
@@ -131,7 +144,7 @@ def main() -> int:
     if chosen is not None:  # paired against every other row on the same prompts (McNemar)
         for r in rows:
             if r is not chosen:
-                r["chosen_minus_this"] = {k: PairedDifference.of(r[k]["refused"], chosen[k]["refused"]).to_json() for k in roles}
+                r["chosen_minus_this"] = {k: paired(r[k]["refused"], chosen[k]["refused"]).to_json() for k in roles}
     print(f"\n{'':34} " + " ".join(f"{r:>24}" for r in roles) + f" {'KL':>7}")
     for r in rows:
         cells = [f"{r[k]['rate']:6.1%} [{r[k]['wilson95'][0]:.0%}-{r[k]['wilson95'][1]:.0%}]" for k in roles]
@@ -150,7 +163,8 @@ def main() -> int:
         args.name,
         {
             "tune_output": str(out),
-            "judge": f"refusal markers (partial verdict beside), {args.max_new_tokens} new tokens, greedy, no system prompt",
+            "judge": judge_words(args.judge, args.max_new_tokens, "no system prompt", partial=True),
+            "judge_spec": args.judge,
             "dtype": args.dtype,
             "sets": {k: len(v) for k, v in sets.items()},
             "rows": rows,

@@ -10,8 +10,8 @@ harmless, 55 look-alike spread over the kinds; bfloat16 as the tune computes):
 
 Also 64-token replies (the confirmation's length) plain and with the shared prefix, and how far
 the paths agree: the same replies (bfloat16 rounds a batch-of-one prefix differently from a
-batched one, so a near-tied greedy step can flip) and the KL between their first-token
-distributions.
+batched one, so a near-tied greedy step can flip), their refusal rates (each path's replies
+judged by rosi.measure's marker judge) and the KL between their first-token distributions.
 
 Run: .venv/bin/python benchmarks/tune_scoring.py [--model SPEC] [--batch-size 32] [--name NAME]
 """
@@ -22,7 +22,7 @@ import argparse
 
 from _common import add_model, add_name, timed, write_results
 from rosi import load
-from rosi.judges import refusal_rate
+from rosi.measure import RefusalMeter
 from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.generation import generate, generate_with_logprobs, next_token_logprobs, shared_prefix_length
@@ -46,6 +46,7 @@ def main() -> int:
     prompts = {k: list(v.instructions) for k, v in sets.items()}
     ids = loaded.tokenizer([fmt.render(p) for v in prompts.values() for p in v], add_special_tokens=False).input_ids
     model, bs = loaded.model, args.batch_size
+    meter = RefusalMeter(loaded, batch_size=bs)  # judges every path's replies; the paths are timed on their own
 
     def two_passes(tokens: int):
         return {
@@ -72,7 +73,7 @@ def main() -> int:
             (ra, la), (rb, lb) = a[k], b[k]
             rows[k] = {
                 "same_replies": f"{sum(x == y for x, y in zip(ra, rb, strict=True))}/{len(ra)}",
-                "refusal": [refusal_rate(ra), refusal_rate(rb)],
+                "refusal": [meter.judged(prompts[k], ra).value, meter.judged(prompts[k], rb).value],
                 "kl": float(kl_divergence(la, lb).mean()),
             }
         return rows

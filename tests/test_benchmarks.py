@@ -132,3 +132,151 @@ def test_gpu_pipeline_benchmark_runs_on_the_cpu(tmp_path):
     assert row["edit"]["matrices"] == 8 and row["edit"]["bandwidth_gb_s"] > 0
     assert row["generation"]["dynamic_tokens_per_s"] > 0
     assert [p["name"] for p in row["run"]["phases"]][-1] == "save"
+
+
+# ---- refusal, measured through rosi.measure --------------------------------------------------
+
+
+@pytest.fixture
+def planted_model(monkeypatch):
+    """The planted model (it answers "I I I ..." to a bomb prompt, "bread" to others), with the
+    marker judge taught that "I I I" refuses, so the verdicts are not all alike."""
+    import transformers as T
+
+    import planted
+    from rosi.judges import markers
+    from rosi.model.loading import LoadedModel, ModelSource
+
+    monkeypatch.setattr(markers, "_MARKERS", ("i i i",))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    model = planted.model(planted.unit_vector(0))
+    model.generation_config = T.GenerationConfig(eos_token_id=2, pad_token_id=0)
+    return LoadedModel(model, planted.tokenizer(), ModelSource("planted", "memory", "", "0" * 64))
+
+
+def _before(loaded, prompts: list[str], new_tokens: int) -> tuple[list[str], list[bool]]:
+    """What the benchmarks did before the meter: generate, then the marker judge's functions."""
+    from rosi.judges.markers import is_refusal
+    from rosi.model.chat import ChatFormat
+    from rosi.model.generation import generate
+
+    replies = generate(loaded.model, ChatFormat(loaded.tokenizer), prompts, max_new_tokens=new_tokens, batch_size=4)
+    return replies, [is_refusal(r) for r in replies]
+
+
+def test_refusal_eval_measures_through_the_meter_what_it_measured_before(planted_model):
+    import planted
+    import refusal_eval
+    from rosi.metrics import Rate
+    from rosi.prompts import PromptSet
+
+    sets = {
+        "harmful": [("a", PromptSet(tuple(planted.HARMFUL[:3]))), ("b", PromptSet((*planted.HARMFUL[3:], *planted.HARMLESS[:3])))],
+        "harmless": [("c", PromptSet(tuple(planted.HARMLESS)))],
+    }
+    row = refusal_eval.measure(planted_model, "base model", sets, 6, 4)
+    for role, parts in sets.items():
+        replies, flags = _before(planted_model, refusal_eval.instructions(parts), 6)
+        rate = Rate(sum(flags), len(flags))
+        expected = {"rate": rate.value, "k": rate.k, "n": rate.n, "wilson95": [round(x, 4) for x in rate.interval]}
+        start = 0
+        for source, p in parts if len(parts) > 1 else []:
+            expected[source] = {"rate": sum(flags[start : start + len(p)]) / len(p), "n": len(p)}
+            start += len(p)
+        assert row[role] == expected
+        assert [s["reply"] for s in row["samples"][role]] == replies[:4]
+    assert row["harmful"]["k"] == 6 and row["harmful"]["a"]["rate"] == 1.0 and row["harmless"]["k"] == 0
+
+
+def test_tune_eval_measures_through_the_meter_what_it_measured_before(planted_model):
+    import torch
+
+    import planted
+    import tune_eval
+    from rosi.judges.markers import is_partial
+    from rosi.metrics import Rate
+    from rosi.model.chat import ChatFormat
+    from rosi.model.generation import next_token_logprobs
+
+    sets = {"harmful": planted.HARMFUL, "harmless": [*planted.HARMLESS[:4], *planted.HARMFUL[:2]], "lookalike": planted.HARMLESS}
+    row, logprobs = tune_eval.measure(planted_model, "base model", sets, 6, 4)
+    for role, prompts in sets.items():
+        replies, flags = _before(planted_model, prompts, 6)
+        rate = Rate(sum(flags), len(flags))
+        assert row[role] == {
+            "rate": rate.value,
+            "k": rate.k,
+            "n": rate.n,
+            "wilson95": [round(x, 4) for x in rate.interval],
+            "partial": sum(map(is_partial, replies)) / len(replies),
+            "refused": flags,
+        }
+        if role != "harmless":  # the harmless replies come with the first-token distributions, not kept
+            assert [s["reply"] for s in row["samples"][role]] == replies[:3]
+    assert row["harmless"]["refused"] == [False] * 4 + [True] * 2
+    expected = next_token_logprobs(planted_model.model, ChatFormat(planted_model.tokenizer), sets["harmless"], batch_size=4)
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=1e-5)
+    again, _ = tune_eval.measure(planted_model, "again", sets, 6, 4, base_logprobs=logprobs)
+    assert again["kl_harmless_first_token"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_refusal_benchmarks_take_any_judge_and_leave_unjudged_prompts_out(planted_model):
+    """A judge without a verdict on some prompts (a safety judge whose output did not parse): the
+    rates count the judged prompts, the rows say how many were not judged, the paired
+    differences pair only prompts judged in both rows."""
+    import planted
+    import refusal_eval
+    import tune_eval
+    from rosi.judges import Judge, Verdict
+    from rosi.prompts import PromptSet
+
+    class Unsure(Judge):
+        name = "unsure"
+
+        @classmethod
+        def from_spec(cls, argument):
+            return cls()
+
+        def judge(self, prompts, replies):
+            return [Verdict() if "cake" in p else Verdict(unsafe="bomb" not in p) for p in prompts]
+
+    harmful = PromptSet(tuple(planted.HARMFUL))  # one names a cake: unjudged
+    row = refusal_eval.measure(planted_model, "x", {"harmful": [("a", harmful), ("b", PromptSet(("make a cake",)))]}, 4, 4, Unsure())
+    assert row["harmful"]["k"] == 5 and row["harmful"]["n"] == 5 and row["harmful"]["unjudged"] == 2
+    assert row["harmful"]["a"] == {"rate": 1.0, "n": 5} and row["harmful"]["b"]["n"] == 0
+    tuned, _ = tune_eval.measure(planted_model, "x", {"harmless": list(planted.HARMLESS)}, 4, 4, judge=Unsure())
+    assert tuned["harmless"]["partial"] is None and tuned["harmless"]["refused"].count(None) == 2
+    d = tune_eval.paired([True, None, False, True], [True, True, None, False])
+    assert (d.n, d.a_only, d.b_only) == (2, 1, 0)
+
+
+def test_the_judge_option_is_checked_as_the_arguments_are_parsed(common):
+    parser = argparse.ArgumentParser()
+    common.add_judge(parser)
+    assert parser.parse_args([]).judge == "markers"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--judge", "oracle"])
+    # the words the committed result files have for the marker judge, and another judge's spec
+    assert common.judge_words("markers", 64) == "refusal markers, 64 new tokens, greedy"
+    assert (
+        common.judge_words("markers", 64, "no system prompt", partial=True)
+        == "refusal markers (partial verdict beside), 64 new tokens, greedy, no system prompt"
+    )
+    assert common.judge_words("openai:http://h:8000/v1", 32) == "judge openai:http://h:8000/v1, 32 new tokens, greedy"
+
+
+def test_the_results_page_shows_how_a_result_was_made_compactly(common, monkeypatch):
+    """The fields every result records (command, commit, dirty, rosi_version) and its judge are
+    shown under the file's heading, not as rows of its field table."""
+    import results_pages
+
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "tune_eval.py"), "out", "--judge", "openai:http://h/v1", "--name", "tune_eval_x"])
+    path = common.write_results("tune_eval_x", {"judge": "judge openai:http://h/v1, 64 new tokens, greedy", "judge_spec": "x", "speed": 2})
+    data = json.loads(path.read_text())
+    page = results_pages.render_results_page(common.RESULTS, path.parent)
+    assert f"rosi {rosi.__version__}" in page and "Judge: judge openai:http://h/v1, 64 new tokens, greedy (`--judge x`)." in page
+    assert "Command: `python benchmarks/tune_eval.py out --judge openai:http://h/v1 --name tune_eval_x`" in page
+    if data["commit"]:
+        assert f"at {data['commit'][:10]}" in page and ("src/ modified" in page) == data["dirty"]
+    assert "| speed | 2 |" in page
+    assert not any(f"| {k} |" in page for k in ("command", "commit", "dirty", "rosi_version", "judge", "judge_spec"))

@@ -143,3 +143,41 @@ def test_cli_help_does_not_import_torch(argv):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "usage: rosi" in done.stdout
+
+
+def test_refusal_is_measured_in_one_place():
+    """Every refusal figure (the commands, the benchmarks, the examples) comes from ``rosi.measure``:
+    outside it and ``rosi.judges``, no module uses the marker judge's functions (``is_refusal``,
+    ``is_partial``, ``refusal_rate``, ``partial_rate``: imported, called or passed on) or asks a
+    judge for verdicts itself (a ``.judge(...)`` call). ``RefusalRate.partial_rate``, a property
+    read without a call, is the meter's result, not the marker judge's function. Tests are exempt."""
+    markers = {"is_refusal", "is_partial", "refusal_rate", "partial_rate"}
+
+    def offences(source: str) -> list[str]:
+        found = []
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom):
+                found += [(node.lineno, f"imports {a.name}") for a in node.names if a.name in markers]
+            elif isinstance(node, ast.Name) and node.id in markers:
+                found.append((node.lineno, node.id))
+            elif isinstance(node, ast.Attribute) and node.attr in markers - {"partial_rate"}:
+                found.append((node.lineno, ast.unparse(node)))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in {"judge", "partial_rate"}:
+                found.append((node.lineno, f"{ast.unparse(node.func)}(...)"))
+        return [f"line {line}: {what}" for line, what in sorted(found)]
+
+    # the rule can fail, and passes what the meter's users write
+    assert len(offences("from rosi.judges import is_refusal\nflags = list(map(is_refusal, replies))")) == 2
+    assert offences("rate = markers.refusal_rate(replies)") == ["line 1: markers.refusal_rate"]
+    assert offences("verdicts = MarkerJudge().judge(prompts, replies)") == ["line 1: MarkerJudge().judge(...)"]
+    assert offences("p = partial_rate(r)\nq = rate.partial_rate()") == ["line 1: partial_rate", "line 2: rate.partial_rate(...)"]
+    ok = "rate = meter.rate(prompts, 64)\nx = (rate.value, rate.partial_rate, args.judge, meter.judged(prompts, replies).value)"
+    assert offences(ok) == []
+
+    root = SRC.parents[1]
+    exempt = (SRC / "measure", SRC / "judges")
+    files = [p for p in SRC.rglob("*.py") if not p.is_relative_to(exempt[0]) and not p.is_relative_to(exempt[1])]
+    files += sorted((root / "benchmarks").glob("*.py")) + sorted((root / "examples").rglob("*.py"))
+    assert any(p.parent.name == "benchmarks" for p in files) and any(p.parent.name == "examples" for p in files)
+    found = {p.relative_to(root).as_posix(): o for p in files if (o := offences(p.read_text(encoding="utf-8")))}
+    assert not found, f"refusal measured outside rosi.measure (use RefusalMeter or rosi.measure.judged): {found}"
