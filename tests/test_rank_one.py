@@ -112,5 +112,7 @@ def test_a_method_recovers_its_factor_from_the_edited_weights(name, strength):
 
 
 def test_the_registry_says_which_methods_survive_ablation_and_which_strengths_the_tune_references():
-    assert {n for n, m in METHODS.items() if m.survives_ablation} == {"rosi", "probe", "gate", "surgical"}
+    surviving = {n for n, m in METHODS.items() if m.survives_ablation}
+    assert {n for n, m in METHODS.items() if m.needs_reads} <= surviving  # read-outs of the writers' inputs, which ablation keeps
+    assert not {"scale", "ablate"} & surviving  # both read the writers' own component along the direction, which ablation zeroed
     assert all(m.reference_strength is None or m.reference_strength in m.grid for m in METHODS.values())

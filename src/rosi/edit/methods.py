@@ -90,6 +90,8 @@ class Method:
     effect_strength: float | None = None  # strength at which direction selection tries the edit
     default_strength: float | None = None  # rosi edit's strength when none is given
     samples: bool = False  # the read-out is fit on single prompts' inputs (harmful, harmless, look-alike)
+    fit: str = ""  # how: "gate" (ridge over every input coordinate), "neurons" (non-negative, on harm-only MLP neurons)
+    writer_kinds: tuple[str, ...] = ()  # the writer kinds the method edits in its scope (empty: every measurable writer)
     rank: int = 1  # 2: a second term along the false-refusal direction (``surgical``)
     # re-adds a direction ablated from every writer (rosi realign): the right factor does not read
     # the writers' own component along the direction, which ablation set to zero
@@ -106,6 +108,8 @@ class Method:
     def searchable(self) -> bool:
         return bool(self.grid)
 
+
+NEURON_QUANTILE = 0.95  # the neurons fit keeps a neuron whose mean harmful activation is above this quantile of its benign ones
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -171,6 +175,7 @@ METHODS: dict[str, Method] = {
             grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
             effect_strength=2.0,
             samples=True,
+            fit="gate",
             survives_ablation=True,
         ),
         Method(
@@ -184,7 +189,24 @@ METHODS: dict[str, Method] = {
             grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
             effect_strength=2.0,
             samples=True,
+            fit="gate",
             rank=2,
+            survives_ablation=True,
+        ),
+        Method(
+            "neurons",
+            "k",
+            "W + k * s_hat u^T",
+            "`k * u`, `u` non-negative weights (signed as each neuron's harmful activation) on the MLP neurons that fire "
+            f"on harmful inputs above the {NEURON_QUANTILE:.0%} quantile of their benign ones, zero on every other neuron",
+            "add the direction where harm-only neurons fire (MLP down projections only)",
+            None,
+            None,
+            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+            effect_strength=2.0,
+            samples=True,
+            fit="neurons",
+            writer_kinds=("mlp",),
             survives_ablation=True,
         ),
     )

@@ -6,7 +6,8 @@ Every rosi edit is ``W' = W + outer(s_hat, r)`` for a weight ``W`` in ``[out, in
 applies such an update: as a reference formula, in place over blocks of columns, and from a
 stored right factor (for read-out edits and reverts). :func:`probe_read` measures the ``probe``
 method's read-out from two mean inputs, :func:`gate_read` the ``gate`` method's from the inputs of
-single prompts, and :func:`false_refusal_direction` the second direction of the ``surgical`` form.
+single prompts, :func:`neuron_read` the ``neurons`` method's from single prompts' MLP neuron
+activations, and :func:`false_refusal_direction` the second direction of the ``surgical`` form.
 
 All functions accept a stack of matrices ``[..., out, in]`` (fused expert weights) and then
 return one right factor per matrix, ``[..., in]``. Callers pass float32 tensors.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from rosi.edit.methods import GATE_RIDGE, RightFactor
+from rosi.edit.methods import GATE_RIDGE, NEURON_QUANTILE, RightFactor
 
 
 def probe_read(mean_harmful: torch.Tensor, mean_harmless: torch.Tensor) -> torch.Tensor:
@@ -82,6 +83,70 @@ def gate_read(harmful: torch.Tensor, benign: torch.Tensor, *, ridge: float = GAT
     u = x.T @ torch.linalg.solve(gram + lam * torch.eye(len(x), dtype=torch.float64), y)
     if not (torch.isfinite(u).all() and float((h @ u).mean() - (b @ u).mean()) > 0.05):
         raise ValueError("the gate fit does not tell harmful from benign inputs apart at this matrix")
+    return u.to(torch.float32)
+
+
+def harm_neurons(harmful: torch.Tensor, benign: torch.Tensor, quantile: float = NEURON_QUANTILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neurons (columns of ``harmful`` ``[n_h, in]`` and ``benign`` ``[n_b, in]``) that fire on
+    harmful inputs and stay quiet on benign ones: with each neuron's sign ``sigma`` that of its mean
+    harmful activation, those whose mean signed activation on harmful inputs is above 0 and above
+    the ``quantile`` of their signed activations on benign inputs. Returns their indices and signs."""
+    mean_h = harmful.mean(0)
+    sign = torch.sign(mean_h)
+    high = torch.quantile(benign * sign, quantile, dim=0)
+    keep = (sign != 0) & (mean_h * sign > 0) & (mean_h * sign > high)
+    index = torch.nonzero(keep).flatten()
+    return index, sign[index]
+
+
+def nonnegative_least_squares(x: torch.Tensor, y: torch.Tensor, lam: float, *, steps: int = 3000, tol: float = 1e-12) -> torch.Tensor:
+    """``argmin_{w >= 0} |x w - y|^2 + lam |w|^2`` by accelerated projected gradient (FISTA); ``x``
+    ``[n, k]``. The problem is convex, so the iteration converges to the one minimum."""
+    gram = x.T @ x + lam * torch.eye(x.shape[1], dtype=x.dtype)
+    target = x.T @ y
+    step = 1.0 / float(torch.linalg.eigvalsh(gram)[-1])
+    w = z = torch.zeros(x.shape[1], dtype=x.dtype)
+    t = 1.0
+    for _ in range(steps):
+        w_next = torch.clamp(z - step * (gram @ z - target), min=0.0)
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        z = w_next + ((t - 1) / t_next) * (w_next - w)
+        moved = float((w_next - w).abs().max())
+        w, t = w_next, t_next
+        if moved <= tol * max(float(w.abs().max()), 1e-30):
+            break
+    return w
+
+
+def neuron_read(
+    harmful: torch.Tensor, benign: torch.Tensor, *, quantile: float = NEURON_QUANTILE, ridge: float = GATE_RIDGE
+) -> torch.Tensor:
+    """The ``neurons`` read-out of an MLP's neuron activations (the input of its down projection):
+    zero on every neuron but those :func:`harm_neurons` keeps, and on those ``sigma_j w_j`` with
+    ``w >= 0`` fit so that ``u . x`` is about 1 on harmful inputs and about 0 on benign ones (the
+    two classes weighted equally, ridge ``lambda`` = ``ridge`` times the kept activations' mean
+    squared norm). Each weight has the sign of its neuron's harmful activation, so the read-out
+    cannot cancel benign activity by a balance of opposite weights. Raises ``ValueError`` when no
+    neuron is kept or the fit does not tell the classes apart."""
+    if harmful.ndim != 2 or benign.ndim != 2 or harmful.shape[1] != benign.shape[1]:
+        raise ValueError(f"neuron inputs must be [n, in] matrices of one width, got {tuple(harmful.shape)} and {tuple(benign.shape)}")
+    if len(harmful) == 0 or len(benign) == 0:
+        raise ValueError("the neuron fit needs harmful and benign inputs")
+    h, b = harmful.detach().to(torch.float64), benign.detach().to(torch.float64)
+    if not (torch.isfinite(h).all() and torch.isfinite(b).all()):
+        raise ValueError("the neuron fit's inputs are not finite")
+    index, sign = harm_neurons(h, b, quantile)
+    if len(index) == 0:
+        raise ValueError(f"no neuron fires on harmful inputs above the {quantile:.0%} quantile of benign ones")
+    zh, zb = h[:, index] * sign, b[:, index] * sign
+    x = torch.cat([zh / len(zh) ** 0.5, zb / len(zb) ** 0.5])
+    y = torch.cat([h.new_full((len(zh),), 1.0 / len(zh) ** 0.5), h.new_zeros(len(zb))])
+    lam = max(ridge, 1e-9) * float((x * x).sum()) / 2
+    w = nonnegative_least_squares(x, y, lam)
+    u = torch.zeros(h.shape[1], dtype=torch.float64)
+    u[index] = sign * w
+    if not (torch.isfinite(u).all() and float((h @ u).mean() - (b @ u).mean()) > 0.05):
+        raise ValueError("the neuron fit does not tell harmful from benign inputs apart at this matrix")
     return u.to(torch.float32)
 
 

@@ -41,7 +41,7 @@ from torch import nn
 from rosi.direction.activations import ActivationPair, PromptSamples, layer_key
 from rosi.direction.vector import Direction
 from rosi.edit.methods import DEFAULT_RATIO, GATE_RIDGE, EditForm
-from rosi.edit.rank_one import false_refusal_direction, gate_read, probe_read
+from rosi.edit.rank_one import false_refusal_direction, gate_read, neuron_read, probe_read
 from rosi.errors import RosiError
 from rosi.model.architecture import ArchitectureMap
 from rosi.model.writers import ResidualWriter
@@ -137,20 +137,25 @@ def probe_reads(
 
 
 def gate_reads(
-    names: list[str], samples: PromptSamples, gap: float, *, ridge: float = GATE_RIDGE, null_space: float | None = None
+    names: list[str], samples: PromptSamples, gap: float, *, ridge: float = GATE_RIDGE, null_space: float | None = None, fit: str = "gate"
 ) -> dict[str, torch.Tensor]:
-    """Read-out vectors for the ``gate`` edit of the writers ``names``: :func:`gate_read` of each
+    """Read-out vectors for the ``gate`` edit (``fit="gate"``: :func:`gate_read`) or the
+    ``neurons`` edit (``fit="neurons"``: :func:`neuron_read`) of the writers ``names``, fit on each
     writer's single-prompt inputs (harmful against harmless and look-alike), times ``gap / n`` as
     for ``probe``. A writer whose inputs the fit cannot separate is left out."""
     unit_reads = {}
     for name in names:
+        harmful = samples.get("harmful", name)
         benign = torch.cat([samples.get("harmless", name), samples.get("lookalike", name)])
         try:
-            unit_reads[name] = gate_read(samples.get("harmful", name), benign, ridge=ridge, null_space=null_space)
+            if fit == "neurons":
+                unit_reads[name] = neuron_read(harmful, benign, ridge=ridge)
+            else:
+                unit_reads[name] = gate_read(harmful, benign, ridge=ridge, null_space=null_space)
         except ValueError:
             continue
     if not unit_reads:
-        raise RosiError("the gate edit found no writer whose input tells harmful from benign prompts apart; use --method scale")
+        raise RosiError(f"the {fit} edit found no writer whose input tells harmful from benign prompts apart; use --method scale")
     return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
 
 
@@ -254,18 +259,28 @@ def _gate_choice(arch: ArchitectureMap, direction: Direction, samples: PromptSam
         raise RosiError(f"the {form.method} method fits its read-outs on single prompts: collect samples (rosi run does)")
     if samples.position != direction.position:
         raise RosiError(f"the samples were taken at position {samples.position}, the direction is at {direction.position}")
-    writers = arch.select()
+    spec = form.spec
+    writers = [w for w in arch.select() if not spec.writer_kinds or w.kind.value in spec.writer_kinds]
     kept = set(samples.writers())
+    kinds = f" {'/'.join(spec.writer_kinds)}" if spec.writer_kinds else ""
     if form.scope == "all":
         names = [w.name for w in writers if w.name in kept]
-        note = f"all {len(names)} measurable writers"
+        note = f"all {len(names)} measurable{kinds} writers"
     else:
         names = [n for n in probe_writers(writers, probe_layer_range(arch.num_layers)) if n in kept]
-        note = f"{len(names)} writers of the middle layers"
+        note = f"{len(names)}{kinds} writers of the middle layers"
     if not names:
         raise RosiError(f"the samples hold no input of the writers the {form.method} edit ({form.scope}) needs")
-    reads = gate_reads(names, samples, float(direction.vector.float().norm()), ridge=form.ridge, null_space=form.null_space)
+    reads = gate_reads(names, samples, float(direction.vector.float().norm()), ridge=form.ridge, null_space=form.null_space, fit=spec.fit)
     if len(reads) < len(names):
         note += f", {len(names) - len(reads)} left out (the fit does not separate their inputs)"
-    second = false_refusal(samples, direction) if form.spec.rank == 2 else None
+    if spec.fit == "neurons":
+        note += "; neurons read: " + neuron_counts(reads)
+    second = false_refusal(samples, direction) if spec.rank == 2 else None
     return WriterChoice(form.scope, None, list(reads), note=note, reads=reads, second=second)
+
+
+def neuron_counts(reads: Mapping[str, torch.Tensor]) -> str:
+    """How many neurons each read-out reads (its non-zero coordinates), as ``min-max (median m)``."""
+    counts = sorted(int((r != 0).sum()) for r in reads.values())
+    return f"{counts[0]}-{counts[-1]} per writer (median {counts[len(counts) // 2]})" if counts else "none"

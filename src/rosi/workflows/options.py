@@ -174,7 +174,7 @@ class RealignOptions:
         return RunOptions(self.extract, self.strength, self.measure, self.output)
 
 
-TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical")  # the forms rosi tune can search
+TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical", "neurons")  # the forms rosi tune can search
 # searched by default: the fitted and probe read-outs. In three tunes of Qwen2.5-Coder-0.5B no
 # `rosi` trial reached the default edit's validation harmful refusal and the `scale` trials that
 # did refused more look-alikes than it (docs/tune.md); both stay in every tune as its references

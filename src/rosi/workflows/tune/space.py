@@ -73,7 +73,8 @@ class Space:
         params[f"{form}.strength"] = trial.suggest_float(f"{form}.strength", lo, hi, log=True)
         if spec.samples:
             params[f"{form}.ridge"] = trial.suggest_categorical(f"{form}.ridge", list(RIDGES))
-            params[f"{form}.null_space"] = trial.suggest_categorical(f"{form}.null_space", [0.0, 0.9, 0.99])
+            if spec.fit == "gate":  # the neurons fit reads only harm-only neurons: no benign subspace to avoid
+                params[f"{form}.null_space"] = trial.suggest_categorical(f"{form}.null_space", [0.0, 0.9, 0.99])
         return params
 
     def direction(self, layer: int) -> Direction:
@@ -99,9 +100,10 @@ class Space:
                 self._choices[key] = replace(self.extraction, direction=direction).choose_writers(self.loaded, EditForm(form, scope))
             return direction, self._choices[key], strength
         ridge, null_space = float(params[f"{form}.ridge"]), params.get(f"{form}.null_space") or None
-        key = ("fit", scope, ridge, null_space)
+        key = ("fit", spec.fit, scope, ridge, null_space)
         if key not in self._choices:
-            self._choices[key] = self.extraction.choose_writers(self.loaded, EditForm("gate", scope, ridge=ridge, null_space=null_space))
+            fit = EditForm(spec.fit, scope, ridge=ridge, null_space=null_space)
+            self._choices[key] = self.extraction.choose_writers(self.loaded, fit)
         fitted = self._choices[key]
         assert fitted.reads is not None and self.extraction.samples is not None
         ratio = float(direction.vector.norm() / self.extraction.direction.vector.norm())
