@@ -233,3 +233,40 @@ def test_the_base_model_scores_no_kl_on_either_measuring_path():
     assert _prefix_batches(loaded.model, ChatFormat(loaded.tokenizer), list(prompts.val_harmful.instructions), 4, torch.device("cpu"))
     measure = Measure(loaded, prompts, TuneOptions(extract=ExtractOptions(batch_size=4), measure=MeasureOptions(new_tokens=4)))
     assert measure.cheap().kl == 0.0 and measure.confirmed().kl == 0.0
+
+
+def _confirmed(number, reference=None, *, harmful, harmless, lookalike):
+    refused = {"harmful": harmful, "harmless": harmless, "lookalike": lookalike}
+    rates = {k: sum(v) / len(v) for k, v in refused.items()}
+    scores = Scores(rates["harmful"], rates["harmless"], rates["lookalike"], 0.0, refused=refused)
+    return TrialResult(number, {"form": "gate"}, scores, scores, reference)
+
+
+def test_the_guarded_pick_keeps_the_default_when_every_advantage_is_noise():
+    import random
+
+    from rosi.workflows.tune.pick import guarded_pick
+
+    rng = random.Random(0)
+    n = 100
+    default = [rng.random() < 0.5 for _ in range(n)]
+    harmful, harmless = [True] * 90 + [False] * 10, [False] * 95 + [True] * 5
+    results = [_confirmed(0, "default", harmful=harmful, harmless=harmless, lookalike=default)]
+    for number in range(1, 9):  # each trial flips a few look-alike verdicts each way: advantages of noise alone
+        flipped = list(default)
+        for i in rng.sample(range(n), 6):
+            flipped[i] = not flipped[i]
+        results.append(_confirmed(number, harmful=harmful, harmless=harmless, lookalike=flipped))
+    chosen, how, guards = guarded_pick(results, margin=0.03)
+    assert chosen == 0 and "the default edit is kept" in how and len(guards) == 8
+    assert not any(g.passes for g in guards)
+    # a real advantage: 30 fewer look-alikes refused, the same harmful and harmless verdicts
+    better = [False if i < 30 else x for i, x in enumerate(default)]
+    assert sum(better) < sum(default) - 10
+    results.append(_confirmed(9, harmful=harmful, harmless=harmless, lookalike=better))
+    chosen, how, _ = guarded_pick(results, margin=0.03)
+    assert chosen == 9 and "beyond noise" in how
+    # the same advantage bought with harmful refusal beyond the margin does not qualify
+    weaker = [False] * 10 + harmful[10:]
+    results[-1] = _confirmed(9, harmful=weaker, harmless=harmless, lookalike=better)
+    assert guarded_pick(results, margin=0.03)[0] == 0
