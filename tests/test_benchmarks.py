@@ -280,3 +280,26 @@ def test_the_results_page_shows_how_a_result_was_made_compactly(common, monkeypa
         assert f"at {data['commit'][:10]}" in page and ("src/ modified" in page) == data["dirty"]
     assert "| speed | 2 |" in page
     assert not any(f"| {k} |" in page for k in ("command", "commit", "dirty", "rosi_version", "judge", "judge_spec"))
+
+
+def test_tune_stability_counts_the_picks_of_several_seeds(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import tune_stability
+
+    def tune_output(seed, form, layer, harmful):
+        folder = tmp_path / f"tuned-{seed}"
+        folder.mkdir()
+        figures = {"harmful": harmful, "harmless": 0.1, "lookalike": 0.4, "kl": 0.05}
+        chosen = {"number": 7, "params": {"form": form, "layer": layer}, "reference": None, "confirmed": figures, "cheap": figures}
+        report = {"options": {"seed": seed}, "trials": [chosen], "chosen": 7, "chosen_by": "rule"}
+        (folder / "tune_report.json").write_text(json.dumps(report))
+        return folder
+
+    picks = [
+        tune_stability.pick_of(tune_output(s, f, layer, h))
+        for s, f, layer, h in ((0, "gate", 14, 0.9), (1, "gate", 14, 0.8), (2, "probe", 15, 1.0))
+    ]
+    summary = tune_stability.stability(picks)
+    assert summary["most_common"] == {"form": "gate", "layer": 14, "tunes": 2} and summary["same_form_and_layer"] == 2 / 3
+    assert summary["forms"] == {"gate": 2, "probe": 1}
+    assert summary["spread"]["harmful"]["min"] == 0.8 and summary["spread"]["harmful"]["max"] == 1.0
