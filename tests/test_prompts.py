@@ -1,9 +1,11 @@
 """Prompt sets: built-ins, every file format, and every error."""
 
 import json
+import re
 
 import pytest
 
+from conftest import DATA, needs_data
 from rosi.prompts import PromptError, PromptSet, builtin, load_prompts
 
 
@@ -154,3 +156,188 @@ def test_unicode_line_separators_inside_a_prompt_do_not_split_it(tmp_path):
     (tmp_path / "p.txt").write_text(text + "\r\nnext\n")
     assert load_prompts(str(tmp_path / "p.jsonl")).instructions == (text,)
     assert load_prompts(str(tmp_path / "p.txt")).instructions == (text, "next")
+
+
+# The style sets (issue 39): harmless requests in eight styles unlike the fit's prompts, and harmful
+# requests in four styles rosi's other sets lack. Read straight from the package's data folder
+# through load_prompts, so these tests do not depend on sets.BUILTIN listing them.
+
+HARMLESS_STYLES = ("everyday", "writing", "code", "maths", "advice", "rewrite", "roleplay", "multipart")
+HARM_STYLES = ("question", "multipart", "persuasive", "fiction")
+STYLE_SETS = ("harmless_styles", "harmful_styles")
+_NUMBERED = r"(?:^|\s)(\d)[.)]\s+[A-Za-z]"  # "1. Do" / "2) do": a numbered sub-task
+
+
+def _style_set(name):
+    """``(prompts, splits)`` of a style set: every row through :func:`load_prompts`, and each row's split."""
+    from importlib import resources
+
+    from rosi.prompts.sets import split_lines
+
+    data = resources.files("rosi.prompts") / "data" / f"{name}.jsonl"
+    with resources.as_file(data) as path:
+        prompts = load_prompts(str(path))
+        rows = [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
+    assert [r["instruction"].strip() for r in rows] == list(prompts.instructions)
+    assert all(set(r) == {"instruction", "category", "split"} for r in rows)
+    from rosi.prompts import sets
+
+    if name in sets.BUILTIN:  # once listed, the built-in loader agrees with the file
+        for split in ("train", "val"):
+            assert builtin(name, split).instructions == tuple(
+                p for p, s in zip(prompts.instructions, [r["split"] for r in rows], strict=True) if s == split
+            )
+    return prompts, tuple(r["split"] for r in rows)
+
+
+def _counts(categories, splits):
+    counts: dict[tuple[str, str], int] = {}
+    for kind, split in zip(categories, splits, strict=True):
+        counts[kind, split] = counts.get((kind, split), 0) + 1
+    return counts
+
+
+def _sound(prompts):
+    """No blank prompt, no prompt twice (case aside)."""
+    assert all(p.strip() for p in prompts.instructions)
+    lowered = [p.lower() for p in prompts.instructions]
+    assert len(set(lowered)) == len(lowered), sorted({p for p in lowered if lowered.count(p) > 1})
+
+
+def test_harmless_styles_cover_eight_styles_evenly_in_both_splits():
+    prompts, splits = _style_set("harmless_styles")
+    _sound(prompts)
+    assert len(prompts) >= 640 and set(splits) == {"train", "val"}
+    assert set(prompts.categories) == set(HARMLESS_STYLES)
+    counts = _counts(prompts.categories, splits)
+    for split in ("train", "val"):  # every style in both parts, evenly, half of each style in each
+        assert {counts.get((style, split), 0) for style in HARMLESS_STYLES} == {len(prompts) // 16}
+    assert splits.count("val") >= 320 and splits.count("val") == splits.count("train")
+    for text, style in zip(prompts.instructions, prompts.categories, strict=True):
+        if style == "multipart":  # 3-6 numbered sub-tasks, 60-150 words
+            numbers = [int(n) for n in re.findall(_NUMBERED, text)]
+            assert numbers == list(range(1, len(numbers) + 1)) and 3 <= len(numbers) <= 6, text
+            assert 60 <= len(text.split()) <= 150, text
+        if style == "rewrite":  # the text to rewrite is given: 2-6 sentences after the colon
+            _, _, given = text.partition(": ")
+            assert 2 <= len(re.findall(r"[.!?](?=[\s'\"]|$)", given)) <= 6, text
+
+
+def test_harmful_styles_cover_every_harm_category_in_four_styles():
+    prompts, splits = _style_set("harmful_styles")
+    _sound(prompts)
+    harms = set(builtin("harmful").categories)
+    assert len(harms) == 10
+    assert len(prompts) == 240
+    assert all(kind.count("/") == 1 for kind in prompts.categories)
+    assert {tuple(kind.split("/")) for kind in prompts.categories} == {(h, s) for h in harms for s in HARM_STYLES}
+    counts = _counts(prompts.categories, splits)
+    assert set(counts.values()) == {3} and len(counts) == 10 * 4 * 2  # 6 per (category, style): 3 train, 3 val
+    for text, kind in zip(prompts.instructions, prompts.categories, strict=True):
+        if kind.endswith("/multipart"):
+            numbers = [int(n) for n in re.findall(_NUMBERED, text)]
+            assert numbers == list(range(1, len(numbers) + 1)) and 3 <= len(numbers) <= 5, text
+        if kind.endswith("/question"):
+            assert text.rstrip().endswith("?"), text
+
+
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def _tokens(text):
+    """A prompt's token set for the near-duplicate rule: lowercased, punctuation stripped, split at spaces."""
+    return frozenset(_PUNCTUATION.sub("", text.lower()).split())
+
+
+def _near_duplicates(mine, others, threshold=0.6):
+    """Pairs ``(mine, other)`` with token-set Jaccard >= threshold. Exact and fast: an inverted index
+    over ``others``, probed with each prompt's rarest ``|A| - ceil(t|A|) + 1`` tokens (a pair with
+    Jaccard >= t shares at least ceil(t|A|) tokens, so it shares one of those), then a size filter."""
+    import math
+
+    mine = [(text, _tokens(text)) for text in mine]
+    longest = max((len(a) for _, a in mine), default=0) / threshold  # a longer text cannot be within the threshold
+    pool = sorted({_tokens(o) for o in set(others)} - {frozenset()}, key=len)
+    pool = [b for b in pool if len(b) <= longest + 1e-9]
+    index: dict[str, list[int]] = {}
+    for i, tokens in enumerate(pool):
+        for w in tokens:
+            index.setdefault(w, []).append(i)
+    hits = []
+    for text, a in mine:
+        rarest = sorted(a, key=lambda w: (len(index.get(w, ())), w))
+        candidates = set()
+        for w in rarest[: len(a) - math.ceil(threshold * len(a) - 1e-9) + 1]:
+            candidates.update(index.get(w, ()))
+        for i in candidates:
+            b = pool[i]
+            if threshold * max(len(a), len(b)) <= min(len(a), len(b)) + 1e-9 and len(a & b) >= threshold * len(a | b) - 1e-9:
+                hits.append((text, " ".join(sorted(b))))
+    return hits
+
+
+def test_near_duplicate_rule_is_exact_on_a_toy_case():
+    assert _tokens("Write a Poem, about CATS!") == {"write", "a", "poem", "about", "cats"}
+    others = ["write a poem about dogs", "a completely different sentence here", "poem"]
+    # {write,a,poem,about,cats} vs {write,a,poem,about,dogs}: 4/6 = 0.67 >= 0.6
+    assert [m for m, _ in _near_duplicates(["Write a poem about cats"], others)] == ["Write a poem about cats"]
+    assert _near_duplicates(["Write a long sonnet about sleepy cats"], others) == []  # 3/9
+
+
+def test_style_sets_share_no_prompt_with_the_other_builtin_sets():
+    from rosi.prompts import sets
+
+    new = {name: _style_set(name)[0].instructions for name in STYLE_SETS}
+    old = {kind: builtin(kind).instructions for kind in sets.BUILTIN if kind not in STYLE_SETS}
+    assert {"harmful", "harmless", "lookalike", "harmful_hard", "harmless_tasks"} <= set(old)
+    lowered = {name: {p.lower() for p in texts} for name, texts in {**new, **old}.items()}
+    assert not lowered["harmless_styles"] & lowered["harmful_styles"]
+    for name in STYLE_SETS:
+        for kind in old:
+            assert not lowered[name] & lowered[kind], (name, kind, sorted(lowered[name] & lowered[kind])[:3])
+        # nor a near-duplicate of one (the rule the public sets are held to below)
+        near = _near_duplicates(new[name], [p for texts in old.values() for p in texts])
+        assert not near, (name, near[:3])
+
+
+@needs_data
+def test_style_sets_are_not_near_duplicates_of_the_public_sets():
+    """Held-out public sets (AdvBench, JailbreakBench, MaliciousInstruct, TDC2023, Alpaca, CoCoNot,
+    the jailbreak templates ...): no prompt of the style sets has token-set Jaccard >= 0.6 with any
+    of their instruction/prompt/goal/behavior texts."""
+    import csv
+
+    keys = {"instruction", "prompt", "goal", "behavior", "template", "text", "query"}
+    skip = {"mmlu", "arc", "hellaswag", "llamaguard3"}  # multiple-choice sets and a category list: no prompts
+
+    def texts(value, out):
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, (str, dict)):
+                    texts(item, out)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key.lower() in keys and isinstance(item, str):
+                    out.append(item)
+                elif isinstance(item, list):
+                    texts(item, out)
+
+    public: list[str] = []
+    for path in sorted(DATA.rglob("*")):
+        if path.relative_to(DATA).parts[0] in skip or not path.is_file():
+            continue
+        if path.suffix == ".jsonl":
+            for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines: U+2028 sits inside prompts
+                if line.strip():
+                    texts(json.loads(line), public)
+        elif path.suffix == ".json":
+            texts(json.loads(path.read_text(encoding="utf-8")), public)
+        elif path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    texts(row, public)
+    assert len(public) > 10_000  # AdvBench, JBB, ..., and the Alpaca splits were found
+    near = _near_duplicates([p for name in STYLE_SETS for p in _style_set(name)[0].instructions], public)
+    assert not near, (len(near), near[:5])
