@@ -43,6 +43,19 @@ class EditError(RosiError):
     """An edit cannot be applied as asked (bad strength, tied embedding, ...)."""
 
 
+class RecordError(RosiError):
+    """An edit record file cannot be read: truncated, not safetensors, another kind of file, or a
+    field of the wrong type or shape."""
+
+
+class ManifestError(RosiError):
+    """A rosi output folder's ``rosi.json`` cannot be read or has fields of the wrong type."""
+
+
+class JournalError(RosiError):
+    """A ``rosi tune`` journal is not an Optuna journal of a rosi tune, or cannot be resumed."""
+
+
 class OutputExistsError(RosiError):
     """The output path exists and overwriting was not asked for."""
 

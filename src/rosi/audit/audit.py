@@ -40,6 +40,7 @@ from rosi.direction.null import (
     writer_grams,
 )
 from rosi.direction.vector import Direction
+from rosi.errors import RosiError
 from rosi.model.chat import ChatFormat
 from rosi.model.hooks import stored_weight
 from rosi.model.loading import LoadedModel
@@ -110,6 +111,8 @@ class Audit:
 def audit(loaded: LoadedModel, base: LoadedModel | None = None, direction: Direction | None = None, progress: bool = True) -> Audit:
     """Audit ``loaded`` (against ``base`` when given; ``direction``: its refusal direction, else
     extracted from rosi's built-in prompts)."""
+    if base is not None:
+        check_base(loaded, base)
     grams = writer_grams(loaded.model, loaded.architecture)
     null = null_direction(writer_gram(g for _, g in grams.values()))
     ablation = find_ablation(grams)
@@ -126,6 +129,30 @@ def audit(loaded: LoadedModel, base: LoadedModel | None = None, direction: Direc
     if base is None:
         return result
     return _against_base(result, loaded, base, least, progress)
+
+
+def check_base(loaded: LoadedModel, base: LoadedModel) -> None:
+    """``base`` can be the model ``loaded`` was made from: the same architecture, depth and width,
+    and every residual writer of the same shape (checked before anything is computed)."""
+    a, b = loaded.architecture, base.architecture
+    fix = f"pass as --base the model {loaded.source.spec} was made from"
+    if a.model_type != b.model_type:
+        raise RosiError(f"--base {base.source.spec} is a {b.model_type!r} model, {loaded.source.spec} a {a.model_type!r} one; {fix}")
+    for what, mine, theirs in (("hidden size", a.hidden_size, b.hidden_size), ("layers", a.num_layers, b.num_layers)):
+        if mine != theirs:
+            raise RosiError(f"--base {base.source.spec} has {what} {theirs}, {loaded.source.spec} {mine}; {fix}")
+    base_writers = {w.name: w for w in b.writers}
+    shared = [w for w in a.writers if w.name in base_writers]
+    if not shared:
+        raise RosiError(f"--base {base.source.spec} has none of {loaded.source.spec}'s residual writers; {fix}")
+    for w in shared:
+        attr = w.name.rsplit(".", 1)[1]
+        mine_shape = tuple(stored_weight(loaded.model, w.module, attr).shape)
+        theirs_shape = tuple(stored_weight(base.model, w.module, attr).shape)
+        if mine_shape != theirs_shape:
+            raise RosiError(
+                f"--base {base.source.spec}: {w.name} is {list(theirs_shape)}, in {loaded.source.spec} {list(mine_shape)}; {fix}"
+            )
 
 
 def refusal_direction(loaded: LoadedModel, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,15 @@ def measure_output_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]
     }
 
 
-def checked_output(args: argparse.Namespace) -> str:
-    """The output format, after checking --out and --judge (before any prompt or model is loaded)."""
-    from rosi.export.formats import check_format_output, default_format
+def checked_output(args: argparse.Namespace, forms: Sequence[str] | None = None, option: str = "--method") -> str:
+    """The output format, after checking --out, the format against the model and the edit forms
+    (``forms`` given as ``option``; default: --method) and --judge (before any prompt or model is loaded)."""
+    from rosi.export.formats import check_format_output, check_format_source, default_format
     from rosi.measure import check_judge
 
     fmt: str = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=inputs(args))
+    check_format_source(fmt, args.model, [args.method] if forms is None else forms, option, args.gguf_type)
     check_judge(args.judge)
     return fmt
 

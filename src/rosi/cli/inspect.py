@@ -102,12 +102,14 @@ def chat_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from rosi.model.chat_session import chat
+    from rosi.model.chat_session import chat, check_chat_model
 
+    system_prompt = text_or_file(args.system_prompt)  # before the models load
     models = [("model", load(args, compute=True))]
+    check_chat_model(models[0][1])
     if args.base:
         models.insert(0, ("base", load(with_model(args, args.base), compute=True)))
-    return chat(models, system_prompt=text_or_file(args.system_prompt), max_new_tokens=args.max_new_tokens)
+    return chat(models, system_prompt=system_prompt, max_new_tokens=args.max_new_tokens)
 
 
 def fetch_args(p: argparse.ArgumentParser) -> None:

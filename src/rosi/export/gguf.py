@@ -146,6 +146,7 @@ def write_gguf_lora(record: EditRecord, model_type: str, n_layers: int, out: Pat
     import gguf
 
     arch = GGUF_ARCH.get(model_type, model_type)
+    names = [gguf_name(m.name, arch, n_layers) for m in record.matrices]  # every name before the file is made
     writer = gguf.GGUFWriter(str(out), arch=arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -155,8 +156,7 @@ def write_gguf_lora(record: EditRecord, model_type: str, n_layers: int, out: Pat
     writer.add_string("rosi.edit.method", record.method)
     writer.add_string("rosi.edit.strength", str(record.strength))
     s = record.direction.unit.numpy().astype(np.float32)
-    for m in record.matrices:
-        name = gguf_name(m.name, arch, n_layers)
+    for m, name in zip(record.matrices, names, strict=True):
         a, b = _lora_pair(m, s)
         writer.add_tensor(f"{name}.lora_a", a)
         writer.add_tensor(f"{name}.lora_b", b)

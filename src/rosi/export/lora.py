@@ -64,7 +64,8 @@ def write_lora(record: EditRecord, config: Any, out: Path, base_name: str | None
 
     with torch.device("meta"):
         base = T.AutoModelForCausalLM.from_config(config)
-    base.config._name_or_path = base_name  # what PEFT records as base_model_name_or_path
+    base.config._name_or_path = base_name or ""
+    base.name_or_path = base_name or ""  # what PEFT records as base_model_name_or_path: the base, not the config's folder
     if record.rank > 1 and any(m.kind is WriterKind.EXPERT for m in record.matrices):
         raise ExportError("a rank-two edit of fused expert weights cannot be written as a LoRA adapter; save a checkpoint")
     conv1d = any(m.layout is Layout.IN_OUT and m.kind is not WriterKind.EMBEDDING for m in record.matrices)
@@ -77,6 +78,36 @@ def write_lora(record: EditRecord, config: Any, out: Path, base_name: str | None
     peft_model.save_pretrained(str(out), save_embedding_layers=False)  # the LoRA factors only, never a copy of the embedding
     _check_config(out / ADAPTER_CONFIG, record.rank)
     return out
+
+
+def check_fits(record: EditRecord, config: Any, base: str) -> None:
+    """Refuse a base (``config``: its transformers configuration, ``base``: its spec) the edit was
+    not made for: every matrix the record edits must be a weight of that architecture, with the
+    direction's width as its output and the right factor's length as its input (checked on the
+    meta device: no weights are read)."""
+    import transformers as T
+
+    fix = "pass as --base the model the edit was made from"
+    try:
+        with torch.device("meta"):
+            model = T.AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"--base {base}: its configuration makes no causal language model ({e}); {fix}") from None
+    params = dict(model.named_parameters(remove_duplicate=False))
+    hidden = record.direction.vector.numel()
+    for m in record.matrices:
+        weight = params.get(m.name)
+        if weight is None:
+            kind = getattr(config, "model_type", "?")
+            raise ExportError(f"--base {base} (a {kind!r} model) has no weight {m.name}: the edit was made for another model; {fix}")
+        view = m.layout.as_out_in(weight)
+        right = (view.shape[0], view.shape[-1]) if m.kind is WriterKind.EXPERT else (view.shape[-1],)
+        factors_fit = tuple(m.right.shape) == right and (m.right2 is None or tuple(m.right2.shape) == right)
+        if view.dim() < 2 or view.shape[-2] != hidden or not factors_fit:
+            raise ExportError(
+                f"--base {base}: {m.name} is {list(weight.shape)}, and the edit (a direction of {hidden}, a right factor of "
+                f"{list(m.right.shape)}) was made for another shape; {fix}"
+            )
 
 
 def _factors(record: EditRecord) -> dict[str, tuple[torch.Tensor, torch.Tensor, WriterKind]]:

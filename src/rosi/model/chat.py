@@ -34,6 +34,11 @@ class ChatFormat:
     system_prompt: str | None = None
 
     def __post_init__(self) -> None:
+        if self.tokenizer is None:
+            raise ChatTemplateError(
+                "the model has no tokenizer (no tokenizer files beside its weights), so rosi cannot format prompts; "
+                "use a model folder with its tokenizer files"
+            )
         if not getattr(self.tokenizer, "chat_template", None):
             raise ChatTemplateError(
                 "the tokenizer has no chat template, so rosi cannot format prompts as the model expects; "

@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 import torch
 
+from rosi.errors import RosiError
+from rosi.model.chat import ChatFormat, ChatTemplateError
 from rosi.model.hooks import device_of
 from rosi.model.loading import LoadedModel
 
@@ -25,6 +27,8 @@ def chat(
     out: TextIO | None = None,
 ) -> int:
     """Read messages (``read``: stdin lines by default) and answer each with every model."""
+    for _, loaded in models:
+        check_chat_model(loaded)
     out = out or sys.stdout
     read = read or _stdin_line
     histories: dict[str, list[dict[str, str]]] = {name: [] for name, _ in models}
@@ -47,11 +51,28 @@ def chat(
             histories[name].append({"role": "assistant", "content": reply})
 
 
+def check_chat_model(loaded: LoadedModel) -> None:
+    """A model rosi can chat with: a tokenizer, and a chat template to format the conversation."""
+    spec = loaded.source.spec
+    if loaded.tokenizer is None:
+        raise RosiError(f"{spec} has no tokenizer (no tokenizer files beside its weights); chat with a model folder that has them")
+    try:
+        ChatFormat(loaded.tokenizer)
+    except ChatTemplateError as e:
+        raise ChatTemplateError(f"{spec}: {e}") from None
+
+
 def _stdin_line() -> str | None:
     try:
         line = input("> ")
     except EOFError:
         return None
+    except UnicodeDecodeError as e:
+        raise RosiError(f"standard input is not UTF-8 text (byte {e.object[e.start : e.start + 1]!r}); type or pipe UTF-8 text") from None
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes kept as surrogates (the C locale's stdin)
+        raise RosiError("standard input is not UTF-8 text; type or pipe UTF-8 text (and set a UTF-8 locale)") from None
     return line
 
 

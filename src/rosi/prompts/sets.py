@@ -21,6 +21,7 @@ Without a column, the first of :data:`TEXT_COLUMNS` present is used.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, replace
@@ -182,22 +183,33 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     path, column = _split_column(spec, column)
     prompt_file(path, "prompt file")
     suffix = path.suffix.lower()
+    if suffix not in (".txt", ".jsonl", ".json", ".csv"):
+        raise PromptError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .csv or .txt")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (spreadsheets write one) is no part of the first prompt
+    except UnicodeDecodeError as e:
+        raise PromptError(
+            f"{path} cannot be parsed as {suffix}: it is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise PromptError(f"prompt file {path} cannot be read ({e.strerror})") from None
     try:
         if suffix == ".txt":
-            rows: list[Any] = [line.strip() for line in split_lines(path.read_text(encoding="utf-8"))]
+            rows: list[Any] = [line.strip() for line in split_lines(text)]
+            if column:
+                raise PromptError(f"{path}: a .txt file has one prompt a line and no columns; drop the :{column}")
         elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
+            rows = [json.loads(line) for line in split_lines(text)]
         elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
             rows = data if isinstance(data, list) else _only_list(data, path)
-        elif suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
         else:
-            raise PromptError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .csv or .txt")
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, RecursionError) as e:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except (json.JSONDecodeError, csv.Error, RecursionError) as e:
         raise PromptError(f"{path} cannot be parsed as {suffix} ({type(e).__name__}: {first_line(str(e))})") from None
-    return _from_rows(rows, column, name=path.name)
+    if suffix == ".csv" and not rows and text.strip():
+        raise PromptError(f"prompt set {path.name!r} is empty: {path} has a header line and no rows")
+    return _from_rows(rows, column, name=path.name, strict=True, where=str(path))
 
 
 def prompt_file(path: Path, what: str) -> Path:
@@ -219,7 +231,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
         raise PromptError(f"XSTest label must be safe or unsafe, got {label!r}")
     path = prompt_file(Path(path), "XSTest file")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in ("prompt", "type", "label") if c not in (reader.fieldnames or [])]
             if missing:
@@ -231,7 +243,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
         raise PromptError(f"{path} cannot be parsed as CSV ({type(e).__name__}: {first_line(str(e))})") from None
     if not rows:
         raise PromptError(f"{path} has no rows labelled {label!r}")
-    return _from_rows(rows, "prompt", name=f"xstest:{path.name}:{label}")
+    return _from_rows(rows, "prompt", name=f"xstest:{path.name}:{label}", strict=True, where=str(path))
 
 
 def split_lines(text: str) -> list[str]:
@@ -268,23 +280,41 @@ def _only_list(data: object, path: Path) -> list[Any]:
     return lists[0]
 
 
-def _from_rows(rows: list[Any], column: str | None, *, name: str) -> PromptSet:
+def _from_rows(rows: list[Any], column: str | None, *, name: str, strict: bool = False, where: str | None = None) -> PromptSet:
+    """The prompts of ``rows`` (all strings, or all objects with a text column). ``strict`` (a
+    file the user gave, named ``where``): a blank prompt, a row without the column, or a value
+    that is not text is an error naming the row; otherwise (a hub dataset) blank rows are skipped."""
+    where = where or name
     if not rows:
-        raise PromptError(f"prompt set {name!r} is empty")
+        raise PromptError(f"prompt set {name!r} is empty" + (f": {where} holds no prompts" if strict else ""))
     if all(isinstance(r, str) for r in rows):
         if column:
-            raise PromptError(f"{name}: plain strings have no column {column!r}")
-        return PromptSet(tuple(str(r) for r in rows), name=name)
+            raise PromptError(f"{where}: plain strings have no column {column!r}")
+        texts = [r.strip() for r in rows]
+        blank = next((i for i, t in enumerate(texts) if not t), None)
+        if blank is not None:
+            raise PromptError(f"{where}: prompt {blank + 1} is blank; remove it or give it text")
+        return PromptSet(tuple(texts), name=name)
     if not all(isinstance(r, dict) for r in rows):
-        raise PromptError(f"{name}: each row must be an object (or every row a string)")
+        bad = next(i for i, r in enumerate(rows) if not isinstance(r, dict))
+        raise PromptError(f"{where}: each row must be an object (or every row a string); row {bad + 1} is {type(rows[bad]).__name__}")
     keys = list(rows[0])
     chosen = column or next((c for c in TEXT_COLUMNS if c in keys), None)
     if chosen is None or chosen not in keys:
-        raise PromptError(f"{name}: no column {column or 'with prompts'!r} (columns: {keys}); name one with FILE:COLUMN")
+        raise PromptError(f"{where}: no column {column or 'with prompts'!r} (columns: {keys}); name one with FILE:COLUMN")
+    if strict:
+        for i, r in enumerate(rows):
+            value = r.get(chosen)
+            if chosen not in r or value is None:
+                raise PromptError(f"{where}: row {i + 1} has no {chosen!r} (its fields: {list(r)[:6]}); every row needs a prompt there")
+            if not isinstance(value, str):
+                raise PromptError(f"{where}: row {i + 1}'s {chosen!r} is a {type(value).__name__}, not text; every prompt must be a string")
+            if not value.strip():
+                raise PromptError(f"{where}: row {i + 1} has a blank {chosen!r}; remove the row or give it a prompt")
     texts = [str(r.get(chosen) or "").strip() for r in rows]
     keep = [i for i, t in enumerate(texts) if t]
     if not keep:
-        raise PromptError(f"{name}: column {chosen!r} is empty in every row")
+        raise PromptError(f"{where}: column {chosen!r} is empty in every row")
     category_column = next((c for c in CATEGORY_COLUMNS if c in keys), None)
     categories = None
     if category_column:

@@ -32,7 +32,7 @@ from rosi.edit.methods import METHODS
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
 from rosi.export.checkpoint import input_paths
-from rosi.export.formats import check_format_output
+from rosi.export.formats import check_format_output, check_format_source
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
@@ -53,6 +53,7 @@ def realign(loaded: LoadedModel, out: str | Path, prompts: PromptSets, options: 
     :func:`rosi.workflows.run.run` does (the report's direction metadata says which way was taken)."""
     options = options or RealignOptions()
     check_format_output(Path(out), options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
+    check_format_source(options.output.format, loaded.source.spec, [options.extract.form.method], gguf_type=options.output.gguf_type)
     null, ablation = find_null(loaded)
     _say(options, f"rosi: {_verdict(null, ablation)}")
     if options.direction == "null" and ablation is None:

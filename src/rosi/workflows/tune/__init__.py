@@ -38,11 +38,13 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from rosi.edit.apply import revert_edit
 from rosi.edit.methods import EditForm
+from rosi.errors import RosiError
 from rosi.export.checkpoint import input_paths
-from rosi.export.formats import Edited, check_format_output, save
+from rosi.export.formats import Edited, check_format_output, check_format_source, save
 from rosi.measure import judge_of
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
@@ -55,6 +57,7 @@ from rosi.workflows.tune.report import TuneReport, options_json, write_front
 from rosi.workflows.tune.space import REFERENCES, RIDGES, Space, describe, form_choices, references
 from rosi.workflows.tune.study import (
     JOURNAL_SUFFIX,
+    check_journal,
     confirm,
     count_pruned,
     journal_path,
@@ -64,8 +67,11 @@ from rosi.workflows.tune.study import (
     settings,
 )
 
+MAX_SEED = 2**32 - 1  # the sampler's seed (numpy's): 0 to 2**32 - 1
+
 __all__ = [
     "DIRECTIONS",
+    "MAX_SEED",
     "JOURNAL_SUFFIX",
     "OBJECTIVES",
     "REFERENCES",
@@ -75,6 +81,7 @@ __all__ = [
     "Space",
     "TrialResult",
     "TuneReport",
+    "check_tune",
     "confirm_order",
     "describe",
     "form_choices",
@@ -125,9 +132,70 @@ def tune(
     measured on."""
     options = options or TuneOptions()
     out = Path(out)
-    check_format_output(out, options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
-    judge = judge_of(options.measure.judge)
+    journal = check_tune(loaded.source.spec, input_paths(loaded.source), out, options)
+    existed = journal.exists()
+    new_folders = [p for p in (journal.parent, *journal.parent.parents) if not p.exists()]  # made for the journal
+    opened: list[Any] = []  # the study, once open_study has made or resumed the journal
+    try:
+        return _tune(loaded, out, prompts, options, journal, opened, hard_train, hard_val)
+    except BaseException:
+        if not existed:
+            _drop_journal(journal, opened, new_folders)
+        raise
+
+
+def check_tune(model: str, protect: tuple[Path, ...], out: Path, options: TuneOptions) -> Path:
+    """Everything a tune of ``model`` (its spec; ``protect``: its local files) can check before
+    the model is loaded or anything extracted: the output, the format against the model and the
+    forms, the seed, the journal's place and, when it exists, its contents. Returns the journal's path."""
+    check_format_output(out, options.output.format, options.output.overwrite, protect=protect)
+    check_format_source(options.output.format, model, options.forms, "--forms", options.output.gguf_type)
+    if not 0 <= options.seed <= MAX_SEED:
+        raise RosiError(f"--seed must be a whole number between 0 and {MAX_SEED} (the sampler's seed), got {options.seed}")
     journal = journal_path(out, options.journal)
+    for p in (*protect, out):
+        if journal.resolve().is_relative_to(Path(p).resolve()):
+            raise RosiError(f"--journal {journal} lies in {p} (the {'output' if p == out else 'input'}); choose a journal path beside them")
+    known = {
+        "model": model,
+        "seed": options.seed,
+        "forms": list(options.forms),
+        "score": options.score,
+        "layer_window": options.layer_window,
+    }
+    check_journal(journal, known)  # readable, a rosi tune's, made with these settings (the rest: when the study opens)
+    return journal
+
+
+def _drop_journal(journal: Path, opened: list[Any], new_folders: list[Path]) -> None:
+    """Remove the journal a failed or interrupted tune made (and the folders made for it), unless
+    a trial finished in it: then it is what the next tune resumes from."""
+    from optuna.trial import TrialState
+
+    if opened and opened[0].get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        return
+    journal.unlink(missing_ok=True)
+    lock = Path(f"{journal}.lock")  # Optuna's lock, a symbolic link, if it was interrupted holding it
+    if lock.is_symlink():
+        lock.unlink()
+    for folder in new_folders:  # deepest first; only while empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _tune(
+    loaded: LoadedModel,
+    out: Path,
+    prompts: PromptSets,
+    options: TuneOptions,
+    journal: Path,
+    opened: list[Any],
+    hard_train: PromptSet | None,
+    hard_val: PromptSet | None,
+) -> TuneReport:
+    judge = judge_of(options.measure.judge)
     lap = _Laps()
     measured = tune_prompts(prompts, hard_train, hard_val)
     options, extraction = _extract(loaded, prompts, measured, options, lap)
@@ -139,7 +207,9 @@ def tune(
     base_confirmed = measure.confirmed() if options.confirm else base_cheap
     lap("base_model")
     assert extraction.direction.layer is not None
+    journal.parent.mkdir(parents=True, exist_ok=True)
     study = open_study(journal, settings(loaded, measured, options, extraction), options.seed, references(extraction.direction.layer))
+    opened.append(study)
     run_trials(study, space, measure, base_cheap, options)
     lap("trials")
     results = read_results(study)

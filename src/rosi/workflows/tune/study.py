@@ -3,12 +3,16 @@ confirmed on full replies, the results read back."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+import math
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from rosi._fs import regular_file
 from rosi.edit.apply import revert_edit
-from rosi.errors import RosiError
+from rosi.edit.methods import METHODS
+from rosi.errors import JournalError, RosiError, first_line
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction
@@ -18,6 +22,8 @@ from rosi.workflows.tune.pick import DIRECTIONS, Scores, TrialResult, confirm_or
 from rosi.workflows.tune.space import Space, describe
 
 JOURNAL_SUFFIX = ".rosi-tune.journal"
+STUDY = "rosi-tune"
+JOURNAL_FIX = "pass a journal an earlier `rosi tune` wrote, or a new path"
 
 
 def journal_path(out: Path, journal: Path | None) -> Path:
@@ -25,26 +31,182 @@ def journal_path(out: Path, journal: Path | None) -> Path:
 
 
 def open_study(path: Path, settings: dict[str, Any], seed: int, enqueue: dict[str, dict[str, Any]]) -> Any:
-    """The journaled study at ``path`` (created, or resumed when its settings match)."""
+    """The journaled study at ``path`` (created, or resumed when its settings match); the journal
+    is checked first (:func:`check_journal`)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    check_journal(path, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(path)))
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))
+    except (OSError, ValueError, KeyError, TypeError) as e:  # changed since it was checked
+        raise JournalError(f"the tune journal {path} cannot be read ({type(e).__name__}: {first_line(str(e))}); {JOURNAL_FIX}") from None
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=False)
     directions: list[Any] = list(DIRECTIONS)
-    study = optuna.create_study(study_name="rosi-tune", storage=storage, directions=directions, sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(study_name=STUDY, storage=storage, directions=directions, sampler=sampler, load_if_exists=True)
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
         for name, params in enqueue.items():
             study.enqueue_trial(params, user_attrs={"reference": name})
     elif stored != settings:
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        raise RosiError(f"the tune journal {path} was made with other settings ({', '.join(changed)}); delete it or pass another --journal")
+        raise JournalError(
+            f"the tune journal {path} was made with other settings ({', '.join(_changed(stored, settings))}); delete it or pass another --journal"
+        )
     _requeue_interrupted(study)
     return study
+
+
+def check_journal(path: Path, settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Check the tune journal at ``path`` before any long work: it is an Optuna journal (UTF-8 JSON
+    lines of journal operations, the last one complete) that replays, holds no study but rosi's,
+    whose directions and trials are a rosi tune's, and, with ``settings`` (all of a tune's, or
+    those known so far), was made with the same ones. Returns the settings it was made with
+    (None: no journal yet, or one without a tune in it); a :class:`~rosi.errors.JournalError`
+    naming the file, what is wrong and the fix otherwise. Reads only: nothing is written."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        regular_file(path, "tune journal")
+    except RosiError as e:
+        raise JournalError(f"{e}; {JOURNAL_FIX}") from None
+    study = _replay(path, _journal_logs(path))
+    if study is None:
+        return None
+    storage, study_id, stored = study
+    if settings is not None and stored is not None:
+        given = json.loads(json.dumps(settings))
+        changed = [k for k in given if stored.get(k) != given[k]]
+        if changed:
+            raise JournalError(
+                f"the tune journal {path} was made with other settings ({', '.join(sorted(changed))}); delete it or pass another --journal"
+            )
+    _check_trials(path, storage, study_id)
+    return stored
+
+
+def _changed(stored: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+
+
+def _journal_logs(path: Path) -> list[dict[str, Any]]:
+    """The operations of a journal file, each line checked to be one (Optuna reads them lazily,
+    and a bad line stops a resumed tune half-way)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise JournalError(f"the tune journal {path} cannot be read ({e.strerror}); {JOURNAL_FIX}") from None
+    *lines, tail = data.split(b"\n")
+    logs = []
+    ops = _operations()
+    for number, line in enumerate(lines, start=1):
+        try:
+            log = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise JournalError(f"{path} is not UTF-8 text, so not an Optuna journal (line {number}); {JOURNAL_FIX}") from None
+        except (ValueError, RecursionError) as e:
+            raise JournalError(
+                f"{path} is not an Optuna journal: line {number} is not JSON ({first_line(str(e))}); {JOURNAL_FIX}"
+            ) from None
+        op = log.get("op_code") if isinstance(log, dict) else None
+        if not isinstance(op, int) or isinstance(op, bool) or op not in ops or not isinstance(log.get("worker_id"), str):
+            raise JournalError(
+                f"{path} is not an Optuna journal: line {number} is not a journal operation (op_code, worker_id); {JOURNAL_FIX}"
+            )
+        logs.append(log)
+    if tail and not logs:
+        raise JournalError(f"{path} is not an Optuna journal (not one line of JSON operations); {JOURNAL_FIX}")
+    if tail:
+        raise JournalError(
+            f"the tune journal {path} ends in an incomplete line (a tune killed while writing it?); "
+            "remove its last line to resume it, or pass another --journal"
+        )
+    return logs
+
+
+def _operations() -> set[int]:
+    """Optuna's journal operation codes (any integer where its private enum cannot be imported)."""
+    try:
+        from optuna.storages.journal._storage import JournalOperation
+    except ImportError:  # pragma: no cover - another Optuna layout: the replay checks the codes
+        return set(range(1 << 16))
+    return {int(op) for op in JournalOperation}
+
+
+def _replay(path: Path, logs: list[dict[str, Any]]) -> tuple[Any, int, dict[str, Any] | None] | None:
+    """The journal's operations replayed in memory: its storage, the tune study's id and settings
+    (None: no study in it yet)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import BaseJournalBackend
+
+    class Logs(BaseJournalBackend):
+        def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+            return logs[log_number_from:]
+
+        def append_logs(self, new: list[dict[str, Any]]) -> None:
+            raise JournalError(f"the tune journal {path} is being checked, not written")
+
+    try:
+        storage = JournalStorage(Logs())
+        studies = storage.get_all_studies()
+    except Exception as e:  # noqa: BLE001 - Optuna's replay of foreign operations raises many types
+        raise JournalError(f"the tune journal {path} does not replay ({type(e).__name__}: {first_line(str(e))}); {JOURNAL_FIX}") from None
+    names = [s.study_name for s in studies]
+    if not studies:
+        return None
+    if names != [STUDY]:
+        raise JournalError(f"the journal {path} holds Optuna studies {names[:3]}, not a rosi tune's alone; {JOURNAL_FIX}")
+    study = studies[0]
+    expected = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in DIRECTIONS]
+    if list(study.directions) != expected:
+        raise JournalError(f"the tune journal {path} has other objectives than a rosi tune's (written by another version?); {JOURNAL_FIX}")
+    stored = study.user_attrs.get("settings")
+    if stored is not None and not isinstance(stored, dict):
+        raise JournalError(f"the tune journal {path}: its settings are {type(stored).__name__}, not an object; {JOURNAL_FIX}")
+    return storage, storage.get_study_id_from_name(STUDY), stored
+
+
+_SCORE_FIELDS = {f.name for f in fields(Scores)}
+_REQUIRED_SCORES = ("harmful", "harmless", "lookalike", "kl")
+
+
+def _check_trials(path: Path, storage: Any, study_id: int) -> None:
+    """The journal's finished trials carry what a resumed tune reads back: their settings (a known
+    form) and scores; its confirmations are scores too."""
+    from optuna.trial import TrialState
+
+    try:
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        attrs = storage.get_study_user_attrs(study_id)
+    except Exception as e:  # noqa: BLE001 - as in _replay
+        raise JournalError(f"the tune journal {path} does not replay ({type(e).__name__}: {first_line(str(e))}); {JOURNAL_FIX}") from None
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        params, cheap = t.user_attrs.get("params"), t.user_attrs.get("cheap")
+        if not isinstance(params, dict) or params.get("form") not in METHODS:
+            raise JournalError(f"the tune journal {path}: trial {t.number} has no settings of a known form; {JOURNAL_FIX}")
+        if not _is_scores(cheap):
+            raise JournalError(f"the tune journal {path}: trial {t.number} has no scores; {JOURNAL_FIX}")
+    for key, value in attrs.items():
+        if key.startswith("confirmed:") and not _is_scores(value):
+            raise JournalError(f"the tune journal {path}: {key} is not scores; {JOURNAL_FIX}")
+
+
+def _is_scores(value: object) -> bool:
+    def number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    return (
+        isinstance(value, dict)
+        and set(value) <= _SCORE_FIELDS
+        and all(number(value.get(k)) for k in _REQUIRED_SCORES)
+        and all(value.get(k) is None or number(value[k]) for k in _SCORE_FIELDS)
+    )
 
 
 def _requeue_interrupted(study: Any) -> None:
