@@ -428,3 +428,11 @@ def test_api_keys_never_reach_any_output(models, prompt_files, tmp_path, monkeyp
     for path in (tmp_path / "ev").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+@needs_data
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_every_suite_builds_from_the_public_data(suite):
+    """Every source of every suite reads from ../shared/data (a column named as the file names it)."""
+    sets = build_sets(SUITES[suite], DATA)
+    assert all(sets[role] for role in ("harmful", "harmless", "contrast")), {k: len(v) for k, v in sets.items()}

@@ -229,3 +229,14 @@ def test_the_base_search_rates_come_from_the_first_tokens_of_longer_replies(load
     rates = RefusalMeter(model, batch_size=4).rates(prompts, (3 * SEARCH_TOKENS, SEARCH_TOKENS))
     assert rates[SEARCH_TOKENS].value == refusal_rate(short)
     assert rates[3 * SEARCH_TOKENS].value == refusal_rate(long)
+
+
+def test_run_refuses_a_gguf_output_of_a_folder_model_before_any_work(loaded, tmp_path, monkeypatch):
+    from rosi.workflows import run as run_module
+    from rosi.workflows.options import OutputOptions
+
+    model, _ = loaded
+    monkeypatch.setattr(run_module, "extract", lambda *a, **k: pytest.fail("extraction started"))
+    with pytest.raises(RosiError, match="--format gguf"):
+        run(model, tmp_path / "out.gguf", sets(), RunOptions(ExtractOptions(progress=False), output=OutputOptions(format="gguf")))
+    assert not (tmp_path / "out.gguf").exists()

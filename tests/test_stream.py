@@ -116,3 +116,17 @@ def test_weights_come_from_memory_when_the_precisions_agree(tmp_path):
     assert checkpoint_weights(lower, apply_edit(lower.model, _direction(), "rosi", 1.0)) == tmp_path / "m"
     in_memory = LoadedModel(tiny_model("llama"), None, ModelSource("x", "memory", "", "0" * 64))
     assert checkpoint_weights(in_memory, record) is None
+
+
+def test_a_shard_index_naming_files_outside_the_folder_is_refused(tmp_path):
+    import json
+
+    from rosi.errors import RosiError
+    from rosi.export.stream import INDEX, weight_files
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    (folder / INDEX).write_text(json.dumps({"weight_map": {"w": "../secret.safetensors"}}))
+    with pytest.raises(RosiError, match="not a file of the folder"):
+        weight_files(folder)

@@ -270,3 +270,9 @@ def test_the_guarded_pick_keeps_the_default_when_every_advantage_is_noise():
     weaker = [False] * 10 + harmful[10:]
     results[-1] = _confirmed(9, harmful=weaker, harmless=harmless, lookalike=better)
     assert guarded_pick(results, margin=0.03)[0] == 0
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_a_seed_outside_the_samplers_range_is_refused_when_the_options_are_made(seed):
+    with pytest.raises(RosiError, match="--seed"):
+        TuneOptions(seed=seed)

@@ -90,8 +90,11 @@ def is_rosi_folder(path: Path, marker: str = "rosi.json") -> bool:
     """A folder rosi wrote: it holds ``marker``, a JSON file saying ``"tool": "rosi"``."""
     import json
 
+    file = path / marker
+    if file.is_symlink() or not file.is_file():  # a pipe or a device of that name would block the read
+        return False
     try:
-        data = json.loads((path / marker).read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("tool") == "rosi"

@@ -191,12 +191,12 @@ def apply_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from rosi._fs import atomic_directory, check_output, regular_file
+    from rosi._fs import atomic_directory, check_output
     from rosi.export.card import card_text
     from rosi.export.checkpoint import is_rosi_output
     from rosi.export.patch import RECORD_FILE, apply_patch, check_base, read_patch
 
-    record, identity = read_patch(regular_file(Path(args.patch), "patch"))
+    record, identity = read_patch(Path(args.patch))  # names a folder, a direction file or a record for what it is
     base = local_checkpoint(args.base)
     out = Path(args.out)
     protect = (base, Path(args.patch))
@@ -276,12 +276,14 @@ def revert_args(p: argparse.ArgumentParser) -> None:
 def cmd_revert(args: argparse.Namespace) -> int:
     from rosi._fs import atomic_directory, check_output
     from rosi.export.checkpoint import is_rosi_output
-    from rosi.export.patch import revert_folder
+    from rosi.export.patch import check_fits, load_record, revert_folder
 
     model, out = Path(args.model), Path(args.out)
     check_output(out, args.overwrite, protect=(model,), owned=is_rosi_output, what="checkpoint")
+    record = load_record(model)  # checked before any folder is made
+    check_fits(record, model)
     with atomic_directory(out, overwrite=args.overwrite, owned=is_rosi_output, protect=(model,)) as tmp:
-        record = revert_folder(model, tmp)
+        record = revert_folder(model, tmp, record)
         manifest = {"tool": "rosi", "reverted_from": str(model), "edit_removed": record.summary()}
         (tmp / "rosi.json").write_text(json.dumps(manifest, indent=2) + "\n")
     removed = f"{record.method} removed from {len(record.matrices)} matrices, within one rounding step"

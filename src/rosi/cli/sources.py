@@ -104,9 +104,10 @@ def record_and_base(source: Path, base: str | None) -> tuple[Any, str, Path | No
         if spec is None:
             raise RosiError(f"{source} does not say which base it was made from; pass --base")
         return record, spec, source if (source / "config.json").is_file() else None
+    record = EditRecord.load(regular_file(source, "edit record"))  # a file of another kind is named as such
     if base is None:
         raise RosiError(f"{source} is an edit record: pass --base (the model it was made for)")
-    return EditRecord.load(regular_file(source, "edit record")), base, None
+    return record, base, None
 
 
 def export_base(record: Any, spec: str, config_folder: Path | None, kind: str, given: bool) -> tuple[Any, Path | None]:

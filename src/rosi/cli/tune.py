@@ -12,9 +12,8 @@ from rosi.cli.build import checked_output, extract_options, measure_output_optio
 from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
 from rosi.cli.sources import inputs, load
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
-from rosi.workflows.options import TuneOptions
+from rosi.workflows.options import MAX_SEED, TuneOptions
 
-MAX_SEED = 2**32 - 1  # rosi.workflows.tune.MAX_SEED (which imports torch)
 CHEAP_TOKENS = 8  # rosi.edit.strength.SEARCH_TOKENS (which imports torch): the length of the replies cheap scores judge
 
 

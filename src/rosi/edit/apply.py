@@ -66,9 +66,7 @@ def apply_edit(
     second: Direction | None = None,
     progress: bool = False,
 ) -> EditRecord:
-    """Edit ``model`` in place and return the record of what changed.
-
-    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for
+    """Edit ``model`` in place and return the record of what changed. ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for
     ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
     names, e.g. from :func:`rosi.edit.scope.select_writers`) narrows that choice to a subset.
     ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
@@ -90,7 +88,7 @@ def apply_edit(
     untied = _handle_tied_embedding(model, arch, chosen, untie_embeddings)
     _warn_post_norms(arch, chosen)
     originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
-    hooks: dict[str, Any] = {}
+    hooks: dict[str, Any] = {}  # offloaded weights' edits, as hooks
     matrices = [
         _edit_writer(model, w, params[w.name], direction, spec, strength, reads, second, originals, hooks)
         for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress)
@@ -107,6 +105,7 @@ def apply_edit(
         originals=originals,
         hooks=hooks,
         second=second,
+        model_type=getattr(getattr(model, "config", None), "model_type", None),
     )
     _check_finite(model, record, params)
     _count_edits(model, +1)

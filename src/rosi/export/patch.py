@@ -228,11 +228,13 @@ def apply_patch(record: EditRecord, identity: BaseIdentity, base: Path, out: Pat
     return applied
 
 
-def revert_folder(model: Path, out: Path) -> EditRecord:
+def revert_folder(model: Path, out: Path, record: EditRecord | None = None) -> EditRecord:
     """Write the base of a rosi output (its recorded edit subtracted) into the folder ``out``;
-    the record is checked against the model's weights first."""
-    record = load_record(model)
-    check_fits(record, model)
+    the record (``record``, already read and checked, or read here) is checked against the
+    model's weights first."""
+    if record is None:
+        record = load_record(model)
+        check_fits(record, model)
     stream_edit(model, out, record, revert=True)
     copy_model_files(model, out)
     return record

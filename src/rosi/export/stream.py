@@ -29,7 +29,7 @@ from rosi.edit.apply import edit_weight
 from rosi.edit.methods import get_method
 from rosi.edit.rank_one import add_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
-from rosi.errors import EditError
+from rosi.errors import EditError, RosiError
 
 INDEX = "model.safetensors.index.json"
 
@@ -40,7 +40,11 @@ def weight_files(folder: Path) -> dict[str, Path]:
     index = folder / INDEX
     if index.is_file():
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
+        files = {name: folder / str(file) for name, file in weight_map.items()}
+        outside = next((p for p in set(files.values()) if p.parent != folder or p.name in ("", ".", "..")), None)
+        if outside is not None:  # a damaged or hostile index: no file outside the folder is read or copied
+            raise RosiError(f"{folder}'s shard index names {outside}, which is not a file of the folder; the checkpoint is damaged")
+        return files
     single = folder / "model.safetensors"
     if not single.is_file():
         return {}
@@ -53,7 +57,7 @@ def streamable(folder: Path, record: EditRecord) -> bool:
     safetensors files (checkpoints whose tensors transformers renames or fuses on load are not)."""
     try:
         names = weight_files(folder)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, RosiError):
         return False
     return bool(names) and not record.untied_embeddings and all(m.name in names for m in record.matrices)
 

@@ -8,7 +8,11 @@ A spec names where prompts come from:
   requests in indirect, role-played, fictional, multi-step, academic, obfuscated and
   professional disguises, which a stronger model does not already refuse every time;
   ``harmless_tasks``: ordinary requests in the imperative form harmful ones take: lists,
-  recipes, rewrites, short creative writing, persuasion, classification, dialogues, plans);
+  recipes, rewrites, short creative writing, persuasion, classification, dialogues, plans;
+  ``harmless_styles``: ordinary requests in eight styles, by style: everyday, writing, code,
+  maths, advice, rewrites of a given text, role-play, long multi-part requests;
+  ``harmful_styles``: harmful requests over the ten harm categories as questions, multi-part
+  requests, persuasive writing and fiction, category ``HARM/STYLE``);
 - a file: ``.jsonl``, ``.json`` (a list of objects or strings), ``.csv`` or ``.txt`` (one prompt
   a line), optionally ``FILE:COLUMN`` to pick the column;
 - a Hugging Face dataset: ``hf:ID[:SPLIT][:COLUMN]``, e.g. ``hf:mlabonne/harmful_behaviors``;
@@ -35,7 +39,7 @@ from rosi.errors import RosiError, first_line
 DEFAULT_N_VAL = 32  # validation prompts per set for selection, the strength search and the measurement
 TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
 CATEGORY_COLUMNS = ("category", "Category", "type")
-BUILTIN = ("harmful", "harmless", "lookalike", "harmful_hard", "harmless_tasks")
+BUILTIN = ("harmful", "harmless", "lookalike", "harmful_hard", "harmless_tasks", "harmless_styles", "harmful_styles")
 
 
 class PromptError(RosiError):

@@ -181,6 +181,7 @@ TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical", "neurons")  # the fo
 TUNE_SEARCHED = ("probe", "gate", "surgical")
 TUNE_SCORES = ("first-token", "replies")
 TUNE_N_VAL_LOOKALIKE = 60  # rosi tune's look-alike validation prompts: 5 of each of the 12 built-in kinds (spread over them)
+MAX_SEED = 2**32 - 1  # the sampler's seed (numpy's): 0 to 2**32 - 1
 TUNE_FLOORS = ("default", "paper")  # reference trials whose harmful refusal the kept trial can be asked to match
 
 
@@ -215,6 +216,8 @@ class TuneOptions:
 
         if self.trials < 1:
             raise RosiError(f"--trials must be at least 1, got {self.trials}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise RosiError(f"--seed must be a whole number between 0 and {MAX_SEED} (the sampler's seed), got {self.seed!r}")
         if not self.forms:
             raise RosiError("--forms needs at least one edit form")
         for form in self.forms:

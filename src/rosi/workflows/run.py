@@ -22,7 +22,7 @@ from rosi.edit.scope import WriterChoice
 from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, choose_strength
 from rosi.errors import RosiError
 from rosi.export.checkpoint import input_paths
-from rosi.export.formats import FORMATS, Edited, check_format_output, save
+from rosi.export.formats import FORMATS, Edited, check_format_output, check_format_source, save
 from rosi.measure import RefusalMeter, RefusalRate, judge_of
 from rosi.model.loading import LoadedModel
 from rosi.model.meter import Phase, PhaseClock, phase_table
@@ -120,6 +120,8 @@ def run(
         check_strength(options.extract.form.method, options.strength.strength)
     out = Path(out)
     check_format_output(out, options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
+    method = options.extract.form.method
+    check_format_source(options.output.format, loaded.source.spec, [method], gguf_type=options.output.gguf_type)
     meter = RefusalMeter(loaded, judge_of(options.measure.judge), batch_size=options.extract.batch_size, progress=options.extract.progress)
     clock = PhaseClock()
     extraction = extractor() if extractor is not None else extract(loaded, prompts, options.extract)

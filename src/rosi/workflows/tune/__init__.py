@@ -50,7 +50,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import Extraction, extract, samples_for
-from rosi.workflows.options import TuneOptions
+from rosi.workflows.options import MAX_SEED, TuneOptions
 from rosi.workflows.tune.measurement import Measure
 from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Scores, TrialResult, confirm_order, front, pareto_front, pick
 from rosi.workflows.tune.report import TuneReport, options_json, write_front
@@ -66,8 +66,6 @@ from rosi.workflows.tune.study import (
     run_trials,
     settings,
 )
-
-MAX_SEED = 2**32 - 1  # the sampler's seed (numpy's): 0 to 2**32 - 1
 
 __all__ = [
     "DIRECTIONS",
@@ -150,8 +148,6 @@ def check_tune(model: str, protect: tuple[Path, ...], out: Path, options: TuneOp
     forms, the seed, the journal's place and, when it exists, its contents. Returns the journal's path."""
     check_format_output(out, options.output.format, options.output.overwrite, protect=protect)
     check_format_source(options.output.format, model, options.forms, "--forms", options.output.gguf_type)
-    if not 0 <= options.seed <= MAX_SEED:
-        raise RosiError(f"--seed must be a whole number between 0 and {MAX_SEED} (the sampler's seed), got {options.seed}")
     journal = journal_path(out, options.journal)
     for p in (*protect, out):
         if journal.resolve().is_relative_to(Path(p).resolve()):
