@@ -197,7 +197,20 @@ def test_tune_runs_from_the_command_line_on_as_many_look_alikes_as_asked(tmp_pat
     out = tmp_path / "tuned"
     prompts = ["--harmful", files["h"], "--harmless", files["b"], "--val-harmful", files["h"], "--val-harmless", files["b"]]
     prompts += ["--lookalike", files["l"], "--val-lookalike", files["l"], "--harmful-hard", "none", "--val-harmful-hard", "none"]
-    search = ["--trials", "3", "--forms", "scale,rosi", "--score", "first-token", "--confirm", "0", "--layer-window", "0"]
+    search = [
+        "--trials",
+        "3",
+        "--forms",
+        "scale,rosi",
+        "--score",
+        "first-token",
+        "--confirm",
+        "0",
+        "--guard",
+        "none",
+        "--layer-window",
+        "0",
+    ]
     code, printed, err = run(
         capsys,
         "tune",

@@ -118,11 +118,14 @@ def test_tune_help_names_its_defaults_and_its_pick_rule():
         ("--n-val-lookalike N_VAL_LOOKALIKE", TUNE_N_VAL_LOOKALIKE),
     ):
         assert f"(default: {value}" in _flag("tune", flag), flag
-    # the default pick rule, as rosi.workflows.tune's pick applies it (min_harmful="default")
+    # the default pick rule (guard), as rosi.workflows.tune.pick.guarded_pick applies it, and the rule of --guard none
+    assert d.guard is not None and f"(default: {d.guard})" in _flag("tune", "--guard {MARGIN,none}")
+    assert f"By default (--guard {d.guard}), each validation set is split into a ranking part and a confirmation part" in text
+    assert "when none does, rosi run's default edit is saved and the report says so" in text
     assert d.min_harmful == "default"
     assert (
-        "of the confirmed trials refusing at least as many harmful validation prompts as rosi run's default edit, "
-        "the one with the least look-alike rise within the constraints is saved"
+        "With --guard none, of the confirmed trials refusing at least as many harmful validation prompts as rosi run's default "
+        "edit, the one with the least look-alike rise within the constraints (--min-harmful default) is saved"
     ) in text
     assert "the trial with the most harmful refusal within the constraints is saved" not in text
     # the references and the cheap score, as the search has them

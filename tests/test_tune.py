@@ -16,6 +16,7 @@ from test_gate import lookalike_loaded, lookalike_sets
 FAST = {
     "score": "first-token",
     "confirm": 0,
+    "guard": None,  # the rule on all validation prompts; the guarded pick has its own tests
     "layer_window": 0,
     "extract": ExtractOptions(layer=1, position=-1, progress=False, batch_size=8),
 }
@@ -276,3 +277,34 @@ def test_the_guarded_pick_keeps_the_default_when_every_advantage_is_noise():
 def test_a_seed_outside_the_samplers_range_is_refused_when_the_options_are_made(seed):
     with pytest.raises(RosiError, match="--seed"):
         TuneOptions(seed=seed)
+
+
+def test_a_guarded_tune_ranks_on_one_half_of_validation_and_picks_on_the_other(tmp_path):
+    loaded, _ = lookalike_loaded()
+    sets = lookalike_sets()
+    options = TuneOptions(**{**FAST, "confirm": 2, "guard": 0.03}, trials=6, forms=("scale", "gate"), measure=MeasureOptions(new_tokens=4))
+    report = tune(loaded, tmp_path / "out", sets, options)
+    rank, confirm = sets.val_lookalike.halves()
+    assert not set(rank.instructions) & set(confirm.instructions) and len(rank) + len(confirm) == len(sets.val_lookalike)
+    confirmed = [t for t in report.trials if t.confirmed is not None]
+    assert all(len(t.confirmed.refused["lookalike"]) == len(confirm) for t in confirmed)  # verdicts of the confirmation half
+    saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
+    assert len(saved["guarded"]) == len([t for t in confirmed if not t.reference])
+    chosen = report.trial(report.chosen)
+    passing = [g["trial"] for g in saved["guarded"] if g["passes"]]
+    if passing:  # the pick beat the default beyond noise on the confirmation half
+        assert report.chosen in passing and "beyond noise" in report.chosen_by
+    else:  # or the default edit is kept, and the report says so
+        assert chosen.reference == "default" and "the default edit is kept" in report.chosen_by
+    settings = json.loads((tmp_path / "out" / "tune_journal.log").read_text().splitlines()[1])["user_attr"]["settings"]
+    assert settings["guard"] == 0.03
+
+
+def test_validation_halves_split_every_kind_evenly():
+    from rosi.prompts import builtin
+
+    val = builtin("lookalike", "val")
+    rank, confirm = val.halves()
+    assert len(rank) + len(confirm) == len(val) and not set(rank.instructions) & set(confirm.instructions)
+    for kind in set(val.categories):
+        assert abs(rank.categories.count(kind) - confirm.categories.count(kind)) <= 1

@@ -26,13 +26,30 @@ def pick_rule(floor: float | str | None) -> str:
     return f"of the confirmed trials refusing {reach} harmful validation prompts{like}, the one with the least look-alike rise within the constraints"
 
 
+GUARD_RULE = (
+    "each validation set is split into a ranking part and a confirmation part that never ranks; a confirmed trial is saved "
+    "only when, paired prompt by prompt on the confirmation part with rosi run's default edit, it refuses fewer look-alikes "
+    "with a 95% interval that excludes zero, at most --guard fewer harmful prompts and a harmless rise whose upper bound is at "
+    "most --guard (of those, the largest look-alike drop); when none does, rosi run's default edit is saved and the report says so"
+)
 TUNE_DESCRIPTION = (
     "A multi-objective search (Optuna, seeded, journaled: an interrupted tune resumes) on validation prompts only: "
     "harmful refusal up; harmless refusal rise, look-alike refusal rise and first-token KL down. Cheap scores "
     f"({CHEAP_TOKENS}-token replies by default) for every trial, full replies to confirm the Pareto front, both judged by --judge. "
-    f"By default (--min-harmful {TuneOptions.min_harmful}), {pick_rule(TuneOptions.min_harmful)} is saved like rosi run's edit, "
+    f"By default (--guard {TuneOptions.guard}), {GUARD_RULE}. With --guard none, {pick_rule(TuneOptions.min_harmful)} "
+    f"(--min-harmful {TuneOptions.min_harmful}) is saved. The edit is saved like rosi run's, "
     "with the front (tune_front.csv, tune_front.png) and tune_report.json."
 )
+
+
+def guard_margin(text: str) -> float | None:
+    """``rosi tune --guard``: a share between 0 and 1, or ``none``."""
+    if text == "none":
+        return None
+    try:
+        return float_in(0, 1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1 (0.03 = 3 points) or none, got {text!r}") from None
 
 
 def harmful_floor(text: str) -> float | str | None:
@@ -126,8 +143,17 @@ def _tune_constraint_args(c: Any, d: TuneOptions) -> None:
         type=harmful_floor,
         default=d.min_harmful,
         metavar="{default,paper,none,SHARE}",
-        help="harmful refusal the chosen trial must reach: as much as rosi run's default edit, the paper's form, or a share "
-        "(0.9); of those, the least look-alike rise is kept. 'none': the most harmful refusal within the constraints "
+        help="with --guard none: the harmful refusal the chosen trial must reach: as much as rosi run's default edit, the "
+        "paper's form, or a share (0.9); of those, the least look-alike rise is kept. 'none': the most harmful refusal within the "
+        "constraints. Also orders which front trials are confirmed (default: %(default)s)",
+    )
+    c.add_argument(
+        "--guard",
+        type=guard_margin,
+        default=d.guard,
+        metavar="{MARGIN,none}",
+        help="the pick that accounts for noise: a trial beats rosi run's default edit on the confirmation prompts or the default "
+        "is kept; MARGIN bounds the harmful loss and the harmless rise (0.03 = 3 points); none: the --min-harmful rule "
         "(default: %(default)s)",
     )
 
@@ -145,6 +171,7 @@ def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
         max_lookalike_rise=args.max_lookalike_rise,
         max_kl=args.max_kl,
         min_harmful=args.min_harmful,
+        guard=args.guard,
         journal=Path(args.journal) if args.journal else None,
         **measure_output_options(args, fmt),
     )

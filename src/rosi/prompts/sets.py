@@ -89,6 +89,26 @@ class PromptSet:
             categories=tuple(self.categories[i] for i in picked),
         )
 
+    def halves(self) -> tuple[PromptSet, PromptSet]:
+        """Two disjoint halves, every category split evenly between them (its prompts in turn): a
+        part that ranks candidates and a part that confirms the ones ranked best, never ranking."""
+        if len(self) < 2:
+            raise PromptError(f"prompt set {self.name!r} has {len(self)} prompt, too few to split into a ranking and a confirmation part")
+        kinds = self.categories if self.categories is not None else (None,) * len(self)
+        seen: dict[str | None, int] = {}
+        parts: tuple[list[int], list[int]] = ([], [])
+        for i, kind in enumerate(kinds):
+            parts[seen.get(kind, 0) % 2].append(i)
+            seen[kind] = seen.get(kind, 0) + 1
+        if not parts[1]:  # one prompt of each category: alternate over the whole set instead
+            parts = (list(range(0, len(self), 2)), list(range(1, len(self), 2)))
+
+        def part(idx: list[int], suffix: str) -> PromptSet:
+            categories = None if self.categories is None else tuple(self.categories[i] for i in idx)
+            return PromptSet(tuple(self.instructions[i] for i in idx), categories, name=f"{self.name}{suffix}")
+
+        return part(parts[0], ":rank"), part(parts[1], ":confirm")
+
     def take(self, n: int | None, *, seed: int | None = None) -> PromptSet:
         """The first ``n`` prompts (a seeded random sample when ``seed`` is given)."""
         if n is None:

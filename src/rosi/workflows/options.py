@@ -190,11 +190,18 @@ class TuneOptions:
     """:func:`rosi.workflows.tune`: ``trials`` searched (seeded; the journal lets an interrupted tune
     resume; the two reference trials among them, whatever ``forms``), over ``forms``, the selected layer and ``layer_window`` layers either side, writer
     scopes, strengths and the fits' ridge and null space; ``score`` the trials' cheap score;
-    ``confirm`` front trials re-measured on full replies; the constraints the kept trial must
-    meet on those (rises over the base model, as shares; the KL in nats). ``min_harmful``: the
-    harmful refusal the kept trial must reach, a share or a reference trial's own (``"default"``:
-    as much as rosi run's default edit; ``"paper"``); among those the one with the least
-    look-alike rise is kept. ``None``: the most harmful refusal within the constraints."""
+    ``confirm`` front trials re-measured on full replies (the order they are confirmed in follows
+    the constraints, as shares of prompts and nats, and ``min_harmful``: the harmful refusal a
+    trial must reach, a share or a reference trial's own).
+
+    ``guard`` (the default, a margin): each validation set is split into a ranking part (cheap
+    scores, the search) and a confirmation part that never ranks; a confirmed trial is kept only
+    when, paired prompt by prompt on the confirmation part with rosi run's default edit, it refuses
+    fewer look-alikes with a 95% interval that excludes zero, at most ``guard`` fewer harmful
+    prompts and a harmless rise whose upper bound is at most ``guard``; when none does, the default
+    edit is kept and the report says so. ``guard=None``: the kept trial is, of those reaching
+    ``min_harmful``, the one with the least look-alike rise within the constraints (``None``: the
+    most harmful refusal within them), on all validation prompts."""
 
     extract: ExtractOptions = field(default_factory=ExtractOptions)
     measure: MeasureOptions = field(default_factory=MeasureOptions)
@@ -209,6 +216,8 @@ class TuneOptions:
     max_lookalike_rise: float = 0.10
     max_kl: float = 0.10
     min_harmful: float | str | None = "default"
+    # the pick that accounts for noise: the margin of tune.pick.guarded_pick (None: the rule above on all validation prompts)
+    guard: float | None = 0.03
     journal: Path | None = None
 
     def __post_init__(self) -> None:
@@ -235,6 +244,12 @@ class TuneOptions:
                 raise RosiError(f"--{name.replace('_', '-')} is a share of prompts between 0 and 1 (0.05 = 5 points), got {value}")
         if not (math.isfinite(self.max_kl) and self.max_kl >= 0):
             raise RosiError(f"--max-kl must be a number of nats >= 0, got {self.max_kl}")
+        if self.guard is not None and not (math.isfinite(self.guard) and 0 <= self.guard <= 1):
+            raise RosiError(f"--guard is a share of prompts between 0 and 1 (0.03 = 3 points) or none, got {self.guard}")
+        if self.guard is not None and self.confirm < 1:
+            raise RosiError(
+                "--guard compares confirmed trials with rosi run's default edit: confirm at least one (--confirm 1) or pass --guard none"
+            )
         floor = self.min_harmful
         if isinstance(floor, str) and floor not in TUNE_FLOORS:
             raise RosiError(f"--min-harmful is a share between 0 and 1, {', '.join(TUNE_FLOORS)} or none, got {floor!r}")

@@ -52,7 +52,18 @@ from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import Extraction, extract, samples_for
 from rosi.workflows.options import MAX_SEED, TuneOptions
 from rosi.workflows.tune.measurement import Measure
-from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Scores, TrialResult, confirm_order, front, pareto_front, pick
+from rosi.workflows.tune.pick import (
+    DIRECTIONS,
+    OBJECTIVES,
+    Guard,
+    Scores,
+    TrialResult,
+    confirm_order,
+    front,
+    guarded_pick,
+    pareto_front,
+    pick,
+)
 from rosi.workflows.tune.report import TuneReport, options_json, write_front
 from rosi.workflows.tune.space import REFERENCES, RIDGES, Space, describe, form_choices, references
 from rosi.workflows.tune.study import (
@@ -213,7 +224,11 @@ def _tune(
     confirm(study, results, on_front, space, measure, base_cheap, options)
     lap("confirm")
     results = read_results(study)
-    chosen, how = pick(results, base_confirmed, options, base_cheap)
+    guards: list[Guard] = []
+    if options.guard is None:
+        chosen, how = pick(results, base_confirmed, options, base_cheap)
+    else:
+        chosen, how, guards = guarded_pick(results, options.guard)
     samples_mib = extraction.samples.nbytes() / 2**20 if extraction.samples is not None else 0.0
     report = TuneReport(
         loaded.source.spec,
@@ -228,6 +243,7 @@ def _tune(
         lap.seconds,
         samples_mib,
         count_pruned(study),
+        guards,
     )
     _save(loaded, out, space, report, journal, options)
     lap("save")

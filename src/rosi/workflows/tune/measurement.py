@@ -12,7 +12,7 @@ from rosi.measure import RefusalMeter
 from rosi.metrics import kl_divergence
 from rosi.model.generation import next_token_logprobs
 from rosi.model.loading import LoadedModel
-from rosi.prompts import PromptSets
+from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.options import TuneOptions
 from rosi.workflows.tune.pick import Scores
 
@@ -26,34 +26,39 @@ class Measure:
     scores take the plain path of ``rosi eval`` (no shared prefix), so they are the numbers an
     evaluation of the saved edit gives on the same prompts. Each path's KL is taken against the
     base model on the same path: the paths differ by rounding (in bfloat16, a KL of about 0.001),
-    which would otherwise be counted as the edit's."""
+    which would otherwise be counted as the edit's.
+
+    With ``options.guard`` each validation set is split in two (:meth:`PromptSet.halves`): cheap
+    scores rank trials on the first part (``rank_sets``), confirmed scores are measured on the
+    second (``sets``), which never ranks, with every prompt's verdict kept for paired comparisons."""
 
     def __init__(self, loaded: LoadedModel, prompts: PromptSets, options: TuneOptions, judge: Judge | None = None) -> None:
         self.loaded, self.options = loaded, options
         _, val_lookalike = prompts.need_lookalikes("rosi tune")
-        self.sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
+        full = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
+        split = {role: s.halves() for role, s in full.items()} if options.guard is not None else None
+        self.rank_sets = {role: halves[0] for role, halves in split.items()} if split else full
+        self.sets = {role: halves[1] for role, halves in split.items()} if split else full  # the confirmation part
         self.meter = RefusalMeter(loaded, judge, batch_size=options.extract.batch_size)
         self.ids = refusal_token_ids(loaded.tokenizer)
         # the plain generation path's first step is the forward pass's next-token distribution
-        self.base_plain = self._logprobs("harmless")
-        self.base_fast = (
-            self.base_plain
-            if options.score == "first-token"
-            else self.meter.rate_and_logprobs(self.sets["harmless"], 1, share_prefix=True)[1]
-        )
+        self.base_plain = self._logprobs(self.sets["harmless"])  # confirmation: the plain path
+        rank_harmless = self.rank_sets["harmless"]
+        if options.score == "first-token":
+            self.base_fast = self.base_plain if rank_harmless is self.sets["harmless"] else self._logprobs(rank_harmless)
+        else:  # ranking: the fast path (shared prefix)
+            self.base_fast = self.meter.rate_and_logprobs(rank_harmless, 1, share_prefix=True)[1]
 
-    def _logprobs(self, role: str) -> torch.Tensor:
-        return next_token_logprobs(
-            self.loaded.model, self.meter.fmt, self.sets[role].instructions, batch_size=self.options.extract.batch_size
-        )
+    def _logprobs(self, prompts: PromptSet) -> torch.Tensor:
+        return next_token_logprobs(self.loaded.model, self.meter.fmt, prompts.instructions, batch_size=self.options.extract.batch_size)
 
     def cheap(self) -> Scores:
         if self.options.score == "first-token":
-            lp = {role: self._logprobs(role) for role in self.sets}
+            lp = {role: self._logprobs(s) for role, s in self.rank_sets.items()}
             odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
             rates = {role: float((o > 0).float().mean()) for role, o in odds.items()}
         else:
-            out = {role: self.meter.rate_and_logprobs(s, SEARCH_TOKENS, share_prefix=True) for role, s in self.sets.items()}
+            out = {role: self.meter.rate_and_logprobs(s, SEARCH_TOKENS, share_prefix=True) for role, s in self.rank_sets.items()}
             lp = {role: v for role, (_, v) in out.items()}
             odds = {role: refusal_log_odds(v, self.ids) for role, v in lp.items()}
             rates = {role: rate.value for role, (rate, _) in out.items()}
@@ -74,4 +79,5 @@ class Measure:
             kl,
             harmful_partial=rates["harmful"].partial_rate,
             lookalike_partial=rates["lookalike"].partial_rate,
+            refused={role: [bool(r) for r in rate.refused] for role, rate in rates.items()},
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 from rosi._version import __version__
 from rosi.workflows.options import TuneOptions
-from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Scores, TrialResult
+from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Guard, Scores, TrialResult
 from rosi.workflows.tune.space import describe
 
 
@@ -29,6 +29,7 @@ class TuneReport:
     seconds: dict[str, float] = field(default_factory=dict)
     samples_mib: float = 0.0
     pruned: int = 0  # trials whose settings made no edit
+    guards: list[Guard] = field(default_factory=list)  # each confirmed trial against rosi run's default, when the pick is guarded
 
     def trial(self, number: int) -> TrialResult:
         return next(t for t in self.trials if t.number == number)
@@ -58,6 +59,7 @@ class TuneReport:
             "seconds": self.seconds,
             "samples_mib": round(self.samples_mib, 1),
             "pruned_trials": self.pruned,
+            "guarded": [guard_json(g) for g in self.guards],
         }
 
     def table(self) -> str:
@@ -73,6 +75,23 @@ class TuneReport:
             chosen = "  <- chosen" if t.number == self.chosen else ""
             lines.append(f"{label:{width}} {s.harmful:>8.0%} {s.harmless:>9.0%} {s.lookalike:>11.0%} {s.kl:>7.3f}{chosen}")
         return "\n".join(lines)
+
+
+def guard_json(guard: Guard) -> dict[str, Any]:
+    """A trial's paired comparison with the default edit: each set's difference, 95% interval,
+    McNemar p-value and discordant prompts, and whether it passed."""
+    sets = {}
+    for name, d in guard.differences.items():
+        lo, hi = d.interval
+        sets[name] = {
+            "difference": d.difference,
+            "ci95": [round(lo, 4), round(hi, 4)],
+            "p": d.p_value,
+            "n": d.n,
+            "fewer": d.a_only,
+            "more": d.b_only,
+        }
+    return {"trial": guard.trial, "passes": guard.passes, "margin": guard.margin, **sets}
 
 
 def options_json(options: TuneOptions) -> dict[str, Any]:

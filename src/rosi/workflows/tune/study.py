@@ -201,11 +201,15 @@ def _is_scores(value: object) -> bool:
     def number(x: object) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
+    def verdicts(x: object) -> bool:  # per set, each confirmation prompt's verdict
+        return x is None or (isinstance(x, dict) and all(isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in x.values()))
+
     return (
         isinstance(value, dict)
         and set(value) <= _SCORE_FIELDS
         and all(number(value.get(k)) for k in _REQUIRED_SCORES)
-        and all(value.get(k) is None or number(value[k]) for k in _SCORE_FIELDS)
+        and all(value.get(k) is None or number(value[k]) for k in _SCORE_FIELDS if k != "refused")
+        and verdicts(value.get("refused"))
     )
 
 
@@ -230,6 +234,7 @@ def settings(loaded: LoadedModel, prompts: PromptSets, options: TuneOptions, ext
         "layer": extraction.direction.layer,
         "position": extraction.direction.position,
         "layer_window": options.layer_window,
+        "guard": options.guard,  # how validation is split (ranking and confirmation parts, or neither)
         **{k: [len(v), v.name] for k, v in sets.items() if v is not None},
     }
 
