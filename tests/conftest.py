@@ -88,9 +88,8 @@ def arch(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
-    """A small real tokenizer (word-level, with a chat template), saved to a folder."""
+def save_tokenizer(folder: Path) -> Path:
+    """A small real tokenizer (word-level, with a chat template), saved to ``folder``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "hello", "world", "user", "assistant"])}
@@ -100,9 +99,30 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
     fast.chat_template = (
         "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}"
     )
-    path = tmp_path_factory.mktemp("tok")
-    fast.save_pretrained(path)
-    return path
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A small real tokenizer (word-level, with a chat template), saved to a folder."""
+    return save_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path below ``root``: its kind, and a file's sha256 (what a refused command must leave as it was)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink() or not (p.is_file() or p.is_dir()):
+            out[rel] = "special"
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 def save_tiny(arch: str, folder, dtype: torch.dtype = torch.float32, tokenizer_dir=None) -> torch.nn.Module:

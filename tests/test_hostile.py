@@ -9,7 +9,6 @@ checkpoint rosi wrote, prompt files, ...), runs one command, and checks that
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import save_tiny
+from conftest import save_tiny, snapshot
 from rosi import Direction
 from rosi.cli import main
 
@@ -296,19 +295,6 @@ def _direction64(w: World) -> Path:
     return path
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink() or not (p.is_file() or p.is_dir()):
-            out[rel] = "special"
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def test_there_are_enough_cases():
     assert len(CASES) >= 60 and len({name for name, _, _ in CASES}) == len(CASES)
 
@@ -320,7 +306,7 @@ def test_hostile_input(name, argv, match, tmp_path, tokenizer_dir, capsys, monke
     monkeypatch.chdir(tmp_path)
     world = make_world(tmp_path / "w", tokenizer_dir)
     args = argv(world)
-    before = _snapshot(world["root"])
+    before = snapshot(world["root"])
     capsys.readouterr()
     code = main(args)
     err = capsys.readouterr().err
@@ -329,7 +315,7 @@ def test_hostile_input(name, argv, match, tmp_path, tokenizer_dir, capsys, monke
     assert len(errors) == 1 and errors[0].startswith("rosi: error:"), f"{name}: stderr was {err[-2000:]!r}"
     assert "Traceback" not in err
     assert re.search(match, errors[0]), f"{name}: {errors[0]!r} does not say {match!r}"
-    assert _snapshot(world["root"]) == before, f"{name}: files changed"
+    assert snapshot(world["root"]) == before, f"{name}: files changed"
 
 
 def test_hostile_environment(tmp_path, tokenizer_dir, capsys, monkeypatch):
@@ -365,7 +351,7 @@ def test_direction_out_that_is_a_folder_says_so(tmp_path, tokenizer_dir, capsys,
     path to give instead, with or without --overwrite, and every such message has its article right."""
     monkeypatch.setenv("ROSI_CACHE", str(tmp_path / "cache"))
     world = make_world(tmp_path / "w", tokenizer_dir)
-    before = _snapshot(world["root"])
+    before = snapshot(world["root"])
     capsys.readouterr()
     for extra in ((), ("--overwrite",)):
         assert main(direction(world, *extra, out=str(world["other"]))) == 1
@@ -380,4 +366,4 @@ def test_direction_out_that_is_a_folder_says_so(tmp_path, tokenizer_dir, capsys,
     assert "exists and is not a direction file rosi wrote" in error and "is a folder" not in error, error
     assert main(edit(world)[:-1] + [str(world["file"]), "--overwrite"]) == 1
     assert "exists and is not a checkpoint folder rosi wrote" in capsys.readouterr().err
-    assert _snapshot(world["root"]) == before
+    assert snapshot(world["root"]) == before

@@ -24,9 +24,9 @@ import torch
 import transformers as T
 from safetensors.torch import save_file
 
-from conftest import _COMMON
+from conftest import _COMMON, snapshot
 from rosi.cli import main
-from test_hostile import World, _snapshot, fifo, make_world, write
+from test_hostile import World, fifo, make_world, write
 
 # --- more of the world, made when a case asks for it ------------------------------------------
 
@@ -352,11 +352,11 @@ def world(tmp_path, tokenizer_dir, monkeypatch) -> World:
 @pytest.mark.parametrize("name,argv,match", CASES, ids=[c[0] for c in CASES])
 def test_hostile_command(name, argv, match, world, capsys):
     args = argv(world)
-    before = _snapshot(world["root"])
+    before = snapshot(world["root"])
     capsys.readouterr()
     code = main(args)
     _check(name, code, capsys.readouterr().err, match)
-    assert _snapshot(world["root"]) == before, f"{name}: files changed"
+    assert snapshot(world["root"]) == before, f"{name}: files changed"
 
 
 def test_every_command_is_represented():
@@ -376,10 +376,10 @@ def test_chat_refuses_stdin_that_is_not_utf8(errors, world, capsys, monkeypatch)
     """Bytes that are not UTF-8: one line, before anything is generated (whether the terminal's
     decoder raises or, as in the C locale, passes them on as surrogates)."""
     _stdin(monkeypatch, b"hello \xff\xfe world\n", errors)
-    before = _snapshot(world["root"])
+    before = snapshot(world["root"])
     code = main(["chat", str(world["m"]), "--max-new-tokens", "2"])
     _check("chat stdin", code, capsys.readouterr().err, "standard input is not UTF-8")
-    assert _snapshot(world["root"]) == before
+    assert snapshot(world["root"]) == before
 
 
 def test_chat_ends_cleanly_at_end_of_input(world, capsys, monkeypatch):

@@ -13,7 +13,6 @@ same way, without a model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -27,7 +26,7 @@ import transformers as T
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import save_tiny
+from conftest import save_tiny, save_tokenizer, snapshot
 from rosi import Direction
 from rosi.cli import main
 from rosi.edit.record import EditRecord
@@ -39,17 +38,7 @@ WIDE = "wide"  # a llama of hidden size 64 (the world's model: 32)
 
 def _tokenizer(folder: Path) -> Path:
     """The small word-level tokenizer with a chat template of conftest's ``tokenizer_dir``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "hello", "world", "user", "assistant"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    fast.chat_template = (
-        "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}"
-    )
-    fast.save_pretrained(folder)
-    return folder
+    return save_tokenizer(folder)
 
 
 def _wide_llama(folder: Path, tokenizer: Path) -> None:
@@ -392,19 +381,6 @@ CASES: list[Case] = [
 ]
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink() or not (p.is_file() or p.is_dir()):
-            out[rel] = "special"
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def test_there_are_enough_cases():
     assert len(CASES) >= 30 and len({name for name, _, _ in CASES}) == len(CASES)
 
@@ -418,7 +394,7 @@ def test_hostile_file(name, argv, match, template, tmp_path, capsys, monkeypatch
     monkeypatch.chdir(root)
     world = {"root": root}
     args = argv(world)
-    before = _snapshot(root)
+    before = snapshot(root)
     capsys.readouterr()
     code = main(args)
     err = capsys.readouterr().err
@@ -427,7 +403,7 @@ def test_hostile_file(name, argv, match, template, tmp_path, capsys, monkeypatch
     assert len(errors) == 1 and errors[0].startswith("rosi: error:"), f"{name}: stderr was {err[-2000:]!r}"
     assert "Traceback" not in err
     assert re.search(match, errors[0]), f"{name}: {errors[0]!r} does not say {match!r}"
-    assert _snapshot(root) == before, f"{name}: files changed"
+    assert snapshot(root) == before, f"{name}: files changed"
 
 
 # --- the readers accept what rosi writes --------------------------------------------------------------
@@ -462,7 +438,7 @@ def test_a_patch_for_another_base_is_refused_when_written(template, tmp_path):
 
     root = tmp_path / "w"
     shutil.copytree(template, root)
-    before = _snapshot(root)
+    before = snapshot(root)
     record = EditRecord.load(root / "rec.safetensors")
     with pytest.raises(PatchError, match="another width"):
         write_patch(record, root / WIDE, root / "x.safetensors")
@@ -470,7 +446,7 @@ def test_a_patch_for_another_base_is_refused_when_written(template, tmp_path):
     assert record.model_type == "llama"
     with pytest.raises(PatchError, match="'mistral' model; the edit was made on a 'llama' model"):
         write_patch(record, root / "mistral", root / "x.safetensors")
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
 
 # --- tune journals ---------------------------------------------------------------------------------
@@ -570,14 +546,14 @@ def test_hostile_journal(name, make, settings, match, tmp_path):
     from rosi.workflows.tune.study import check_journal, open_study
 
     path = make(tmp_path)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     with pytest.raises(JournalError, match=match) as caught:
         check_journal(path, settings)
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
     full = {**SETTINGS, **(settings or {})}
     with pytest.raises(JournalError, match=match):  # the tune opens it only after the same check
         open_study(path, full, 0, {})
-    assert _snapshot(tmp_path) == before, f"{name}: files changed"
+    assert snapshot(tmp_path) == before, f"{name}: files changed"
 
 
 def test_a_sound_journal_passes_its_check(tmp_path):

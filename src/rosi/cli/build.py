@@ -173,12 +173,18 @@ def run_options(args: argparse.Namespace, fmt: str) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from rosi.workflows.run import run
 
+    return _build(args, run_options, run)
+
+
+def _build(args: argparse.Namespace, options_of: Any, workflow: Any) -> int:
+    """``rosi run`` and ``rosi realign``: everything checked, the prompts loaded, then the model,
+    then the workflow; its validation table and phases printed."""
     fmt = checked_output(args)
-    options = run_options(args, fmt)
+    options = options_of(args, fmt)
     prompts = prompt_sets(args)
     loaded = load(args, compute=True)
     started = time.perf_counter()
-    report = run(loaded, args.out, prompts, options)
+    report = workflow(loaded, args.out, prompts, options)
     _print_run(args, prompts, report, fmt, started)
     return 0
 
@@ -248,11 +254,4 @@ def realign_options(args: argparse.Namespace, fmt: str) -> Any:
 def cmd_realign(args: argparse.Namespace) -> int:
     from rosi.workflows.realign import realign
 
-    fmt = checked_output(args)
-    options = realign_options(args, fmt)
-    prompts = prompt_sets(args)
-    loaded = load(args, compute=True)
-    started = time.perf_counter()
-    report = realign(loaded, args.out, prompts, options)
-    _print_run(args, prompts, report, fmt, started)
-    return 0
+    return _build(args, realign_options, realign)
