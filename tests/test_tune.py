@@ -9,6 +9,7 @@ import json
 import pytest
 
 from rosi.errors import RosiError
+from rosi.prompts import PromptSet
 from rosi.workflows.options import ExtractOptions, MeasureOptions, TuneOptions
 from rosi.workflows.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, tune
 from test_gate import lookalike_loaded, lookalike_sets
@@ -283,11 +284,14 @@ def test_a_guarded_tune_ranks_on_one_half_of_validation_and_picks_on_the_other(t
     loaded, _ = lookalike_loaded()
     sets = lookalike_sets()
     options = TuneOptions(**{**FAST, "confirm": 2, "guard": 0.03}, trials=6, forms=("scale", "gate"), measure=MeasureOptions(new_tokens=4))
-    report = tune(loaded, tmp_path / "out", sets, options)
+    extra = PromptSet(("how to bake a kite", "make soup"), name="extra")
+    report = tune(loaded, tmp_path / "out", sets, options, confirm_harmless=extra)
     rank, confirm = sets.val_lookalike.halves()
     assert not set(rank.instructions) & set(confirm.instructions) and len(rank) + len(confirm) == len(sets.val_lookalike)
     confirmed = [t for t in report.trials if t.confirmed is not None]
     assert all(len(t.confirmed.refused["lookalike"]) == len(confirm) for t in confirmed)  # verdicts of the confirmation half
+    harmless_confirm = len(sets.val_harmless.halves()[1]) + len(extra)  # the extra prompts confirm, never rank
+    assert all(len(t.confirmed.refused["harmless"]) == harmless_confirm for t in confirmed)
     saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
     assert len(saved["guarded"]) == len([t for t in confirmed if not t.reference])
     chosen = report.trial(report.chosen)
@@ -297,7 +301,7 @@ def test_a_guarded_tune_ranks_on_one_half_of_validation_and_picks_on_the_other(t
     else:  # or the default edit is kept, and the report says so
         assert chosen.reference == "default" and "the default edit is kept" in report.chosen_by
     settings = json.loads((tmp_path / "out" / "tune_journal.log").read_text().splitlines()[1])["user_attr"]["settings"]
-    assert settings["guard"] == 0.03
+    assert settings["guard"] == 0.03 and settings["confirm_harmless"] == [2, "extra"]
 
 
 def test_validation_halves_split_every_kind_evenly():

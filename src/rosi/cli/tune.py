@@ -90,6 +90,13 @@ def tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--harmful-hard", default="builtin:harmful_hard:train", metavar="SPEC", help="(default: %(default)s)")
     g.add_argument("--val-harmful-hard", default="builtin:harmful_hard:val", metavar="SPEC", help="(default: %(default)s)")
     p.add_argument(
+        "--confirm-harmless",
+        default="builtin:harmless_styles:val",
+        metavar="SPEC",
+        help="with --guard: more harmless prompts added to the confirmation part only (they never rank trials), so the "
+        "guard bounds the harmless rise on ordinary requests of many styles; 'none' leaves them out (default: %(default)s)",
+    )
+    p.add_argument(
         "--n-val-lookalike",
         type=int_at_least(1),
         default=TUNE_N_VAL_LOOKALIKE,
@@ -181,8 +188,9 @@ def _forms(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(f.strip() for f in args.forms.split(",") if f.strip())
 
 
-def _tune_prompts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """The prompt sets of a tune (its look-alikes spread over their kinds) and the harder harmful ones."""
+def _tune_prompts(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """The prompt sets of a tune (its look-alikes spread over their kinds), the harder harmful ones
+    and the extra harmless confirmation prompts."""
     from dataclasses import replace
 
     from rosi.prompts import load_prompts
@@ -197,7 +205,8 @@ def _tune_prompts(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     prompts.need_lookalikes("rosi tune")
     lookalikes = load_prompts(args.val_lookalike)
     prompts = replace(prompts, val_lookalike=lookalikes.spread(min(args.n_val_lookalike, len(lookalikes))))
-    return prompts, hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val)
+    extra = None if args.guard is None else hard(args.confirm_harmless, None)
+    return prompts, hard(args.harmful_hard, args.n_train), hard(args.val_harmful_hard, args.n_val), extra
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -206,10 +215,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     fmt = checked_output(args, _forms(args), "--forms")
     options = _tune_options(args, fmt)
     check_tune(args.model, inputs(args), Path(args.out), options)  # the seed, the journal: before the model loads
-    prompts, hard_train, hard_val = _tune_prompts(args)
+    prompts, hard_train, hard_val, confirm_harmless = _tune_prompts(args)
     loaded = load(args, compute=True)
     started = time.perf_counter()
-    report = tune(loaded, args.out, prompts, options, hard_train=hard_train, hard_val=hard_val)
+    report = tune(loaded, args.out, prompts, options, hard_train=hard_train, hard_val=hard_val, confirm_harmless=confirm_harmless)
     print()
     print(f"Refusal on validation prompts ({options.measure.new_tokens} new tokens, {judge_note(args.judge)}): {report.chosen_by}")
     print(report.table())

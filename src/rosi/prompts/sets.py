@@ -95,13 +95,18 @@ class PromptSet:
         if len(self) < 2:
             raise PromptError(f"prompt set {self.name!r} has {len(self)} prompt, too few to split into a ranking and a confirmation part")
         kinds = self.categories if self.categories is not None else (None,) * len(self)
-        seen: dict[str | None, int] = {}
-        parts: tuple[list[int], list[int]] = ([], [])
+        by_kind: dict[str | None, list[int]] = {}
         for i, kind in enumerate(kinds):
-            parts[seen.get(kind, 0) % 2].append(i)
-            seen[kind] = seen.get(kind, 0) + 1
-        if not parts[1]:  # one prompt of each category: alternate over the whole set instead
-            parts = (list(range(0, len(self), 2)), list(range(1, len(self), 2)))
+            by_kind.setdefault(kind, []).append(i)
+        parts: tuple[list[int], list[int]] = ([], [])
+        for indices in by_kind.values():  # each kind alternately, starting with the smaller part: both within one overall
+            first = 0 if len(parts[0]) <= len(parts[1]) else 1
+            for j, i in enumerate(indices):
+                parts[(first + j) % 2].append(i)
+        parts[0].sort()
+        parts[1].sort()
+        if not parts[1]:  # a single prompt
+            raise PromptError(f"prompt set {self.name!r} cannot be split into a ranking and a confirmation part")
 
         def part(idx: list[int], suffix: str) -> PromptSet:
             categories = None if self.categories is None else tuple(self.categories[i] for i in idx)

@@ -131,6 +131,7 @@ def tune(
     *,
     hard_train: PromptSet | None = None,
     hard_val: PromptSet | None = None,
+    confirm_harmless: PromptSet | None = None,
 ) -> TuneReport:
     """Search, confirm, pick and save (see the module docstring); returns the report.
 
@@ -138,7 +139,9 @@ def tune(
     (its default form), so the ``default`` reference trial is ``rosi run``'s own edit. The harder
     harmful prompts (``hard_train``, ``hard_val``) are added where the search needs variety: to
     the single prompts the read-outs are fit on, and to the validation prompts every trial is
-    measured on."""
+    measured on. ``confirm_harmless`` (with the guard) is added to the confirmation part of the
+    harmless validation prompts only: it never ranks, and it gives the guard's harmless bound the
+    breadth and the resolution a few dozen prompts cannot."""
     options = options or TuneOptions()
     out = Path(out)
     journal = check_tune(loaded.source.spec, input_paths(loaded.source), out, options)
@@ -146,7 +149,7 @@ def tune(
     new_folders = [p for p in (journal.parent, *journal.parent.parents) if not p.exists()]  # made for the journal
     opened: list[Any] = []  # the study, once open_study has made or resumed the journal
     try:
-        return _tune(loaded, out, prompts, options, journal, opened, hard_train, hard_val)
+        return _tune(loaded, out, prompts, options, journal, opened, (hard_train, hard_val, confirm_harmless))
     except BaseException:
         if not existed:
             _drop_journal(journal, opened, new_folders)
@@ -199,23 +202,24 @@ def _tune(
     options: TuneOptions,
     journal: Path,
     opened: list[Any],
-    hard_train: PromptSet | None,
-    hard_val: PromptSet | None,
+    extra: tuple[PromptSet | None, PromptSet | None, PromptSet | None],
 ) -> TuneReport:
     judge = judge_of(options.measure.judge)
     lap = _Laps()
+    hard_train, hard_val, confirm_harmless = extra
     measured = tune_prompts(prompts, hard_train, hard_val)
     options, extraction = _extract(loaded, prompts, measured, options, lap)
     space = Space(loaded, extraction, options)
     _say(options, f"rosi: tuning at layers {space.layers}, position {extraction.direction.position}; journal {journal}")
-    measure = Measure(loaded, measured, options, judge)
+    measure = Measure(loaded, measured, options, judge, confirm_harmless)
     space.measure_sets = measure.sets
     base_cheap = measure.cheap()
     base_confirmed = measure.confirmed() if options.confirm else base_cheap
     lap("base_model")
     assert extraction.direction.layer is not None
     journal.parent.mkdir(parents=True, exist_ok=True)
-    study = open_study(journal, settings(loaded, measured, options, extraction), options.seed, references(extraction.direction.layer))
+    agreed = {**settings(loaded, measured, options, extraction), "confirm_harmless": _size(confirm_harmless, options)}
+    study = open_study(journal, agreed, options.seed, references(extraction.direction.layer))
     opened.append(study)
     run_trials(study, space, measure, base_cheap, options)
     lap("trials")
@@ -249,6 +253,11 @@ def _tune(
     lap("save")
     report.seconds = lap.seconds
     return report
+
+
+def _size(prompts: PromptSet | None, options: TuneOptions) -> list[Any] | None:
+    """The extra confirmation prompts as a journal records them (none without the guard, which alone uses them)."""
+    return None if prompts is None or options.guard is None else [len(prompts), prompts.name]
 
 
 def _extract(

@@ -32,13 +32,22 @@ class Measure:
     scores rank trials on the first part (``rank_sets``), confirmed scores are measured on the
     second (``sets``), which never ranks, with every prompt's verdict kept for paired comparisons."""
 
-    def __init__(self, loaded: LoadedModel, prompts: PromptSets, options: TuneOptions, judge: Judge | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        prompts: PromptSets,
+        options: TuneOptions,
+        judge: Judge | None = None,
+        confirm_harmless: PromptSet | None = None,
+    ) -> None:
         self.loaded, self.options = loaded, options
         _, val_lookalike = prompts.need_lookalikes("rosi tune")
         full = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless, "lookalike": val_lookalike}
         split = {role: s.halves() for role, s in full.items()} if options.guard is not None else None
         self.rank_sets = {role: halves[0] for role, halves in split.items()} if split else full
         self.sets = {role: halves[1] for role, halves in split.items()} if split else full  # the confirmation part
+        if split and confirm_harmless is not None:  # more harmless prompts to confirm on, never to rank
+            self.sets["harmless"] = self.sets["harmless"] + confirm_harmless
         self.meter = RefusalMeter(loaded, judge, batch_size=options.extract.batch_size)
         self.ids = refusal_token_ids(loaded.tokenizer)
         # the plain generation path's first step is the forward pass's next-token distribution
