@@ -12,9 +12,8 @@ from rosi.cli.build import checked_output, extract_options, measure_output_optio
 from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
 from rosi.cli.sources import inputs, load
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
+from rosi.judges import SEARCH_TOKENS
 from rosi.workflows.options import MAX_SEED, TuneOptions
-
-CHEAP_TOKENS = 8  # rosi.edit.strength.SEARCH_TOKENS (which imports torch): the length of the replies cheap scores judge
 
 
 def pick_rule(floor: float | str | None) -> str:
@@ -35,7 +34,7 @@ GUARD_RULE = (
 TUNE_DESCRIPTION = (
     "A multi-objective search (Optuna, seeded, journaled: an interrupted tune resumes) on validation prompts only: "
     "harmful refusal up; harmless refusal rise, look-alike refusal rise and first-token KL down. Cheap scores "
-    f"({CHEAP_TOKENS}-token replies by default) for every trial, full replies to confirm the Pareto front, both judged by --judge. "
+    f"({SEARCH_TOKENS}-token replies by default) for every trial, full replies to confirm the Pareto front, both judged by --judge. "
     f"By default (--guard {TuneOptions.guard}), {GUARD_RULE}. With --guard none, {pick_rule(TuneOptions.min_harmful)} "
     f"(--min-harmful {TuneOptions.min_harmful}) is saved. The edit is saved like rosi run's, "
     "with the front (tune_front.csv, tune_front.png) and tune_report.json."
@@ -128,7 +127,7 @@ def _tune_search_args(g: Any, d: TuneOptions) -> None:
         "--score",
         choices=TUNE_SCORES,
         default=d.score,
-        help=f"the trials' cheap score: --judge on {CHEAP_TOKENS}-token replies, or first-token refusal log-odds > 0 "
+        help=f"the trials' cheap score: --judge on {SEARCH_TOKENS}-token replies, or first-token refusal log-odds > 0 "
         "(one forward pass, but a poor proxy on some models) (default: %(default)s)",
     )
     g.add_argument(
