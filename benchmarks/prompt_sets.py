@@ -54,7 +54,7 @@ def main() -> int:
         t = time.perf_counter()
         replies = meter.replies(prompts, args.max_new_tokens, desc=name)
         seconds = round(time.perf_counter() - t, 1)
-        rate = meter.judged(prompts, replies, new_tokens=args.max_new_tokens, label=name)
+        rate = meter.judged(prompts, replies, new_tokens=args.max_new_tokens)
         groups: dict[str, list[bool]] = defaultdict(list)
         for row, refused in zip(rows, rate.refused, strict=True):
             if refused is None:  # the judge gave no verdict: in no group (counted as "unjudged")

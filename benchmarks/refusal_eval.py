@@ -106,7 +106,7 @@ def measure(loaded, label: str, sets, new_tokens: int, batch_size: int, judge: J
     for role, parts in sets.items():
         prompts = instructions(parts)
         replies = meter.replies(prompts, new_tokens, desc=f"{label}, {role}")
-        rate = meter.judged(prompts, replies, new_tokens=new_tokens, label=label)
+        rate = meter.judged(prompts, replies, new_tokens=new_tokens)
         row[role] = rate_row(rate)
         start = 0
         for source, p in parts if len(parts) > 1 else []:

@@ -56,7 +56,7 @@ def measure(
             rate, logprobs = meter.rate_and_logprobs(prompts, new_tokens, share_prefix=False)
         else:
             replies = meter.replies(prompts, new_tokens, desc=f"{label}, {role}")
-            rate = meter.judged(prompts, replies, new_tokens=new_tokens, label=label)
+            rate = meter.judged(prompts, replies, new_tokens=new_tokens)
             row["samples"][role] = [{"prompt": p, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:3]]
         row[role] = {
             **rate_row(rate),

@@ -187,8 +187,7 @@ def _plan(options: EvalOptions, log: Log) -> _Plan:
         raise EvalError(f"--data {data} is not a folder; point it at a folder of public datasets (see docs/eval.md)")
     # fail early on a bad judge spec, before hours of generation; a local Llama Guard (weights to
     # load) is built only when the replies are there, so it does not sit in memory meanwhile
-    check_judge(options.judge)
-    judge = None if options.judge.startswith("llamaguard:") else make_judge(options.judge)
+    judge = check_judge(options.judge)
     utility = options.utility
     if utility is None:
         utility = suite.utility if data is not None or suite.utility_hub is None else suite.utility_hub

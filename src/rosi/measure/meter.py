@@ -24,34 +24,35 @@ from rosi.prompts import PromptSet
 Prompts = PromptSet | Sequence[str]
 
 
-def check_judge(spec: str) -> None:
+def check_judge(spec: str) -> Judge | None:
     """Everything about a judge spec that can fail, checked before long work and without loading
     a judge model: the judge's name, a local judge folder that must exist, a judge server that must
-    answer. Raises :class:`~rosi.errors.RosiError` naming the problem."""
+    answer. Raises :class:`~rosi.errors.RosiError` naming the problem. Returns the judge it built to
+    check it (every judge but a local Llama Guard, whose weights are loaded only when needed: None)."""
     name, _, where = spec.partition(":")
     if name == "llamaguard":
         if not where:
             raise RosiError(f"--judge {spec}: llamaguard needs a checkpoint: llamaguard:PATH_OR_HUB_ID")
         if looks_like_a_path(where) and not Path(where).expanduser().exists():
             raise RosiError(f"--judge {spec}: {where} does not exist; pass a Llama Guard checkpoint folder or hub id")
-        return
+        return None
     judge = make_judge(spec)  # cheap for every other judge: a name check, a URL parsed
     endpoint = getattr(judge, "endpoint", None)
     if isinstance(endpoint, Endpoint):
         endpoint.check_reachable()
+    return judge
 
 
 def judge_of(spec: str) -> Judge:
     """The judge of ``spec`` (``markers``, ``llamaguard:PATH_OR_ID``, ``openai:URL[#MODEL]``, ...),
     after :func:`check_judge`."""
-    check_judge(spec)
-    return make_judge(spec)
+    return check_judge(spec) or make_judge(spec)
 
 
-def judged(judge: Judge, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0, label: str = "") -> RefusalRate:
+def judged(judge: Judge, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0) -> RefusalRate:
     """Judge replies already generated (by a model in memory, a server, an evaluation's cache)."""
     verdicts = judge.judge(_instructions(prompts), list(replies))
-    return RefusalRate.of(verdicts, judge=judge.name or type(judge).__name__, new_tokens=new_tokens, label=label)
+    return RefusalRate.of(verdicts, judge=judge.name or type(judge).__name__, new_tokens=new_tokens)
 
 
 def _instructions(prompts: Prompts) -> list[str]:
@@ -61,20 +62,16 @@ def _instructions(prompts: Prompts) -> list[str]:
 class RefusalMeter:
     """Measures the model in memory as it is now (edits applied or not) on any prompts.
 
-    ``judge``: any :class:`~rosi.judges.Judge` (default: the marker judge). ``share_prefix``:
-    compute the prompts' shared prefix (the chat template's system turn) once per call, the fast
-    path of :func:`rosi.model.generation.generate_with_logprobs` (equal up to rounding)."""
+    ``judge``: any :class:`~rosi.judges.Judge` (default: the marker judge)."""
 
-    def __init__(
-        self, loaded: LoadedModel, judge: Judge | None = None, *, batch_size: int = 32, progress: bool = False, share_prefix: bool = False
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, judge: Judge | None = None, *, batch_size: int = 32, progress: bool = False) -> None:
         self.loaded, self.judge = loaded, judge or MarkerJudge()
-        self.batch_size, self.progress, self.share_prefix = batch_size, progress, share_prefix
+        self.batch_size, self.progress = batch_size, progress
         self.fmt = ChatFormat(loaded.tokenizer)
 
-    def judged(self, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0, label: str = "") -> RefusalRate:
+    def judged(self, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0) -> RefusalRate:
         """Judge replies already generated, with this meter's judge."""
-        return judged(self.judge, prompts, replies, new_tokens=new_tokens, label=label)
+        return judged(self.judge, prompts, replies, new_tokens=new_tokens)
 
     def replies(self, prompts: Prompts, new_tokens: int, *, desc: str = "") -> list[str]:
         return self.replies_at(prompts, (new_tokens,), desc=desc)[new_tokens]
@@ -94,24 +91,26 @@ class RefusalMeter:
         decode = self.loaded.tokenizer.batch_decode
         return {n: list(decode([row[:n] for row in ids], skip_special_tokens=True)) for n in lengths}
 
-    def rate(self, prompts: Prompts, new_tokens: int, *, desc: str = "", label: str = "") -> RefusalRate:
+    def rate(self, prompts: Prompts, new_tokens: int, *, desc: str = "") -> RefusalRate:
         """Refusal in greedy replies of ``new_tokens`` tokens."""
-        return self.rates(prompts, (new_tokens,), desc=desc, label=label)[new_tokens]
+        return self.rates(prompts, (new_tokens,), desc=desc)[new_tokens]
 
-    def rates(self, prompts: Prompts, lengths: Sequence[int], *, desc: str = "", label: str = "") -> dict[int, RefusalRate]:
+    def rates(self, prompts: Prompts, lengths: Sequence[int], *, desc: str = "") -> dict[int, RefusalRate]:
         """Refusal at each reply length, from one generation (:meth:`replies_at`)."""
         replies = self.replies_at(prompts, lengths, desc=desc)
-        return {n: self.judged(prompts, r, new_tokens=n, label=label) for n, r in replies.items()}
+        return {n: self.judged(prompts, r, new_tokens=n) for n, r in replies.items()}
 
-    def rate_and_logprobs(self, prompts: Prompts, new_tokens: int, *, share_prefix: bool | None = None) -> tuple[RefusalRate, torch.Tensor]:
+    def rate_and_logprobs(self, prompts: Prompts, new_tokens: int, *, share_prefix: bool = False) -> tuple[RefusalRate, torch.Tensor]:
         """Refusal in ``new_tokens``-token replies and the first reply token's log-probabilities
-        (for a KL against another model state), from one generation pass."""
+        (for a KL against another model state), from one generation pass. ``share_prefix``:
+        compute the prompts' shared prefix (the chat template's system turn) once, the fast path of
+        :func:`rosi.model.generation.generate_with_logprobs` (equal up to rounding)."""
         replies, logprobs = generate_with_logprobs(
             self.loaded.model,
             self.fmt,
             _instructions(prompts),
             max_new_tokens=new_tokens,
             batch_size=self.batch_size,
-            share_prefix=self.share_prefix if share_prefix is None else share_prefix,
+            share_prefix=share_prefix,
         )
         return self.judged(prompts, replies, new_tokens=new_tokens), logprobs

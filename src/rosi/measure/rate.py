@@ -29,12 +29,11 @@ class RefusalRate:
     partial: tuple[bool, ...] | None = None
     judge: str = "markers"
     new_tokens: int = 0
-    label: str = ""
 
     @classmethod
-    def of(cls, verdicts: Sequence[Verdict], *, judge: str = "markers", new_tokens: int = 0, label: str = "") -> RefusalRate:
+    def of(cls, verdicts: Sequence[Verdict], *, judge: str = "markers", new_tokens: int = 0) -> RefusalRate:
         partial = tuple(bool(v.partial) for v in verdicts) if verdicts and all(v.partial is not None for v in verdicts) else None
-        return cls(tuple(declined(v) for v in verdicts), partial, judge, new_tokens, label)
+        return cls(tuple(declined(v) for v in verdicts), partial, judge, new_tokens)
 
     @property
     def n(self) -> int:

@@ -244,8 +244,8 @@ def _measure(
 
 def _rates(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> Rates:
     n = options.measure.new_tokens
-    harmful = meter.rate(prompts.val_harmful, n, desc=f"rosi: {label}, harmful", label=label)
-    harmless = meter.rate(prompts.val_harmless, n, desc=f"rosi: {label}, harmless", label=label)
+    harmful = meter.rate(prompts.val_harmful, n, desc=f"rosi: {label}, harmful")
+    harmless = meter.rate(prompts.val_harmless, n, desc=f"rosi: {label}, harmless")
     return Rates(label, {"harmful": harmful, "harmless": harmless})
 
 
