@@ -28,7 +28,7 @@ import csv
 import io
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,7 @@ class PromptSet:
         while len(picked) < n:
             picked += [q[depth] for q in queues if depth < len(q)][: n - len(picked)]
             depth += 1
-        picked.sort()
-        return replace(
-            self,
-            instructions=tuple(self.instructions[i] for i in picked),
-            categories=tuple(self.categories[i] for i in picked),
-        )
+        return self._subset(sorted(picked))
 
     def halves(self) -> tuple[PromptSet, PromptSet]:
         """Two disjoint halves, every category split evenly between them (its prompts in turn): a
@@ -103,16 +98,15 @@ class PromptSet:
             first = 0 if len(parts[0]) <= len(parts[1]) else 1
             for j, i in enumerate(indices):
                 parts[(first + j) % 2].append(i)
-        parts[0].sort()
-        parts[1].sort()
-        if not parts[1]:  # a single prompt
-            raise PromptError(f"prompt set {self.name!r} cannot be split into a ranking and a confirmation part")
+        return self._subset(sorted(parts[0]), f"{self.name}:rank"), self._subset(sorted(parts[1]), f"{self.name}:confirm")
 
-        def part(idx: list[int], suffix: str) -> PromptSet:
-            categories = None if self.categories is None else tuple(self.categories[i] for i in idx)
-            return PromptSet(tuple(self.instructions[i] for i in idx), categories, name=f"{self.name}{suffix}")
-
-        return part(parts[0], ":rank"), part(parts[1], ":confirm")
+    def _subset(self, idx: list[int], name: str | None = None) -> PromptSet:
+        """The prompts at ``idx`` (with their categories), named ``name`` (default: this set's name)."""
+        return PromptSet(
+            tuple(self.instructions[i] for i in idx),
+            None if self.categories is None else tuple(self.categories[i] for i in idx),
+            name=self.name if name is None else name,
+        )
 
     def take(self, n: int | None, *, seed: int | None = None) -> PromptSet:
         """The first ``n`` prompts (a seeded random sample when ``seed`` is given)."""
@@ -125,12 +119,7 @@ class PromptSet:
         idx = list(range(len(self)))
         if seed is not None:
             random.Random(seed).shuffle(idx)
-        idx = idx[:n]
-        return replace(
-            self,
-            instructions=tuple(self.instructions[i] for i in idx),
-            categories=None if self.categories is None else tuple(self.categories[i] for i in idx),
-        )
+        return self._subset(idx[:n])
 
 
 @dataclass(frozen=True)
