@@ -72,6 +72,7 @@ from rosi.workflows.tune.study import (
     confirm,
     count_pruned,
     journal_path,
+    known_settings,
     open_study,
     read_results,
     run_trials,
@@ -166,14 +167,9 @@ def check_tune(model: str, protect: tuple[Path, ...], out: Path, options: TuneOp
     for p in (*protect, out):
         if journal.resolve().is_relative_to(Path(p).resolve()):
             raise RosiError(f"--journal {journal} lies in {p} (the {'output' if p == out else 'input'}); choose a journal path beside them")
-    known = {
-        "model": model,
-        "seed": options.seed,
-        "forms": list(options.forms),
-        "score": options.score,
-        "layer_window": options.layer_window,
-    }
-    check_journal(journal, known)  # readable, a rosi tune's, made with these settings (the rest: when the study opens)
+    check_journal(
+        journal, known_settings(model, options)
+    )  # readable, a rosi tune's, made with these settings (the rest: when the study opens)
     return journal
 
 
@@ -218,7 +214,7 @@ def _tune(
     lap("base_model")
     assert extraction.direction.layer is not None
     journal.parent.mkdir(parents=True, exist_ok=True)
-    agreed = {**settings(loaded, measured, options, extraction), "confirm_harmless": _size(confirm_harmless, options)}
+    agreed = settings(loaded, measured, options, extraction, confirm_harmless)
     study = open_study(journal, agreed, options.seed, references(extraction.direction.layer))
     opened.append(study)
     run_trials(study, space, measure, base_cheap, options)
@@ -253,11 +249,6 @@ def _tune(
     lap("save")
     report.seconds = lap.seconds
     return report
-
-
-def _size(prompts: PromptSet | None, options: TuneOptions) -> list[Any] | None:
-    """The extra confirmation prompts as a journal records them (none without the guard, which alone uses them)."""
-    return None if prompts is None or options.guard is None else [len(prompts), prompts.name]
 
 
 def _extract(

@@ -194,7 +194,9 @@ def guarded_pick(results: list[TrialResult], margin: float, reference: str = "de
     itself, said plainly. Returns the trial's number, why, and every candidate's comparison."""
     ref = next((t for t in results if t.reference == reference and t.confirmed is not None), None)
     if ref is None:
-        raise RosiError(f"no confirmed {reference} trial to compare with; confirm at least the references (--confirm >= 0)")
+        raise RosiError(
+            f"no confirmed {reference} trial to compare with; confirm at least one trial (--confirm 1 or more): the references are confirmed first"
+        )
     guards = [Guard.of(t, ref, margin) for t in results if t.confirmed is not None and t.reference is None]
     passing = sorted((g for g in guards if g.passes), key=lambda g: g.differences["lookalike"].difference)
     if passing:

@@ -14,7 +14,7 @@ from rosi.edit.apply import revert_edit
 from rosi.edit.methods import METHODS
 from rosi.errors import JournalError, RosiError, first_line
 from rosi.model.loading import LoadedModel
-from rosi.prompts import PromptSets
+from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import Extraction
 from rosi.workflows.options import TuneOptions
 from rosi.workflows.tune.measurement import Measure
@@ -222,20 +222,33 @@ def _requeue_interrupted(study: Any) -> None:
         study.enqueue_trial(t.params, user_attrs=dict(t.user_attrs))
 
 
-def settings(loaded: LoadedModel, prompts: PromptSets, options: TuneOptions, extraction: Extraction) -> dict[str, Any]:
-    """What a journal must agree on to be resumed."""
-    sets = {"val_harmful": prompts.val_harmful, "val_harmless": prompts.val_harmless, "val_lookalike": prompts.val_lookalike}
+def known_settings(model: str, options: TuneOptions) -> dict[str, Any]:
+    """What a journal must agree on that is known before the model loads (``model``: its spec)."""
     return {
-        "model": loaded.source.spec,
-        "weights": loaded.source.weights_sha256,
+        "model": model,
         "seed": options.seed,
         "forms": list(options.forms),
         "score": options.score,
+        "layer_window": options.layer_window,
+    }
+
+
+def settings(
+    loaded: LoadedModel, prompts: PromptSets, options: TuneOptions, extraction: Extraction, confirm_harmless: PromptSet | None = None
+) -> dict[str, Any]:
+    """What a journal must agree on to be resumed: :func:`known_settings`, the weights, the
+    direction's place, the validation sets and (with the guard, which alone uses them) the extra
+    harmless confirmation prompts."""
+    sets = {"val_harmful": prompts.val_harmful, "val_harmless": prompts.val_harmless, "val_lookalike": prompts.val_lookalike}
+    extra = None if confirm_harmless is None or options.guard is None else [len(confirm_harmless), confirm_harmless.name]
+    return {
+        **known_settings(loaded.source.spec, options),
+        "guard": options.guard,  # how validation is split (ranking and confirmation parts, or neither)
+        "weights": loaded.source.weights_sha256,
         "layer": extraction.direction.layer,
         "position": extraction.direction.position,
-        "layer_window": options.layer_window,
-        "guard": options.guard,  # how validation is split (ranking and confirmation parts, or neither)
         **{k: [len(v), v.name] for k, v in sets.items() if v is not None},
+        "confirm_harmless": extra,
     }
 
 
