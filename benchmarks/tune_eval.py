@@ -140,8 +140,9 @@ def main() -> int:
         revert_edit(loaded.model, record)
         rows.append({**row, **extra})
     roles = list(sets)
-    chosen = next((r for r in rows if "(chosen)" in r["label"]), None)
-    if chosen is not None:  # paired against every other row on the same prompts (McNemar)
+    # the chosen trial (else rosi run's default edit) paired against every other row on the same prompts (McNemar)
+    chosen = next((r for r in rows if "(chosen)" in r["label"]), None) or next((r for r in rows if "(default)" in r["label"]), None)
+    if chosen is not None:
         for r in rows:
             if r is not chosen:
                 r["chosen_minus_this"] = {k: paired(r[k]["refused"], chosen[k]["refused"]).to_json() for k in roles}
@@ -150,7 +151,7 @@ def main() -> int:
         cells = [f"{r[k]['rate']:6.1%} [{r[k]['wilson95'][0]:.0%}-{r[k]['wilson95'][1]:.0%}]" for k in roles]
         print(f"{r['label']:34} " + " ".join(f"{c:>24}" for c in cells) + f" {r.get('kl_harmless_first_token', 0.0):>7.3f}")
     if chosen is not None:
-        print("\nrefusal, chosen minus each row, paired on the same prompts (95% interval, McNemar p):")
+        print(f"\nrefusal, {chosen['label']} minus each row, paired on the same prompts (95% interval, McNemar p):")
         for r in rows:
             if "chosen_minus_this" in r:
                 d = r["chosen_minus_this"]

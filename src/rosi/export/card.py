@@ -55,8 +55,15 @@ def card_text(base: str, base_folder: Path | None, record: EditRecord, rates: li
         body.append("| extraction system prompt | yes (used to find the direction only) |")
     if rates:
         body += ["", "Refusal rosi measured on its validation prompts (greedy replies, refusal-marker judge):", ""]
-        body += ["| model | harmful refused | harmless refused |", "|---|---|---|"]
-        body += [f"| {r['label']} | {r['harmful']:.0%} (n={r['n_harmful']}) | {r['harmless']:.0%} (n={r['n_harmless']}) |" for r in rates]
+        looks = all("lookalike" in r for r in rates)
+        body += ["| model | harmful refused | harmless refused |" + (" look-alikes refused |" if looks else ""), "|---|---|---|" + ("---|" if looks else "")]
+        body += [
+            f"| {r['label']} | {r['harmful']:.0%} (n={r['n_harmful']}) | {r['harmless']:.0%} (n={r['n_harmless']}) |"
+            + (f" {r['lookalike']:.0%} (n={r['n_lookalike']}) |" if looks else "")
+            for r in rates
+        ]
+        if looks:
+            body += ["", "Look-alikes are safe requests that only sound harmful: their refusal is over-refusal."]
     body += [
         "",
         "The edit record (`rosi_edit.safetensors`) holds the direction and every right factor: `rosi verify` checks the "

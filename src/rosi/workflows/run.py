@@ -57,6 +57,11 @@ class Rates:
     def n_harmless(self) -> int:
         return self.measured["harmless"].n
 
+    @property
+    def lookalike(self) -> RefusalRate | None:
+        """Refusal of the look-alike validation prompts (safe requests that sound harmful), where measured."""
+        return self.measured.get("lookalike")
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label}
         for role, rate in self.measured.items():
@@ -98,9 +103,15 @@ class RunReport:
         return phase_table(self.phases)
 
     def table(self) -> str:
-        lines = [f"{'':44} {'harmful refused':>16} {'harmless refused':>17}"]
+        looks = all(r.lookalike is not None for r in self.rates)
+        lines = [f"{'':44} {'harmful refused':>16} {'harmless refused':>17}" + (f" {'look-alikes refused':>20}" if looks else "")]
         for r in self.rates:
-            lines.append(f"{r.label:44} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})")
+            line = f"{r.label:44} {r.harmful:>9.0%} (n={r.n_harmful:<3}) {r.harmless:>9.0%} (n={r.n_harmless:<3})"
+            if looks and r.lookalike is not None:
+                line += f" {r.lookalike.value:>12.0%} (n={r.lookalike.n:<3})"
+            lines.append(line)
+        if looks:
+            lines.append("look-alikes: safe requests that only sound harmful (over-refusal); lower is better")
         return "\n".join(lines)
 
 
@@ -166,7 +177,8 @@ def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tupl
     lengths = (options.measure.new_tokens, SEARCH_TOKENS)
     harmful = meter.rates(prompts.val_harmful, lengths, desc="rosi: base model, harmful")
     harmless = meter.rates(prompts.val_harmless, lengths, desc="rosi: base model, harmless")
-    rates = Rates("base model", {"harmful": harmful[options.measure.new_tokens], "harmless": harmless[options.measure.new_tokens]})
+    measured = {"harmful": harmful[options.measure.new_tokens], "harmless": harmless[options.measure.new_tokens]}
+    rates = Rates("base model", measured | _lookalike(meter, "base model", prompts, options))
     step = StrengthStep(0.0, harmful[SEARCH_TOKENS].value, harmless[SEARCH_TOKENS].value)
     _say(
         options.extract,
@@ -246,7 +258,14 @@ def _rates(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOpt
     n = options.measure.new_tokens
     harmful = meter.rate(prompts.val_harmful, n, desc=f"rosi: {label}, harmful")
     harmless = meter.rate(prompts.val_harmless, n, desc=f"rosi: {label}, harmless")
-    return Rates(label, {"harmful": harmful, "harmless": harmless})
+    return Rates(label, {"harmful": harmful, "harmless": harmless} | _lookalike(meter, label, prompts, options))
+
+
+def _lookalike(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> dict[str, RefusalRate]:
+    """Refusal of the look-alike validation prompts, where the run has them (none: an empty dict)."""
+    if prompts.val_lookalike is None:
+        return {}
+    return {"lookalike": meter.rate(prompts.val_lookalike, options.measure.new_tokens, desc=f"rosi: {label}, look-alikes")}
 
 
 def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, options: RunOptions) -> None:
