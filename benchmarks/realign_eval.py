@@ -2,8 +2,10 @@
 
 Greedy replies (64 new tokens) to prompts from ../shared/data that rosi never saw, judged through
 rosi.measure (the refusal-marker judge, or --judge SPEC), with 95% Wilson intervals, for each model given: harmful (AdvBench,
-JailbreakBench, MaliciousInstruct), harmless (Alpaca) and two look-alike sets (JailbreakBench
-benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful). No system
+JailbreakBench, MaliciousInstruct, each also apart), harmless (Alpaca), two look-alike sets (JailbreakBench
+benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful), and rosi's
+harmful requests in four styles its default fit never trains on (questions, multi-part requests,
+persuasive writing, fiction: ``builtin:harmful_styles:val``, each style apart, the worst named). No system
 prompt anywhere: the models are measured as they will be used.
 
 Run: .venv/bin/python benchmarks/realign_eval.py LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--judge SPEC] [--keep] [--name NAME]
@@ -23,7 +25,7 @@ from _common import DATA, DEFAULT_JUDGE, RESULTS, add_judge, add_name, judge_wor
 from refusal_eval import held_out, measure
 from rosi import load
 from rosi.measure import judge_of
-from rosi.prompts import load_prompts
+from rosi.prompts import PromptSet, builtin, load_prompts
 
 
 def main() -> int:
@@ -40,6 +42,7 @@ def main() -> int:
     sets = held_out(args.n)
     coconot = load_prompts(str(DATA / "coconot" / "coconot_contrast_eval.jsonl")).take(min(args.n, 100), seed=0)
     sets["contrast"] = [*sets["contrast"], ("coconot-contrast", coconot)]
+    sets["styles"] = harmful_styles()
     judge = judge_words(args.judge, args.max_new_tokens, "no system prompt")
     described = {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()}
     labels = {item.partition("=")[0] for item in args.models}
@@ -76,8 +79,25 @@ def main() -> int:
             "seconds": seconds,
         },
     )
+    print(f"\nharmful refusal by held-out set and by style ({', '.join(s for s, _ in sets['styles'])}: rosi's own harmful_styles:val)")
+    for r in rows:
+        parts = {**{k: v for k, v in r["harmful"].items() if isinstance(v, dict)}, **{k: v for k, v in r["styles"].items() if isinstance(v, dict)}}
+        worst = min(parts, key=lambda k: parts[k]["rate"])
+        print(f"{r['label']:28} " + " ".join(f"{k} {v['rate']:.0%}" for k, v in parts.items()) + f"; worst: {worst}")
     print(f"results: {path}")
     return 0
+
+
+def harmful_styles() -> list[tuple[str, PromptSet]]:
+    """rosi's harmful requests written as questions, multi-part requests, persuasive writing and
+    fiction (``builtin:harmful_styles:val``), one part per style: styles that rosi realign's default
+    fit (``builtin:harmful:train``, imperative requests) never sees."""
+    prompts = builtin("harmful_styles", "val")
+    assert prompts.categories is not None
+    by_style: dict[str, list[str]] = {}
+    for text, category in zip(prompts.instructions, prompts.categories, strict=True):
+        by_style.setdefault(str(category).rsplit("/", 1)[-1], []).append(text)
+    return [(style, PromptSet(tuple(texts), name=style)) for style, texts in sorted(by_style.items())]
 
 
 def kept_rows(name: str, judge: str, spec: str, dtype: str, sets: dict) -> dict:

@@ -303,3 +303,35 @@ def test_tune_stability_counts_the_picks_of_several_seeds(monkeypatch, tmp_path)
     assert summary["most_common"] == {"form": "gate", "layer": 14, "tunes": 2} and summary["same_form_and_layer"] == 2 / 3
     assert summary["forms"] == {"gate": 2, "probe": 1}
     assert summary["spread"]["harmful"]["min"] == 0.8 and summary["spread"]["harmful"]["max"] == 1.0
+
+
+def test_cheap_scores_rank_correlation_names_the_score_that_orders_trials_like_their_confirmation(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cheap_scores
+
+    assert cheap_scores.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert cheap_scores.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert cheap_scores.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert cheap_scores.spearman([1, 2], [1, 2]) is None and cheap_scores.spearman([1, 1, 1], [1, 2, 3]) is None
+
+    # four trials: the short replies' harmful refusal orders them as the confirmation does, the
+    # first-token log-odds in reverse; one unconfirmed trial is left out
+    confirmed = [0.5, 0.6, 0.7, 0.9]
+    trials = [
+        {
+            "number": i,
+            "cheap": {"harmful": c - 0.1, "harmful_log_odds": -c, "harmless": 0.1, "kl": 0.01 * i, "lookalike": 0.3, "lookalike_log_odds": 0.0},
+            "confirmed": {"harmful": c, "harmless": 0.1 + 0.01 * i, "lookalike": 0.3, "kl": 0.02 * i},
+        }
+        for i, c in enumerate(confirmed)
+    ] + [{"number": 9, "cheap": {"harmful": 1.0}, "confirmed": None}]
+    folder = tmp_path / "tuned"
+    folder.mkdir()
+    (folder / "tune_report.json").write_text(json.dumps({"trials": trials}))
+    found = cheap_scores.confirmed_trials(folder)
+    assert [t["number"] for t in found] == [0, 1, 2, 3]
+    pooled = cheap_scores.correlations(found)
+    assert pooled["harmful"]["harmful"] == {"spearman": pytest.approx(1.0), "n": 4}
+    assert pooled["harmful"]["harmful_log_odds"]["spearman"] == pytest.approx(-1.0)
+    assert pooled["harmless"]["kl"]["spearman"] == pytest.approx(1.0) and pooled["harmless"]["harmless"]["spearman"] is None
+    assert cheap_scores.best(pooled) == {"harmful": "harmful", "harmless": "kl", "lookalike": None, "kl": "kl"}
