@@ -341,3 +341,15 @@ def test_style_sets_are_not_near_duplicates_of_the_public_sets():
     assert len(public) > 10_000  # AdvBench, JBB, ..., and the Alpaca splits were found
     near = _near_duplicates([p for name in STYLE_SETS for p in _style_set(name)[0].instructions], public)
     assert not near, (len(near), near[:5])
+
+
+def test_builtin_sets_join_with_plus_in_order_with_their_categories():
+    a, b = builtin("harmful", "train"), builtin("harmful_styles", "train")
+    joined = load_prompts("builtin:harmful+harmful_styles:train")
+    assert joined.instructions == a.instructions + b.instructions
+    assert joined.categories == a.categories + b.categories
+    assert joined.name == "builtin:harmful+harmful_styles:train"
+    assert len(load_prompts("builtin:harmless+harmless_styles")) == len(builtin("harmless")) + len(builtin("harmless_styles"))
+    for bad in ("builtin:harmful+nope:train", "builtin:harmful+:val", "builtin:+harmful"):
+        with pytest.raises(PromptError, match="no built-in prompt set"):
+            load_prompts(bad)

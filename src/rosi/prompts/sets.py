@@ -3,6 +3,7 @@
 A spec names where prompts come from:
 
 - ``builtin:harmful`` / ``builtin:harmless`` / ``builtin:lookalike`` / ``builtin:harmful_hard``,
+  several joined by ``+`` (``builtin:harmful+harmful_styles:train``),
   optionally ``:train`` or ``:val`` (rosi's own sets, written for this project, with fixed
   splits; ``lookalike``: safe prompts that sound harmful, by kind; ``harmful_hard``: harmful
   requests in indirect, role-played, fictional, multi-step, academic, obfuscated and
@@ -271,7 +272,14 @@ def split_lines(text: str) -> list[str]:
 
 
 def builtin(kind: str, split: str | None = None) -> PromptSet:
-    """rosi's own prompts: ``harmful`` or ``harmless``, ``train``, ``val`` or both (None)."""
+    """rosi's own prompts: one of :data:`BUILTIN` (or several joined by ``+``, in that order, e.g.
+    ``harmful+harmful_styles``), ``train``, ``val`` or both (None)."""
+    if "+" in kind:
+        sets = [builtin(part, split) for part in kind.split("+")]
+        joined = sets[0]
+        for more in sets[1:]:
+            joined = joined + more
+        return PromptSet(joined.instructions, joined.categories, name=f"builtin:{kind}" + (f":{split}" if split else ""))
     if kind not in BUILTIN:
         raise PromptError(f"no built-in prompt set {kind!r}; choose {' or '.join(BUILTIN)}")
     if split not in (None, "train", "val"):
