@@ -335,3 +335,20 @@ def test_cheap_scores_rank_correlation_names_the_score_that_orders_trials_like_t
     assert pooled["harmful"]["harmful_log_odds"]["spearman"] == pytest.approx(-1.0)
     assert pooled["harmless"]["kl"]["spearman"] == pytest.approx(1.0) and pooled["harmless"]["harmless"]["spearman"] is None
     assert cheap_scores.best(pooled) == {"harmful": "harmful", "harmless": "kl", "lookalike": None, "kl": "kl"}
+
+
+def test_style_holdout_leaves_out_one_style_of_the_joined_training_set(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import style_holdout
+    from rosi.prompts import builtin, load_prompts
+
+    joined = load_prompts("builtin:harmful+harmful_styles:train")
+    styles = style_holdout.by_style(joined)
+    assert list(styles) == ["fiction", "imperative", "multipart", "persuasive", "question"]
+    assert sum(map(len, styles.values())) == len(joined) and len(styles["imperative"]) == len(builtin("harmful", "train"))
+    without = style_holdout.leave_out(joined, "fiction")
+    assert len(without) == len(joined) - len(styles["fiction"])
+    assert not set(styles["fiction"]) & set(without.instructions)
+    assert style_holdout.leave_out(joined, None) == joined
+    with pytest.raises(ValueError, match="leaves no prompts"):
+        style_holdout.leave_out(builtin("harmful", "train"), "imperative")
