@@ -66,12 +66,16 @@ TUNE_ROWS = (
 HEADLINE = (
     Headline("0.5B", "tune_eval_qwen0.5b_twins.json", TUNE_ROWS),
     Headline("0.5B", "tune_eval_qwen0.5b_guard.json", (Row(r".*\(chosen\)", "`rosi tune`'s pick (guarded, the default rule)"),)),
-    Headline("0.5B", "realign_eval_qwen0.5b.json", (Row("abliterated", "abliterated"), Row("re-aligned", "`rosi realign` of it"))),
+    Headline(
+        "0.5B",
+        "realign_eval_qwen0.5b_styles.json",
+        (Row("abliterated", "abliterated"), Row(r"re-aligned \(broad fit\)", "`rosi realign` of it (fit on many styles, the default)")),
+    ),
     Headline("1.5B", "tune_eval_qwen1.5b.json", TUNE_ROWS),
     Headline(
         "1.5B",
         "realign_eval_qwen1.5b.json",
-        (Row("abliterated", "abliterated"), Row("re-aligned-gate-all-val", "`rosi realign` of it")),
+        (Row("abliterated", "abliterated"), Row("re-aligned-gate-all-val", "`rosi realign` of it (the earlier default, fit on imperative prompts)")),
     ),
 )
 # Each headline column and where a row keeps it (the first path that holds a rate).

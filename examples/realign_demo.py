@@ -19,7 +19,7 @@ from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract
 from rosi.workflows.options import OutputOptions, RealignOptions, realign_strength
-from rosi.workflows.realign import realign
+from rosi.workflows.realign import realign, realign_prompts
 
 MODEL = "pypi:qwen2.5-coder-0.5b-instruct"
 
@@ -55,10 +55,12 @@ def main(out: Path) -> int:
     print("\n== rosi realign")
     # compare_paper=False: the paper's form (which re-aligns this model hardly at all, see the
     # README) is not searched and measured beside it, to keep the demo short
+    # the read-out is fit on realign's own training sets (harmful and harmless requests of many
+    # styles); validation stays the 32 + 32 above
     report = realign(
         loaded,
         out / "realigned",
-        prompts,
+        realign_prompts(n_val=len(prompts.val_harmful)),
         RealignOptions(strength=realign_strength(compare_paper=False), output=OutputOptions(overwrite=True)),
     )
     rows += [("abliterated", report.rates[0].harmful, report.rates[0].harmless)]

@@ -165,6 +165,21 @@ def test_realign_flags_default_to_the_library_options():
     assert realign_options(_defaults(["realign", "MODEL", "--out", "OUT"]), "checkpoint") == RealignOptions()
 
 
+def test_realign_fits_on_the_many_styles_sets_its_library_default_loads():
+    """The CLI's prompt flags load exactly :func:`realign_prompts`: harmful and harmless requests of
+    many styles for the fit (rosi run keeps its own sets), every validation prompt."""
+    from rosi.cli.build import prompt_sets
+    from rosi.workflows.realign import realign_prompts
+
+    args = _defaults(["realign", "MODEL", "--out", "OUT"])
+    assert prompt_sets(args) == realign_prompts()
+    assert (args.harmful, args.harmless) == ("builtin:harmful+harmful_styles:train", "builtin:harmless+harmless_styles:train")
+    assert "(default: builtin:harmful+harmful_styles:train)" in " ".join(_flag("realign", "--harmful SPEC").split())
+    styles = {c.rsplit("/", 1)[-1] for c in realign_prompts().harmful.categories if "/" in c}
+    assert styles == {"question", "multipart", "persuasive", "fiction"}
+    assert _defaults(["run", "MODEL", "--out", "OUT"]).harmful == "builtin:harmful:train"
+
+
 def test_eval_help_names_its_defaults():
     from rosi.eval.evaluate import EvalOptions
 

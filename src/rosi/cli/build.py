@@ -204,7 +204,7 @@ def _print_run(args: argparse.Namespace, prompts: Any, report: Any, fmt: str, st
 
 def realign_args(p: argparse.ArgumentParser) -> None:
     from rosi.prompts.system import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
-    from rosi.workflows.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_N_VAL
+    from rosi.workflows.options import DIRECTION_SOURCES, REALIGN_BISECT, REALIGN_HARMFUL, REALIGN_HARMLESS, REALIGN_N_VAL
 
     run_args(p, method_note=REALIGN_METHOD_NOTE)
     p.add_argument(
@@ -229,10 +229,14 @@ def realign_args(p: argparse.ArgumentParser) -> None:
         bisect=REALIGN_BISECT,
         system_prompt=f"builtin:{DEFAULT_SYSTEM_PROMPT}",
         n_val=REALIGN_N_VAL,
+        harmful=REALIGN_HARMFUL,
+        harmless=REALIGN_HARMLESS,
     )
     actions = {a.dest: a for a in p._actions}  # the run arguments whose help differs here
     every = "all of them: the budget needs the harmless ones' resolution"
     actions["n_val"].help = f"use N prompts of each validation set (default: {every if REALIGN_N_VAL is None else REALIGN_N_VAL})"
+    actions["harmful"].help = "harmful prompts for extraction and the read-out's fit, in five styles (default: %(default)s)"
+    actions["harmless"].help = "harmless prompts for extraction and the read-out's fit, in nine styles (default: %(default)s)"
     actions["system_prompt"].help = (
         "safety system prompt for extraction only: TEXT, a FILE, or one of "
         + ", ".join(f"builtin:{n}" for n in SYSTEM_PROMPTS)

@@ -130,6 +130,15 @@ REALIGN_BISECT = 2
 # points, and on 32 prompts one prompt is 3.1 points: the search's decision then hangs on single
 # prompts. All 102 built-in harmless validation prompts (and all 36 harmful ones) are measured.
 REALIGN_N_VAL: int | None = None
+# The prompts the read-out is fit on: rosi's harmful requests in the imperative and as questions,
+# multi-part requests, persuasive writing and fiction, against rosi's harmless requests and
+# ordinary ones in eight styles. Fit on the imperative ones alone, the read-out fired on harmful
+# requests written like them and hardly on other styles; on these, the re-aligned abliterated
+# 0.5B refused more of every held-out set and style with Alpaca unchanged, on validation as well
+# (benchmarks/results/realign_eval_qwen0.5b_styles.json; leave-one-style-out:
+# benchmarks/style_holdout.py).
+REALIGN_HARMFUL = "builtin:harmful+harmful_styles:train"
+REALIGN_HARMLESS = "builtin:harmless+harmless_styles:train"
 
 
 def realign_extract(**changes: object) -> ExtractOptions:

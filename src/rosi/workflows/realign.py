@@ -37,8 +37,17 @@ from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction, activations_for, samples_for
-from rosi.workflows.options import RealignOptions
+from rosi.workflows.options import REALIGN_HARMFUL, REALIGN_HARMLESS, REALIGN_N_VAL, RealignOptions
 from rosi.workflows.run import RunReport, run
+
+
+def realign_prompts(**changes: object) -> PromptSets:
+    """The prompt sets ``rosi realign`` uses by default (``changes``: :meth:`PromptSets.load`'s
+    arguments on top): the read-out fit on harmful and harmless requests of many styles
+    (:data:`~rosi.workflows.options.REALIGN_HARMFUL`, :data:`~rosi.workflows.options.REALIGN_HARMLESS`),
+    every validation prompt measured."""
+    defaults: dict[str, object] = {"harmful": REALIGN_HARMFUL, "harmless": REALIGN_HARMLESS, "n_val": REALIGN_N_VAL}
+    return PromptSets.load(**{**defaults, **changes})  # type: ignore[arg-type]
 
 
 def find_null(loaded: LoadedModel) -> tuple[NullDirection, Ablation | None]:
