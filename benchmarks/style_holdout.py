@@ -20,15 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from _common import DATA, add_name, judge_words, write_results
 from refusal_eval import held_out, instructions, rate_row
 from rosi import load
 from rosi.edit.apply import apply_edit, revert_edit
 from rosi.measure import RefusalMeter
-from rosi.prompts import PromptSet, PromptSets, builtin, load_prompts
-from rosi.workflows.options import RealignOptions
-from rosi.workflows.realign import extract_null, find_null
+from rosi.prompts import PromptSet, builtin
+from rosi.workflows.options import REALIGN_HARMFUL, REALIGN_HARMLESS, RealignOptions
+from rosi.workflows.realign import extract_null, find_null, realign_prompts
 
 STYLED = "harmful_styles"  # the built-in set whose categories end in their style (HARM/STYLE)
 
@@ -43,6 +44,8 @@ def leave_out(prompts: PromptSet, style: str | None) -> PromptSet:
     keep = [i for i, c in enumerate(prompts.categories or (None,) * len(prompts)) if style is None or style_of(c) != style]
     if not keep:
         raise ValueError(f"leaving out {style!r} leaves no prompts in {prompts.name!r}")
+    if style is not None and len(keep) == len(prompts):
+        raise ValueError(f"{prompts.name!r} has no prompts of style {style!r} to leave out")
     return PromptSet(
         tuple(prompts.instructions[i] for i in keep),
         None if prompts.categories is None else tuple(prompts.categories[i] for i in keep),
@@ -61,8 +64,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an abliterated model (rosi realign finds its null direction)")
     parser.add_argument("--strength", type=float, required=True, help="the edit's strength for every fit (e.g. rosi realign's choice)")
-    parser.add_argument("--harmful", default=f"builtin:harmful+{STYLED}:train", help="harmful training prompts (default: %(default)s)")
-    parser.add_argument("--harmless", default="builtin:harmless+harmless_styles:train", help="harmless training prompts (default: %(default)s)")
+    parser.add_argument(
+        "--harmful", default=REALIGN_HARMFUL, help="harmful training prompts, styles left out in turn (default: %(default)s)"
+    )
+    parser.add_argument("--harmless", default=REALIGN_HARMLESS, help="harmless training prompts (default: %(default)s)")
     parser.add_argument("--n", type=int, default=102, help="public held-out harmful prompts (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -71,7 +76,6 @@ def main() -> int:
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"the public held-out sets are not at {DATA}")
-    harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
     styles = list(by_style(builtin(STYLED, "train")))
     sets = {f"style {s}": texts for s, texts in by_style(builtin(STYLED, "val")).items()}
     sets["public held-out (AdvBench, JBB, MaliciousInstruct)"] = instructions(held_out(args.n)["harmful"])
@@ -86,10 +90,20 @@ def main() -> int:
     for left in [None, *styles]:
         label = "every style seen" if left is None else f"{left} left out"
         t = time.perf_counter()
-        prompts = PromptSets(leave_out(harmful, left), harmless, builtin("harmful", "val"), builtin("harmless", "val"), lookalike=builtin("lookalike", "train"))
+        prompts = realign_prompts(harmful=args.harmful, harmless=args.harmless)
+        prompts = replace(prompts, harmful=leave_out(prompts.harmful, left))
         extraction = extract_null(loaded, prompts, options, ablation)
         choice = extraction.choose_writers(loaded, options.extract.form)
-        record = apply_edit(loaded.model, extraction.direction, method, k, writers=choice.writers, reads=choice.reads, second=choice.second)
+        record = apply_edit(
+            loaded.model,
+            extraction.direction,
+            method,
+            k,
+            writers=choice.writers,
+            reads=choice.reads,
+            second=choice.second,
+            keep_originals=True,
+        )
         row: dict = {"label": label, "left_out": left, "n_harmful_train": len(prompts.harmful)}
         for name, texts in sets.items():
             rate = meter.rate(texts, args.max_new_tokens, desc=f"{label}: {name}")
@@ -102,9 +116,11 @@ def main() -> int:
     gaps = {r["left_out"]: r[f"style {r['left_out']}"]["rate"] - full[f"style {r['left_out']}"]["rate"] for r in rows[1:]}
     left_rates = {r["left_out"]: r[f"style {r['left_out']}"]["rate"] for r in rows[1:]}
     worst = min(left_rates, key=lambda s: left_rates[s])
-    print(f"\neach style's refusal when left out of the fit, against when seen: "
-          + ", ".join(f"{s} {left_rates[s]:.0%} ({gaps[s] * 100:+.1f})" for s in styles)
-          + f"; worst left out: {worst}")
+    print(
+        "\neach style's refusal when left out of the fit, against when seen: "
+        + ", ".join(f"{s} {left_rates[s]:.0%} ({gaps[s] * 100:+.1f})" for s in styles)
+        + f"; worst left out: {worst}"
+    )
     path = write_results(
         args.name,
         {

@@ -352,3 +352,5 @@ def test_style_holdout_leaves_out_one_style_of_the_joined_training_set(monkeypat
     assert style_holdout.leave_out(joined, None) == joined
     with pytest.raises(ValueError, match="leaves no prompts"):
         style_holdout.leave_out(builtin("harmful", "train"), "imperative")
+    with pytest.raises(ValueError, match="no prompts of style 'fiction'"):
+        style_holdout.leave_out(builtin("harmful", "train"), "fiction")
