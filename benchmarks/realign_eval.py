@@ -4,8 +4,10 @@ Greedy replies (64 new tokens) to prompts from ../shared/data that rosi never sa
 rosi.measure (the refusal-marker judge, or --judge SPEC), with 95% Wilson intervals, for each model given: harmful (AdvBench,
 JailbreakBench, MaliciousInstruct, each also apart), harmless (Alpaca), two look-alike sets (JailbreakBench
 benign behaviours and CoCoNot's contrast prompts: safe requests that sound harmful), and rosi's
-harmful requests in four styles its default fit never trains on (questions, multi-part requests,
-persuasive writing, fiction: ``builtin:harmful_styles:val``, each style apart, the worst named). No system
+harmful requests in four styles (questions, multi-part requests,
+persuasive writing, fiction: ``builtin:harmful_styles:val``, each style apart, the worst named;
+rosi realign fits on their train split, a fit on the imperative prompts alone never sees them:
+benchmarks/style_holdout.py leaves each out in turn). No system
 prompt anywhere: the models are measured as they will be used.
 
 Run: .venv/bin/python benchmarks/realign_eval.py LABEL=MODEL [LABEL=MODEL ...] [--n 102] [--dtype bfloat16] [--judge SPEC] [--keep] [--name NAME]
@@ -81,7 +83,10 @@ def main() -> int:
     )
     print(f"\nharmful refusal by held-out set and by style ({', '.join(s for s, _ in sets['styles'])}: rosi's own harmful_styles:val)")
     for r in rows:
-        parts = {**{k: v for k, v in r["harmful"].items() if isinstance(v, dict)}, **{k: v for k, v in r["styles"].items() if isinstance(v, dict)}}
+        parts = {
+            **{k: v for k, v in r["harmful"].items() if isinstance(v, dict)},
+            **{k: v for k, v in r["styles"].items() if isinstance(v, dict)},
+        }
         worst = min(parts, key=lambda k: parts[k]["rate"])
         print(f"{r['label']:28} " + " ".join(f"{k} {v['rate']:.0%}" for k, v in parts.items()) + f"; worst: {worst}")
     print(f"results: {path}")
@@ -90,8 +95,7 @@ def main() -> int:
 
 def harmful_styles() -> list[tuple[str, PromptSet]]:
     """rosi's harmful requests written as questions, multi-part requests, persuasive writing and
-    fiction (``builtin:harmful_styles:val``), one part per style: styles that rosi realign's default
-    fit (``builtin:harmful:train``, imperative requests) never sees."""
+    fiction (``builtin:harmful_styles:val``: prompts no fit sees), one part per style."""
     prompts = builtin("harmful_styles", "val")
     assert prompts.categories is not None
     by_style: dict[str, list[str]] = {}

@@ -75,7 +75,10 @@ HEADLINE = (
     Headline(
         "1.5B",
         "realign_eval_qwen1.5b.json",
-        (Row("abliterated", "abliterated"), Row("re-aligned-gate-all-val", "`rosi realign` of it (the earlier default, fit on imperative prompts)")),
+        (
+            Row("abliterated", "abliterated"),
+            Row("re-aligned-gate-all-val", "`rosi realign` of it (the earlier default, fit on imperative prompts)"),
+        ),
     ),
 )
 # Each headline column and where a row keeps it (the first path that holds a rate).

@@ -320,7 +320,14 @@ def test_cheap_scores_rank_correlation_names_the_score_that_orders_trials_like_t
     trials = [
         {
             "number": i,
-            "cheap": {"harmful": c - 0.1, "harmful_log_odds": -c, "harmless": 0.1, "kl": 0.01 * i, "lookalike": 0.3, "lookalike_log_odds": 0.0},
+            "cheap": {
+                "harmful": c - 0.1,
+                "harmful_log_odds": -c,
+                "harmless": 0.1,
+                "kl": 0.01 * i,
+                "lookalike": 0.3,
+                "lookalike_log_odds": 0.0,
+            },
             "confirmed": {"harmful": c, "harmless": 0.1 + 0.01 * i, "lookalike": 0.3, "kl": 0.02 * i},
         }
         for i, c in enumerate(confirmed)

@@ -353,3 +353,23 @@ def test_builtin_sets_join_with_plus_in_order_with_their_categories():
     for bad in ("builtin:harmful+nope:train", "builtin:harmful+:val", "builtin:+harmful"):
         with pytest.raises(PromptError, match="no built-in prompt set"):
             load_prompts(bad)
+
+
+def test_n_train_spreads_over_the_kinds_so_a_joined_set_keeps_every_part():
+    from rosi.prompts import PromptSets
+
+    sets = PromptSets.load("builtin:harmful+harmful_styles:train", n_train=50)
+    styles = {c.rsplit("/", 1)[-1] if "/" in c else "imperative" for c in sets.harmful.categories}
+    assert len(sets.harmful) == 50 and styles == {"imperative", "question", "multipart", "persuasive", "fiction"}
+    with pytest.raises(PromptError, match="fewer than"):
+        PromptSets.load(n_train=10_000)
+
+
+def test_validation_note_counts_lookalikes_that_were_also_fit_on():
+    from rosi.prompts import PromptSets
+
+    held = PromptSets.load()
+    assert held.overlap() == 0 and held.validation_note() == "held out from extraction"
+    shared = PromptSets.load(val_lookalike="builtin:lookalike:train", n_val=None)
+    assert shared.overlap() == len(builtin("lookalike", "train"))
+    assert shared.validation_note().startswith(f"NOT held out: {len(builtin('lookalike', 'train'))} of the")

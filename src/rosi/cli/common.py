@@ -167,10 +167,16 @@ def prompt_args(p: argparse.ArgumentParser) -> None:
         ("--val-harmful", "builtin:harmful:val", "harmful validation prompts"),
         ("--val-harmless", "builtin:harmless:val", "harmless validation prompts"),
         ("--lookalike", "builtin:lookalike:train", "safe prompts that sound harmful, for fitting the gate/surgical read-outs"),
-        ("--val-lookalike", "builtin:lookalike:val", "look-alike validation prompts (rosi tune's look-alike objective)"),
+        (
+            "--val-lookalike",
+            "builtin:lookalike:val",
+            "look-alike validation prompts: measured beside harmful and harmless, rosi tune's look-alike objective",
+        ),
     ):
         g.add_argument(flag, default=default, metavar="SPEC", help=f"{what} (default: %(default)s)")
-    g.add_argument("--n-train", type=int_at_least(1), default=None, help="use the first N prompts of each extraction set (default: all)")
+    g.add_argument(
+        "--n-train", type=int_at_least(1), default=None, help="use N prompts of each extraction set, spread over its kinds (default: all)"
+    )
     g.add_argument(
         "--n-val", type=int_at_least(1), default=DEFAULT_N_VAL, help="use N prompts of each validation set (default: %(default)s)"
     )

@@ -56,7 +56,10 @@ def card_text(base: str, base_folder: Path | None, record: EditRecord, rates: li
     if rates:
         body += ["", "Refusal rosi measured on its validation prompts (greedy replies, refusal-marker judge):", ""]
         looks = all("lookalike" in r for r in rates)
-        body += ["| model | harmful refused | harmless refused |" + (" look-alikes refused |" if looks else ""), "|---|---|---|" + ("---|" if looks else "")]
+        body += [
+            "| model | harmful refused | harmless refused |" + (" look-alikes refused |" if looks else ""),
+            "|---|---|---|" + ("---|" if looks else ""),
+        ]
         body += [
             f"| {r['label']} | {r['harmful']:.0%} (n={r['n_harmful']}) | {r['harmless']:.0%} (n={r['n_harmless']}) |"
             + (f" {r['lookalike']:.0%} (n={r['n_lookalike']}) |" if looks else "")

@@ -146,11 +146,16 @@ class PromptSets:
     def overlap(self) -> int:
         """How many validation prompts are also extraction prompts (0: held out)."""
         extraction = set(self.harmful.instructions) | set(self.harmless.instructions)
-        return sum(1 for p in (*self.val_harmful.instructions, *self.val_harmless.instructions) if p in extraction)
+        extraction |= set(self.lookalike.instructions) if self.lookalike is not None else set()
+        return sum(1 for p in self._validation() if p in extraction)
+
+    def _validation(self) -> tuple[str, ...]:
+        looks = self.val_lookalike.instructions if self.val_lookalike is not None else ()
+        return (*self.val_harmful.instructions, *self.val_harmless.instructions, *looks)
 
     def validation_note(self) -> str:
         """What the run's validation figures are, in words (for its printed table)."""
-        n = len(self.val_harmful) + len(self.val_harmless)
+        n = len(self._validation())
         shared = self.overlap()
         return "held out from extraction" if shared == 0 else f"NOT held out: {shared} of the {n} were also extraction prompts"
 
@@ -168,16 +173,22 @@ class PromptSets:
         n_val: int | None = DEFAULT_N_VAL,
     ) -> PromptSets:
         """The sets from specs (see :func:`load_prompts`; by default rosi's own sets and splits),
-        the first ``n_train`` / ``n_val`` of each (look-alike sets: ``None`` leaves them out; ``n``
+        ``n_train`` of each extraction set spread over its kinds (a joined set's parts included) and
+        the first ``n_val`` of each validation set (look-alike sets: ``None`` leaves them out; ``n``
         of them are spread over their kinds)."""
         return cls(
-            load_prompts(harmful).take(n_train),
-            load_prompts(harmless).take(n_train),
+            _spread(load_prompts(harmful), n_train),
+            _spread(load_prompts(harmless), n_train),
             load_prompts(val_harmful).take(n_val),
             load_prompts(val_harmless).take(n_val),
             _optional(lookalike, n_train),
             _optional(val_lookalike, n_val),
         )
+
+
+def _spread(prompts: PromptSet, n: int | None) -> PromptSet:
+    """``n`` of ``prompts`` spread over their kinds (all of them for None)."""
+    return prompts if n is None else prompts.spread(n)
 
 
 def _optional(spec: str | None, n: int | None) -> PromptSet | None:
