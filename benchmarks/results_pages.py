@@ -68,6 +68,11 @@ HEADLINE = (
     Headline("0.5B", "tune_eval_qwen0.5b_guard.json", (Row(r".*\(chosen\)", "`rosi tune`'s pick (guarded, the default rule)"),)),
     Headline(
         "0.5B",
+        "tune_eval_qwen0.5b_seed1.json",
+        (Row(r".*\(chosen\)", "`rosi tune --seed 1`'s pick (guarded)"), Row(r"neurons \(rosi run\)", "`rosi run --method neurons`")),
+    ),
+    Headline(
+        "0.5B",
         "realign_eval_qwen0.5b_styles.json",
         (Row("abliterated", "abliterated"), Row(r"re-aligned \(broad fit\)", "`rosi realign` of it (fit on many styles, the default)")),
     ),
