@@ -1,6 +1,6 @@
 """How stable `rosi tune`'s pick is across seeds: given the output folders of N tunes of one model
-that differ only in `--seed`, how often the same form and layer win, and the spread of the
-chosen trials' confirmed validation figures.
+that differ only in `--seed`, how often the same form and layer win, the spread of the chosen
+trials' confirmed validation figures, and each tune's time (the phases its report timed).
 
 Run (the documented way to tune with N seeds):
     for s in 0 1 2; do rosi tune MODEL --out tuned-$s --seed $s; done
@@ -35,6 +35,7 @@ def pick_of(folder: Path) -> dict[str, object]:
         "params": chosen["params"],
         "figures": {k: figures[k] for k in FIGURES},
         "chosen_by": report["chosen_by"],
+        "seconds": round(sum(float(v) for v in report.get("seconds", {}).values()), 1),  # the tune's phases, as it timed them
     }
 
 
@@ -57,6 +58,7 @@ def stability(picks: list[dict[str, object]]) -> dict[str, object]:
         "same_form_and_layer": same / len(picks),
         "same_form": forms.most_common(1)[0][1] / len(picks),
         "spread": spread,
+        "seconds": {"mean": statistics.fmean(float(p["seconds"]) for p in picks), "max": max(float(p["seconds"]) for p in picks)},  # type: ignore[arg-type]
     }
 
 
@@ -72,6 +74,7 @@ def main() -> int:
         print(
             f"seed {p['seed']}: {p['form']} layer {p['layer']}"
             f" harmful {f['harmful']:.0%} harmless {f['harmless']:.0%} look-alike {f['lookalike']:.0%} KL {f['kl']:.3f}"  # type: ignore[index]
+            f" ({p['seconds']:.0f} s)"
         )
     most = summary["most_common"]
     print(f"same form and layer in {most['tunes']} of {summary['tunes']} tunes ({most['form']}, layer {most['layer']})")  # type: ignore[index]

@@ -291,7 +291,13 @@ def test_tune_stability_counts_the_picks_of_several_seeds(monkeypatch, tmp_path)
         folder.mkdir()
         figures = {"harmful": harmful, "harmless": 0.1, "lookalike": 0.4, "kl": 0.05}
         chosen = {"number": 7, "params": {"form": form, "layer": layer}, "reference": None, "confirmed": figures, "cheap": figures}
-        report = {"options": {"seed": seed}, "trials": [chosen], "chosen": 7, "chosen_by": "rule"}
+        report = {
+            "options": {"seed": seed},
+            "trials": [chosen],
+            "chosen": 7,
+            "chosen_by": "rule",
+            "seconds": {"trials": 60.0 * (seed + 1), "confirm": 30.0},
+        }
         (folder / "tune_report.json").write_text(json.dumps(report))
         return folder
 
@@ -303,6 +309,7 @@ def test_tune_stability_counts_the_picks_of_several_seeds(monkeypatch, tmp_path)
     assert summary["most_common"] == {"form": "gate", "layer": 14, "tunes": 2} and summary["same_form_and_layer"] == 2 / 3
     assert summary["forms"] == {"gate": 2, "probe": 1}
     assert summary["spread"]["harmful"]["min"] == 0.8 and summary["spread"]["harmful"]["max"] == 1.0
+    assert [p["seconds"] for p in picks] == [90.0, 150.0, 210.0] and summary["seconds"] == {"mean": 150.0, "max": 210.0}
 
 
 def test_cheap_scores_rank_correlation_names_the_score_that_orders_trials_like_their_confirmation(monkeypatch, tmp_path):
