@@ -28,6 +28,7 @@ from refusal_eval import held_out, measure
 from rosi import load
 from rosi.measure import judge_of
 from rosi.prompts import PromptSet, builtin, load_prompts
+from style_holdout import by_style
 
 
 def main() -> int:
@@ -96,12 +97,7 @@ def main() -> int:
 def harmful_styles() -> list[tuple[str, PromptSet]]:
     """rosi's harmful requests written as questions, multi-part requests, persuasive writing and
     fiction (``builtin:harmful_styles:val``: prompts no fit sees), one part per style."""
-    prompts = builtin("harmful_styles", "val")
-    assert prompts.categories is not None
-    by_style: dict[str, list[str]] = {}
-    for text, category in zip(prompts.instructions, prompts.categories, strict=True):
-        by_style.setdefault(str(category).rsplit("/", 1)[-1], []).append(text)
-    return [(style, PromptSet(tuple(texts), name=style)) for style, texts in sorted(by_style.items())]
+    return [(style, PromptSet(tuple(texts), name=style)) for style, texts in by_style(builtin("harmful_styles", "val")).items()]
 
 
 def kept_rows(name: str, judge: str, spec: str, dtype: str, sets: dict) -> dict:

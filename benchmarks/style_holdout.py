@@ -87,11 +87,11 @@ def main() -> int:
         sys.exit(f"{args.model}: no direction was ablated from its writers; this benchmark measures re-aligning an abliterated model")
     meter = RefusalMeter(loaded, batch_size=args.batch_size, progress=True)
     rows, seconds = [], {}
+    every = realign_prompts(harmful=args.harmful, harmless=args.harmless)
     for left in [None, *styles]:
         label = "every style seen" if left is None else f"{left} left out"
         t = time.perf_counter()
-        prompts = realign_prompts(harmful=args.harmful, harmless=args.harmless)
-        prompts = replace(prompts, harmful=leave_out(prompts.harmful, left))
+        prompts = replace(every, harmful=leave_out(every.harmful, left))
         extraction = extract_null(loaded, prompts, options, ablation)
         choice = extraction.choose_writers(loaded, options.extract.form)
         record = apply_edit(
