@@ -1,17 +1,26 @@
-"""What `rosi realign`'s fit does on a style of harmful request it never saw: leave-one-style-out.
+"""What `rosi realign`'s fit does on a style it never saw: leave-one-style-out, harmful and harmless.
 
 On an abliterated model (the null direction, as `rosi realign` finds it), the default form's
-read-out (`gate` with the null space) is fit once on every harmful training style, then once with
-each style of ``builtin:harmful_styles`` (questions, multi-part requests, persuasive writing,
-fiction) left out of its harmful training prompts, and applied at one strength (``--strength``,
-e.g. the one `rosi realign` chose; the strength search is left out so that only the fit changes).
-Each fit's refusal is measured on every style's validation prompts (``builtin:harmful_styles:val``)
-and on the public held-out harmful set (AdvBench, JailbreakBench, MaliciousInstruct: a style rosi
-never trains on), 64-token greedy replies, rosi.measure's marker judge, 95% Wilson intervals. The
-gap between a style's refusal when it was left out and when it was seen is what the fit loses on
-a style it never saw; the worst left-out style is named.
+read-out (`gate` with the null space) is fit once on every training style, then once with each
+style left out, and applied at one strength (``--strength``, e.g. the one `rosi realign` chose; the
+strength search is left out so that only the fit changes).
 
-Run: .venv/bin/python benchmarks/style_holdout.py ABLITERATED --strength 20 [--n 102] [--name NAME]
+- Harmful side: each style of ``builtin:harmful_styles`` (questions, multi-part requests,
+  persuasive writing, fiction) left out of the harmful training prompts in turn; refusal on every
+  style's validation prompts (``builtin:harmful_styles:val``) and on the public held-out harmful
+  set (AdvBench, JailbreakBench, MaliciousInstruct: a style rosi never trains on). Lower is worse.
+- Harmless side: each style of ``builtin:harmless_styles`` (everyday requests, writing, code,
+  maths, advice, rewrites, role-play, multi-part requests) left out of the harmless training
+  prompts in turn, with the categories of rosi's own harmless set that are the same style
+  (``coding`` for code, ``advice_math`` for advice and maths); refusal on that style's validation
+  prompts (``builtin:harmless_styles:val``). Higher is worse: a read-out that never saw a kind of
+  ordinary request may fire on it.
+
+64-token greedy replies, rosi.measure's marker judge, 95% Wilson intervals. The gap between a
+style's refusal when it was left out and when it was seen is what the fit loses on a style it never
+saw; the worst left-out style of each side is named.
+
+Run: .venv/bin/python benchmarks/style_holdout.py ABLITERATED --strength 20 [--sides harmful,harmless] [--n 102] [--name NAME]
 (writes benchmarks/results/NAME.json, e.g. --name style_holdout_qwen0.5b)
 """
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from _common import DATA, add_name, judge_words, write_results
@@ -32,6 +42,10 @@ from rosi.workflows.options import REALIGN_HARMFUL, REALIGN_HARMLESS, RealignOpt
 from rosi.workflows.realign import extract_null, find_null, realign_prompts
 
 STYLED = "harmful_styles"  # the built-in set whose categories end in their style (HARM/STYLE)
+HARMLESS_STYLED = "harmless_styles"  # the built-in set whose categories are their style
+# categories of rosi's own harmless set that are a harmless_styles style by another name
+SAME_STYLE = {"coding": ("code",), "advice_math": ("advice", "maths")}
+SIDES = ("harmful", "harmless")
 
 
 def style_of(category: str | None) -> str:
@@ -39,9 +53,18 @@ def style_of(category: str | None) -> str:
     return "imperative" if not category or "/" not in category else category.rsplit("/", 1)[1]
 
 
-def leave_out(prompts: PromptSet, style: str | None) -> PromptSet:
-    """``prompts`` without those of ``style`` (None: all of them)."""
-    keep = [i for i, c in enumerate(prompts.categories or (None,) * len(prompts)) if style is None or style_of(c) != style]
+def harmless_styles_of(category: str | None) -> tuple[str, ...]:
+    """The styles a harmless prompt's category is: the category itself, and the style it is by another name."""
+    return (category or "", *SAME_STYLE.get(category or "", ()))
+
+
+def harmful_styles_of(category: str | None) -> tuple[str, ...]:
+    return (style_of(category),)
+
+
+def leave_out(prompts: PromptSet, style: str | None, styles_of: Callable[[str | None], tuple[str, ...]] = harmful_styles_of) -> PromptSet:
+    """``prompts`` without those of ``style`` (None: all of them); ``styles_of`` names a category's styles."""
+    keep = [i for i, c in enumerate(prompts.categories or (None,) * len(prompts)) if style is None or style not in styles_of(c)]
     if not keep:
         raise ValueError(f"leaving out {style!r} leaves no prompts in {prompts.name!r}")
     if style is not None and len(keep) == len(prompts):
@@ -53,11 +76,25 @@ def leave_out(prompts: PromptSet, style: str | None) -> PromptSet:
     )
 
 
-def by_style(prompts: PromptSet) -> dict[str, list[str]]:
+def by_style(prompts: PromptSet, key: Callable[[str | None], str] = style_of) -> dict[str, list[str]]:
+    """The prompts grouped by ``key`` of their category (default: the style of a ``HARM/STYLE`` category)."""
     out: dict[str, list[str]] = {}
     for text, category in zip(prompts.instructions, prompts.categories or (None,) * len(prompts), strict=True):
-        out.setdefault(style_of(category), []).append(text)
+        out.setdefault(key(category), []).append(text)
     return dict(sorted(out.items()))
+
+
+def plain(category: str | None) -> str:
+    return category or ""
+
+
+def summary(rows: list[dict], side: str, worse: Callable[..., str]) -> dict:
+    """Each left-out style's refusal, its gap to the fit that saw it, and the worst one (``worse``: min or max)."""
+    full = rows[0]
+    left = [r for r in rows if r["side"] == side]
+    rates = {r["left_out"]: r[f"{side} style {r['left_out']}"]["rate"] for r in left}
+    gaps = {s: rates[s] - full[f"{side} style {s}"]["rate"] for s in rates}
+    return {"left_out_rate": rates, "left_out_minus_seen": gaps, "worst_left_out": worse(rates, key=lambda s: rates[s])}
 
 
 def main() -> int:
@@ -68,17 +105,27 @@ def main() -> int:
         "--harmful", default=REALIGN_HARMFUL, help="harmful training prompts, styles left out in turn (default: %(default)s)"
     )
     parser.add_argument("--harmless", default=REALIGN_HARMLESS, help="harmless training prompts (default: %(default)s)")
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help="whose styles are left out in turn, of harmful and harmless (default: %(default)s)"
+    )
     parser.add_argument("--n", type=int, default=102, help="public held-out harmful prompts (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16")
     add_name(parser, __file__)
     args = parser.parse_args()
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if not sides or set(sides) - set(SIDES):
+        parser.error(f"--sides: {args.sides!r} is not a list of {', '.join(SIDES)}")
     if not DATA.is_dir():
         sys.exit(f"the public held-out sets are not at {DATA}")
-    styles = list(by_style(builtin(STYLED, "train")))
-    sets = {f"style {s}": texts for s, texts in by_style(builtin(STYLED, "val")).items()}
-    sets["public held-out (AdvBench, JBB, MaliciousInstruct)"] = instructions(held_out(args.n)["harmful"])
+    styles = {
+        "harmful": list(by_style(builtin(STYLED, "train"))),
+        "harmless": list(by_style(builtin(HARMLESS_STYLED, "train"), plain)),
+    }
+    sets = {"harmful": {f"harmful style {s}": texts for s, texts in by_style(builtin(STYLED, "val")).items()}}
+    sets["harmful"]["public held-out (AdvBench, JBB, MaliciousInstruct)"] = instructions(held_out(args.n)["harmful"])
+    sets["harmless"] = {f"harmless style {s}": texts for s, texts in by_style(builtin(HARMLESS_STYLED, "val"), plain).items()}
     options = RealignOptions()
     method, k = options.extract.form.method, args.strength
     loaded = load(args.model, device="cpu", dtype=args.dtype)
@@ -88,10 +135,22 @@ def main() -> int:
     meter = RefusalMeter(loaded, batch_size=args.batch_size, progress=True)
     rows, seconds = [], {}
     every = realign_prompts(harmful=args.harmful, harmless=args.harmless)
-    for left in [None, *styles]:
-        label = "every style seen" if left is None else f"{left} left out"
+    # every style seen (measured on every side's sets), then each side's styles left out in turn (measured on that style)
+    runs: list[tuple[str | None, str | None, dict[str, list[str]]]] = [
+        (None, None, {n: t for side in sides for n, t in sets[side].items()})
+    ]
+    for side in sides:
+        for left in styles[side]:
+            measured = sets[side] if side == "harmful" else {f"harmless style {left}": sets["harmless"][f"harmless style {left}"]}
+            runs.append((side, left, measured))
+    for side, left, measured in runs:
+        label = "every style seen" if left is None else f"{side} {left} left out"
         t = time.perf_counter()
-        prompts = replace(every, harmful=leave_out(every.harmful, left))
+        prompts = every
+        if side == "harmful":
+            prompts = replace(every, harmful=leave_out(every.harmful, left))
+        elif side == "harmless":
+            prompts = replace(every, harmless=leave_out(every.harmless, left, harmless_styles_of))
         extraction = extract_null(loaded, prompts, options, ablation)
         choice = extraction.choose_writers(loaded, options.extract.form)
         record = apply_edit(
@@ -104,23 +163,29 @@ def main() -> int:
             second=choice.second,
             keep_originals=True,
         )
-        row: dict = {"label": label, "left_out": left, "n_harmful_train": len(prompts.harmful)}
-        for name, texts in sets.items():
+        row: dict = {
+            "label": label,
+            "side": side,
+            "left_out": left,
+            "n_harmful_train": len(prompts.harmful),
+            "n_harmless_train": len(prompts.harmless),
+        }
+        for name, texts in measured.items():
             rate = meter.rate(texts, args.max_new_tokens, desc=f"{label}: {name}")
             row[name] = rate_row(rate)
         revert_edit(loaded.model, record)
         rows.append(row)
         seconds[label] = round(time.perf_counter() - t, 1)
-        print(f"{label:28} " + " ".join(f"{n.split(' (')[0]} {row[n]['rate']:.0%}" for n in sets), flush=True)
-    full = rows[0]
-    gaps = {r["left_out"]: r[f"style {r['left_out']}"]["rate"] - full[f"style {r['left_out']}"]["rate"] for r in rows[1:]}
-    left_rates = {r["left_out"]: r[f"style {r['left_out']}"]["rate"] for r in rows[1:]}
-    worst = min(left_rates, key=lambda s: left_rates[s])
-    print(
-        "\neach style's refusal when left out of the fit, against when seen: "
-        + ", ".join(f"{s} {left_rates[s]:.0%} ({gaps[s] * 100:+.1f})" for s in styles)
-        + f"; worst left out: {worst}"
-    )
+        print(f"{label:32} " + " ".join(f"{n.split(' (')[0]} {row[n]['rate']:.0%}" for n in measured), flush=True)
+    results: dict = {}
+    for side in sides:
+        results[side] = summary(rows, side, min if side == "harmful" else max)
+        rates, gaps = results[side]["left_out_rate"], results[side]["left_out_minus_seen"]
+        print(
+            f"\n{side}: each style's refusal when left out of the fit, against when seen: "
+            + ", ".join(f"{s} {rates[s]:.0%} ({gaps[s] * 100:+.1f})" for s in rates)
+            + f"; worst left out: {results[side]['worst_left_out']}"
+        )
     path = write_results(
         args.name,
         {
@@ -131,11 +196,9 @@ def main() -> int:
             "harmless_train": args.harmless,
             "judge": judge_words("markers", args.max_new_tokens, "no system prompt"),
             "dtype": args.dtype,
-            "sets": {n: len(t) for n, t in sets.items()},
+            "sets": {n: len(t) for side in sides for n, t in sets[side].items()},
             "rows": rows,
-            "left_out_rate": left_rates,
-            "left_out_minus_seen": gaps,
-            "worst_left_out": worst,
+            **results,
             "seconds": seconds,
         },
     )

@@ -368,3 +368,39 @@ def test_style_holdout_leaves_out_one_style_of_the_joined_training_set(monkeypat
         style_holdout.leave_out(builtin("harmful", "train"), "imperative")
     with pytest.raises(ValueError, match="no prompts of style 'fiction'"):
         style_holdout.leave_out(builtin("harmful", "train"), "fiction")
+
+
+def test_style_holdout_leaves_a_harmless_style_out_with_its_namesakes_and_names_each_sides_worst(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import style_holdout
+    from rosi.prompts import builtin, load_prompts
+
+    joined = load_prompts("builtin:harmless+harmless_styles:train")
+    styles = list(style_holdout.by_style(builtin("harmless_styles", "train"), style_holdout.plain))
+    assert len(styles) >= 8 and {"code", "maths", "advice", "multipart"} <= set(styles)
+    without = style_holdout.leave_out(joined, "code", style_holdout.harmless_styles_of)
+    gone = set(joined.instructions) - set(without.instructions)
+    # rosi's own harmless "coding" prompts are the same style, so they leave with harmless_styles' "code"
+    coding = {t for t, c in zip(joined.instructions, joined.categories or (), strict=True) if c in ("code", "coding")}
+    assert gone == coding and {"code", "coding"} <= set(joined.categories or ())
+    assert all(c not in ("code", "coding") for c in without.categories or ())
+    assert style_holdout.leave_out(joined, "maths", style_holdout.harmless_styles_of).categories.count("advice_math") == 0  # type: ignore[union-attr]
+
+    def row(side, left, **rates):
+        return {
+            "side": side,
+            "left_out": left,
+            **{f"{s} style {n}": {"rate": r} for s, n, r in (k.split("_") + [v] for k, v in rates.items())},
+        }
+
+    rows = [
+        row(None, None, harmful_a=0.9, harmful_b=0.8, harmless_c=0.1, harmless_d=0.0),
+        row("harmful", "a", harmful_a=0.5, harmful_b=0.8),
+        row("harmful", "b", harmful_a=0.9, harmful_b=0.7),
+        row("harmless", "c", harmless_c=0.1),
+        row("harmless", "d", harmless_d=0.3),
+    ]
+    harmful = style_holdout.summary(rows, "harmful", min)
+    assert harmful["worst_left_out"] == "a" and harmful["left_out_minus_seen"]["a"] == pytest.approx(-0.4)
+    harmless = style_holdout.summary(rows, "harmless", max)
+    assert harmless["worst_left_out"] == "d" and harmless["left_out_rate"] == {"c": 0.1, "d": 0.3}
