@@ -16,6 +16,10 @@ strength search is left out so that only the fit changes).
   prompts (``builtin:harmless_styles:val``). Higher is worse: a read-out that never saw a kind of
   ordinary request may fire on it.
 
+With ``--mirror``, a harmful style left out also leaves out its harmless namesake (multi-part
+requests are a style of both sets): without it, the fit sees that style only in ordinary requests
+and may learn it as a sign of harmlessness, the hardest case rather than an unseen style.
+
 64-token greedy replies, rosi.measure's marker judge, 95% Wilson intervals. The gap between a
 style's refusal when it was left out and when it was seen is what the fit loses on a style it never
 saw; the worst left-out style of each side is named.
@@ -112,6 +116,11 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="leave a harmful style's harmless namesake (multipart) out of the harmless prompts too, so that it is unseen on both sides",
+    )
     add_name(parser, __file__)
     args = parser.parse_args()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
@@ -149,6 +158,8 @@ def main() -> int:
         prompts = every
         if side == "harmful":
             prompts = replace(every, harmful=leave_out(every.harmful, left))
+            if args.mirror and left in {c for cat in every.harmless.categories or () for c in harmless_styles_of(cat)}:
+                prompts = replace(prompts, harmless=leave_out(every.harmless, left, harmless_styles_of))
         elif side == "harmless":
             prompts = replace(every, harmless=leave_out(every.harmless, left, harmless_styles_of))
         extraction = extract_null(loaded, prompts, options, ablation)
@@ -194,6 +205,7 @@ def main() -> int:
             "strength": k,
             "harmful_train": args.harmful,
             "harmless_train": args.harmless,
+            "mirror": args.mirror,
             "judge": judge_words("markers", args.max_new_tokens, "no system prompt"),
             "dtype": args.dtype,
             "sets": {n: len(t) for side in sides for n, t in sets[side].items()},
