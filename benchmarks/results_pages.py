@@ -55,21 +55,19 @@ class Headline:
 # The held-out evaluations behind the README's table: rosi run's default, the paper's form and
 # rosi tune's pick (tune_eval, paired on the same prompts), and rosi realign on an abliterated model.
 # The rows of a tune_eval file: the base, rosi run's default and the paper's form (the references
-# every tune measures), and the trial the tune kept. The tunes of these files predate the guarded
-# pick: they kept their trial by the rule `--guard none` applies today.
+# every tune measures). The picks of the older rule (`--guard none`) are in docs/results.md only.
 TUNE_ROWS = (
     Row(r"base model", "base model"),
     Row(r".*\(default\)", "`rosi run`'s default"),
     Row(r".*\(paper\)", "the paper's form"),
-    Row(r".*\(chosen\)", "`rosi tune --guard none`'s pick"),
 )
 HEADLINE = (
     Headline("0.5B", "tune_eval_qwen0.5b_twins.json", TUNE_ROWS),
-    Headline("0.5B", "tune_eval_qwen0.5b_guard.json", (Row(r".*\(chosen\)", "`rosi tune`'s pick (guarded, the default rule)"),)),
+    Headline("0.5B", "tune_eval_qwen0.5b_guard.json", (Row(r".*\(chosen\)", "`rosi tune`'s pick, seeds 0 and 2 (the default kept)"),)),
     Headline(
         "0.5B",
         "tune_eval_qwen0.5b_seed1.json",
-        (Row(r".*\(chosen\)", "`rosi tune --seed 1`'s pick (guarded)"), Row(r"neurons \(rosi run\)", "`rosi run --method neurons`")),
+        (Row(r".*\(chosen\)", "`rosi tune`'s pick, seed 1"), Row(r"neurons \(rosi run\)", "`rosi run --method neurons`")),
     ),
     Headline(
         "0.5B",
