@@ -144,6 +144,8 @@ def main() -> int:
     meter = RefusalMeter(loaded, batch_size=args.batch_size, progress=True)
     rows, seconds = [], {}
     every = realign_prompts(harmful=args.harmful, harmless=args.harmless)
+    # the styles the harmless training prompts hold: a harmful style among them has a harmless namesake (--mirror)
+    harmless_kinds = {s for category in every.harmless.categories or () for s in harmless_styles_of(category)}
     # every style seen (measured on every side's sets), then each side's styles left out in turn (measured on that style)
     runs: list[tuple[str | None, str | None, dict[str, list[str]]]] = [
         (None, None, {n: t for side in sides for n, t in sets[side].items()})
@@ -158,7 +160,7 @@ def main() -> int:
         prompts = every
         if side == "harmful":
             prompts = replace(every, harmful=leave_out(every.harmful, left))
-            if args.mirror and left in {c for cat in every.harmless.categories or () for c in harmless_styles_of(cat)}:
+            if args.mirror and left in harmless_kinds:
                 prompts = replace(prompts, harmless=leave_out(every.harmless, left, harmless_styles_of))
         elif side == "harmless":
             prompts = replace(every, harmless=leave_out(every.harmless, left, harmless_styles_of))
