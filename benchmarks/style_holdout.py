@@ -24,7 +24,7 @@ and may learn it as a sign of harmlessness, the hardest case rather than an unse
 style's refusal when it was left out and when it was seen is what the fit loses on a style it never
 saw; the worst left-out style of each side is named.
 
-Run: .venv/bin/python benchmarks/style_holdout.py ABLITERATED --strength 20 [--sides harmful,harmless] [--n 102] [--name NAME]
+Run: .venv/bin/python benchmarks/style_holdout.py ABLITERATED --strength 20 [--sides harmful,harmless] [--mirror] [--left-out-only] [--n 102] [--name NAME]
 (writes benchmarks/results/NAME.json, e.g. --name style_holdout_qwen0.5b)
 """
 
@@ -101,6 +101,21 @@ def summary(rows: list[dict], side: str, worse: Callable[..., str]) -> dict:
     return {"left_out_rate": rates, "left_out_minus_seen": gaps, "worst_left_out": worse(rates, key=lambda s: rates[s])}
 
 
+Run = tuple[str | None, str | None, dict[str, list[str]]]  # the side left out, its style (None: every style seen), the sets measured
+
+
+def plan(sides: list[str], styles: dict[str, list[str]], sets: dict[str, dict[str, list[str]]], left_out_only: bool = False) -> list[Run]:
+    """The fits to run: every style seen (measured on every side's sets), then each side's styles
+    left out in turn. A harmless fit is measured on the style it left out; a harmful one on every
+    harmful set (what leaving one style out does to the others), or on its own style with ``left_out_only``."""
+    runs: list[Run] = [(None, None, {n: t for side in sides for n, t in sets[side].items()})]
+    for side in sides:
+        for left in styles[side]:
+            name = f"{side} style {left}"
+            runs.append((side, left, sets[side] if side == "harmful" and not left_out_only else {name: sets[side][name]}))
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an abliterated model (rosi realign finds its null direction)")
@@ -120,6 +135,11 @@ def main() -> int:
         "--mirror",
         action="store_true",
         help="leave a harmful style's harmless namesake (multipart) out of the harmless prompts too, so that it is unseen on both sides",
+    )
+    parser.add_argument(
+        "--left-out-only",
+        action="store_true",
+        help="measure each harmful left-out fit on its left-out style alone (not on every style and the public set): about a third of the time",
     )
     add_name(parser, __file__)
     args = parser.parse_args()
@@ -146,15 +166,7 @@ def main() -> int:
     every = realign_prompts(harmful=args.harmful, harmless=args.harmless)
     # the styles the harmless training prompts hold: a harmful style among them has a harmless namesake (--mirror)
     harmless_kinds = {s for category in every.harmless.categories or () for s in harmless_styles_of(category)}
-    # every style seen (measured on every side's sets), then each side's styles left out in turn (measured on that style)
-    runs: list[tuple[str | None, str | None, dict[str, list[str]]]] = [
-        (None, None, {n: t for side in sides for n, t in sets[side].items()})
-    ]
-    for side in sides:
-        for left in styles[side]:
-            measured = sets[side] if side == "harmful" else {f"harmless style {left}": sets["harmless"][f"harmless style {left}"]}
-            runs.append((side, left, measured))
-    for side, left, measured in runs:
+    for side, left, measured in plan(sides, styles, sets, args.left_out_only):
         label = "every style seen" if left is None else f"{side} {left} left out"
         t = time.perf_counter()
         prompts = every
@@ -208,6 +220,7 @@ def main() -> int:
             "harmful_train": args.harmful,
             "harmless_train": args.harmless,
             "mirror": args.mirror,
+            "left_out_only": args.left_out_only,
             "judge": judge_words("markers", args.max_new_tokens, "no system prompt"),
             "dtype": args.dtype,
             "sets": {n: len(t) for side in sides for n, t in sets[side].items()},

@@ -404,3 +404,20 @@ def test_style_holdout_leaves_a_harmless_style_out_with_its_namesakes_and_names_
     assert harmful["worst_left_out"] == "a" and harmful["left_out_minus_seen"]["a"] == pytest.approx(-0.4)
     harmless = style_holdout.summary(rows, "harmless", max)
     assert harmless["worst_left_out"] == "d" and harmless["left_out_rate"] == {"c": 0.1, "d": 0.3}
+
+
+def test_style_holdout_plan_measures_each_left_out_fit_on_its_own_style_when_asked(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import style_holdout
+
+    sets = {
+        "harmful": {"harmful style a": ["x"], "harmful style b": ["y"], "public": ["z"]},
+        "harmless": {"harmless style c": ["w"]},
+    }
+    styles = {"harmful": ["a", "b"], "harmless": ["c"]}
+    runs = style_holdout.plan(["harmful", "harmless"], styles, sets)
+    assert [(side, left) for side, left, _ in runs] == [(None, None), ("harmful", "a"), ("harmful", "b"), ("harmless", "c")]
+    assert set(runs[0][2]) == {"harmful style a", "harmful style b", "public", "harmless style c"}
+    assert set(runs[1][2]) == {"harmful style a", "harmful style b", "public"} and set(runs[3][2]) == {"harmless style c"}
+    short = style_holdout.plan(["harmful"], styles, sets, left_out_only=True)
+    assert [set(m) for _, _, m in short] == [{"harmful style a", "harmful style b", "public"}, {"harmful style a"}, {"harmful style b"}]
