@@ -75,6 +75,12 @@ def paired(a: list[bool | None], b: list[bool | None]) -> PairedDifference:
     return PairedDifference.of([x for x, _ in both], [y for _, y in both])
 
 
+def legend(row: dict) -> str:
+    """A row's label, with its form when it is a tune's trial ("trial 7: surgical")."""
+    params = row.get("params")
+    return f"{row['label']}: {params['form']}" if isinstance(params, dict) and "form" in params else row["label"]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Held-out harmful refusal against each look-alike set's refusal, 95% intervals both ways."""
     import matplotlib
@@ -96,7 +102,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 markersize=12 if r["label"] == "base model" else 7,
                 color="black" if r["label"] == "base model" else colours(i),
                 capsize=3,
-                label=r["label"],
+                label=legend(r),
             )
         ax.set_xlabel(f"{look} refusal (held-out look-alikes)")
         ax.set_ylabel("harmful refusal (held-out)")

@@ -421,3 +421,11 @@ def test_style_holdout_plan_measures_each_left_out_fit_on_its_own_style_when_ask
     assert set(runs[1][2]) == {"harmful style a", "harmful style b", "public"} and set(runs[3][2]) == {"harmless style c"}
     short = style_holdout.plan(["harmful"], styles, sets, left_out_only=True)
     assert [set(m) for _, _, m in short] == [{"harmful style a", "harmful style b", "public"}, {"harmful style a"}, {"harmful style b"}]
+
+
+def test_tune_eval_plot_legend_names_a_trials_form(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import tune_eval
+
+    assert tune_eval.legend({"label": "trial 7", "params": {"form": "surgical", "layer": 17}}) == "trial 7: surgical"
+    assert tune_eval.legend({"label": "neurons (rosi run)", "record": "x.patch"}) == "neurons (rosi run)"
