@@ -74,7 +74,16 @@ HEADLINE = (
         "realign_eval_qwen0.5b_styles.json",
         (Row("abliterated", "abliterated"), Row(r"re-aligned \(broad fit\)", "`rosi realign` of it (fit on many styles, the default)")),
     ),
-    Headline("1.5B", "tune_eval_qwen1.5b.json", TUNE_ROWS),
+    Headline(
+        "1.5B",
+        "tune_eval_qwen1.5b_seed0.json",
+        (
+            Row(r"base model", "base model"),
+            Row(r"trial \d+ \(default\).*", "`rosi run`'s default, and `rosi tune`'s pick, seed 0 (the default kept)"),
+            Row(r".*\(paper\)", "the paper's form"),
+            Row(r"neurons \(rosi run\)", "`rosi run --method neurons`"),
+        ),
+    ),
     Headline(
         "1.5B",
         "realign_eval_qwen1.5b.json",
