@@ -86,11 +86,8 @@ HEADLINE = (
     ),
     Headline(
         "1.5B",
-        "realign_eval_qwen1.5b.json",
-        (
-            Row("abliterated", "abliterated"),
-            Row("re-aligned-gate-all-val", "`rosi realign` of it (the earlier default, fit on imperative prompts)"),
-        ),
+        "realign_eval_qwen1.5b_styles.json",
+        (Row("abliterated", "abliterated"), Row(r"re-aligned \(default\)", "`rosi realign` of it (fit on many styles, the default)")),
     ),
 )
 # Each headline column and where a row keeps it (the first path that holds a rate).
