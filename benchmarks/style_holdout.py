@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument(
         "--left-out-only",
         action="store_true",
-        help="measure each harmful left-out fit on its left-out style alone (not on every style and the public set): about a third of the time",
+        help="measure each harmful left-out fit on its left-out style alone, not on every style and the public set (the refit remains: on 1.5B, 330 s a fit instead of 505 s)",
     )
     add_name(parser, __file__)
     args = parser.parse_args()
