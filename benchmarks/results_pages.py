@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +58,17 @@ class Headline:
 # every tune measures). The picks of the older rule (`--guard none`) are in docs/results.md only.
 TUNE_ROWS = (
     Row(r"base model", "base model"),
-    Row(r".*\(default\)", "`rosi run`'s default"),
+    Row(r"trial \d+ \(default\).*", "`rosi run`'s default"),  # "(chosen)" follows where a tune kept it
     Row(r".*\(paper\)", "the paper's form"),
 )
+NEURONS_ROW = Row(r"neurons \(rosi run\)", "`rosi run --method neurons`")
 HEADLINE = (
     Headline("0.5B", "tune_eval_qwen0.5b_twins.json", TUNE_ROWS),
     Headline("0.5B", "tune_eval_qwen0.5b_guard.json", (Row(r".*\(chosen\)", "`rosi tune`'s pick, seeds 0 and 2 (the default kept)"),)),
     Headline(
         "0.5B",
         "tune_eval_qwen0.5b_seed1.json",
-        (Row(r".*\(chosen\)", "`rosi tune`'s pick, seed 1"), Row(r"neurons \(rosi run\)", "`rosi run --method neurons`")),
+        (Row(r".*\(chosen\)", "`rosi tune`'s pick, seed 1"), NEURONS_ROW),
     ),
     Headline(
         "0.5B",
@@ -78,10 +79,10 @@ HEADLINE = (
         "1.5B",
         "tune_eval_qwen1.5b_seed0.json",
         (
-            Row(r"base model", "base model"),
-            Row(r"trial \d+ \(default\).*", "`rosi run`'s default, and `rosi tune`'s pick, seed 0 (the default kept)"),
-            Row(r".*\(paper\)", "the paper's form"),
-            Row(r"neurons \(rosi run\)", "`rosi run --method neurons`"),
+            TUNE_ROWS[0],
+            replace(TUNE_ROWS[1], title="`rosi run`'s default, and `rosi tune`'s pick, seed 0 (the default kept)"),
+            TUNE_ROWS[2],
+            NEURONS_ROW,
         ),
     ),
     Headline(
