@@ -80,7 +80,7 @@ HEADLINE = (
         "tune_eval_qwen1.5b_seed0.json",
         (
             TUNE_ROWS[0],
-            replace(TUNE_ROWS[1], title="`rosi run`'s default, and `rosi tune`'s pick, seed 0 (the default kept)"),
+            replace(TUNE_ROWS[1], title="`rosi run`'s default, and `rosi tune`'s pick, seeds 0 and 1 (the default kept)"),
             TUNE_ROWS[2],
             NEURONS_ROW,
         ),
