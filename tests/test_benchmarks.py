@@ -429,3 +429,22 @@ def test_tune_eval_plot_legend_names_a_trials_form(monkeypatch):
 
     assert tune_eval.legend({"label": "trial 7", "params": {"form": "surgical", "layer": 17}}) == "trial 7: surgical"
     assert tune_eval.legend({"label": "neurons (rosi run)", "record": "x.patch"}) == "neurons (rosi run)"
+
+
+def test_harmless_rank_scores_trials_on_one_half_and_reads_their_verdicts_on_the_other(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import harmless_rank
+    from rosi.prompts import PromptSet
+
+    confirm = PromptSet([f"p{i}" for i in range(8)], ["a", "a", "a", "a", "b", "b", "b", "b"], name="c")
+    rank, target = confirm.halves()
+    where = harmless_rank.target_indices(confirm.instructions, target.instructions, head=3)
+    # the verdicts list holds 3 validation prompts, then the confirmation set in order
+    assert sorted(i - 3 for i in where) == sorted(confirm.instructions.index(t) for t in target.instructions)
+    assert not set(rank.instructions) & {confirm.instructions[i - 3] for i in where}  # scored and judged apart
+    refused = [True] * 3 + [i % 2 == 0 for i in range(8)]
+    assert harmless_rank.target_rate(refused, where) == sum(refused[i] for i in where) / len(where)
+    with pytest.raises(ValueError, match="repeats"):
+        harmless_rank.target_indices(["x", "x"], ["x"], head=0)
+    rows = [{name: float(i) for name, _ in harmless_rank.SCORES} | {"target": t} for i, t in enumerate([0.1, 0.2, 0.3])]
+    assert all(v["spearman"] == pytest.approx(1.0) and v["n"] == 3 for v in harmless_rank.table(rows).values())
