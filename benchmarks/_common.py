@@ -164,6 +164,8 @@ def tune_edits(out: Path, trials: str | None, records: list[str]) -> list[tuple[
     """The edits a tune benchmark measures, as (label, record file, what to add to its row): the
     trials of a `rosi tune` output (``trials``: "0,1,7"; default the references and the chosen
     one), then each ``LABEL=FILE`` of ``records``."""
+    from rosi.workflows.tune.report import trial_record_path
+
     report = json.loads((out / "tune_report.json").read_text())
     by_number = {t["number"]: t for t in report["trials"]}
     if trials:
@@ -179,7 +181,7 @@ def tune_edits(out: Path, trials: str | None, records: list[str]) -> list[tuple[
             + (" (chosen)" if number == report["chosen"] else "")
         )
         extra = {"params": trial["params"], "validation": trial["confirmed"]}
-        edits.append((label, out / "trials" / f"trial-{number:03d}.safetensors", extra))
+        edits.append((label, trial_record_path(out, number), extra))
     for item in records:
         label, _, file = item.partition("=")
         edits.append((label, Path(file), {"record": file}))

@@ -60,14 +60,20 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
 
 
+def confirmed(report: dict) -> list[dict]:
+    """The trials of a tune report that were confirmed and hold cheap scores to compare."""
+    return [t for t in report["trials"] if t.get("confirmed") and t.get("cheap")]
+
+
 def confirmed_trials(folder: Path) -> list[dict[str, object]]:
     """A tune's confirmed trials: number, cheap scores and confirmed figures."""
     report = json.loads((folder / "tune_report.json").read_text(encoding="utf-8"))
-    return [
-        {"tune": str(folder), "number": t["number"], "cheap": t["cheap"], "confirmed": t["confirmed"]}
-        for t in report["trials"]
-        if t.get("confirmed") and t.get("cheap")
-    ]
+    return [{"tune": str(folder), "number": t["number"], "cheap": t["cheap"], "confirmed": t["confirmed"]} for t in confirmed(report)]
+
+
+def rho_text(rho: float | None) -> str:
+    """A rank correlation as printed: signed, two decimals, a dash where none could be measured."""
+    return "–" if rho is None else f"{rho:+.2f}"
 
 
 def correlations(trials: list[dict[str, object]]) -> dict[str, dict[str, object]]:
@@ -108,9 +114,10 @@ def main() -> int:
     for figure, scores in pooled.items():
         for score, v in scores.items():
             cells = [tunes[o][figure][score]["spearman"] for o in args.outs]  # type: ignore[index]
-            show = lambda r: "–" if r is None else f"{r:+.2f}"  # noqa: E731
             mark = "  <- best" if chosen[figure] == score and len(scores) > 1 else ""
-            print(f"{figure:10} {score:20} {show(v['spearman']):>7} n={v['n']:<3}" + " ".join(f"{show(c):>14}" for c in cells) + mark)
+            print(
+                f"{figure:10} {score:20} {rho_text(v['spearman']):>7} n={v['n']:<3}" + " ".join(f"{rho_text(c):>14}" for c in cells) + mark
+            )
     path = write_results(args.name, {"tunes": list(args.outs), "pooled": pooled, "per_tune": tunes, "best": chosen})
     print(f"wrote {path}")
     return 0

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from _common import add_name, write_results
-from cheap_scores import spearman
+from cheap_scores import confirmed, rho_text, spearman
 
 # the cheap scores compared: (name, where it comes from)
 SCORES = (
@@ -71,6 +71,7 @@ def main() -> int:
     from rosi.measure import RefusalMeter
     from rosi.metrics import kl_divergence
     from rosi.prompts import load_prompts
+    from rosi.workflows.tune.report import trial_record_path
 
     reports = {o: json.loads((Path(o) / "tune_report.json").read_text(encoding="utf-8")) for o in args.outs}
     models = {r["model"] for r in reports.values()}
@@ -84,15 +85,13 @@ def main() -> int:
     _, base_lp = meter.rate_and_logprobs(rank, SEARCH_TOKENS, share_prefix=True)
     rows: list[dict] = []
     for out, report in reports.items():
-        for trial in report["trials"]:
-            if not trial.get("confirmed") or not trial.get("cheap"):
-                continue
+        for trial in confirmed(report):
             refused = trial["confirmed"]["refused"]["harmless"]
             head = len(refused) - len(confirm)
             if head < 0:
                 raise SystemExit(f"harmless_rank.py: {out} confirmed on fewer harmless prompts than {args.confirm_harmless} holds")
             started = time.perf_counter()
-            record = apply_record(loaded.model, EditRecord.load(Path(out) / "trials" / f"trial-{trial['number']:03d}.safetensors"))
+            record = apply_record(loaded.model, EditRecord.load(trial_record_path(Path(out), trial["number"])))
             rate, lp = meter.rate_and_logprobs(rank, SEARCH_TOKENS, share_prefix=True)
             revert_edit(loaded.model, record)
             row = {
@@ -116,9 +115,8 @@ def main() -> int:
     per_tune = {o: table([r for r in rows if r["tune"] == o]) for o in reports}
     print(f"\nSpearman against confirmed harmless refusal on the broad target half ({len(target)} prompts), {len(rows)} trials:")
     for name, what in SCORES:
-        show = lambda r: "–" if r is None else f"{r:+.2f}"  # noqa: E731
-        cells = " ".join(f"{show(per_tune[o][name]['spearman']):>8}" for o in reports)
-        print(f"  {name:16} pooled {show(pooled[name]['spearman']):>6}   per tune {cells}   ({what})")
+        cells = " ".join(f"{rho_text(per_tune[o][name]['spearman']):>8}" for o in reports)
+        print(f"  {name:16} pooled {rho_text(pooled[name]['spearman']):>6}   per tune {cells}   ({what})")
     path = write_results(
         args.name,
         {

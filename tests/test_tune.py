@@ -8,10 +8,11 @@ import json
 
 import pytest
 
+from rosi import EditRecord
 from rosi.errors import RosiError
 from rosi.prompts import PromptSet
 from rosi.workflows.options import ExtractOptions, MeasureOptions, TuneOptions
-from rosi.workflows.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, tune
+from rosi.workflows.tune import Measure, Scores, TrialResult, confirm_order, pareto_front, pick, trial_record_path, tune
 from test_gate import lookalike_loaded, lookalike_sets
 
 FAST = {
@@ -183,6 +184,8 @@ def test_the_front_is_confirmed_on_replies_once_and_the_pick_uses_it(tmp_path, m
     assert report.trial(report.chosen).confirmed is not None and "4-token replies" in report.chosen_by
     saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
     assert all(t["confirmed"] is not None for t in saved["trials"] if t["number"] in {c.number for c in confirmed})
+    # each confirmed trial's edit record where the benchmarks read it from
+    assert all(EditRecord.load(trial_record_path(tmp_path / "out", c.number)).method == c.params["form"] for c in confirmed)
     calls = {"n": 0}
     replies = Measure.confirmed
 

@@ -64,7 +64,7 @@ from rosi.workflows.tune.pick import (
     pareto_front,
     pick,
 )
-from rosi.workflows.tune.report import TuneReport, options_json, write_front
+from rosi.workflows.tune.report import TuneReport, options_json, trial_record_path, write_front
 from rosi.workflows.tune.space import REFERENCES, RIDGES, Space, describe, form_choices, references
 from rosi.workflows.tune.study import (
     JOURNAL_SUFFIX,
@@ -98,6 +98,7 @@ __all__ = [
     "pareto_front",
     "pick",
     "references",
+    "trial_record_path",
     "tune",
     "tune_prompts",
 ]
@@ -284,7 +285,7 @@ def _save(loaded: LoadedModel, out: Path, space: Space, report: TuneReport, jour
         write_front(report, folder)
         (folder / "trials").mkdir()
         for number, trial_record in sorted(space.records.items()):
-            trial_record.save(folder / "trials" / f"trial-{number:03d}.safetensors")
+            trial_record.save(trial_record_path(folder, number))
         if journal.is_file():
             shutil.copyfile(journal, folder / "tune_journal.log")
 

@@ -15,6 +15,11 @@ from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Guard, Scores, Tria
 from rosi.workflows.tune.space import describe
 
 
+def trial_record_path(folder: Path, number: int) -> Path:
+    """Where a tune's output folder keeps trial ``number``'s edit record (``trials/trial-NNN.safetensors``)."""
+    return Path(folder) / "trials" / f"trial-{number:03d}.safetensors"
+
+
 @dataclass
 class TuneReport:
     model: str
