@@ -50,7 +50,15 @@ def extract_options(args: argparse.Namespace, **extra: Any) -> Any:
     from rosi.workflows.options import ExtractOptions
 
     return ExtractOptions(
-        form=EditForm(args.method, args.scope, args.writer_ratio, ridge=args.ridge, null_space=args.null_space),
+        form=EditForm(
+            args.method,
+            args.scope,
+            args.writer_ratio,
+            ridge=args.ridge,
+            null_space=args.null_space,
+            tokens=getattr(args, "fit_tokens", False),
+            read=getattr(args, "read", "decide"),
+        ),
         system_prompt=text_or_file(args.system_prompt),
         layer=args.layer,
         position=args.position,

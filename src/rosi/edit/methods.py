@@ -216,6 +216,9 @@ SCOPES = ("selective", "all")
 DEFAULT_SCOPE = "selective"
 DEFAULT_RATIO = 0.25
 GATE_RIDGE = 0.01  # the gate fit's default ridge, relative to the inputs' mean squared norm
+# Where a token-level fit reads the harmful side (rosi.direction.tokens): the direction's
+# post-instruction position, the user's last token, or both.
+READS = ("decide", "instruction", "both")
 
 
 @dataclass(frozen=True)
@@ -229,9 +232,19 @@ class EditForm:
     ratio: float = DEFAULT_RATIO
     ridge: float = GATE_RIDGE  # gate/surgical: the fit's regularisation
     null_space: float | None = None  # gate/surgical: keep the read-out off this energy of the benign inputs' subspace
+    # gate/surgical: the fit's benign side covers every token the edit acts on (the harmless and
+    # look-alike prompts' every token and their own replies), not one position per prompt
+    tokens: bool = False
+    read: str = "decide"  # token-level fits: where the harmful side is read (READS)
 
     def __post_init__(self) -> None:
-        get_method(self.method)
+        spec = get_method(self.method)
+        if self.tokens and spec.fit != "gate":
+            raise EditError(f"a token-level fit is offered for the gate and surgical methods, not {self.method!r}")
+        if self.read not in READS:
+            raise EditError(f"unknown read position {self.read!r}; choose one of {', '.join(READS)}")
+        if self.read != "decide" and not self.tokens:
+            raise EditError("the read position is an option of the token-level fit: add --fit-tokens")
         if self.scope not in SCOPES:
             raise EditError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
         if not self.ratio >= 0:  # also refuses NaN

@@ -15,8 +15,11 @@ return one right factor per matrix, ``[..., in]``. Callers pass float32 tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from rosi.direction.moments import Moments
 from rosi.edit.methods import GATE_RIDGE, NEURON_QUANTILE, RightFactor
 
 
@@ -82,6 +85,66 @@ def gate_read(harmful: torch.Tensor, benign: torch.Tensor, *, ridge: float = GAT
     lam = max(ridge, 1e-9) * scale
     u = x.T @ torch.linalg.solve(gram + lam * torch.eye(len(x), dtype=torch.float64), y)
     if not (torch.isfinite(u).all() and float((h @ u).mean() - (b @ u).mean()) > 0.05):
+        raise ValueError("the gate fit does not tell harmful from benign inputs apart at this matrix")
+    return u.to(torch.float32)
+
+
+def subspace_of_second_moment(second: torch.Tensor, energy: float) -> torch.Tensor:
+    """:func:`benign_subspace` from the benign rows' second moment ``E[x x^T]`` (``[in, in]``)
+    instead of the rows: its leading eigenvectors holding ``energy`` of its trace, the same
+    subspace as the rows' leading right singular vectors."""
+    if not 0 < energy < 1:
+        raise ValueError(f"the benign subspace's energy must be between 0 and 1, got {energy}")
+    values, vectors = torch.linalg.eigh(second.to(torch.float64))
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    cumulative = torch.cumsum(values, 0) / values.sum()
+    p = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64)).item()) + 1
+    return vectors[:, :p]
+
+
+def gate_read_moments(
+    groups: Sequence[tuple[Moments, float]], *, ridge: float = GATE_RIDGE, null_space: float | None = None
+) -> torch.Tensor:
+    """:func:`gate_read` in primal form, over groups of rows given by their :class:`Moments`, each
+    group with one target ``y_g`` (1: harmful, 0: benign) and weighted once: minimise
+    ``sum_g mean_{x in g} (u . x - y_g)^2 + lambda |u|^2``, whose normal equations are ::
+
+        (sum_g E_g[x x^T] + lambda I) u = sum_g y_g E_g[x]
+
+    ``lambda`` = ``ridge`` times the groups' mean squared norm averaged over the groups. With two
+    groups (harmful rows, target 1; benign rows, target 0) this is exactly :func:`gate_read`; more
+    benign groups (the benign prompts' deciding tokens, and every other token the edit acts on)
+    make the read-out quiet on each of them. The system is ``in x in`` whatever the number of
+    rows, so thousands of prompts' tokens fit where the dual form (``n x n``) cannot. With
+    ``null_space`` the read-out is kept off the principal subspace of the benign groups' summed
+    second moments (:func:`subspace_of_second_moment`). Raises ``ValueError`` as :func:`gate_read`."""
+    if not any(y != 0 for _, y in groups) or not any(y == 0 for _, y in groups):
+        raise ValueError("the gate fit needs a harmful group (target 1) and a benign group (target 0)")
+    if not ridge >= 0:
+        raise ValueError(f"the gate's ridge must be >= 0, got {ridge}")
+    if len({m.width for m, _ in groups}) != 1:
+        raise ValueError("the gate fit's groups have rows of different widths")
+    seconds = [m.second() for m, _ in groups]
+    means = [m.mean() for m, _ in groups]
+    if not all(torch.isfinite(s).all() and torch.isfinite(mu).all() for s, mu in zip(seconds, means, strict=True)):
+        raise ValueError("the gate's inputs are not finite")
+    if null_space is not None:
+        basis = subspace_of_second_moment(sum(s for s, (_, y) in zip(seconds, groups, strict=True) if y == 0), null_space)  # type: ignore[arg-type]
+        project = torch.eye(basis.shape[0], dtype=torch.float64) - basis @ basis.T
+        seconds = [project @ s @ project for s in seconds]
+        means = [project @ mu for mu in means]
+    a = sum(seconds)
+    assert isinstance(a, torch.Tensor)
+    scale = float(sum(float(torch.trace(s)) for s in seconds)) / len(seconds)
+    if not scale > 0:
+        raise ValueError("the gate's inputs are all zero: the matrix's input does not tell harmful from benign prompts")
+    lam = max(ridge, 1e-9) * scale
+    b = sum(y * mu for mu, (_, y) in zip(means, groups, strict=True))
+    assert isinstance(b, torch.Tensor)
+    u = torch.linalg.solve(a + lam * torch.eye(len(a), dtype=torch.float64), b)
+    positive = [float(mu @ u) for mu, (_, y) in zip(means, groups, strict=True) if y != 0]
+    zero = [float(mu @ u) for mu, (_, y) in zip(means, groups, strict=True) if y == 0]
+    if not (torch.isfinite(u).all() and sum(positive) / len(positive) - sum(zero) / len(zero) > 0.05):
         raise ValueError("the gate fit does not tell harmful from benign inputs apart at this matrix")
     return u.to(torch.float32)
 

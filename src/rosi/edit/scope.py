@@ -39,9 +39,10 @@ import torch
 from torch import nn
 
 from rosi.direction.activations import ActivationPair, PromptSamples, layer_key
+from rosi.direction.tokens import TokenMoments
 from rosi.direction.vector import Direction
 from rosi.edit.methods import DEFAULT_RATIO, GATE_RIDGE, EditForm
-from rosi.edit.rank_one import false_refusal_direction, gate_read, neuron_read, probe_read
+from rosi.edit.rank_one import false_refusal_direction, gate_read, gate_read_moments, neuron_read, probe_read
 from rosi.errors import RosiError
 from rosi.model.architecture import ArchitectureMap
 from rosi.model.writers import ResidualWriter
@@ -159,6 +160,24 @@ def gate_reads(
     return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
 
 
+def token_gate_reads(
+    names: list[str], moments: TokenMoments, gap: float, *, ridge: float = GATE_RIDGE, null_space: float | None = None
+) -> dict[str, torch.Tensor]:
+    """Read-out vectors for the token-level ``gate`` fit of the writers ``names``
+    (:func:`gate_read_moments` on each writer's :class:`TokenMoments` groups: harmful rows at the
+    read positions against the benign prompts' rows there and every other token they and their
+    replies hold), times ``gap / n`` as for ``probe``. A writer the fit cannot separate is left out."""
+    unit_reads = {}
+    for name in names:
+        try:
+            unit_reads[name] = gate_read_moments(moments.groups(name), ridge=ridge, null_space=null_space)
+        except ValueError:
+            continue
+    if not unit_reads:
+        raise RosiError("the token-level gate fit found no writer whose input tells harmful from benign tokens apart; use --method scale")
+    return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
+
+
 def false_refusal(samples: PromptSamples, direction: Direction) -> Direction:
     """The false-refusal direction at the direction's layer (unit, orthogonal to it): mean
     look-alike minus mean harmless residual stream, from the samples."""
@@ -202,16 +221,18 @@ def choose_writers(
     activations: ActivationPair,
     form: EditForm,
     samples: PromptSamples | None = None,
+    moments: TokenMoments | None = None,
 ) -> WriterChoice:
     """All writers, or those :func:`select_writers` keeps, given the activations extracted at the
     direction's position. For read-out methods (``probe``): the writers of the middle layers
     (every measurable writer with scope ``all``) with their read-outs from the mean writer inputs;
-    ``gate`` and ``surgical`` fit theirs on ``samples`` (single prompts at that position)."""
+    ``gate`` and ``surgical`` fit theirs on ``samples`` (single prompts at that position), or with
+    ``form.tokens`` on ``moments`` (every token of the benign prompts and their replies)."""
     if direction.position is None:
         raise RosiError("choosing writers needs the direction's position; extract it with rosi (or pin --position)")
     position = direction.position
     if form.spec.samples:
-        return _gate_choice(arch, direction, samples, form)
+        return _gate_choice(arch, direction, samples, form, moments)
     if form.spec.needs_reads:
         inputs_h, inputs_b = activations.harmful.inputs_at(position), activations.harmless.inputs_at(position)
         return _probe_choice(arch, direction, inputs_h, inputs_b, form)
@@ -254,14 +275,18 @@ def _probe_choice(
     return WriterChoice(form.scope, None, list(reads), note=note, reads=reads)
 
 
-def _gate_choice(arch: ArchitectureMap, direction: Direction, samples: PromptSamples | None, form: EditForm) -> WriterChoice:
+def _gate_choice(
+    arch: ArchitectureMap, direction: Direction, samples: PromptSamples | None, form: EditForm, moments: TokenMoments | None = None
+) -> WriterChoice:
+    if form.tokens and moments is None:
+        raise RosiError(f"the token-level {form.method} fit needs token moments: collect them (rosi run --fit-tokens does)")
     if samples is None:
         raise RosiError(f"the {form.method} method fits its read-outs on single prompts: collect samples (rosi run does)")
     if samples.position != direction.position:
         raise RosiError(f"the samples were taken at position {samples.position}, the direction is at {direction.position}")
     spec = form.spec
     writers = [w for w in arch.select() if not spec.writer_kinds or w.kind.value in spec.writer_kinds]
-    kept = set(samples.writers())
+    kept = set(samples.writers()) if moments is None or not form.tokens else set(moments.writers)
     kinds = f" {'/'.join(spec.writer_kinds)}" if spec.writer_kinds else ""
     if form.scope == "all":
         names = [w.name for w in writers if w.name in kept]
@@ -271,7 +296,14 @@ def _gate_choice(arch: ArchitectureMap, direction: Direction, samples: PromptSam
         note = f"{len(names)}{kinds} writers of the middle layers"
     if not names:
         raise RosiError(f"the samples hold no input of the writers the {form.method} edit ({form.scope}) needs")
-    reads = gate_reads(names, samples, float(direction.vector.float().norm()), ridge=form.ridge, null_space=form.null_space, fit=spec.fit)
+    gap = float(direction.vector.float().norm())
+    if form.tokens:
+        assert moments is not None
+        reads = token_gate_reads(names, moments, gap, ridge=form.ridge, null_space=form.null_space)
+        counts = moments.counts()
+        note += f"; fit on {counts['harmful']} harmful rows ({moments.read}) against {counts['benign_read']} + {counts['benign_tokens']} benign token rows"
+    else:
+        reads = gate_reads(names, samples, gap, ridge=form.ridge, null_space=form.null_space, fit=spec.fit)
     if len(reads) < len(names):
         note += f", {len(names) - len(reads)} left out (the fit does not separate their inputs)"
     if spec.fit == "neurons":

@@ -170,3 +170,28 @@ def get_suite(suite: str | Suite) -> Suite:
     if suite not in SUITES:
         raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     return SUITES[suite]
+
+
+# The held-out prompt sets of the firing probe and the token-level fit's measurements (the README's
+# held-out sets): harmful requests of three public sets, ordinary requests, and two sets of safe
+# requests written to sound harmful.
+PROBE_SETS = {
+    "harmful": (ADVBENCH, JBB_HARMFUL, MALICIOUS),
+    "alpaca": (ALPACA,),
+    "jbb_benign": (JBB_BENIGN,),
+    "coconot_contrast": (COCONOT,),
+}
+
+
+def probe_sets(data_dir: Path | None, n: int, *, seed: int = 0) -> dict[str, list[str]]:
+    """``n`` prompts of each set of :data:`PROBE_SETS` (spread over its sources, the first ones
+    taking the remainder), drawn with ``seed``."""
+    out: dict[str, list[str]] = {}
+    for name, sources in PROBE_SETS.items():
+        prompts: list[str] = []
+        for i, source in enumerate(sources):
+            count = n // len(sources) + (1 if i < n % len(sources) else 0)
+            loaded = source.load(data_dir)
+            prompts += loaded.take(min(count, len(loaded)), seed=seed).instructions
+        out[name] = prompts
+    return out

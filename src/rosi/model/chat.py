@@ -90,3 +90,57 @@ def check_suffix(batch: dict[str, torch.Tensor], suffix: list[int]) -> None:
         raise ChatTemplateError(
             "the tokenized prompts do not end with the template's post-instruction tokens; the template cannot be split"
         )
+
+
+# Where a token sits in a conversation, for measuring where an edit fires (0 is padding).
+SEGMENTS = ("system", "user", "template", "deciding", "reply")
+PAD, SYSTEM, USER, TEMPLATE, DECIDING, REPLY = range(6)
+
+
+def segment_labels(fmt: ChatFormat, instruction: str, reply: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """The token ids of a rendered prompt followed by ``reply`` (teacher-forced reply ids, e.g.
+    a greedy reply of the model), and a label per token: :data:`SYSTEM` for every token before
+    the user's words (the system turn, the template's own default one where none is given, and the
+    user turn's header), :data:`USER` for the user's words, :data:`TEMPLATE` for the
+    post-instruction tokens but the last, :data:`DECIDING` for the last prompt token (where the
+    first reply token is decided) and :data:`REPLY` for the reply's tokens. Raises
+    :class:`ChatTemplateError` where the template's parts do not tokenize on their own."""
+    tok = fmt.tokenizer
+    ids = list(tok(fmt.render(instruction), add_special_tokens=False).input_ids)
+    head = fmt.render(_MARK).split(_MARK, 1)[0]
+    head_ids = list(tok(head, add_special_tokens=False).input_ids)
+    suffix = fmt.post_instruction_ids()
+    n_user = len(ids) - len(head_ids) - len(suffix)
+    if ids[: len(head_ids)] != head_ids or ids[len(ids) - len(suffix) :] != suffix or n_user < 1:
+        raise ChatTemplateError("the tokenized prompt does not split into the template's head, the user's words and its tail")
+    labels = [SYSTEM] * len(head_ids) + [USER] * n_user + [TEMPLATE] * (len(suffix) - 1) + [DECIDING]
+    return ids + list(reply), labels + [REPLY] * len(reply)
+
+
+def labelled_batch(
+    fmt: ChatFormat, instructions: Sequence[str], replies: Sequence[Sequence[int]] | None = None, device: torch.device | str = "cpu"
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A left-padded batch of :func:`segment_labels` rows (prompt, then the reply where given)
+    and its ``[batch, length]`` labels (:data:`PAD` on padding)."""
+    rows = [segment_labels(fmt, text, replies[i] if replies is not None else ()) for i, text in enumerate(instructions)]
+    width = max(len(ids) for ids, _ in rows)
+    pad_id = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else fmt.tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    labels = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        labels[i, width - len(lab) :] = torch.tensor(lab, dtype=torch.long)
+    batch = {"input_ids": input_ids.to(device), "attention_mask": (labels != PAD).long().to(device)}
+    return batch, labels
+
+
+def reply_ids(fmt: ChatFormat, ids: Sequence[int]) -> list[int]:
+    """A generated row's reply tokens up to (not including) its first end-of-sequence or padding token."""
+    tok = fmt.tokenizer
+    stop = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
+    out: list[int] = []
+    for t in ids:
+        if t in stop:
+            break
+        out.append(int(t))
+    return out

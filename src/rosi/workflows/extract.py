@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from torch import nn
+
 from rosi.direction.activations import ActivationPair, PromptSamples
 from rosi.direction.extraction import direction_metadata, extraction_activations, prompt_samples
 from rosi.direction.selection import Selection, select_direction
+from rosi.direction.tokens import TokenMoments, benign_replies, collect_token_moments
 from rosi.direction.vector import Direction
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.scope import WriterChoice, choose_writers, probe_layer_range, probe_writers
@@ -30,10 +33,12 @@ class Extraction:
     activations: ActivationPair
     # Single prompts at the direction's position, for methods fit on them (gate, surgical).
     samples: PromptSamples | None = None
+    # Every token of the benign prompts and their replies, as second moments (token-level fits).
+    moments: TokenMoments | None = None
 
     def choose_writers(self, loaded: LoadedModel, form: EditForm) -> WriterChoice:
         """The writers ``form`` edits for this direction."""
-        return choose_writers(loaded.model, loaded.architecture, self.direction, self.activations, form, self.samples)
+        return choose_writers(loaded.model, loaded.architecture, self.direction, self.activations, form, self.samples, self.moments)
 
 
 def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | None = None) -> Extraction:
@@ -77,7 +82,8 @@ def extract(loaded: LoadedModel, prompts: PromptSets, options: ExtractOptions | 
         candidates.direction_at(layer, position), layer=layer, position=position, model=loaded.source.spec, metadata=metadata
     )
     samples = samples_for(loaded, plain, prompts, position, options.form.scope, options) if options.form.spec.samples else None
-    return Extraction(direction, selection, round(time.perf_counter() - started, 2), activations, samples)
+    moments = moments_for(loaded, plain, prompts, position, options) if options.form.tokens else None
+    return Extraction(direction, selection, round(time.perf_counter() - started, 2), activations, samples, moments)
 
 
 def activations_for(
@@ -96,16 +102,52 @@ def activations_for(
     )
 
 
-def samples_for(
-    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, position: int, scope: str, options: ExtractOptions
-) -> PromptSamples:
-    """Single prompts' activations at the inputs of the writers ``scope`` edits (the middle
-    layers', or all), for the read-outs fit on them."""
+def fit_modules(loaded: LoadedModel, scope: str) -> dict[str, nn.Module]:
+    """The measurable writers a fitted read-out edits: the middle layers' (``selective``) or all."""
     arch = loaded.architecture
     modules = arch.measurable_modules(loaded.model)
     if scope != "all":
         keep = set(probe_writers(arch.select(), probe_layer_range(arch.num_layers)))
         modules = {name: m for name, m in modules.items() if name in keep}
+    return modules
+
+
+def moments_for(loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, position: int, options: ExtractOptions) -> TokenMoments:
+    """The token-level fit's evidence (:func:`collect_token_moments`): the harmful extraction
+    prompts at the read positions; the harmless and look-alike ones at every token, followed by
+    the unedited model's own greedy replies."""
+    lookalike, _ = prompts.need_lookalikes(f"the token-level {options.form.method} fit")
+    benign = [*prompts.harmless.instructions, *lookalike.instructions]
+    replies = benign_replies(loaded.model, fmt, benign, batch_size=options.batch_size, progress=options.progress)
+    modules = fit_modules(loaded, options.form.scope)
+    moments = collect_token_moments(
+        loaded.model,
+        fmt,
+        prompts.harmful.instructions,
+        benign,
+        replies,
+        modules,
+        read=options.form.read,
+        position=position,
+        batch_size=max(1, options.batch_size // 2),
+        progress=options.progress,
+    )
+    if options.progress:
+        counts = moments.counts()
+        print(
+            f"rosi: token moments of {len(modules)} writers: {counts['harmful']} harmful rows, "
+            f"{counts['benign_read'] + counts['benign_tokens']} benign token rows ({moments.nbytes() / 2**20:.0f} MiB)",
+            flush=True,
+        )
+    return moments
+
+
+def samples_for(
+    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, position: int, scope: str, options: ExtractOptions
+) -> PromptSamples:
+    """Single prompts' activations at the inputs of the writers ``scope`` edits (the middle
+    layers', or all), for the read-outs fit on them."""
+    modules = fit_modules(loaded, scope)
     return prompt_samples(
         loaded,
         fmt,
