@@ -8,7 +8,7 @@ measured through rosi.measure (the refusal-marker judge with its partial verdict
 same generation as their replies. Each trial's edit is applied from its saved record
 (OUT/trials/trial-N.safetensors) to one loaded base model and reverted after.
 
-Run: .venv/bin/python benchmarks/tune_eval.py OUT [--model pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7] [--judge SPEC] [--name NAME]
+Run: .venv/bin/python benchmarks/tune_eval.py [OUT] [--model pypi:qwen2.5-coder-0.5b-instruct] [--trials 0,1,7] [--judge SPEC] [--name NAME]
 (writes benchmarks/results/NAME.json and a plot of held-out harmful against look-alike refusal,
 NAME.png; e.g. --name tune_eval_qwen0.5b)
 """
@@ -115,7 +115,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", help="a folder written by `rosi tune`")
+    parser.add_argument("out", nargs="?", default=None, help="a folder written by `rosi tune` (none: only the --record edits)")
     add_name(parser, __file__)
     add_model(parser, "--base", help="the base model the tune edited")
     parser.add_argument("--trials", default=None, help="trial numbers (default: the references and the chosen one)")
@@ -128,7 +128,9 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     add_judge(parser)
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out) if args.out else None
+    if out is None and not args.record:
+        parser.error("give a rosi tune output folder, or edits to measure with --record LABEL=FILE")
     edits = tune_edits(out, args.trials, args.record)
     sets = sets_of(args.n)
     judge = judge_of(args.judge)
@@ -169,7 +171,7 @@ def main() -> int:
     path = write_results(
         args.name,
         {
-            "tune_output": str(out),
+            "tune_output": str(out) if out else None,
             "judge": judge_words(args.judge, args.max_new_tokens, "no system prompt", partial=True),
             "judge_spec": args.judge,
             "dtype": args.dtype,

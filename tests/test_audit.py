@@ -84,7 +84,11 @@ def test_audit_against_the_base_tells_removal_from_addition(models):
     assert removed.base["cosine_with_least_written"] > 0.999
     added = audit(scaled, base, Direction(r), progress=False)
     assert added.base["effect"] == "adds to" and added.base["changed_matrices"] == 6
-    assert "rank 1" in added.verdicts[-1]
+    assert any("rank 1" in v for v in added.verdicts)
+    assert removed.firing is None  # a removal is not probed for where it adds
+    assert added.verdicts[-1].startswith("where it fires")
+    if added.firing is not None:  # measured (a random tiny model may not push its harmful prompts at all)
+        assert set(added.firing["sets"]) == {"harmful", "harmless", "lookalike"}
     same = audit(base, loaded_tiny(tiny_model("llama"), "copy"), Direction(r), progress=False)
     assert same.base["changed_matrices"] == 0
 
@@ -142,3 +146,31 @@ def test_audit_flags_a_direction_ablated_from_some_layers_only():
     result = audit(loaded_tiny(m, "partly"), direction=Direction(r), progress=False)
     assert result.flagged and result.verdicts[0].startswith("PARTLY ABLATED: the writers of layers 1-2 write")
     assert result.null["ablation"]["layers"] == [1, 2]
+
+
+def test_audit_against_the_base_finds_where_an_edit_fires_from_the_weights_alone():
+    """The planted look-alike model and a gate edit of it: the audit reads the push from the
+    weight change alone, and it is the edit record's own (the change is s_hat r^T)."""
+    from rosi.edit.firing import record_reads, token_pushes
+    from rosi.edit.methods import EditForm
+    from rosi.workflows.extract import extract
+    from rosi.workflows.options import ExtractOptions
+    from test_gate import lookalike_loaded, lookalike_sets
+
+    base, _ = lookalike_loaded()
+    edited, _ = lookalike_loaded()
+    form = EditForm("gate", "all", ridge=1e-3)
+    extraction = extract(base, lookalike_sets(), ExtractOptions(form=form, layer=1, position=-1, progress=False))
+    choice = extraction.choose_writers(base, form)
+    record = apply_edit(edited.model, extraction.direction, "gate", 2.0, writers=choice.writers, reads=choice.reads)
+    result = audit(edited, base, extraction.direction, progress=False)
+    assert result.base["effect"] == "adds to" and result.firing is not None
+    assert result.verdicts[-1].startswith("where it fires")
+    from rosi.audit.audit import FIRING_PROMPTS
+    from rosi.model.chat import DECIDING, ChatFormat
+    from rosi.prompts import builtin
+
+    harmful = list(builtin("harmful", "val").take(FIRING_PROMPTS).instructions)
+    values, labels = token_pushes(base.model, ChatFormat(base.tokenizer), record_reads(base.model, record), harmful)
+    deciding = float(torch.quantile(values[labels == DECIDING].double(), 0.5))
+    assert result.firing["reference"] == pytest.approx(abs(deciding), rel=1e-4)  # the record's own push, oriented

@@ -9,7 +9,7 @@ import planted
 from rosi import apply_edit, revert_edit
 from rosi.direction.moments import Moments
 from rosi.direction.tokens import read_mask
-from rosi.edit.firing import Firing, measure_firing, token_pushes
+from rosi.edit.firing import Firing, measure_firing, record_reads, token_pushes
 from rosi.edit.methods import EditForm
 from rosi.edit.rank_one import benign_subspace, gate_read, gate_read_moments, subspace_of_second_moment
 from rosi.errors import EditError
@@ -158,7 +158,7 @@ def test_the_probe_push_is_what_the_edit_adds_along_the_direction():
     assert choice.writers == ["model.layers.0.self_attn.o_proj.weight"]
     fmt = ChatFormat(loaded.tokenizer)
     prompts, replies = planted.LOOKALIKE_LA[:4], [[7, 8], [], [9], [7]]
-    values, labels = token_pushes(loaded.model, fmt, _record(loaded, extraction, choice), prompts, replies)
+    values, labels = token_pushes(loaded.model, fmt, record_reads(loaded.model, _record(loaded, extraction, choice)), prompts, replies)
     module = loaded.model.model.layers[0].self_attn.o_proj
     outputs = []
     handle = module.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))

@@ -293,7 +293,7 @@ def test_a_guarded_tune_ranks_on_one_half_of_validation_and_picks_on_the_other(t
     assert not set(rank.instructions) & set(confirm.instructions) and len(rank) + len(confirm) == len(sets.val_lookalike)
     confirmed = [t for t in report.trials if t.confirmed is not None]
     assert all(len(t.confirmed.refused["lookalike"]) == len(confirm) for t in confirmed)  # verdicts of the confirmation half
-    harmless_confirm = len(sets.val_harmless.halves()[1]) + len(extra)  # the extra prompts confirm, never rank
+    harmless_confirm = len(sets.val_harmless.halves()[1]) + len(extra.halves()[1])  # half the extra prompts confirm, never rank
     assert all(len(t.confirmed.refused["harmless"]) == harmless_confirm for t in confirmed)
     saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
     assert len(saved["guarded"]) == len([t for t in confirmed if not t.reference])
@@ -304,7 +304,21 @@ def test_a_guarded_tune_ranks_on_one_half_of_validation_and_picks_on_the_other(t
     else:  # or the default edit is kept, and the report says so
         assert chosen.reference == "default" and "the default edit is kept" in report.chosen_by
     settings = json.loads((tmp_path / "out" / "tune_journal.log").read_text().splitlines()[1])["user_attr"]["settings"]
-    assert settings["guard"] == 0.03 and settings["confirm_harmless"] == [2, "extra"]
+    assert settings["guard"] == 0.03 and settings["confirm_harmless"] == [2, "extra"] and settings["rank_harmless"] == 48
+
+
+def test_the_broad_harmless_prompts_rank_on_one_half_and_confirm_on_the_other():
+    from rosi.prompts import builtin
+    from rosi.workflows.tune.measurement import split_broad
+
+    broad = builtin("harmless_styles", "val")
+    ranking, confirming = split_broad(broad, 48)
+    assert ranking is not None and len(ranking) == 48 and len(confirming) == len(broad) // 2
+    assert not set(ranking.instructions) & set(confirming.instructions)
+    assert set(ranking.categories) == set(broad.categories)  # every style ranks
+    assert split_broad(broad, 0) == (None, broad)
+    with pytest.raises(RosiError, match="--rank-harmless"):
+        TuneOptions(rank_harmless=-1)
 
 
 def test_validation_halves_split_every_kind_evenly():

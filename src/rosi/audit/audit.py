@@ -13,7 +13,11 @@ Without a base, from the model alone:
 With a base: every changed matrix, the rank of its change, the left direction the changes share
 (:mod:`rosi.audit.changes`), its cosine with the base's refusal direction (the best over the
 base's layers), and whether the edit removes or adds along it; an edit record, if the model has
-one, is checked against the weights.
+one, is checked against the weights. An edit that adds along the shared direction is probed for
+where it fires (:mod:`rosi.edit.firing`): the push ``c^T (W' - W) x_t`` it adds at every token of
+rosi's built-in validation prompts (harmful, harmless, look-alike) and of the base model's own
+replies, by segment, relative to the harmful prompts' push at the deciding token; read from the
+weights alone, so it works for edits rosi did not make.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from rosi.direction.null import (
     writer_grams,
 )
 from rosi.direction.vector import Direction
+from rosi.edit.firing import Read, measure_firing, own_replies
 from rosi.errors import RosiError
 from rosi.model.chat import ChatFormat
 from rosi.model.hooks import stored_weight
@@ -50,6 +55,8 @@ FLAG_BELOW = 0.1  # a layer writing a direction at most this share of a random o
 FLAG_ABOVE = 2.0  # ... at least this many times a random one's has had it added
 N_RANDOM = 32
 N_PROMPTS = 64  # built-in prompts per set for the refusal direction
+FIRING_PROMPTS = 32  # built-in validation prompts per set for the firing probe
+FIRING_TOKENS = 64  # new tokens of the base model's replies the probe teacher-forces
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,8 @@ class Profile:
     random_high: dict[int | None, float]
 
     def relative(self) -> dict[int | None, float]:
-        return {k: v / self.random_median[k] for k, v in self.ratio.items()}
+        """The write ratio over the random directions' median (NaN for a layer whose writers write nothing)."""
+        return {k: v / self.random_median[k] if self.random_median[k] > 0 else float("nan") for k, v in self.ratio.items()}
 
     def layers_below(self, share: float) -> list[int]:
         return sorted(k for k, v in self.relative().items() if k is not None and v <= share)
@@ -94,6 +102,7 @@ class Audit:
     refusal: dict[str, Any]
     base: dict[str, Any] | None = None
     changes: list[MatrixChange] = field(default_factory=list)
+    firing: dict[str, Any] | None = None  # where an added edit fires (rosi.edit.firing.Firing.to_json), with a base
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +114,7 @@ class Audit:
             "profiles": [p.to_json() for p in self.profiles],
             "base": self.base,
             "changes": [c.to_json() for c in self.changes],
+            "firing": self.firing,
         }
 
 
@@ -262,11 +272,53 @@ def _against_base(result: Audit, loaded: LoadedModel, base: LoadedModel, null_ve
     if record is not None:
         info["edit_record"] = record
         verdicts.append(f"edit record: {record}")
-    return _with(result, info, verdicts, changes)
+    firing = None
+    if kind == "adds to":
+        firing, line = _firing(base, weights, shared.vector, progress)
+        verdicts.append(line)
+    return _with(result, info, verdicts, changes, firing)
 
 
-def _with(result: Audit, info: dict[str, Any], verdicts: list[str], changes: list[MatrixChange]) -> Audit:
-    return Audit(result.model, verdicts, result.flagged, result.null, result.profiles, result.refusal, info, changes)
+def _with(
+    result: Audit, info: dict[str, Any], verdicts: list[str], changes: list[MatrixChange], firing: dict[str, Any] | None = None
+) -> Audit:
+    return Audit(result.model, verdicts, result.flagged, result.null, result.profiles, result.refusal, info, changes, firing)
+
+
+def _firing(
+    base: LoadedModel, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], c: torch.Tensor, progress: bool
+) -> tuple[dict[str, Any] | None, str]:
+    """Where the change along ``c`` fires, on the base model (``c``'s sign oriented so that the
+    harmful prompts' median push at the deciding token is positive): the probe's JSON and a
+    verdict line (or why it was not measured)."""
+    kinds = {w.name: w.kind.value for w in base.architecture.writers}
+    reads = [
+        Read(base.model.get_submodule(name.rsplit(".", 1)[0]), (c.to(we.dtype) @ (we - wb)).float().cpu(), kinds[name] == "embedding")
+        for name, (wb, we) in weights.items()
+    ]
+    fmt = ChatFormat(base.tokenizer)
+    sets = {
+        name: list(builtin(kind, "val").take(FIRING_PROMPTS).instructions)
+        for name, kind in (("harmful", "harmful"), ("harmless", "harmless"), ("lookalike", "lookalike"))
+    }
+    replies = {
+        name: own_replies(base.model, fmt, prompts, max_new_tokens=FIRING_TOKENS, progress=progress) for name, prompts in sets.items()
+    }
+    try:
+        firing = measure_firing(base.model, fmt, reads, sets, replies, whose="base", progress=progress)
+    except RosiError:  # the shared direction's sign is arbitrary: orient it so that harmful prompts are pushed along it
+        flipped = [Read(r.module, -r.right, r.ids) for r in reads]
+        try:
+            firing = measure_firing(base.model, fmt, flipped, sets, replies, whose="base", progress=progress)
+        except RosiError as e:
+            return None, f"where it fires: not measured ({e})"
+    harmless, lookalike = firing.sets["harmless"], firing.sets["lookalike"]
+    words = max(harmless["user"].quantiles["p90"], harmless["reply"].quantiles["p90"]) / firing.reference
+    return firing.to_json(), (
+        f"where it fires (push along it per token, relative to a harmful prompt's at the deciding token): harmless deciding "
+        f"{harmless['deciding'].median / firing.reference:+.2f} (median), look-alike deciding {lookalike['deciding'].median / firing.reference:+.2f}; "
+        f"on harmless prompts' words and replies up to {words:+.2f} (90th percentile)"
+    )
 
 
 def _record_check(loaded: LoadedModel, base: LoadedModel) -> str | None:

@@ -92,8 +92,16 @@ def tune_args(p: argparse.ArgumentParser) -> None:
         "--confirm-harmless",
         default="builtin:harmless_styles:val",
         metavar="SPEC",
-        help="with --guard: more harmless prompts added to the confirmation part only (they never rank trials), so the "
-        "guard bounds the harmless rise on ordinary requests of many styles; 'none' leaves them out (default: %(default)s)",
+        help="with --guard: more harmless prompts, ordinary requests of many styles: --rank-harmless of one half join the "
+        "ranking part (the search sees them), the other half the confirmation part, so the guard bounds the harmless rise "
+        "on prompts that never ranked; 'none' leaves them out (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rank-harmless",
+        type=int_at_least(0),
+        default=TuneOptions.rank_harmless,
+        metavar="N",
+        help="how many --confirm-harmless prompts (spread over their styles) rank trials; 0: they only confirm (default: %(default)s)",
     )
     p.add_argument(
         "--n-val-lookalike",
@@ -178,6 +186,7 @@ def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
         max_kl=args.max_kl,
         min_harmful=args.min_harmful,
         guard=args.guard,
+        rank_harmless=args.rank_harmless,
         journal=Path(args.journal) if args.journal else None,
         **measure_output_options(args, fmt),
     )

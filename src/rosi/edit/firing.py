@@ -105,15 +105,24 @@ class Firing:
         return cls(sets, float(data["reference"]), str(data["replies"]))
 
 
-def record_reads(model: nn.Module, record: EditRecord) -> list[tuple[nn.Module, torch.Tensor, bool]]:
-    """Each edited matrix's module, its right factor ``r`` and whether it reads token ids (an
-    embedding) rather than a vector. Fused expert stacks (a factor per expert) are refused."""
+@dataclass(frozen=True)
+class Read:
+    """One edited matrix as the probe sees it: the module whose input it reads, the right factor
+    ``r`` (``[in]``) and whether the input is token ids (an embedding) rather than a vector."""
+
+    module: nn.Module
+    right: torch.Tensor
+    ids: bool = False
+
+
+def record_reads(model: nn.Module, record: EditRecord) -> list[Read]:
+    """The :class:`Read` of each matrix of an edit record, on ``model``'s modules. Fused expert
+    stacks (a factor per expert) are refused."""
     out = []
     for m in record.matrices:
         if m.right.ndim != 1:
             raise RosiError(f"{m.name}: the firing probe reads single matrices, not fused expert stacks")
-        module = model.get_submodule(m.name.rsplit(".", 1)[0])
-        out.append((module, m.right, m.kind == WriterKind.EMBEDDING))
+        out.append(Read(model.get_submodule(m.name.rsplit(".", 1)[0]), m.right, m.kind == WriterKind.EMBEDDING))
     return out
 
 
@@ -131,7 +140,7 @@ def own_replies(
 def token_pushes(
     model: CausalLM,
     fmt: ChatFormat,
-    record: EditRecord,
+    reads: Sequence[Read],
     instructions: Sequence[str],
     replies: Sequence[Sequence[int]] | None = None,
     *,
@@ -140,7 +149,6 @@ def token_pushes(
     """Every token's push (float64) and its segment label (:data:`rosi.model.chat.SEGMENTS`
     index + 1), for prompts with their ``replies`` teacher-forced, on ``model`` as it is (pass
     the unedited model: the push is the edit's first-order effect there)."""
-    reads = record_reads(model, record)
     device = device_of(model)
     total: list[torch.Tensor] = []
 
@@ -154,7 +162,7 @@ def token_pushes(
         return hook
 
     values, labels = [], []
-    with hooks([(m, add(r, ids)) for m, r, ids in reads], pre=True):
+    with hooks([(r.module, add(r.right, r.ids)) for r in reads], pre=True):
         for start in range(0, len(instructions), batch_size):
             part = replies[start : start + batch_size] if replies is not None else None
             batch, lab = labelled_batch(fmt, instructions[start : start + batch_size], part, device)
@@ -169,7 +177,7 @@ def token_pushes(
 def measure_firing(
     model: CausalLM,
     fmt: ChatFormat,
-    record: EditRecord,
+    edit: EditRecord | Sequence[Read],
     sets: Mapping[str, Sequence[str]],
     replies: Mapping[str, Sequence[Sequence[int]]] | None = None,
     *,
@@ -177,16 +185,18 @@ def measure_firing(
     batch_size: int = 16,
     progress: bool = False,
 ) -> Firing:
-    """The :class:`Firing` of ``record`` on each prompt set of ``sets`` (at least one named
-    ``harmful...``), with ``replies[set]`` teacher-forced where given (``whose`` says whose they
-    are: ``base``, ``edited``)."""
+    """The :class:`Firing` of ``edit`` (an edit record, or the :class:`Read` of each edited
+    matrix) on each prompt set of ``sets`` (at least one named ``harmful...``), with
+    ``replies[set]`` teacher-forced where given (``whose`` says whose they are: ``base``,
+    ``edited``), on ``model``: the unedited model."""
+    reads = record_reads(model, edit) if isinstance(edit, EditRecord) else list(edit)
     harmful = [name for name in sets if name.startswith("harmful")]
     if not harmful:
         raise RosiError("the firing probe needs a harmful prompt set (a set named harmful...) for its reference")
     out: dict[str, dict[str, SegmentPush]] = {}
     deciding: list[torch.Tensor] = []
     for name in tqdm(list(sets), desc="rosi: firing probe", unit="set", disable=not progress):
-        values, labels = token_pushes(model, fmt, record, sets[name], None if replies is None else replies.get(name), batch_size=batch_size)
+        values, labels = token_pushes(model, fmt, reads, sets[name], None if replies is None else replies.get(name), batch_size=batch_size)
         out[name] = {seg: SegmentPush.of(values[labels == i + 1]) for i, seg in enumerate(SEGMENTS)}
         if name in harmful:
             deciding.append(values[labels == SEGMENTS.index("deciding") + 1])

@@ -227,6 +227,10 @@ class TuneOptions:
     min_harmful: float | str | None = "default"
     # the pick that accounts for noise: the margin of tune.pick.guarded_pick (None: the rule above on all validation prompts)
     guard: float | None = 0.03
+    # with the guard and extra harmless confirmation prompts: how many of them (from one half,
+    # spread over their styles) join the ranking part, so the search sees ordinary requests of
+    # many styles; the other half confirms. 0: all of them confirm, none ranks.
+    rank_harmless: int = 48
     journal: Path | None = None
 
     def __post_init__(self) -> None:
@@ -253,6 +257,8 @@ class TuneOptions:
                 raise RosiError(f"--{name.replace('_', '-')} is a share of prompts between 0 and 1 (0.05 = 5 points), got {value}")
         if not (math.isfinite(self.max_kl) and self.max_kl >= 0):
             raise RosiError(f"--max-kl must be a number of nats >= 0, got {self.max_kl}")
+        if self.rank_harmless < 0:
+            raise RosiError(f"--rank-harmless must be >= 0, got {self.rank_harmless}")
         if self.guard is not None and not (math.isfinite(self.guard) and 0 <= self.guard <= 1):
             raise RosiError(f"--guard is a share of prompts between 0 and 1 (0.03 = 3 points) or none, got {self.guard}")
         if self.guard is not None and self.confirm < 1:

@@ -17,6 +17,16 @@ from rosi.workflows.options import TuneOptions
 from rosi.workflows.tune.pick import Scores
 
 
+def split_broad(broad: PromptSet, n_rank: int) -> tuple[PromptSet | None, PromptSet]:
+    """The broad harmless prompts' ranking sample and confirmation part: ``n_rank`` of one half
+    (spread over their styles) rank, the other half confirms, so no prompt does both; with
+    ``n_rank`` 0 none ranks and all confirm."""
+    if n_rank == 0:
+        return None, broad
+    ranking, confirming = broad.halves()
+    return ranking.spread(min(n_rank, len(ranking))), confirming
+
+
 class Measure:
     """Scores of the model in memory as it is now, on the validation sets (the base model's
     first-token distributions on harmless prompts kept for the KL).
@@ -30,7 +40,10 @@ class Measure:
 
     With ``options.guard`` each validation set is split in two (:meth:`PromptSet.halves`): cheap
     scores rank trials on the first part (``rank_sets``), confirmed scores are measured on the
-    second (``sets``), which never ranks, with every prompt's verdict kept for paired comparisons."""
+    second (``sets``), which never ranks, with every prompt's verdict kept for paired comparisons.
+    The extra harmless prompts (``confirm_harmless``, ordinary requests of many styles) are split
+    the same way (:func:`split_broad`): ``options.rank_harmless`` of one half join the ranking
+    part, so the search ranks on the kind of prompts the guard bounds, the other half confirms."""
 
     def __init__(
         self,
@@ -46,8 +59,11 @@ class Measure:
         split = {role: s.halves() for role, s in full.items()} if options.guard is not None else None
         self.rank_sets = {role: halves[0] for role, halves in split.items()} if split else full
         self.sets = {role: halves[1] for role, halves in split.items()} if split else full  # the confirmation part
-        if split and confirm_harmless is not None:  # more harmless prompts to confirm on, never to rank
-            self.sets["harmless"] = self.sets["harmless"] + confirm_harmless
+        if split and confirm_harmless is not None:  # more harmless prompts: a sample ranks, the rest confirms
+            ranking, confirming = split_broad(confirm_harmless, options.rank_harmless)
+            if ranking is not None:
+                self.rank_sets["harmless"] = self.rank_sets["harmless"] + ranking
+            self.sets["harmless"] = self.sets["harmless"] + confirming
         self.meter = RefusalMeter(loaded, judge, batch_size=options.extract.batch_size)
         self.ids = refusal_token_ids(loaded.tokenizer)
         # the plain generation path's first step is the forward pass's next-token distribution

@@ -249,6 +249,7 @@ def settings(
         "position": extraction.direction.position,
         **{k: [len(v), v.name] for k, v in sets.items() if v is not None},
         "confirm_harmless": extra,
+        **({"rank_harmless": options.rank_harmless} if extra is not None and options.rank_harmless else {}),
     }
 
 
