@@ -206,7 +206,7 @@ def rows_section(rows: list[Any]) -> list[str]:
     records = [r for r in rows if isinstance(r, dict)]
     columns: list[str] = []
     for r in records:
-        for key, _ in flatten({k: v for k, v in r.items() if k not in LABEL_KEYS and k != "chosen_minus_this"}):
+        for key, _ in flatten({k: v for k, v in r.items() if k not in LABEL_KEYS and k not in ("chosen_minus_this", "firing")}):
             if key not in columns and not key.startswith(("validation.", "params.")):
                 columns.append(key)
     body = []
@@ -221,6 +221,32 @@ def rows_section(rows: list[Any]) -> list[str]:
         lines.append("The chosen row minus each row, on the same prompts (difference [95% interval], McNemar p):")
         lines.append("")
         lines += table(["row"] + sets, [[label] + [fmt_difference(p.get(s)) for s in sets] for label, p in paired])
+    return lines
+
+
+def firing_section(rows: list[Any]) -> list[str]:
+    """Rows with a firing probe (benchmarks/firing.py): per edit and prompt set, the push at each
+    segment, median / 90th percentile relative to the harmful prompts' deciding median; one table
+    with the base model's replies teacher-forced, one with the edited model's own."""
+    lines = []
+    records = [r for r in rows if isinstance(r, dict) and isinstance(r.get("firing"), dict)]
+    for whose, words in (("base", "the unedited model's replies"), ("edited", "the edited model's own replies")):
+        probes = [(label_of(r), r["firing"][whose]) for r in records if isinstance(r["firing"].get(whose), dict)]
+        if not probes:
+            continue
+        segments = list(dict.fromkeys(seg for _, f in probes for segs in f["sets"].values() for seg in segs))
+        body = []
+        for label, f in probes:
+            ref = f["reference"]
+            for name, segs in f["sets"].items():
+                cells = [
+                    f"{segs[seg]['p50'] / ref:+.2f} / {segs[seg]['p90'] / ref:+.2f}" if segs.get(seg, {}).get("n") else "–"
+                    for seg in segments
+                ]
+                body.append([label, name] + cells)
+        lines.append(f"Push per token along the direction, median / 90th percentile, in units of the harmful deciding median ({words}):")
+        lines.append("")
+        lines += table(["edit", "prompts", *segments], body)
     return lines
 
 
@@ -320,6 +346,7 @@ def known_tables(data: dict[str, Any], inner: dict[str, Any]) -> list[str]:
     if isinstance(data.get("trials"), list) and "chosen" in data:
         lines += tune_section(data)
     if isinstance(data.get("rows"), list):
+        lines += firing_section(data["rows"])
         lines += rows_section(data["rows"])
     return lines
 

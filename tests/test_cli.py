@@ -272,3 +272,24 @@ def test_the_judge_reaches_the_workflow(base, capsys, monkeypatch, command, work
         code, _, err = run(capsys, command, base / "base", "--out", base / "out", "--device", "cpu", *extra)
         assert code == 1 and "stopped here" in err, err
         assert seen[-1] == judge
+
+
+def test_the_token_level_fit_options_reach_the_edit_form(base, capsys, monkeypatch):
+    from rosi.errors import RosiError
+
+    seen = []
+
+    def stop(loaded, out, prompts, options, **kw):
+        seen.append(options.extract.form)
+        raise RosiError("stopped here")
+
+    monkeypatch.setattr("rosi.workflows.run.run", stop)
+    code, _, err = run(
+        capsys, "run", base / "base", "--out", base / "out", "--device", "cpu", "--method", "gate", "--fit-tokens", "--read", "both"
+    )
+    assert code == 1 and "stopped here" in err, err
+    assert seen[-1].tokens and seen[-1].read == "both" and seen[-1].method == "gate"
+    code, _, err = run(capsys, "run", base / "base", "--out", base / "out2", "--device", "cpu", "--fit-tokens")
+    assert code == 1  # scale has no fitted read-out: refused in one line, before any work
+    lines = [line for line in err.splitlines() if line.startswith("rosi: error:")]
+    assert len(lines) == 1 and "gate and surgical" in lines[0] and "Traceback" not in err

@@ -190,7 +190,7 @@ def test_the_search_bisects_between_the_last_strength_within_the_budget_and_the_
     """Harmless refusal rises past the limit between grid steps 2 and 4: two midpoints narrow it
     down (3 is past it, 2.5 within and better than 2). Where harmful refusal peaks inside the
     limit, the midpoints go between the best strength and the next one above it, not to the
-    limit. Complete refusal or a grid that ends at the best strength leave nothing to bisect."""
+    limit. Complete refusal leaves nothing to bisect."""
     from rosi.edit.strength import StrengthStep, walk_grid
 
     tried = []
@@ -206,7 +206,8 @@ def test_the_search_bisects_between_the_last_strength_within_the_budget_and_the_
     tried.clear()
     assert walk_grid((1.0, 2.0, 4.0, 8.0), measure, base, 0.2)[1].strength == 2.0 and tried == [1.0, 2.0, 4.0]
     tried.clear()
-    assert walk_grid((1.0, 2.0), measure, base, 0.2, bisect=2)[1].strength == 2.0 and tried == [1.0, 2.0]
+    # a grid that ends at the best strength is walked past (doubling), then bisected as before
+    assert walk_grid((1.0, 2.0), measure, base, 0.2, bisect=2)[1].strength == 2.5 and tried == [1.0, 2.0, 4.0, 3.0, 2.5]
     tried.clear()
     rows, best = walk_grid((1.0, 2.0, 4.0), lambda k: measure(k, harmful_at=lambda _: 1.0), base, 0.2, bisect=2)
     assert tried == [1.0] and best.strength == 1.0
@@ -263,3 +264,29 @@ def test_run_measures_lookalikes_beside_harmful_and_harmless_when_it_has_them(lo
     # without them, the card keeps its two columns
     rates = [{k: v for k, v in r.items() if "lookalike" not in k} for r in saved["rates"]]
     assert "look-alikes" not in card_text("base", None, EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors"), rates)
+
+
+def test_the_search_goes_past_the_top_of_its_grid_until_the_evidence_stops_it():
+    """Harmful refusal still rising at the grid's top: the walk doubles the strength until the
+    budget (harmless refusal past the limit), complete refusal or no gain ends it, and says which."""
+    from rosi.edit.strength import StrengthStep, stop_reason, walk_grid
+
+    tried = []
+
+    def measure(strength, harmless_at=lambda k: 0.1, harmful_at=lambda k: min(1.0, k / 100)):
+        tried.append(strength)
+        harmless = harmless_at(strength)
+        return StrengthStep(strength, None if harmless > 0.2 else harmful_at(strength), harmless)
+
+    base = StrengthStep(0.0, 0.0, 0.1)
+    rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmless_at=lambda k: 0.1 if k < 30 else 0.5), base, 0.2)
+    assert tried == [2.0, 4.0, 8.0, 16.0, 32.0] and best.strength == 16.0 and stop_reason(rows, best) == "budget"
+    tried.clear()
+    rows, best = walk_grid((2.0, 4.0, 8.0), measure, base, 0.2)
+    assert tried == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0] and best.strength == 128.0 and stop_reason(rows, best) == "complete"
+    tried.clear()
+    rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmful_at=lambda k: min(k, 16.0) / 100), base, 0.2)
+    assert tried == [2.0, 4.0, 8.0, 16.0, 32.0] and best.strength == 16.0 and stop_reason(rows, best) == "no gain"
+    tried.clear()
+    rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmful_at=lambda k: k / 1000), base, 0.2)
+    assert tried == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0] and stop_reason(rows, best) == "step limit"

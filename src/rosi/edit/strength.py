@@ -21,7 +21,8 @@ from rosi.judges import SEARCH_TOKENS
 from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSet
 
-MAX_STEPS = 12  # strengths tried at most, halving below the grid and bisection included
+MAX_STEPS = 14  # strengths tried at most, halving below the grid, doubling above it and bisection included
+MAX_DOUBLINGS = 4  # past the top of the grid while harmful refusal still rises: at most this many doublings
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class StrengthSearch:
     strength: float
     chosen_by: str
     rows: tuple[StrengthStep, ...] = ()
+    stopped_by: str = ""  # what ended the walk up: "budget", "complete", "no gain" or "step limit" (:func:`stop_reason`)
 
     @property
     def base(self) -> StrengthStep | None:
@@ -46,7 +48,13 @@ class StrengthSearch:
         return self.rows[0] if self.rows else None
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "strength": self.strength, "chosen_by": self.chosen_by, "rows": [asdict(r) for r in self.rows]}
+        return {
+            "method": self.method,
+            "strength": self.strength,
+            "chosen_by": self.chosen_by,
+            "stopped_by": self.stopped_by,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
 def choose_strength(
@@ -95,15 +103,41 @@ def choose_strength(
         return step
 
     rows, best = walk_grid(grid, measure, base, limit, bisect=bisect)
+    stopped = stop_reason(rows, best)
     if best is None:
         return StrengthSearch(
-            method, rows[-1].strength, f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried", tuple(rows)
+            method,
+            rows[-1].strength,
+            f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried",
+            tuple(rows),
+            stopped,
         )
     how = (
         f"max refusal in {SEARCH_TOKENS}-token replies to {len(val_harmful)} harmful validation prompts with harmless refusal at most "
-        f"{budget:.0%} above base on {len(val_harmless)} ({len(rows) - 1} strengths tried)"
+        f"{budget:.0%} above base on {len(val_harmless)} ({len(rows) - 1} strengths tried; stopped by {STOPS[stopped]})"
     )
-    return StrengthSearch(method, best.strength, how, tuple(rows))
+    return StrengthSearch(method, best.strength, how, tuple(rows), stopped)
+
+
+STOPS = {
+    "budget": "the harmless budget",
+    "complete": "complete harmful refusal",
+    "no gain": "a stronger edit refusing no more harmful prompts",
+    "step limit": "the step limit, harmful refusal still rising",
+}
+
+
+def stop_reason(rows: list[StrengthStep], best: StrengthStep | None) -> str:
+    """What ended a walk (:func:`walk_grid`'s rows): a step past the harmless limit
+    (``budget``), complete harmful refusal (``complete``), a stronger step refusing no more
+    harmful prompts than the best (``no gain``), else the step limit with refusal still rising."""
+    if any(r.harmful is None for r in rows[1:]):
+        return "budget"
+    if best is not None and (best.harmful or 0.0) >= 1.0:
+        return "complete"
+    if best is not None and any(r.strength > best.strength for r in rows[1:]):
+        return "no gain"
+    return "step limit"
 
 
 def walk_grid(
@@ -111,7 +145,10 @@ def walk_grid(
 ) -> tuple[list[StrengthStep], StrengthStep | None]:
     """Every step measured (the base first) and the best one with harmless refusal at most
     ``limit``, if any. The walk stops past the limit, and where harmful refusal is complete (no
-    stronger edit can refuse more). Then, while harmful refusal is incomplete, up to ``bisect``
+    stronger edit can refuse more). Where the grid ends with harmful refusal still rising at its
+    top, the walk goes on doubling the strength (at most :data:`MAX_DOUBLINGS` times) until the
+    budget, complete refusal or a step that refuses no more stops it: the evidence ends the search,
+    not the grid. Then, while harmful refusal is incomplete, up to ``bisect``
     midpoints between the best strength and the next one measured above it (past the limit, or
     within it and refusing fewer harmful prompts): a midpoint that refuses more becomes the best,
     else the upper end."""
@@ -126,6 +163,15 @@ def walk_grid(
             best = step
         if step.harmful >= 1.0:
             break
+    strength = grid[-1]
+    for _ in range(MAX_DOUBLINGS):  # the grid ended while harmful refusal still rose at its top: go higher
+        if best is None or best is not rows[-1] or (best.harmful or 0.0) >= 1.0 or len(rows) >= MAX_STEPS:
+            break
+        strength *= 2
+        step = measure(strength)
+        rows.append(step)
+        if step.harmful is not None and step.harmful > (best.harmful or 0.0):
+            best = step
     strength = grid[0]
     while best is None and len(rows) < MAX_STEPS:  # even the smallest grid strength over-refuses: go lower
         strength /= 2
