@@ -144,6 +144,26 @@ def _results(w: World, data: object) -> list[str]:
     return ["compare", str(write(w, "a.json", json.dumps(data))), str(w["root"] / "a.json")]
 
 
+def _long_prompt(w: World) -> str:
+    """A prompt file whose one prompt is a megabyte on one line (the tiny model's context: 2048 tokens)."""
+    return str(write(w, "long.txt", "hello world " * 90_000 + "\n"))
+
+
+def _other_vocabulary(w: World) -> str:
+    """The world's model with a vocabulary of 256 tokens instead of 128 (its tokenizer's ids still fit)."""
+    import transformers as T
+
+    from conftest import _COMMON
+
+    folder = w["root"] / "vocab256"
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(T.LlamaConfig(**{**_COMMON, "vocab_size": 256})).save_pretrained(folder)
+    for f in w["m"].iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return str(folder)
+
+
 def _results_without_a_count(w: World) -> list[str]:
     data = {"metrics": {"model": {"harm_refusal": {"rate": 0.5, "n": 2}}}, "rosi_version": "x", "suite": "quick", "judge": "markers"}
     return _results(w, {**data, "models": {"model": {"spec": "m"}}, "max_new_tokens": 2, "sets": {}})
@@ -164,6 +184,9 @@ CASES: list[Case] = [
         lambda w: edit(w)[:-1] + [str(model_variant(w, "m2", lambda f: None)), "--overwrite"],
         "rosi wrote",
     ),
+    ("edit out empty", lambda w: edit(w)[:-1] + [""], "--out: the path is empty"),
+    ("run out empty", lambda w: run(w)[:-1] + [""], "--out: the path is empty"),
+    ("eval out empty", lambda w: evaluate(w)[:5] + [""] + evaluate(w)[6:], "--out: the path is empty"),
     ("edit over an existing output without --overwrite", lambda w: edit(w)[:-1] + [str(w["rosi_out"])], "already exists"),
     ("edit out below a plain file", lambda w: edit(w)[:-1] + [str(w["file"] / "sub")], "is a file"),
     ("run out is the input", lambda w: run(w, "--overwrite", out=str(w["m"])), "input"),
@@ -252,20 +275,38 @@ CASES: list[Case] = [
     ("prompt file empty", lambda w: run(w, "--harmful", str(write(w, "p.txt", ""))), "empty"),
     ("prompt file is a pipe", lambda w: run(w, "--harmful", str(fifo(w, "p.jsonl"))), "not a regular file"),
     ("prompt file is a folder", lambda w: run(w, "--harmful", str(w["other"])), "is a folder"),
+    ("prompt longer than the context", lambda w: run(w, "--harmful", _long_prompt(w)), "'long.txt'.*prompt 1 is .* context of 2048"),
+    ("prompt file with NUL bytes", lambda w: run(w, "--harmful", str(write(w, "p.txt", b"hello\x00world\n"))), "NUL"),
+    ("prompt file of binary after a UTF-16 mark", lambda w: run(w, "--harmful", str(write(w, "p.txt", b"\xff\xfe\xfa\xfa"))), "UTF-16"),
     ("prompt file of unknown type", lambda w: run(w, "--harmful", str(write(w, "p.xml", "<x/>"))), "unknown prompt file type"),
-    ("system prompt file not text", lambda w: run(w, "--system-prompt", str(write(w, "s.txt", b"\xff\xfe"))), "UTF-8"),
+    ("system prompt file not text", lambda w: run(w, "--system-prompt", str(write(w, "s.txt", b"\xff\xfe\x00"))), "UTF-8"),
     ("eval templates malformed", lambda w: evaluate(w, "--jailbreak-templates", str(write(w, "t.json", "[{"))), "not valid JSON"),
     ("eval templates without text", lambda w: evaluate(w, "--jailbreak-templates", str(write(w, "t.json", '[{"x": 1}]'))), "no 'template'"),
     ("eval judge unknown", lambda w: evaluate(w, "--judge", "gpt4"), "unknown judge"),
     ("eval judge checkpoint missing", lambda w: evaluate(w, "--judge", "llamaguard:/no/such/guard"), "does not exist"),
     ("eval judge server down", lambda w: evaluate(w, "--judge", "openai:http://127.0.0.1:9/v1"), "does not answer"),
     ("eval generation server down", lambda w: evaluate(w, "--server", "openai:http://127.0.0.1:9/v1"), "does not answer"),
+    ("eval model folder that is not a model", lambda w: evaluate(w)[:1] + [str(w["other"])] + evaluate(w)[2:], "no config.json"),
+    ("eval model alone that is not a model", lambda w: ["eval", str(w["other"])] + evaluate(w)[4:], "no config.json"),
+    (
+        "eval model alone with truncated weights",
+        lambda w: ["eval", str(model_variant(w, "m2", _truncate))] + evaluate(w)[4:],
+        "truncated|not a readable",
+    ),
+    ("eval base of another vocabulary", lambda w: evaluate(w, "--base", _other_vocabulary(w)), "vocabulary of 256 tokens.*--no-kl"),
+    ("eval prompt longer than the context", lambda w: evaluate(w, "--harmful", _long_prompt(w)), "prompt 1 is .* context of 2048"),
     ("eval data folder is a file", lambda w: evaluate(w, "--data", str(w["file"])), "not a folder"),
     ("eval utility count not a number", lambda w: evaluate(w, "--utility", "local:mmlu:x"), "whole number"),
     ("eval utility task unknown", lambda w: evaluate(w, "--utility", "local:bogus"), "no local task"),
     ("compare result missing", lambda w: ["compare", str(w["root"] / "none.json"), str(w["root"] / "none.json")], "does not exist"),
     ("compare result not JSON", lambda w: ["compare", str(write(w, "r.json", "{")), str(w["root"] / "r.json")], "not valid JSON"),
     ("compare result without metrics", lambda w: _results(w, {"x": 1}), "no 'metrics'"),
+    ("compare result with empty metrics", lambda w: _results(w, {"metrics": {}, "models": {}}), "no metrics of the evaluated model"),
+    (
+        "compare result without its model",
+        lambda w: _results(w, {"metrics": {"model": {}}, "models": {}}),
+        "does not say which model",
+    ),
     ("compare result incomplete", _results_without_a_count, "not a complete"),
     ("compare result folder without results", lambda w: ["compare", str(w["other"]), str(w["other"])], "does not exist"),
     ("fetch unknown model", lambda w: ["fetch", "gpt-5"], "invalid choice"),
@@ -285,6 +326,7 @@ CASES: list[Case] = [
     ("audit direction of the wrong size", lambda w: ["audit", str(w["m"]), "--direction", str(_direction64(w))], "64 values"),
     ("audit out over unrelated files", lambda w: ["audit", str(w["m"]), "--out", str(w["other"]), "--overwrite"], "not an? .*rosi wrote"),
     ("audit out is the input", lambda w: ["audit", str(w["m"]), "--out", str(w["m"]), "--overwrite"], "input"),
+    ("audit out empty", lambda w: ["audit", str(w["m"]), "--out", ""], "--out: the path is empty"),
     ("audit missing base", lambda w: ["audit", str(w["m"]), "--base", str(w["root"] / "nobase")], "nobase"),
 ]
 
@@ -367,3 +409,32 @@ def test_direction_out_that_is_a_folder_says_so(tmp_path, tokenizer_dir, capsys,
     assert main(edit(world)[:-1] + [str(world["file"]), "--overwrite"]) == 1
     assert "exists and is not a checkpoint folder rosi wrote" in capsys.readouterr().err
     assert snapshot(world["root"]) == before
+
+
+ENCODINGS = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be")
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_text_files_in_utf16_and_utf32_read_as_their_text(encoding, tmp_path):
+    """A prompt file, an XSTest CSV, a jailbreak template file and a system prompt file saved as
+    UTF-16 or UTF-32, with a byte-order mark or without one, read as the same text as UTF-8
+    (never as prompts of NUL-interleaved garbage)."""
+    from rosi.eval.jailbreak import load_templates
+    from rosi.prompts import load_prompts, load_xstest
+    from rosi.prompts.system import read_system_prompt
+
+    def save(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_bytes(text.encode(encoding))
+        return str(path)
+
+    prompts = ("héllo wörld ☃", "how do I bake bread? 𝄞")
+    jsonl = "".join(json.dumps({"instruction": p}, ensure_ascii=False) + "\n" for p in prompts)
+    assert load_prompts(save("p.txt", "\n".join(prompts) + "\n")).instructions == prompts
+    assert load_prompts(save("p.jsonl", jsonl)).instructions == prompts
+    assert load_prompts(save("p.csv", "prompt,category\n" + "".join(f'"{p}",x\n' for p in prompts))).instructions == prompts
+    xstest = save("x.csv", "id,prompt,type,label,focus,note\n1,é safe one,t,safe,f,n\n2,bad one,t,unsafe,f,n\n")
+    assert load_xstest(xstest).instructions == ("é safe one",)
+    templates = json.dumps([{"name": "é", "template": "Say [INSERT PROMPT HERE]"}], ensure_ascii=False)
+    assert load_templates(save("t.json", templates))[0].name == "é"
+    assert read_system_prompt(save("s.txt", "Refuse harm, politely ☃.\n")) == "Refuse harm, politely ☃."

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from conftest import _COMMON, snapshot
 from rosi.cli import main
-from test_hostile import World, fifo, make_world, write
+from test_hostile import World, _long_prompt, fifo, make_world, write
 
 # --- more of the world, made when a case asks for it ------------------------------------------
 
@@ -181,6 +181,10 @@ CASES: list[Case] = [
     ("tune rank-two form into a patch", lambda w: tune(w, "--format", "patch"), "--forms surgical makes a rank-two edit"),
     ("tune rank-two form into a GGUF adapter", lambda w: tune(w, "--format", "gguf-lora"), "rank-two.*leave surgical out"),
     ("tune unknown form", lambda w: tune(w, "--forms", "gate,magic"), "magic"),
+    ("tune out empty", lambda w: tune(w)[:3] + [""] + tune(w)[4:], "--out: the path is empty"),
+    ("tune prompt longer than the context", lambda w: tune(w, "--harmful", _long_prompt(w)), "'long.txt'.*context of 2048"),
+    ("realign prompt longer than the context", lambda w: realign(w, "--harmless", _long_prompt(w)), "'long.txt'.*context of 2048"),
+    ("realign out empty", lambda w: realign(w)[:3] + [""], "--out: the path is empty"),
     ("tune journal is not a journal", lambda w: tune(w, "--journal", str(write(w, "j.log", "my notes\n"))), "journal"),
     ("tune journal of JSON that is not optuna's", lambda w: tune(w, "--journal", str(write(w, "j.log", '{"a": 1}\n'))), "journal"),
     ("tune journal is binary", lambda w: tune(w, "--journal", str(write(w, "j.log", b"\xff\x00\xfe" * 50))), "journal"),
@@ -209,7 +213,7 @@ CASES: list[Case] = [
     ("realign system prompt file blank", lambda w: realign(w, "--system-prompt", str(write(w, "s.txt", " \n\t\n"))), "is empty"),
     ("realign system prompt text empty", lambda w: realign(w, "--system-prompt", ""), "--system-prompt is empty"),
     ("realign system prompt text blank", lambda w: realign(w, "--system-prompt", "   "), "--system-prompt is empty"),
-    ("realign system prompt not UTF-8", lambda w: realign(w, "--system-prompt", str(write(w, "s.txt", b"\xff\xfe\x00x"))), "UTF-8"),
+    ("realign system prompt not UTF-8", lambda w: realign(w, "--system-prompt", str(write(w, "s.txt", b"\xff\xfe\x00"))), "UTF-8"),
     ("realign system prompt is a folder", lambda w: realign(w, "--system-prompt", str(w["other"])), "is a folder"),
     ("realign system prompt is a pipe", lambda w: realign(w, "--system-prompt", str(fifo(w, "s.fifo"))), "not a regular file"),
     ("realign rank-two method into a patch", lambda w: realign(w, "--method", "surgical", "--format", "patch"), "rank-two"),

@@ -207,3 +207,15 @@ def test_the_one_position_fit_fires_on_look_alike_words_and_the_token_level_fit_
         assert abs(f.relative("lookalike", "deciding")) < 0.15
     assert Firing.from_json(tok.to_json()) == tok
     assert "deciding" in tok.table()
+
+
+def test_moments_keep_few_rows_as_rows_and_many_as_a_gram_matrix_with_the_same_result():
+    rows = torch.randn(50, 40, dtype=torch.float64)
+    few, many = Moments(dtype=torch.float64), Moments(dtype=torch.float64)
+    few.add(rows[:10])
+    assert few.gram is None and few.nbytes() < 40 * 40 * 8  # 10 rows of 40: kept as rows
+    for part in rows.split(7):
+        many.add(part)
+    assert many.gram is not None and not many.rows
+    torch.testing.assert_close(few.second(), rows[:10].T @ rows[:10] / 10)
+    torch.testing.assert_close(many.second(), rows.T @ rows / 50)

@@ -142,6 +142,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
     from rosi._fs import atomic_file, check_output
     from rosi.direction.vector import is_direction_file
     from rosi.workflows.extract import extract
+    from rosi.workflows.run import check_prompts_fit
 
     out = Path(args.out)
     scores = out.with_suffix(".scores.json")
@@ -151,6 +152,7 @@ def cmd_direction(args: argparse.Namespace) -> int:
     options = extract_options(args)
     prompts = prompt_sets(args)
     loaded = load(args, compute=True)
+    check_prompts_fit(loaded, prompts, options.system_prompt, 0)
     result = extract(loaded, prompts, options)
     if result.selection is not None:
         with atomic_file(scores) as tmp:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, GATE_RIDGE, METHODS, SCOPES, searchable_methods
+from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, GATE_RIDGE, METHODS, READS, SCOPES, searchable_methods
 from rosi.judges import JUDGES
 from rosi.prompts import DEFAULT_N_VAL
 from rosi.workflows.options import DEFAULT_BATCH_SIZE
@@ -17,11 +17,23 @@ from rosi.workflows.options import DEFAULT_BATCH_SIZE
 DEFAULT_JUDGE = "markers"  # the judge every refusal is measured with unless --judge says otherwise
 
 
+PATH_OPTIONS = ("--out",)  # options naming a path to write: an empty one is refused (it would mean the current folder)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with rosi's one-line errors (``rosi: error: ...``, exit status 2)."""
+    """argparse with rosi's one-line errors (``rosi: error: ...``, exit status 2), and an empty
+    output path (``--out ''``) refused by every command, as a usage error."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"rosi: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:  # type: ignore[override]  # typeshed overloads it on the namespace type; this keeps argparse's behaviour
+        parsed, extra = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            given = getattr(parsed, action.dest, None)
+            if set(action.option_strings) & set(PATH_OPTIONS) and isinstance(given, str) and not given.strip():
+                self.error(f"argument {'/'.join(action.option_strings)}: the path is empty; give a file or folder name")
+        return parsed, extra
 
 
 # -- small type parsers: a bad value is a usage error (exit status 2), said in one line
@@ -154,6 +166,20 @@ def edit_form_args(p: argparse.ArgumentParser, for_direction: bool = False, meth
         metavar="ENERGY",
         help="gate/surgical: keep the read-out off the benign inputs' principal subspace holding this share of their energy, "
         "e.g. 0.99 (AlphaSteer's constraint; default: %(default)s)",
+    )
+    g.add_argument(
+        "--fit-tokens",
+        action="store_true",
+        help="gate/surgical: fit the read-out's benign side on every token the edit acts on (the harmless and look-alike "
+        "prompts' system turn, words and template, and the model's own replies to them), not one position per prompt; "
+        "costs a greedy reply to each benign extraction prompt (docs/method.md)",
+    )
+    g.add_argument(
+        "--read",
+        choices=READS,
+        default="decide",
+        help="with --fit-tokens, where the harmful side is read: decide (the direction's post-instruction token), "
+        "instruction (the user's last token, where harmfulness is represented) or both (default: %(default)s)",
     )
 
 

@@ -35,10 +35,11 @@ def load_options(args: argparse.Namespace) -> Any:
 
 
 def read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise RosiError(f"{what} {path} is not a UTF-8 text file") from None
+    """A text file's text: UTF-8, UTF-16 or UTF-32, with or without a byte-order mark (else a
+    one-line :class:`~rosi.prompts.text.TextEncodingError`)."""
+    from rosi.prompts.text import decode_text
+
+    return decode_text(path.read_bytes(), f"{what} {path}")
 
 
 def load(args: argparse.Namespace, compute: bool = False) -> Any:

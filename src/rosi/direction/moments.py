@@ -18,12 +18,15 @@ import torch
 @dataclass
 class Moments:
     """``gram = sum x x^T`` (``dtype``, default float32), ``total = sum x`` (float64) and ``count``
-    of the rows folded in so far; all ``None``/0 until the first :meth:`add`."""
+    of the rows folded in so far. While there are fewer rows than half the width the rows
+    themselves are kept (a few hundred prompts' rows take less memory than an ``in x in`` Gram
+    matrix) and the Gram matrix is made from them when it is needed or when they grow past that."""
 
     gram: torch.Tensor | None = None
     total: torch.Tensor | None = None
     count: int = 0
     dtype: torch.dtype = field(default=torch.float32, repr=False)
+    rows: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     def add(self, rows: torch.Tensor) -> None:
         """Fold in ``rows`` (``[n, in]``, any float dtype, any device; the sums live on the CPU)."""
@@ -31,17 +34,22 @@ class Moments:
             raise ValueError(f"moments take [n, in] rows, got shape {tuple(rows.shape)}")
         if len(rows) == 0:
             return
-        x = rows.detach().to(self.dtype)
-        gram = (x.T @ x).cpu()
+        if self.total is not None and rows.shape[1] != self.total.shape[0]:
+            raise ValueError(f"rows of width {rows.shape[1]} added to moments of width {self.total.shape[0]}")
         total = rows.detach().to(torch.float64).sum(0).cpu()
-        if self.gram is None or self.total is None:
-            self.gram, self.total = gram, total
-        else:
-            if gram.shape != self.gram.shape:
-                raise ValueError(f"rows of width {rows.shape[1]} added to moments of width {self.gram.shape[0]}")
-            self.gram += gram
-            self.total += total
+        self.total = total if self.total is None else self.total + total
         self.count += len(rows)
+        x = rows.detach().to(self.dtype).cpu()
+        if self.gram is None and 2 * self.count < x.shape[1]:
+            self.rows.append(x.clone())
+            return
+        self._fold(x)
+
+    def _fold(self, x: torch.Tensor) -> None:
+        kept, self.rows = self.rows, []
+        for part in [*kept, x]:
+            gram = part.T @ part
+            self.gram = gram if self.gram is None else self.gram.add_(gram)
 
     @classmethod
     def of(cls, rows: torch.Tensor, dtype: torch.dtype = torch.float64) -> Moments:
@@ -52,14 +60,17 @@ class Moments:
 
     @property
     def width(self) -> int:
-        if self.gram is None:
+        if self.total is None:
             raise ValueError("no rows were added to these moments")
-        return int(self.gram.shape[0])
+        return int(self.total.shape[0])
 
     def second(self) -> torch.Tensor:
         """float64 ``E[x x^T]``: the Gram matrix over the count."""
-        if self.gram is None or self.count == 0:
+        if self.total is None or self.count == 0:
             raise ValueError("no rows were added to these moments")
+        if self.gram is None:
+            x = torch.cat(self.rows).to(torch.float64)
+            return x.T @ x / self.count
         return self.gram.to(torch.float64) / self.count
 
     def mean(self) -> torch.Tensor:
@@ -69,4 +80,6 @@ class Moments:
         return self.total / self.count
 
     def nbytes(self) -> int:
-        return 0 if self.gram is None or self.total is None else self.gram.numel() * self.gram.element_size() + self.total.numel() * 8
+        kept = sum(r.numel() * r.element_size() for r in self.rows)
+        gram = 0 if self.gram is None else self.gram.numel() * self.gram.element_size()
+        return kept + gram + (0 if self.total is None else self.total.numel() * 8)

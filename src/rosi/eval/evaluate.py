@@ -35,7 +35,7 @@ import torch
 
 from rosi._fs import atomic_file
 from rosi._version import __version__
-from rosi.errors import EvalError
+from rosi.errors import EvalError, NotCausalLMError
 from rosi.eval.cache import GenerationCache
 from rosi.eval.report import write_report
 from rosi.eval.results import EvalResults, KLSummary, ModelMetrics, SetSummary, UtilityScore
@@ -46,6 +46,7 @@ from rosi.judges import Judge, make_judge
 from rosi.measure import check_judge
 from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
+from rosi.model.context import check_fits
 from rosi.model.endpoint import Endpoint, parse_spec
 from rosi.model.generation import Generator, LocalGenerator, ServerGenerator, next_token_logprobs
 from rosi.model.loading import LoadedModel, LoadOptions, compute_dtype, load
@@ -147,8 +148,23 @@ def evaluate(
     for role, m in models.items():  # every server with replies to generate answers, before anything is written
         if m.server and (options.overwrite or not cached.is_file() or _todo(GenerationCache(cached), role, plan)):
             Endpoint(*parse_spec(m.server)).check_reachable()
+    for m in models.values():
+        _check_folder(m)
+    if options.kl and base is not None:
+        _check_vocabularies(models)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this evaluation makes
     _prepare_out(out, setup, options.overwrite, [Path(m.spec) for m in models.values() if m.spec])
-    cache = GenerationCache(cached)
+    try:
+        return _evaluate(models, plan, out, options, started, log)
+    except BaseException:
+        _drop_if_empty(out, made)
+        raise
+
+
+def _evaluate(models: dict[str, ModelSpec], plan: _Plan, out: Path, options: EvalOptions, started: float, log: Log) -> EvalResult:
+    """Everything after the output folder is prepared: generate, measure, judge, write."""
+    base = models.get("base")
+    cache = GenerationCache(out / GENERATIONS)
     seconds: dict[str, float] = {}
     outputs: dict[str, _ModelOutputs] = {}
     for role, m in models.items():
@@ -170,7 +186,7 @@ def evaluate(
         dtype=plan.dtype,
         sets={r: _set_summary(items) for r, items in plan.sets.items()},
         metrics=metrics,
-        kl=KLSummary.of(kl_divergence(lp["base"], lp["model"]).tolist()) if {"base", "model"} <= set(lp) else None,
+        kl=_kl(lp, models) if {"base", "model"} <= set(lp) else None,
         seconds={**seconds, "total": round(time.perf_counter() - started, 1)},
         generated={role: o.generated for role, o in outputs.items()},
     )
@@ -178,6 +194,67 @@ def evaluate(
     _write_generations_view(out, plan.sets, cache, models)
     report = write_report(results, out, plots=options.plots)
     return EvalResult(out, results, report, results.generated)
+
+
+def _kl(logprobs: dict[str, torch.Tensor], models: dict[str, ModelSpec]) -> KLSummary:
+    """KL(base || model) of the first reply token, once both distributions are over one vocabulary."""
+    base, model = logprobs["base"], logprobs["model"]
+    if base.shape != model.shape:
+        raise EvalError(
+            f"--base {models['base'].spec} predicts over {base.shape[-1]} tokens and {models['model'].spec} over {model.shape[-1]}: "
+            "the KL needs one vocabulary; pass the model's own base, or --no-kl (the replies are cached: rerunning is quick)"
+        )
+    return KLSummary.of(kl_divergence(base, model).tolist())
+
+
+def _check_folder(spec: ModelSpec) -> None:
+    """A local folder given as a model is a model folder: refused before anything is written or
+    any other model is loaded and generated from (the rest is checked when it loads)."""
+    path = Path(spec.spec).expanduser()
+    if not spec.server and spec.spec and path.is_dir() and not (path / "config.json").is_file():
+        raise NotCausalLMError(f"{path} has no config.json, so it is not a Hugging Face model folder")
+
+
+def _vocabulary(spec: ModelSpec) -> int | None:
+    """The vocabulary size a local checkpoint folder's config.json gives (None: not a local folder, or it does not say)."""
+    config = Path(spec.spec).expanduser() / "config.json"
+    if spec.server or not spec.spec or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model names the problem
+    found = data.get("vocab_size") if isinstance(data, dict) else None
+    if found is None and isinstance(data, dict) and isinstance(data.get("text_config"), dict):
+        found = data["text_config"].get("vocab_size")
+    return found if isinstance(found, int) and not isinstance(found, bool) else None
+
+
+def _check_vocabularies(models: dict[str, ModelSpec]) -> None:
+    """A base of another vocabulary cannot give a KL: refused before anything is loaded or written
+    (for local folders; other sources are checked when both distributions are there, by :func:`_kl`)."""
+    base, model = _vocabulary(models["base"]), _vocabulary(models["model"])
+    if base is not None and model is not None and base != model:
+        raise EvalError(
+            f"--base {models['base'].spec} has a vocabulary of {base} tokens and {models['model'].spec} one of {model}: the KL "
+            "compares their next-token distributions and needs one vocabulary; pass the model's own base, or --no-kl"
+        )
+
+
+def _drop_if_empty(out: Path, made: Sequence[Path]) -> None:
+    """After a failed evaluation, remove what it wrote when it holds no reply (nothing to resume):
+    the setup file, and the folders made for it. A folder with cached replies stays, to resume."""
+    cache = out / GENERATIONS
+    if cache.is_file() and cache.stat().st_size > 0:
+        return
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {SETUP, GENERATIONS}:
+        for name in (SETUP, GENERATIONS):
+            (out / name).unlink(missing_ok=True)
+    for folder in made:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _plan(options: EvalOptions, log: Log) -> _Plan:
@@ -221,7 +298,9 @@ def _run_model(
     elif todo or want_kl or wants_utility:
         log(f"rosi eval: loading {role} {m.spec}")
         loaded = load(m.spec, **asdict(replace(options.load, dtype=plan.dtype)))
-        generator = LocalGenerator(loaded.model, ChatFormat(loaded.tokenizer, options.system_prompt), options.batch_size)
+        fmt = ChatFormat(loaded.tokenizer, options.system_prompt)
+        _check_fit(loaded, fmt, plan, m.spec)
+        generator = LocalGenerator(loaded.model, fmt, options.batch_size)
     for set_role in ROLES:
         prompts = [i.prompt for i in plan.sets[set_role]]
         if prompts and generator is not None:  # None: nothing to generate (all cached)
@@ -242,6 +321,14 @@ def _run_model(
     del loaded
     gc.collect()
     return result
+
+
+def _check_fit(loaded: LoadedModel, fmt: ChatFormat, plan: _Plan, spec: str) -> None:
+    """Every prompt and its reply fit the model's context, checked before any batch is built (a
+    prompt past it fails its forward pass, or asks for memory for all of it)."""
+    for role in ROLES:
+        prompts = [i.prompt for i in plan.sets[role]]
+        check_fits(loaded.model, fmt, prompts, new_tokens=plan.new_tokens, what=f"the {role} prompts", name=spec)
 
 
 def _metrics(

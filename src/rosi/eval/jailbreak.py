@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rosi.prompts import PromptError, split_lines
 from rosi.prompts.sets import prompt_file
+from rosi.prompts.text import TextEncodingError, decode_text
 
 SLOT = "[INSERT PROMPT HERE]"
 NAME_PLACEHOLDER = "{generator.name}"
@@ -50,13 +51,16 @@ def load_templates(path: str | Path) -> list[Template]:
         return templates
     prompt_file(path, "jailbreak template file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_text(path.read_bytes(), str(path))
+    except TextEncodingError as e:
+        raise PromptError(str(e)) from None
+    try:
         if path.suffix == ".jsonl":
             rows = [json.loads(line) for line in split_lines(text)]
         else:
             rows = json.loads(text)
             rows = rows if isinstance(rows, list) else [rows]
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise PromptError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {e}") from None
     templates = []
     for i, row in enumerate(rows):

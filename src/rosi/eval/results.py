@@ -261,6 +261,11 @@ def load_results(path: str | Path) -> EvalResults:
         raise EvalError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or "metrics" not in data:
         raise EvalError(f"{path} is not a rosi evaluation result (no 'metrics')")
+    metrics, models = data["metrics"], data.get("models")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("model"), dict):
+        raise EvalError(f"{path} holds no metrics of the evaluated model ('metrics' has no 'model' entry); rerun `rosi eval`")
+    if not isinstance(models, dict) or not isinstance(models.get("model"), dict):
+        raise EvalError(f"{path} does not say which model it evaluated ('models' has no 'model' entry); rerun `rosi eval`")
     try:
         return EvalResults.from_json(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

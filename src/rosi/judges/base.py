@@ -33,6 +33,12 @@ class Verdict:
 class Judge(ABC):
     name: str = ""  # set by @register
     argument: str = ""  # what follows "name:" in a spec, for help texts ("" when it takes none)
+    spec: str = ""  # the spec it was made from (set by make_judge), for messages
+
+    @property
+    def label(self) -> str:
+        """The judge in messages: its spec, else its name."""
+        return self.spec or self.name or type(self).__name__
 
     @classmethod
     @abstractmethod
@@ -62,9 +68,26 @@ def make_judge(spec: str) -> Judge:
     if name not in JUDGES:
         choices = ", ".join(f"{n}{':' + JUDGES[n].argument if JUDGES[n].argument else ''}" for n in JUDGES)
         raise JudgeError(f"unknown judge {spec!r}; choose one of: {choices}")
-    return JUDGES[name].from_spec(argument or None)
+    judge = JUDGES[name].from_spec(argument or None)
+    judge.spec = spec
+    return judge
 
 
 def check_pairs(prompts: Sequence[str], replies: Sequence[str]) -> None:
     if len(prompts) != len(replies):
         raise JudgeError(f"{len(prompts)} prompts but {len(replies)} replies; a judge needs one reply per prompt")
+
+
+def check_verdicts(judge: Judge, verdicts: Sequence[Verdict], replies: int) -> None:
+    """No figure from no evidence: ``judge`` must return one verdict per reply, and a verdict on at
+    least one of them (a reply it could not classify is ``None`` in :class:`Verdict`); otherwise a
+    :class:`JudgeError` naming the judge and what it returned, before any rate is computed."""
+    if len(verdicts) != replies:
+        raise JudgeError(f"judge {judge.label} returned {len(verdicts)} verdicts for {replies} replies; a judge must give one per reply")
+    if replies and all(v.refused is None and v.unsafe is None for v in verdicts):
+        raw = verdicts[0].raw.strip()
+        said = f"it answered {raw[:80]!r}" if raw else "it answered nothing"
+        raise JudgeError(
+            f"judge {judge.label} gave no verdict on any of the {replies} replies ({said}); a safety judge must answer 'safe' or "
+            "'unsafe' (Llama Guard's format): check that it is a Llama Guard-style judge model"
+        )

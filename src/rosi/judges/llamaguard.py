@@ -102,7 +102,8 @@ class LlamaGuardJudge(Judge):
                 for p, r in zip(prompts[start : start + self.batch_size], replies[start : start + self.batch_size], strict=True)
             ]
             # the prompt carries its own BOS; padded by hand, on the left, because Llama tokenizers have no pad token
-            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+            ids = [tok(t, add_special_tokens=False, verbose=False)["input_ids"] for t in texts]
+            self._check_context(ids, start)
             width = max(map(len, ids))
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
@@ -113,3 +114,17 @@ class LlamaGuardJudge(Judge):
             for row in out[:, width:]:
                 verdicts.append(parse_llama_guard(tok.decode(row, skip_special_tokens=True)))
         return verdicts
+
+    def _check_context(self, ids: list[list[int]], start: int) -> None:
+        """Every classification prompt and its answer fit the judge model's context (else a
+        :class:`JudgeError`, before the forward pass fails or allocates for it)."""
+        from rosi.model.context import context_length
+
+        limit = context_length(self.loaded.model)
+        longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+        if limit is not None and len(ids[longest]) + self.max_new_tokens > limit:
+            raise JudgeError(
+                f"judge {self.label}: its classification prompt for reply {start + longest + 1} is {len(ids[longest])} tokens, and with "
+                f"its {self.max_new_tokens}-token answer it does not fit in the judge model's context of {limit} tokens; "
+                "use a Llama Guard 3 checkpoint"
+            )

@@ -14,6 +14,7 @@ import torch
 
 from rosi.errors import RosiError
 from rosi.judges import Judge, MarkerJudge, make_judge
+from rosi.judges.base import check_verdicts
 from rosi.measure.rate import RefusalRate
 from rosi.model.chat import ChatFormat
 from rosi.model.endpoint import Endpoint
@@ -50,8 +51,13 @@ def judge_of(spec: str) -> Judge:
 
 
 def judged(judge: Judge, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0) -> RefusalRate:
-    """Judge replies already generated (by a model in memory, a server, an evaluation's cache)."""
-    verdicts = judge.judge(_instructions(prompts), list(replies))
+    """Judge replies already generated (by a model in memory, a server, an evaluation's cache).
+    A judge that gives no verdict at all, or not one per reply, stops here with a
+    :class:`~rosi.judges.JudgeError` (:func:`~rosi.judges.base.check_verdicts`): no rate, table,
+    report or strength is ever made of no evidence."""
+    replies = list(replies)
+    verdicts = judge.judge(_instructions(prompts), replies)
+    check_verdicts(judge, verdicts, len(replies))
     return RefusalRate.of(verdicts, judge=judge.name or type(judge).__name__, new_tokens=new_tokens)
 
 

@@ -71,6 +71,11 @@ class Endpoint:
                 raise EndpointError(
                     f"{self.base_url}{path} answered with something that is not JSON; is this an OpenAI-compatible server?"
                 ) from None
+            except UnicodeDecodeError as e:
+                raise EndpointError(
+                    f"{self.base_url}{path} answered with bytes that are not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                    f"{e.start}); is this an OpenAI-compatible server?"
+                ) from None
             if attempt < self.retries:
                 time.sleep(self.backoff * 2**attempt)
         raise EndpointError(
@@ -105,6 +110,10 @@ class Endpoint:
             text = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"{self.base_url} answered without choices[0].message.content: {str(answer)[:200]}") from None
+        if text is not None and not isinstance(text, str):
+            raise EndpointError(
+                f"{self.base_url} answered with choices[0].message.content of type {type(text).__name__}, not text: {str(text)[:200]}"
+            )
         return text or ""
 
     def chat_many(self, conversations: list[list[dict[str, str]]], *, max_tokens: int, workers: int = 8) -> list[str]:

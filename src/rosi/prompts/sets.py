@@ -20,7 +20,8 @@ A spec names where prompts come from:
 - an XSTest-layout CSV: ``xstest:FILE[:safe|:unsafe]`` (default ``safe``: the over-refusal
   contrast prompts).
 
-Without a column, the first of :data:`TEXT_COLUMNS` present is used.
+Without a column, the first of :data:`TEXT_COLUMNS` present is used. Files are read as UTF-8,
+UTF-16 or UTF-32, with or without a byte-order mark (:mod:`rosi.prompts.text`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 
 from rosi._fs import regular_file
 from rosi.errors import RosiError, first_line
+from rosi.prompts.text import TextEncodingError, decode_text
 
 DEFAULT_N_VAL = 32  # validation prompts per set for selection, the strength search and the measurement
 TEXT_COLUMNS = ("instruction", "prompt", "goal", "behavior", "Behavior", "Goal", "question", "text", "query")
@@ -215,14 +217,7 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl", ".json", ".csv"):
         raise PromptError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .csv or .txt")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (spreadsheets write one) is no part of the first prompt
-    except UnicodeDecodeError as e:
-        raise PromptError(
-            f"{path} cannot be parsed as {suffix}: it is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8"
-        ) from None
-    except OSError as e:
-        raise PromptError(f"prompt file {path} cannot be read ({e.strerror})") from None
+    text = _read_text(path, f"{path} cannot be parsed as {suffix}:")
     try:
         if suffix == ".txt":
             rows: list[Any] = [line.strip() for line in split_lines(text)]
@@ -240,6 +235,17 @@ def load_prompts(spec: str, *, column: str | None = None) -> PromptSet:
     if suffix == ".csv" and not rows and text.strip():
         raise PromptError(f"prompt set {path.name!r} is empty: {path} has a header line and no rows")
     return _from_rows(rows, column, name=path.name, strict=True, where=str(path))
+
+
+def _read_text(path: Path, context: str) -> str:
+    """A prompt file's text in UTF-8, UTF-16 or UTF-32, with or without a byte-order mark
+    (:func:`~rosi.prompts.text.decode_text`); ``context`` starts an error's line."""
+    try:
+        return decode_text(path.read_bytes(), "it")
+    except TextEncodingError as e:
+        raise PromptError(f"{context} {e}") from None
+    except OSError as e:
+        raise PromptError(f"prompt file {path} cannot be read ({e.strerror})") from None
 
 
 def prompt_file(path: Path, what: str) -> Path:
@@ -260,16 +266,14 @@ def load_xstest(path: str | Path, label: str = "safe") -> PromptSet:
     if label not in ("safe", "unsafe"):
         raise PromptError(f"XSTest label must be safe or unsafe, got {label!r}")
     path = prompt_file(Path(path), "XSTest file")
+    text = _read_text(path, f"{path} cannot be parsed as CSV:")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in ("prompt", "type", "label") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise PromptError(
-                    f"{path} is not in the XSTest layout ({','.join(XSTEST_COLUMNS)}): missing column(s) {', '.join(missing)}"
-                )
-            rows = [r for r in reader if (r.get("label") or "").strip().lower() == label]
-    except (UnicodeDecodeError, csv.Error) as e:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in ("prompt", "type", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PromptError(f"{path} is not in the XSTest layout ({','.join(XSTEST_COLUMNS)}): missing column(s) {', '.join(missing)}")
+        rows = [r for r in reader if (r.get("label") or "").strip().lower() == label]
+    except csv.Error as e:
         raise PromptError(f"{path} cannot be parsed as CSV ({type(e).__name__}: {first_line(str(e))})") from None
     if not rows:
         raise PromptError(f"{path} has no rows labelled {label!r}")

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from rosi.errors import RosiError
+from rosi.prompts.text import TextEncodingError, decode_text
 
 SYSTEM_PROMPTS: dict[str, str] = {
     # plain and direct: what a deployment's system prompt usually says
@@ -84,9 +85,9 @@ def read_system_prompt(value: str, what: str = "--system-prompt") -> str:
     if exists:
         regular_file(path, f"{what} file")
         try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise RosiError(f"{what} file {value} is not UTF-8 text; save it as UTF-8, or pass the system prompt as text") from None
+            text = decode_text(path.read_bytes(), f"{what} file {value}")
+        except TextEncodingError as e:
+            raise RosiError(f"{e}, or pass the system prompt as text") from None
         if not text.strip():
             raise RosiError(f"{what} file {value} is empty; write the system prompt into it, or leave {what} out")
         return text.strip()

@@ -24,6 +24,8 @@ from rosi.errors import RosiError
 from rosi.export.checkpoint import input_paths
 from rosi.export.formats import FORMATS, Edited, check_format_output, check_format_source, save
 from rosi.measure import RefusalMeter, RefusalRate, judge_of
+from rosi.model.chat import ChatFormat
+from rosi.model.context import check_fits
 from rosi.model.loading import LoadedModel
 from rosi.model.meter import Phase, PhaseClock, phase_table
 from rosi.prompts import PromptSets
@@ -134,6 +136,7 @@ def run(
     method = options.extract.form.method
     check_format_source(options.output.format, loaded.source.spec, [method], gguf_type=options.output.gguf_type)
     meter = RefusalMeter(loaded, judge_of(options.measure.judge), batch_size=options.extract.batch_size, progress=options.extract.progress)
+    check_prompts_fit(loaded, prompts, options.extract.system_prompt, options.measure.new_tokens)
     clock = PhaseClock()
     extraction = extractor() if extractor is not None else extract(loaded, prompts, options.extract)
     clock.done("extract_and_select")
@@ -169,6 +172,22 @@ def run(
     _save(loaded, out, record, report, extraction, options)
     report.phases.append(clock.done("save"))
     return report
+
+
+def check_prompts_fit(loaded: LoadedModel, prompts: PromptSets, system_prompt: str | None, new_tokens: int) -> None:
+    """Every prompt of ``prompts`` fits ``loaded``'s context, checked before any forward pass
+    (:func:`~rosi.model.context.check_fits`): each set as extraction and selection format it
+    (under ``system_prompt``), the validation sets also with a ``new_tokens``-token reply."""
+    formats = [ChatFormat(loaded.tokenizer, system_prompt)]
+    formats += [ChatFormat(loaded.tokenizer)] if system_prompt else []
+    sets = [(s, 0) for s in (prompts.harmful, prompts.harmless, prompts.lookalike)]
+    sets += [(s, new_tokens) for s in (prompts.val_harmful, prompts.val_harmless, prompts.val_lookalike)]
+    for found, reply in sets:
+        if found is None:
+            continue
+        for fmt in formats:
+            n = reply if fmt.system_prompt is None else 0
+            check_fits(loaded.model, fmt, found.instructions, new_tokens=n, what=f"prompt set {found.name!r}", name=loaded.source.spec)
 
 
 def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tuple[Rates, StrengthStep]:

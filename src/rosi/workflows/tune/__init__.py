@@ -47,10 +47,12 @@ from rosi.export.checkpoint import input_paths
 from rosi.export.formats import Edited, check_format_output, check_format_source, save
 from rosi.measure import judge_of
 from rosi.model.chat import ChatFormat
+from rosi.model.context import check_fits
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import Extraction, extract, samples_for
 from rosi.workflows.options import MAX_SEED, TuneOptions
+from rosi.workflows.run import check_prompts_fit
 from rosi.workflows.tune.measurement import Measure
 from rosi.workflows.tune.pick import (
     DIRECTIONS,
@@ -204,6 +206,7 @@ def _tune(
     judge = judge_of(options.measure.judge)
     lap = _Laps()
     hard_train, hard_val, confirm_harmless = extra
+    _check_fit(loaded, prompts, extra, options)
     measured = tune_prompts(prompts, hard_train, hard_val)
     options, extraction = _extract(loaded, prompts, measured, options, lap)
     space = Space(loaded, extraction, options)
@@ -250,6 +253,15 @@ def _tune(
     lap("save")
     report.seconds = lap.seconds
     return report
+
+
+def _check_fit(loaded: LoadedModel, prompts: PromptSets, extra: tuple[PromptSet | None, ...], options: TuneOptions) -> None:
+    """Every prompt the tune reads fits the model's context (:func:`~rosi.workflows.run.check_prompts_fit`)."""
+    check_prompts_fit(loaded, prompts, options.extract.system_prompt, options.measure.new_tokens)
+    fmt = ChatFormat(loaded.tokenizer)
+    for found in (p for p in extra if p is not None):
+        n = options.measure.new_tokens
+        check_fits(loaded.model, fmt, found.instructions, new_tokens=n, what=f"prompt set {found.name!r}", name=loaded.source.spec)
 
 
 def _extract(
