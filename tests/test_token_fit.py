@@ -219,3 +219,16 @@ def test_moments_keep_few_rows_as_rows_and_many_as_a_gram_matrix_with_the_same_r
     assert many.gram is not None and not many.rows
     torch.testing.assert_close(few.second(), rows[:10].T @ rows[:10] / 10)
     torch.testing.assert_close(many.second(), rows.T @ rows / 50)
+
+
+def test_moments_add_up_to_the_moments_of_all_their_rows():
+    rows = torch.randn(60, 20, dtype=torch.float64)
+    a, b = Moments(dtype=torch.float64), Moments(dtype=torch.float64)
+    a.add(rows[:5])  # kept as rows
+    for part in rows[5:].split(20):
+        b.add(part)  # a Gram matrix
+    both = a + b
+    assert both.count == 60 and a.count == 5 and b.count == 55
+    torch.testing.assert_close(both.second(), rows.T @ rows / 60)
+    torch.testing.assert_close(both.mean(), rows.mean(0))
+    torch.testing.assert_close((a + Moments(dtype=torch.float64)).second(), a.second())

@@ -79,6 +79,24 @@ class Moments:
             raise ValueError("no rows were added to these moments")
         return self.total / self.count
 
+    def __add__(self, other: Moments) -> Moments:
+        """The moments of both sets of rows together (neither is changed)."""
+        out = Moments(dtype=self.dtype)
+        for m in (self, other):
+            if m.count == 0:
+                continue
+            assert m.total is not None
+            out.total = m.total.clone() if out.total is None else out.total + m.total
+            out.count += m.count
+            out.rows += m.rows
+            if m.gram is not None:
+                out.gram = m.gram.clone() if out.gram is None else out.gram + m.gram
+        if out.gram is not None and out.rows:
+            kept, out.rows = out.rows, []
+            for part in kept:
+                out.gram += part.T @ part
+        return out
+
     def nbytes(self) -> int:
         kept = sum(r.numel() * r.element_size() for r in self.rows)
         gram = 0 if self.gram is None else self.gram.numel() * self.gram.element_size()

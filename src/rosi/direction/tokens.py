@@ -58,6 +58,14 @@ class TokenMoments:
     def nbytes(self) -> int:
         return sum(m.nbytes() for groups in self.writers.values() for m in groups.values())
 
+    def __add__(self, other: TokenMoments) -> TokenMoments:
+        """The evidence of both (the same writers, read position and direction position)."""
+        if (self.read, self.position, set(self.writers)) != (other.read, other.position, set(other.writers)):
+            raise ValueError("token moments of different writers or read positions do not add up")
+        return TokenMoments(
+            self.read, self.position, {name: {g: self.writers[name][g] + other.writers[name][g] for g, _ in GROUPS} for name in self.writers}
+        )
+
 
 def read_mask(labels: torch.Tensor, read: str, position: int) -> torch.Tensor:
     """``[batch, length]`` bool: the read positions of each row of a :func:`labelled_batch`.
