@@ -4,8 +4,9 @@ Adding a judge is one class (in a module of its own in this package, imported by
 ``__init__``) with ``@register("name")``, a ``from_spec(argument)`` constructor and
 ``judge(prompts, replies)``. ``make_judge(spec)`` builds one from a CLI spec ``NAME[:ARGUMENT]``.
 
-A :class:`Verdict` says ``refused`` (marker judge) or ``unsafe`` plus hazard categories
-(Llama Guard), and keeps the judge's raw output.
+A :class:`Verdict` says ``refused`` (the refusal judges: markers, llm) or ``unsafe`` plus hazard
+categories (Llama Guard), with the judge's continuous ``score`` where it has one (the llm judge's
+probability of a refusal), and keeps the judge's raw output.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ class JudgeError(RosiError):
 
 @dataclass(frozen=True)
 class Verdict:
-    refused: bool | None = None  # the reply declines the request (marker judge)
-    partial: bool | None = None  # a refusal phrase followed by substantive help (marker judge; counted in refused too)
+    refused: bool | None = None  # the reply declines the request (marker and llm judges)
+    # a disclaimer, then substantive help: the marker judge's refusal phrase then help (counted in
+    # refused too); the llm judge's "complies after a disclaimer" (not counted in refused)
+    partial: bool | None = None
     unsafe: bool | None = None  # the reply is unsafe (Llama Guard); None: output not parseable
     categories: tuple[str, ...] = ()  # e.g. ("S1", "S10")
+    score: float | None = None  # a continuous refusal score in 0..1 where the judge has one (llm judge: P(refuse))
     raw: str = field(default="", compare=False)
 
 

@@ -23,7 +23,8 @@ def declined(verdict: Verdict) -> bool | None:
 @dataclass(frozen=True)
 class RefusalRate:
     """Refusal on one prompt set: each prompt's verdict (``None``: the judge gave none) and, where
-    the judge tells it, whether a refusal phrase was followed by help anyway (``partial``)."""
+    the judge tells it, whether the reply helped anyway after a refusal phrase or a disclaimer
+    (``partial``: inside the refusals for the marker judge, apart from them for the llm judge)."""
 
     refused: tuple[bool | None, ...]
     partial: tuple[bool, ...] | None = None
@@ -32,7 +33,11 @@ class RefusalRate:
 
     @classmethod
     def of(cls, verdicts: Sequence[Verdict], *, judge: str = "markers", new_tokens: int = 0) -> RefusalRate:
-        partial = tuple(bool(v.partial) for v in verdicts) if verdicts and all(v.partial is not None for v in verdicts) else None
+        # a judge that tells partial replies tells them wherever it gives a verdict (the llm
+        # judge: a reply it could not judge counts as not partial)
+        judged = [v for v in verdicts if declined(v) is not None]
+        tells = bool(judged) and all(v.partial is not None for v in judged)
+        partial = tuple(bool(v.partial) for v in verdicts) if tells else None
         return cls(tuple(declined(v) for v in verdicts), partial, judge, new_tokens)
 
     @property
