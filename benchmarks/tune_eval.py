@@ -16,6 +16,7 @@ NAME.png; e.g. --name tune_eval_qwen0.5b)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -49,15 +50,16 @@ def measure(
     marker judge), with the per-prompt verdicts; the harmless prompts' first-token distributions
     come from the generation of their replies (the plain path, no shared prefix), for the KL."""
     meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True)
-    row: dict = {"label": label, "samples": {}}
+    row: dict = {"label": label, "samples": {}, "replies": {}}
     logprobs = None
     for role, prompts in sets.items():
         if role == "harmless":
-            rate, logprobs = meter.rate_and_logprobs(prompts, new_tokens, share_prefix=False)
+            replies, logprobs = meter.replies_and_logprobs(prompts, new_tokens, share_prefix=False)
         else:
             replies = meter.replies(prompts, new_tokens, desc=f"{label}, {role}")
-            rate = meter.judged(prompts, replies, new_tokens=new_tokens)
             row["samples"][role] = [{"prompt": p, "reply": r} for p, r in list(zip(prompts, replies, strict=True))[:3]]
+        rate = meter.judged(prompts, replies, new_tokens=new_tokens)
+        row["replies"][role] = replies  # every reply, written beside the results (NAME.replies.jsonl), not into them
         row[role] = {
             **rate_row(rate),
             "partial": rate.partial_rate,  # None where the judge does not tell
@@ -67,6 +69,16 @@ def measure(
     if base_logprobs is not None:
         row["kl_harmless_first_token"] = float(kl_divergence(base_logprobs, logprobs).mean())
     return row, logprobs
+
+
+def write_replies(path: Path, model: str, rows: list[dict], sets: dict[str, list[str]]) -> None:
+    """Every reply of every row, one JSON line each (model, edit, set, prompt, reply): what the
+    refusal figures judged, for reading and for labelling."""
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            for role, replies in r["_replies"].items():
+                for prompt, reply in zip(sets[role], replies, strict=True):
+                    f.write(json.dumps({"model": model, "edit": r["label"], "set": role, "prompt": prompt, "reply": reply}) + "\n")
 
 
 def paired(a: list[bool | None], b: list[bool | None]) -> PairedDifference:
@@ -168,6 +180,8 @@ def main() -> int:
                     for k in roles
                 ]
                 print(f"{r['label']:34} " + " ".join(f"{c:>24}" for c in cells))
+    for r in rows:
+        r["_replies"] = r.pop("replies")
     path = write_results(
         args.name,
         {
@@ -176,10 +190,11 @@ def main() -> int:
             "judge_spec": args.judge,
             "dtype": args.dtype,
             "sets": {k: len(v) for k, v in sets.items()},
-            "rows": rows,
+            "rows": [{k: v for k, v in r.items() if k != "_replies"} for r in rows],
             "seconds": seconds,
         },
     )
+    write_replies(path.with_suffix(".replies.jsonl"), args.model, rows, sets)
     figure = path.with_suffix(".png")
     plot(rows, figure)
     print(f"wrote {path} and {figure}")

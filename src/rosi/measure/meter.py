@@ -111,6 +111,11 @@ class RefusalMeter:
         (for a KL against another model state), from one generation pass. ``share_prefix``:
         compute the prompts' shared prefix (the chat template's system turn) once, the fast path of
         :func:`rosi.model.generation.generate_with_logprobs` (equal up to rounding)."""
+        replies, logprobs = self.replies_and_logprobs(prompts, new_tokens, share_prefix=share_prefix)
+        return self.judged(prompts, replies, new_tokens=new_tokens), logprobs
+
+    def replies_and_logprobs(self, prompts: Prompts, new_tokens: int, *, share_prefix: bool = False) -> tuple[list[str], torch.Tensor]:
+        """The replies :meth:`rate_and_logprobs` judges, and the first reply token's log-probabilities."""
         replies, logprobs = generate_with_logprobs(
             self.loaded.model,
             self.fmt,
@@ -119,4 +124,4 @@ class RefusalMeter:
             batch_size=self.batch_size,
             share_prefix=share_prefix,
         )
-        return self.judged(prompts, replies, new_tokens=new_tokens), logprobs
+        return list(replies), logprobs
