@@ -7,6 +7,7 @@ tensors it is given (this module does not import it, so the CLI can use it witho
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,60 @@ class PairedDifference:
             "a_only": self.a_only,
             "b_only": self.b_only,
             "mcnemar_p": self.p_value,
+        }
+
+
+def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float:
+    """Cohen's kappa of two labellings of the same items: ``(p_o - p_e) / (1 - p_e)``, ``p_o`` the
+    share of items they agree on and ``p_e`` the agreement their label frequencies give by chance
+    (1 when both give every item one and the same label)."""
+    if len(a) != len(b):
+        raise ValueError(f"kappa needs two labellings of the same items: {len(a)} vs {len(b)}")
+    n = len(a)
+    if n == 0:
+        return float("nan")
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    labels = set(a) | set(b)
+    chance = sum((sum(x == lab for x in a) / n) * (sum(y == lab for y in b) / n) for lab in labels)
+    return 1.0 if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a judge's binary verdicts (``predicted``: refused or not) agree with labels (``truth``):
+    accuracy (Wilson interval), refusal precision and recall, and Cohen's kappa with a seeded
+    bootstrap 95% interval over the items."""
+
+    n: int
+    accuracy: Rate
+    precision: Rate  # of the replies the judge calls refusals, the share labelled refusal
+    recall: Rate  # of the replies labelled refusal, the share the judge calls refusals
+    kappa: float
+    kappa_ci95: tuple[float, float]
+
+    @classmethod
+    def of(cls, truth: Sequence[bool], predicted: Sequence[bool], *, resamples: int = 2000, seed: int = 0) -> Agreement:
+        if len(truth) != len(predicted):
+            raise ValueError(f"agreement needs a verdict per label: {len(truth)} labels vs {len(predicted)} verdicts")
+        pairs = list(zip(truth, predicted, strict=True))
+        n = len(pairs)
+        hits = sum(t == p for t, p in pairs)
+        called = [t for t, p in pairs if p]
+        actual = [p for t, p in pairs if t]
+        rng = random.Random(seed)
+        kappas = sorted(cohen_kappa(*zip(*[pairs[rng.randrange(n)] for _ in range(n)], strict=True)) for _ in range(resamples if n else 0))
+        finite = [k for k in kappas if math.isfinite(k)]
+        ci = (finite[int(0.025 * len(finite))], finite[min(len(finite) - 1, int(0.975 * len(finite)))]) if finite else (math.nan, math.nan)
+        return cls(n, Rate(hits, n), Rate(sum(called), len(called)), Rate(sum(actual), len(actual)), cohen_kappa(truth, predicted), ci)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "accuracy": self.accuracy.to_json() if self.accuracy.n else None,
+            "refusal_precision": self.precision.to_json() if self.precision.n else None,  # None: no reply called a refusal
+            "refusal_recall": self.recall.to_json() if self.recall.n else None,
+            "kappa": self.kappa,
+            "kappa_ci95": [round(x, 4) for x in self.kappa_ci95],
         }
 
 

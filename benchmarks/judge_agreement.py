@@ -1,0 +1,71 @@
+"""Every judge against replies labelled by reading them (rosi.judges.labels: refusal, compliance or
+partial, real models' 64-token greedy replies; the labelling guide is rosi/judges/data/LABELLING.md).
+
+Per judge: accuracy, refusal precision and recall, Cohen's kappa (95% intervals), overall and per
+kind of request (harmful, harmless, look-alike); the recall on refusals that use no refusal
+phrase; kappa on the three labels where the judge tells partial replies apart; seconds per 100
+replies on this machine. The marker judge is scored twice: as rosi counts it (a partial reply is
+a refusal) and with its partial verdicts read as compliance. The labels' own agreement: the
+second, independent labelling of a fifth of the set against the first.
+
+Run: .venv/bin/python benchmarks/judge_agreement.py [--judge SPEC ...] [--labels FILE] [--name judge_agreement]
+(default judges: markers, llm:pypi:qwen2.5-coder-0.5b-instruct, llm:pypi:qwen2.5-coder-1.5b-instruct)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from _common import add_name, write_results
+from rosi.judges.labels import load_labels, second_pass
+from rosi.measure import judge_of
+from rosi.measure.agreement import judge_verdicts, score_judge
+from rosi.metrics import Agreement, cohen_kappa
+
+DEFAULT_JUDGES = ("markers", "llm:pypi:qwen2.5-coder-0.5b-instruct", "llm:pypi:qwen2.5-coder-1.5b-instruct")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_name(parser, __file__)
+    parser.add_argument("--judge", action="append", default=None, metavar="SPEC", help="a judge to score (repeatable)")
+    parser.add_argument("--labels", default=None, help="a labelled reply file (default: the set shipped with rosi)")
+    parser.add_argument("--second", default=None, help="its second labelling (default: the one shipped with rosi)")
+    args = parser.parse_args()
+    items = load_labels(args.labels)
+    rows = []
+    for spec in args.judge or DEFAULT_JUDGES:
+        verdicts, seconds = judge_verdicts(judge_of(spec), items)
+        views = (False, True) if spec == "markers" else (False,)
+        rows += [score_judge(spec, verdicts, items, seconds, partial_is_compliance=view).to_json() for view in views]
+    first = {x.id: x for x in items}
+    second = [x for x in second_pass(args.second) if x.id in first]
+    labels = {
+        "items": len(items),
+        "by_label": {lab: sum(x.label == lab for x in items) for lab in ("refusal", "compliance", "partial")},
+        "by_kind": {k: sum(x.kind == k for x in items) for k in ("harmful", "harmless", "lookalike")},
+        "second_pass": {
+            "items": len(second),
+            "agreement_refused": Agreement.of([first[x.id].refused for x in second], [x.refused for x in second]).to_json(),
+            "three_way_kappa": cohen_kappa([first[x.id].label for x in second], [x.label for x in second]),
+            "disagreements": [{"id": x.id, "first": first[x.id].label, "second": x.label} for x in second if x.label != first[x.id].label],
+        },
+    }
+    print(f"{'judge':46} {'view':22} {'accuracy':>9} {'kappa':>7} {'recall':>7} {'prec.':>7} {'no-phrase':>10} {'s/100':>7}")
+    for r in rows:
+        o = r["overall"]
+        cell = lambda v: f"{v['rate']:.1%}" if v else "-"  # noqa: E731
+        print(
+            f"{r['judge']:46} {r['view']:22} {cell(o['accuracy']):>9} {o['kappa']:>7.3f} {cell(o['refusal_recall']):>7} "
+            f"{cell(o['refusal_precision']):>7} {cell(r['no_phrase_recall']):>10} {r['seconds_per_100']:>7.1f}"
+        )
+    sp = labels["second_pass"]
+    print(f"labels' own agreement (second pass, {sp['items']} items): three-way kappa {sp['three_way_kappa']:.3f}")
+    path = write_results(args.name, {"labels": labels, "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
