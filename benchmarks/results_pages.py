@@ -72,6 +72,14 @@ HEADLINE = (
     ),
     Headline(
         "0.5B",
+        "tune_eval_qwen0.5b_tokens.json",
+        (
+            Row(r"gate, one position", "`rosi run --method gate` (read-out fit at one token per prompt)"),
+            Row(r"gate, token-level", "`rosi run --method gate --fit-tokens` (fit on every token it acts on)"),
+        ),
+    ),
+    Headline(
+        "0.5B",
         "realign_eval_qwen0.5b_styles.json",
         (Row("abliterated", "abliterated"), Row(r"re-aligned \(broad fit\)", "`rosi realign` of it (fit on many styles, the default)")),
     ),
