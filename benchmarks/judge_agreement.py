@@ -8,8 +8,9 @@ replies on this machine. The marker judge is scored twice: as rosi counts it (a 
 a refusal) and with its partial verdicts read as compliance. The labels' own agreement: the
 second, independent labelling of a fifth of the set against the first.
 
-Run: .venv/bin/python benchmarks/judge_agreement.py [--judge SPEC ...] [--labels FILE] [--name judge_agreement]
-(default judges: markers, llm:pypi:qwen2.5-coder-0.5b-instruct, llm:pypi:qwen2.5-coder-1.5b-instruct)
+Run: .venv/bin/python benchmarks/judge_agreement.py [--model MODEL] [--judge SPEC ...] [--labels FILE] [--name judge_agreement]
+(default judges: markers, and llm:MODEL with --model's judge model, default the 0.5B; e.g.
+--model pypi:qwen2.5-coder-1.5b-instruct --name judge_agreement_1.5b)
 """
 
 from __future__ import annotations
@@ -17,25 +18,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import add_name, write_results
+from _common import add_model, add_name, write_results
 from rosi.judges.labels import load_labels, second_pass
 from rosi.measure import judge_of
 from rosi.measure.agreement import judge_verdicts, score_judge
 from rosi.metrics import Agreement, cohen_kappa
 
-DEFAULT_JUDGES = ("markers", "llm:pypi:qwen2.5-coder-0.5b-instruct", "llm:pypi:qwen2.5-coder-1.5b-instruct")
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_name(parser, __file__)
+    add_model(parser, help="the judge model of the default llm: judge")
     parser.add_argument("--judge", action="append", default=None, metavar="SPEC", help="a judge to score (repeatable)")
     parser.add_argument("--labels", default=None, help="a labelled reply file (default: the set shipped with rosi)")
     parser.add_argument("--second", default=None, help="its second labelling (default: the one shipped with rosi)")
     args = parser.parse_args()
     items = load_labels(args.labels)
     rows = []
-    for spec in args.judge or DEFAULT_JUDGES:
+    for spec in args.judge or ("markers", f"llm:{args.model}"):
         verdicts, seconds = judge_verdicts(judge_of(spec), items)
         views = (False, True) if spec == "markers" else (False,)
         rows += [score_judge(spec, verdicts, items, seconds, partial_is_compliance=view).to_json() for view in views]
