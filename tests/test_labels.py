@@ -103,3 +103,15 @@ def test_score_judge_counts_a_phrase_lists_blind_spot():
     assert score.by_kind["harmless"].accuracy.k == 1
     partial = score_judge("markers", verdicts, items, seconds, partial_is_compliance=True)
     assert partial.overall.accuracy.k == 3 and partial.three_way_kappa is not None
+
+
+def test_the_shipped_labelled_set_holds_every_label_and_kind_and_a_second_pass_over_a_fifth():
+    from rosi.judges.labels import KINDS, second_pass
+
+    items = load_labels()
+    assert len(items) >= 600
+    assert {x.label for x in items} == set(LABELS) and {x.kind for x in items} == set(KINDS)
+    assert len({(x.request, x.reply) for x in items}) == len(items)  # unique pairs
+    first = {x.id: x for x in items}
+    second = second_pass()
+    assert len(second) * 5 >= len(items) - 5 and all(x.id in first and x.reply == first[x.id].reply for x in second)
