@@ -16,16 +16,7 @@ from rosi.errors import EditError
 from rosi.model.chat import DECIDING, PAD, REPLY, SYSTEM, TEMPLATE, USER, ChatFormat, labelled_batch, segment_labels
 from rosi.workflows.extract import extract
 from rosi.workflows.options import ExtractOptions
-from test_gate import lookalike_loaded, lookalike_sets
-
-
-def classes(d=40, n_h=12, n_b=20, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    harm = torch.randn(d, generator=g)
-    benign = torch.randn(n_b, d, generator=g) + 2.0
-    harmful = torch.randn(n_h, d, generator=g) + 2.0 + harm
-    return harmful, benign
-
+from test_gate import classes, lookalike_loaded, lookalike_sets
 
 # --- moments ---------------------------------------------------------------------------------
 
