@@ -100,11 +100,13 @@ CASES: list[Case] = [
     ("run judge server answers a number", _content(7), served(), "content of type int, not text"),
     ("run llamaguard that is a chat model", None, lambda w, url: run(w, f"llamaguard:{w['m']}"), "llamaguard:.*no verdict"),
     ("run llamaguard of short context", None, lambda w, url: run(w, f"llamaguard:{short_context(w)}"), "context of 64 tokens"),
+    # a random model as the llm: judge: its tokenizer has no answer letters (or its answers hold no probability)
+    ("run llm judge that cannot answer", None, lambda w, url: run(w, f"llm:{w['m']}"), "(no usable answer|no token for the answer)"),
 ]
 
 
 def test_there_are_enough_cases():
-    assert len(CASES) >= 7 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 8 and len({c[0] for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("name,answer,argv,match", CASES, ids=[c[0] for c in CASES])
