@@ -63,7 +63,9 @@ class TokenMoments:
         if (self.read, self.position, set(self.writers)) != (other.read, other.position, set(other.writers)):
             raise ValueError("token moments of different writers or read positions do not add up")
         return TokenMoments(
-            self.read, self.position, {name: {g: self.writers[name][g] + other.writers[name][g] for g, _ in GROUPS} for name in self.writers}
+            self.read,
+            self.position,
+            {name: {g: self.writers[name][g] + other.writers[name][g] for g, _ in GROUPS} for name in self.writers},
         )
 
 
