@@ -32,8 +32,9 @@ def main() -> int:
     parser.add_argument("--judge", action="append", default=None, metavar="SPEC", help="a judge to score (repeatable)")
     parser.add_argument("--labels", default=None, help="a labelled reply file (default: the set shipped with rosi)")
     parser.add_argument("--second", default=None, help="its second labelling (default: the one shipped with rosi)")
+    parser.add_argument("--n", type=int, default=None, help="score the first N items only (ids are in random order: a random sample)")
     args = parser.parse_args()
-    items = load_labels(args.labels)
+    items = load_labels(args.labels)[: args.n]
     rows = []
     for spec in args.judge or ("markers", f"llm:{args.model}"):
         verdicts, seconds = judge_verdicts(judge_of(spec), items)
