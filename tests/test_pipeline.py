@@ -1,6 +1,7 @@
 """rosi direction / rosi run end to end on the planted tiny model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -288,5 +289,8 @@ def test_the_search_goes_past_the_top_of_its_grid_until_the_evidence_stops_it():
     rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmful_at=lambda k: min(k, 16.0) / 100), base, 0.2)
     assert tried == [2.0, 4.0, 8.0, 16.0, 32.0] and best.strength == 16.0 and stop_reason(rows, best) == "no gain"
     tried.clear()
-    rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmful_at=lambda k: k / 1000), base, 0.2)
+    rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmful_at=lambda k: 0.1 * math.log2(k)), base, 0.2)
     assert tried == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0] and stop_reason(rows, best) == "step limit"
+    tried.clear()  # a doubled strength that refuses one prompt more (under 5 points) is noise, not a gain
+    rows, best = walk_grid((2.0, 4.0, 8.0), lambda k: measure(k, harmful_at=lambda k: min(k, 8.0) / 10 + (0.03 if k > 8 else 0)), base, 0.2)
+    assert tried == [2.0, 4.0, 8.0, 16.0] and best.strength == 8.0 and stop_reason(rows, best) == "no gain"

@@ -293,7 +293,7 @@ def test_a_guarded_tune_ranks_on_one_half_of_validation_and_picks_on_the_other(t
     assert not set(rank.instructions) & set(confirm.instructions) and len(rank) + len(confirm) == len(sets.val_lookalike)
     confirmed = [t for t in report.trials if t.confirmed is not None]
     assert all(len(t.confirmed.refused["lookalike"]) == len(confirm) for t in confirmed)  # verdicts of the confirmation half
-    harmless_confirm = len(sets.val_harmless.halves()[1]) + len(extra.halves()[1])  # half the extra prompts confirm, never rank
+    harmless_confirm = len(sets.val_harmless.halves()[1]) + len(extra) - 1  # the extra prompts that do not rank confirm
     assert all(len(t.confirmed.refused["harmless"]) == harmless_confirm for t in confirmed)
     saved = json.loads((tmp_path / "out" / "tune_report.json").read_text())
     assert len(saved["guarded"]) == len([t for t in confirmed if not t.reference])
@@ -313,7 +313,7 @@ def test_the_broad_harmless_prompts_rank_on_one_half_and_confirm_on_the_other():
 
     broad = builtin("harmless_styles", "val")
     ranking, confirming = split_broad(broad, 48)
-    assert ranking is not None and len(ranking) == 48 and len(confirming) == len(broad) // 2
+    assert ranking is not None and len(ranking) == 48 and len(confirming) == len(broad) - 48
     assert not set(ranking.instructions) & set(confirming.instructions)
     assert set(ranking.categories) == set(broad.categories)  # every style ranks
     assert split_broad(broad, 0) == (None, broad)

@@ -292,10 +292,13 @@ def _firing(
     harmful prompts' median push at the deciding token is positive): the probe's JSON and a
     verdict line (or why it was not measured)."""
     kinds = {w.name: w.kind.value for w in base.architecture.writers}
-    reads = [
-        Read(base.model.get_submodule(name.rsplit(".", 1)[0]), (c.to(we.dtype) @ (we - wb)).float().cpu(), kinds[name] == "embedding")
+    reads = [  # single matrices (fused expert stacks are not probed), the change read in float32
+        Read(base.model.get_submodule(name.rsplit(".", 1)[0]), (c.float() @ (we.float() - wb.float())).cpu(), kinds[name] == "embedding")
         for name, (wb, we) in weights.items()
+        if we.ndim == 2
     ]
+    if not reads:
+        return None, "where it fires: not measured (only fused expert stacks changed)"
     fmt = ChatFormat(base.tokenizer)
     sets = {
         name: list(builtin(kind, "val").take(FIRING_PROMPTS).instructions)

@@ -23,6 +23,7 @@ from rosi.prompts import PromptSet
 
 MAX_STEPS = 14  # strengths tried at most, halving below the grid, doubling above it and bisection included
 MAX_DOUBLINGS = 4  # past the top of the grid while harmful refusal still rises: at most this many doublings
+DOUBLING_GAIN = 0.05  # a doubled strength is kept only where it refuses at least this much more (not one prompt's noise)
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ def walk_grid(
     ``limit``, if any. The walk stops past the limit, and where harmful refusal is complete (no
     stronger edit can refuse more). Where the grid ends with harmful refusal still rising at its
     top, the walk goes on doubling the strength (at most :data:`MAX_DOUBLINGS` times) until the
-    budget, complete refusal or a step that refuses no more stops it: the evidence ends the search,
-    not the grid. Then, while harmful refusal is incomplete, up to ``bisect``
+    budget, complete refusal or a step that does not refuse :data:`DOUBLING_GAIN` more stops it:
+    the evidence ends the search, not the grid. Then, while harmful refusal is incomplete, up to ``bisect``
     midpoints between the best strength and the next one measured above it (past the limit, or
     within it and refusing fewer harmful prompts): a midpoint that refuses more becomes the best,
     else the upper end."""
@@ -170,7 +171,7 @@ def walk_grid(
         strength *= 2
         step = measure(strength)
         rows.append(step)
-        if step.harmful is not None and step.harmful > (best.harmful or 0.0):
+        if step.harmful is not None and step.harmful >= (best.harmful or 0.0) + DOUBLING_GAIN:
             best = step
     strength = grid[0]
     while best is None and len(rows) < MAX_STEPS:  # even the smallest grid strength over-refuses: go lower

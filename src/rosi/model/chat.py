@@ -110,10 +110,13 @@ def segment_labels(fmt: ChatFormat, instruction: str, reply: Sequence[int] = ())
     head = fmt.render(_MARK).split(_MARK, 1)[0]
     head_ids = list(tok(head, add_special_tokens=False).input_ids)
     suffix = fmt.post_instruction_ids()
-    n_user = len(ids) - len(head_ids) - len(suffix)
-    if ids[: len(head_ids)] != head_ids or ids[len(ids) - len(suffix) :] != suffix or n_user < 1:
+    # the head's tokens as they stand in the prompt: a token the tokenizer merges across the seam
+    # with the user's first characters counts as the user's
+    n_head = next((i for i, (a, b) in enumerate(zip(ids, head_ids, strict=False)) if a != b), min(len(ids), len(head_ids)))
+    n_user = len(ids) - n_head - len(suffix)
+    if ids[len(ids) - len(suffix) :] != suffix or n_user < 1:
         raise ChatTemplateError("the tokenized prompt does not split into the template's head, the user's words and its tail")
-    labels = [SYSTEM] * len(head_ids) + [USER] * n_user + [TEMPLATE] * (len(suffix) - 1) + [DECIDING]
+    labels = [SYSTEM] * n_head + [USER] * n_user + [TEMPLATE] * (len(suffix) - 1) + [DECIDING]
     return ids + list(reply), labels + [REPLY] * len(reply)
 
 
@@ -124,7 +127,7 @@ def labelled_batch(
     and its ``[batch, length]`` labels (:data:`PAD` on padding)."""
     rows = [segment_labels(fmt, text, replies[i] if replies is not None else ()) for i, text in enumerate(instructions)]
     width = max(len(ids) for ids, _ in rows)
-    pad_id = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else fmt.tokenizer.eos_token_id
+    pad_id = next((t for t in (fmt.tokenizer.pad_token_id, fmt.tokenizer.eos_token_id) if t is not None), 0)  # masked anyway
     input_ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
     labels = torch.full((len(rows), width), PAD, dtype=torch.long)
     for i, (ids, lab) in enumerate(rows):

@@ -19,12 +19,15 @@ from rosi.workflows.tune.pick import Scores
 
 def split_broad(broad: PromptSet, n_rank: int) -> tuple[PromptSet | None, PromptSet]:
     """The broad harmless prompts' ranking sample and confirmation part: ``n_rank`` of one half
-    (spread over their styles) rank, the other half confirms, so no prompt does both; with
-    ``n_rank`` 0 none ranks and all confirm."""
+    (spread over their styles) rank; every other prompt (the other half, and the rest of the
+    first) confirms, so no prompt does both; with ``n_rank`` 0 none ranks and all confirm."""
     if n_rank == 0:
         return None, broad
-    ranking, confirming = broad.halves()
-    return ranking.spread(min(n_rank, len(ranking))), confirming
+    ranking = broad.halves()[0].spread(min(n_rank, len(broad) // 2))
+    ranked = set(ranking.instructions)
+    keep = [i for i, text in enumerate(broad.instructions) if text not in ranked]
+    categories = None if broad.categories is None else tuple(broad.categories[i] for i in keep)
+    return ranking, PromptSet(tuple(broad.instructions[i] for i in keep), categories, name=broad.name)
 
 
 class Measure:
