@@ -22,9 +22,10 @@ from pathlib import Path
 
 from _common import DATA, add_model, add_name, write_results
 from rosi import EditRecord, apply_record, load, revert_edit
-from rosi.edit.firing import Firing, measure_firing, own_replies
+from rosi.edit.firing import Firing, measure_firing
 from rosi.eval.suites import probe_sets
 from rosi.model.chat import SEGMENTS, ChatFormat
+from rosi.model.generation import generate_replies
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -83,13 +84,13 @@ def main() -> int:
     fmt = ChatFormat(loaded.tokenizer)
     t = time.perf_counter()
     gen = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "progress": True}
-    base_replies = {name: own_replies(loaded.model, fmt, prompts, **gen) for name, prompts in sets.items()}
+    base_replies = {name: generate_replies(loaded.model, fmt, prompts, **gen) for name, prompts in sets.items()}
     seconds = {"base replies": round(time.perf_counter() - t, 1)}
     rows = []
     for label, record in edits:
         t = time.perf_counter()
         applied = apply_record(loaded.model, record)
-        edited_replies = {name: own_replies(loaded.model, fmt, prompts, **gen) for name, prompts in sets.items()}
+        edited_replies = {name: generate_replies(loaded.model, fmt, prompts, **gen) for name, prompts in sets.items()}
         revert_edit(loaded.model, applied)
         firing = {
             whose: measure_firing(loaded.model, fmt, record, sets, replies, whose=whose, batch_size=args.batch_size)

@@ -22,12 +22,13 @@ import time
 
 from _common import DATA, add_model, add_name, write_results
 from rosi import apply_edit, load, revert_edit
-from rosi.direction.tokens import benign_replies, collect_token_moments
+from rosi.direction.tokens import REPLY_TOKENS, collect_token_moments
 from rosi.edit.methods import EditForm
 from rosi.eval.suites import probe_sets
 from rosi.measure import RefusalMeter
 from rosi.metrics import PairedDifference
 from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate_replies
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract, fit_modules
 from rosi.workflows.options import ExtractOptions
@@ -55,7 +56,7 @@ def main() -> int:
     extraction = extract(loaded, prompts, ExtractOptions(form=form, layer=args.layer, position=args.position))
     lookalike, _ = prompts.need_lookalikes("the curve")
     benign = [*prompts.harmless.instructions, *lookalike.instructions]
-    replies = benign_replies(loaded.model, fmt, benign, batch_size=args.batch_size, progress=True)
+    replies = generate_replies(loaded.model, fmt, benign, max_new_tokens=REPLY_TOKENS, batch_size=args.batch_size, progress=True)
     modules = fit_modules(loaded, form.scope)
     quarters = []
     for q in range(4):

@@ -44,9 +44,10 @@ from rosi.direction.null import (
     writer_grams,
 )
 from rosi.direction.vector import Direction
-from rosi.edit.firing import Read, measure_firing, own_replies
+from rosi.edit.firing import Read, measure_firing
 from rosi.errors import RosiError
 from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate_replies
 from rosi.model.hooks import stored_weight
 from rosi.model.loading import LoadedModel
 from rosi.prompts import builtin
@@ -305,7 +306,7 @@ def _firing(
         for name, kind in (("harmful", "harmful"), ("harmless", "harmless"), ("lookalike", "lookalike"))
     }
     replies = {
-        name: own_replies(base.model, fmt, prompts, max_new_tokens=FIRING_TOKENS, progress=progress) for name, prompts in sets.items()
+        name: generate_replies(base.model, fmt, prompts, max_new_tokens=FIRING_TOKENS, progress=progress) for name, prompts in sets.items()
     }
     try:
         firing = measure_firing(base.model, fmt, reads, sets, replies, whose="base", progress=progress)

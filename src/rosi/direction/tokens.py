@@ -28,8 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rosi.direction.moments import Moments
-from rosi.model.chat import DECIDING, PAD, USER, ChatFormat, labelled_batch, reply_ids
-from rosi.model.generation import generate_ids
+from rosi.model.chat import DECIDING, PAD, USER, ChatFormat, labelled_batch
 from rosi.model.hooks import device_of, forward, hooks
 from rosi.model.meter import count_forward
 from rosi.model.writers import CausalLM
@@ -84,22 +83,6 @@ def read_mask(labels: torch.Tensor, read: str, position: int) -> torch.Tensor:
         last_user = labels.shape[1] - 1 - is_user.flip(1).argmax(1)
         mask[rows, last_user] = True
     return mask
-
-
-def benign_replies(
-    model: CausalLM,
-    fmt: ChatFormat,
-    instructions: Sequence[str],
-    *,
-    max_new_tokens: int = REPLY_TOKENS,
-    batch_size: int = 32,
-    progress: bool = False,
-) -> list[list[int]]:
-    """The model's own greedy replies (token ids, cut at the end of sequence)."""
-    rows = generate_ids(
-        model, fmt, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc="rosi: benign replies"
-    )
-    return [reply_ids(fmt, r) for r in rows]
 
 
 @torch.no_grad()

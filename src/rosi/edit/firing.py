@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 from rosi.edit.record import EditRecord
 from rosi.errors import RosiError
-from rosi.model.chat import PAD, SEGMENTS, ChatFormat, labelled_batch, reply_ids
-from rosi.model.generation import generate_ids
+from rosi.model.chat import PAD, SEGMENTS, ChatFormat, labelled_batch
 from rosi.model.hooks import device_of, forward, hooks
 from rosi.model.writers import CausalLM, WriterKind
 
@@ -124,16 +123,6 @@ def record_reads(model: nn.Module, record: EditRecord) -> list[Read]:
             raise RosiError(f"{m.name}: the firing probe reads single matrices, not fused expert stacks")
         out.append(Read(model.get_submodule(m.name.rsplit(".", 1)[0]), m.right, m.kind == WriterKind.EMBEDDING))
     return out
-
-
-def own_replies(
-    model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 32, progress: bool = False
-) -> list[list[int]]:
-    """A model's greedy reply ids to each prompt, cut at the end of sequence (to teacher-force)."""
-    rows = generate_ids(
-        model, fmt, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc="rosi: replies"
-    )
-    return [reply_ids(fmt, r) for r in rows]
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import transformers.generation.utils as _generation_utils
 from torch import nn
 from tqdm.auto import tqdm
 
-from rosi.model.chat import ChatFormat, chat_messages
+from rosi.model.chat import ChatFormat, chat_messages, reply_ids
 from rosi.model.endpoint import Endpoint
 from rosi.model.hooks import device_of, forward
 from rosi.model.meter import count_forward, count_generated
@@ -46,6 +46,22 @@ def generate_ids(
     """The new token ids of greedy completions (padding after a row's EOS included)."""
     ids, _ = _greedy(model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=False)
     return ids
+
+
+def generate_replies(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "rosi: replies",
+) -> list[list[int]]:
+    """Greedy reply ids, each cut at its end of sequence (:func:`rosi.model.chat.reply_ids`): the
+    replies token-level fits and the firing probe teacher-force."""
+    ids = generate_ids(model, fmt, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc=desc)
+    return [reply_ids(fmt, row) for row in ids]
 
 
 def generate_with_logprobs(

@@ -11,13 +11,14 @@ from torch import nn
 from rosi.direction.activations import ActivationPair, PromptSamples
 from rosi.direction.extraction import direction_metadata, extraction_activations, prompt_samples
 from rosi.direction.selection import Selection, select_direction
-from rosi.direction.tokens import TokenMoments, benign_replies, collect_token_moments
+from rosi.direction.tokens import REPLY_TOKENS, TokenMoments, collect_token_moments
 from rosi.direction.vector import Direction
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.scope import WriterChoice, choose_writers, probe_layer_range, probe_writers
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
 from rosi.model.chat import ChatFormat
+from rosi.model.generation import generate_replies
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
 from rosi.workflows.options import ExtractOptions
@@ -118,7 +119,9 @@ def moments_for(loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, posit
     the unedited model's own greedy replies."""
     lookalike, _ = prompts.need_lookalikes(f"the token-level {options.form.method} fit")
     benign = [*prompts.harmless.instructions, *lookalike.instructions]
-    replies = benign_replies(loaded.model, fmt, benign, batch_size=options.batch_size, progress=options.progress)
+    replies = generate_replies(
+        loaded.model, fmt, benign, max_new_tokens=REPLY_TOKENS, batch_size=options.batch_size, progress=options.progress
+    )
     modules = fit_modules(loaded, options.form.scope)
     moments = collect_token_moments(
         loaded.model,
