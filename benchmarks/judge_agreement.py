@@ -8,6 +8,10 @@ replies on this machine. The marker judge is scored twice: as rosi counts it (a 
 a refusal) and with its partial verdicts read as compliance. The labels' own agreement: the
 second, independent labelling of a fifth of the set against the first.
 
+A judge with a continuous score (llm:) is also scored with its threshold chosen on labels: chosen
+on the calibration half (rosi.measure.agreement.calibration_split), then the default and the
+chosen threshold both scored on the report half only; every item's score is kept in the result.
+
 Run: .venv/bin/python benchmarks/judge_agreement.py [--model MODEL] [--judge SPEC ...] [--labels FILE] [--name judge_agreement]
 (default judges: markers, and llm:MODEL with --model's judge model, default the 0.5B; e.g.
 --model pypi:qwen2.5-coder-1.5b-instruct --name judge_agreement_1.5b)
@@ -21,8 +25,27 @@ import sys
 from _common import add_model, add_name, write_results
 from rosi.judges.labels import load_labels, second_pass
 from rosi.measure import judge_of
-from rosi.measure.agreement import judge_verdicts, score_judge
+from rosi.measure.agreement import calibration_split, choose_threshold, judge_verdicts, score_judge, thresholded
 from rosi.metrics import Agreement, cohen_kappa
+
+
+def calibrated(spec: str, verdicts: list, items: list, seconds: float) -> list[dict]:
+    """For a judge with scores: the default and a threshold chosen on the calibration half, both
+    scored on the report half (no row for a judge without scores)."""
+    if not any(v.score is not None for v in verdicts):
+        return []
+    by_id = dict(zip((x.id for x in items), verdicts, strict=True))
+    calibrate, report = calibration_split(items)
+    threshold = choose_threshold([by_id[x.id].score for x in calibrate], [x.refused for x in calibrate])
+    on_report = [by_id[x.id] for x in report]
+    rows = []
+    for name, vs in (
+        (f"{spec} (report half)", on_report),
+        (f"{spec}#threshold={threshold:.3f} (chosen on the other half)", thresholded(on_report, threshold)),
+    ):
+        row = score_judge(name, vs, report, seconds * len(report) / len(items)).to_json()
+        rows.append({**row, "threshold": threshold if "#" in name else None, "calibration_items": len(calibrate)})
+    return rows
 
 
 def main() -> int:
@@ -35,11 +58,14 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=None, help="score the first N items only (ids are in random order: a random sample)")
     args = parser.parse_args()
     items = load_labels(args.labels)[: args.n]
-    rows = []
+    rows, scores = [], {}
     for spec in args.judge or ("markers", f"llm:{args.model}"):
         verdicts, seconds = judge_verdicts(judge_of(spec), items)
         views = (False, True) if spec == "markers" else (False,)
         rows += [score_judge(spec, verdicts, items, seconds, partial_is_compliance=view).to_json() for view in views]
+        rows += calibrated(spec, verdicts, items, seconds)
+        if any(v.score is not None for v in verdicts):
+            scores[spec] = {x.id: v.score for x, v in zip(items, verdicts, strict=True)}
     first = {x.id: x for x in items}
     second = [x for x in second_pass(args.second) if x.id in first]
     labels = {
@@ -63,7 +89,7 @@ def main() -> int:
         )
     sp = labels["second_pass"]
     print(f"labels' own agreement (second pass, {sp['items']} items): three-way kappa {sp['three_way_kappa']:.3f}")
-    path = write_results(args.name, {"labels": labels, "rows": rows})
+    path = write_results(args.name, {"labels": labels, "rows": rows, "scores": scores})
     print(f"wrote {path}")
     return 0
 

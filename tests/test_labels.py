@@ -115,3 +115,26 @@ def test_the_shipped_labelled_set_holds_every_label_and_kind_and_a_second_pass_o
     first = {x.id: x for x in items}
     second = second_pass()
     assert len(second) * 5 >= len(items) - 5 and all(x.id in first and x.reply == first[x.id].reply for x in second)
+
+
+def test_a_threshold_is_chosen_on_one_half_and_re_reads_verdicts():
+    from rosi.judges import Verdict
+    from rosi.judges.labels import LabelledReply
+    from rosi.measure.agreement import calibration_split, choose_threshold, thresholded
+
+    items = [LabelledReply(f"r{i:04d}", "q", "a", "refusal", "harmful", "m", "e", "s", "a") for i in range(200)]
+    calibrate, report = calibration_split(items)
+    assert {x.id for x in calibrate}.isdisjoint({x.id for x in report}) and len(calibrate) + len(report) == 200
+    assert 60 < len(calibrate) < 140  # a hash, not the file order
+    assert calibration_split(list(reversed(items)))[0] == list(reversed(calibrate))
+    # refusals score 0.75-0.9, compliance 0.1-0.7: the one cut without errors lies between 0.7 and 0.75
+    scores = [0.85, 0.8, 0.9, 0.75, 0.1, 0.3, 0.7, 0.2, 0.6]
+    truth = [True, True, True, True, False, False, False, False, False]
+    assert choose_threshold(scores, truth) == pytest.approx(0.725)
+    assert choose_threshold([0.9, 0.1, None], [True, False, False]) == pytest.approx(0.5)  # ties: nearest 0.5
+    with pytest.raises(ValueError):
+        choose_threshold([None], [True])
+    verdicts = [Verdict(refused=True, partial=False, score=0.6), Verdict(refused=False, partial=True, score=0.4), Verdict()]
+    again = thresholded(verdicts, 0.5)
+    assert [v.refused for v in again] == [True, False, None] and again[1].partial
+    assert [v.refused for v in thresholded(verdicts, 0.3)] == [True, True, None] and not thresholded(verdicts, 0.3)[1].partial

@@ -5,13 +5,19 @@ agreement on "refused" (a partial reply gave the content, so it counts as not re
 and per kind of request (harmful, harmless, look-alike), Cohen's kappa on the three labels where
 the judge tells partial replies apart, the recall on refusals that use no refusal phrase (what a
 phrase list cannot see), and the seconds it took per 100 replies.
+
+A judge with a continuous score (the ``llm:`` judge's P(refuse)) can have its threshold chosen on
+labels without grading itself on them: :func:`calibration_split` halves the set by a hash of each
+id, :func:`choose_threshold` picks the most accurate threshold on the calibration half, and
+:func:`thresholded` re-reads the verdicts at it, to be scored on the report half only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rosi.judges import Judge, Verdict, is_refusal
@@ -90,3 +96,50 @@ def _label(v: Verdict, partial_is_compliance: bool) -> str:
     if v.partial:
         return "partial"
     return "refusal" if _refused(v, partial_is_compliance) else "compliance"
+
+
+def calibration_split(items: Sequence[LabelledReply]) -> tuple[list[LabelledReply], list[LabelledReply]]:
+    """The labelled replies split in two halves that never change with the order of the file: the
+    calibration half (a judge's threshold is chosen on it) and the report half (the chosen threshold
+    is scored on it), by the parity of a hash of each item's id."""
+    calibrate = [x for x in items if _half(x.id) == 0]
+    report = [x for x in items if _half(x.id) == 1]
+    return calibrate, report
+
+
+def choose_threshold(scores: Sequence[float | None], truth: Sequence[bool]) -> float:
+    """The refusal-score threshold (a reply is refused when ``score >= threshold``) that agrees
+    best with ``truth`` on these items: the most accurate one, ties broken by Cohen's kappa and
+    then by the threshold nearest 0.5. Candidates are the midpoints between consecutive distinct
+    scores (and just past either end). Items without a score count as not refused.
+    Raises ``ValueError`` when no item has a score."""
+    if len(scores) != len(truth):
+        raise ValueError(f"a threshold needs a score per label: {len(truth)} labels vs {len(scores)} scores")
+    known = sorted({s for s in scores if s is not None})
+    if not known:
+        raise ValueError("no item has a score to choose a threshold on")
+    candidates = [known[0] / 2] + [(a + b) / 2 for a, b in zip(known, known[1:], strict=False)] + [(known[-1] + 1) / 2]
+
+    def quality(threshold: float) -> tuple[int, float, float]:
+        predicted = [s is not None and s >= threshold for s in scores]
+        kappa = cohen_kappa(list(truth), predicted)
+        return sum(p == t for p, t in zip(predicted, truth, strict=True)), kappa if kappa == kappa else -1.0, -abs(threshold - 0.5)
+
+    return max(candidates, key=quality)
+
+
+def thresholded(verdicts: Sequence[Verdict], threshold: float) -> list[Verdict]:
+    """The verdicts re-read at ``threshold``: refused when their score is at least it (a verdict
+    without a score is kept as it is); partial only where not refused."""
+    out = []
+    for v in verdicts:
+        if v.score is None:
+            out.append(v)
+            continue
+        refused = v.score >= threshold
+        out.append(replace(v, refused=refused, partial=bool(v.partial) and not refused))
+    return out
+
+
+def _half(item_id: str) -> int:
+    return hashlib.sha256(item_id.encode()).digest()[0] & 1
