@@ -206,9 +206,10 @@ def _verify_checkpoint(model: Path, base: str | None) -> Verification:
 
 
 def _verify_lora(model: Path, base: str | None) -> Verification:
+    from rosi.export.bases import local_checkpoint, model_config
     from rosi.export.lora import verify_adapter
 
-    return verify_adapter(model)  # its factors against its record; a base is what PEFT loads it onto
+    return verify_adapter(model, model_config(local_checkpoint(base)) if base else None, base)
 
 
 def _verify_gguf(model: Path, base: str | None) -> Verification:

@@ -158,16 +158,26 @@ def _check_config(path: Path, rank: int) -> None:
         raise ExportError(f"{path}: PEFT wrote an unexpected configuration ({config.get('peft_type')}, r={config.get('r')})")
 
 
-def verify_adapter(folder: Path) -> Verification:
+def verify_adapter(folder: Path, base_config: Any = None, base: str | None = None) -> Verification:
     """Check an adapter folder rosi wrote against its edit record: each edited linear writer's
     ``lora_B`` must be ``s_hat`` and its ``lora_A`` the recorded ``r`` (the embedding's and fused
-    experts' factors are stored in PEFT's own layouts, and checked by loading with PEFT)."""
+    experts' factors are stored in PEFT's own layouts, and checked by loading with PEFT); given
+    the base's transformers configuration (``base_config``, of the model ``base``), that the edit
+    fits that base (:func:`check_fits`)."""
     from safetensors.torch import load_file
 
     record = EditRecord.load(folder / "rosi_edit.safetensors")
     tensors = load_file(folder / ADAPTER_WEIGHTS)
     factors = _factors(record)
-    result = Verification(str(folder), "lora", record.method, record.strength, len(record.matrices))
+    result = Verification(str(folder), "lora", record.method, record.strength, len(record.matrices), base=base)
+    if base_config is not None:
+        try:
+            check_fits(record, base_config, base or "?")
+            result.checks.append(
+                Check("(base)", True, "every matrix the adapter edits is a weight of the base, of the shape its factors fit")
+            )
+        except ExportError as e:
+            result.checks.append(Check("(base)", False, str(e)))
     for m in record.matrices:
         if m.kind in (WriterKind.EMBEDDING, WriterKind.EXPERT):
             continue
