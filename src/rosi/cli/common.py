@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, GATE_RIDGE, METHODS, READS, SCOPES, searchable_methods
+from rosi.errors import RosiError
 from rosi.judges import JUDGES
 from rosi.prompts import DEFAULT_N_VAL
 from rosi.workflows.options import DEFAULT_BATCH_SIZE
@@ -79,6 +80,24 @@ def negative_int(text: str) -> int:
 
 
 # -- argument groups
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``--layers``: a comma list or ranges of layers (``0-11``, ``3,5,7``); None: all."""
+    if text is None:
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-")
+                layers.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                layers.append(int(part))
+    except ValueError:
+        raise RosiError(f"--layers must look like 0-11 or 3,5,7, got {text!r}") from None
+    return tuple(layers)
 
 
 def model_args(p: argparse.ArgumentParser, compute: bool = False) -> None:

@@ -76,7 +76,7 @@ def save_checkpoint(
             record.save(tmp / RECORD_FILE)
         if write_extra is not None:
             write_extra(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return out
 
 
@@ -183,6 +183,7 @@ def check_finite(model: CausalLM) -> None:
 def build_manifest(
     model: CausalLM, *, record: EditRecord | None, source: ModelSource | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
+    """The ``rosi.json`` of ``model`` (loaded from ``source``) with ``record`` applied."""
     base = {
         "spec": source.spec if source else None,
         "source": source.kind if source else "memory",
@@ -191,17 +192,26 @@ def build_manifest(
         "name_or_path": getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None),
         "weights_sha256": source.weights_sha256 if source else None,
     }
-    manifest: dict[str, Any] = {
-        "tool": "rosi",
-        "rosi_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": base,
-    }
+    return new_manifest(base, record, extra)
+
+
+def new_manifest(base: dict[str, Any] | None, record: EditRecord | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``rosi.json``: who wrote it and when, the base model (``base``: what is known of it),
+    the edit (``record``'s summary and where the record is) and ``extra`` entries. Every
+    ``rosi.json`` rosi writes is one of these, written by :func:`write_manifest`."""
+    out: dict[str, Any] = {"tool": "rosi", "rosi_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if base is not None:
+        out["base_model"] = base
     if record is not None:
-        manifest["edit"] = {**record.summary(), "record_file": RECORD_FILE}
-    if extra:
-        manifest.update(extra)
-    return manifest
+        out["edit"] = {**record.summary(), "record_file": RECORD_FILE}
+    out.update(extra or {})
+    return out
+
+
+def write_manifest(folder: Path, data: dict[str, Any]) -> Path:
+    path = Path(folder) / MANIFEST
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
 
 
 def checkpoint_weights(loaded: LoadedModel, record: EditRecord) -> Path | None:

@@ -27,6 +27,7 @@ from rosi.edit.apply import edit_weight
 from rosi.edit.methods import get_method
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import RosiError
+from rosi.export.verification import Check, Verification
 from rosi.model.writers import WriterKind
 
 REQUANTIZABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -91,7 +92,8 @@ def edit_gguf(source: Path, out: Path, record: EditRecord, *, fallback: str = "Q
         if t.name not in wanted:
             continue
         m = wanted[t.name]
-        weight = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type))).to(torch.float32)
+        # a copy: an F32 tensor dequantizes to a view of the read-only mapped file, which the edit would write into
+        weight = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
         view = m.layout.as_out_in(weight)
         edit_weight(view, s_hat, method, record.strength, None if method.factor else m.right)
         if not bool(torch.isfinite(weight).all()):
@@ -186,29 +188,104 @@ def read_rosi_metadata(path: Path) -> dict[str, str]:
     return {k: str(_field_value(f)) for k, f in reader.fields.items() if k.startswith("rosi.") and k != "rosi.edit.direction_vector"}
 
 
-def verify_gguf(model: Path, base: Path) -> list[str]:
-    """What is wrong with a GGUF file rosi edited, against its base file (empty: nothing): every
-    tensor the edit did not touch must be byte-identical, every edited one present and changed."""
+def verify_gguf(model: Path, base: Path | None = None) -> Verification:
+    """Check a GGUF file rosi edited: its ``rosi.*`` metadata names the edit and, given its base
+    file, every tensor the edit did not touch is byte-identical, every edited one present and changed."""
     import gguf
 
     meta = read_rosi_metadata(model)
+    if not meta:
+        raise GGUFError(f"{model} holds no rosi.* metadata; it is not a GGUF file rosi edited")
     edited = set(json.loads(meta.get("rosi.edit.tensors", "{}")))
+    result = Verification(
+        str(model),
+        "gguf",
+        meta.get("rosi.edit.method", "?"),
+        _strength(meta),
+        len(edited),
+        base=None if base is None else str(base),
+        metadata=meta,
+    )
+    if base is None:
+        result.checks.append(
+            Check("(metadata)", True, f"{len(edited)} tensors recorded as edited; pass --base to compare them with the base file")
+        )
+        return result
     ours = {t.name: t for t in gguf.GGUFReader(model).tensors}
     theirs = {t.name: t for t in gguf.GGUFReader(base).tensors}
-    problems = []
     if set(ours) != set(theirs):
-        problems.append(f"the tensors differ from the base's ({len(set(ours) ^ set(theirs))} not in both)")
+        result.checks.append(Check("(tensors)", False, f"the tensors differ from the base's ({len(set(ours) ^ set(theirs))} not in both)"))
     for name, t in ours.items():
         if name not in theirs:
             continue
         same = t.tensor_type == theirs[name].tensor_type and np.array_equal(np.asarray(t.data), np.asarray(theirs[name].data))
         if name in edited and same:
-            problems.append(f"{name} is recorded as edited but equals the base")
+            result.checks.append(Check(name, False, "recorded as edited but equals the base"))
         elif name not in edited and not same:
-            problems.append(f"{name} is not recorded as edited but differs from the base")
+            result.checks.append(Check(name, False, "not recorded as edited but differs from the base"))
     if meta.get("rosi.base.sha256") and meta["rosi.base.sha256"] != _sha(base):
-        problems.append("the base file is not the one the edit was made from (sha256 differs)")
-    return problems
+        result.checks.append(Check("(base file)", False, "the base file is not the one the edit was made from (sha256 differs)"))
+    if result.ok:
+        result.checks.append(
+            Check("(tensors)", True, f"{len(edited)} edited tensors changed, {len(ours) - len(edited)} others byte-identical to the base")
+        )
+    return result
+
+
+def verify_gguf_lora(model: Path, base: Path | None = None) -> Verification:
+    """Check a GGUF LoRA adapter rosi wrote: every edited tensor has both factors, every ``lora_b``
+    is one unit direction (``s_hat``; per expert for fused experts) and, given the base ``.gguf``,
+    the base is of the adapter's architecture and holds each edited tensor, of a size the factors fit."""
+    import gguf
+
+    reader = gguf.GGUFReader(model)
+    meta = read_rosi_metadata(model)
+    tensors = {t.name: t for t in reader.tensors}
+    names = sorted({n.rsplit(".lora_", 1)[0] for n in tensors if ".lora_" in n})
+    result = Verification(
+        str(model),
+        "gguf-lora",
+        meta.get("rosi.edit.method", "?"),
+        _strength(meta),
+        len(names),
+        base=None if base is None else str(base),
+        metadata=meta,
+    )
+    halves = [n for n in names if f"{n}.lora_a" not in tensors or f"{n}.lora_b" not in tensors]
+    result.checks += [Check(n, False, "has one LoRA factor of the two") for n in halves]
+    pairs = {n: (tensors[f"{n}.lora_a"], tensors[f"{n}.lora_b"]) for n in names if n not in halves}
+    if not pairs:
+        result.checks.append(Check("(adapter)", False, "holds no LoRA factors"))
+        return result
+    s = min((np.asarray(b.data, dtype=np.float32).reshape(-1) for _, b in pairs.values()), key=len)
+    for n, (_, b) in pairs.items():
+        rows = np.asarray(b.data, dtype=np.float32).reshape(-1, len(s))
+        if not (np.allclose(rows, s, rtol=1e-5, atol=1e-7) and abs(float(np.linalg.norm(s)) - 1) < 1e-4):
+            result.checks.append(Check(n, False, "its lora_b is not the unit direction the other tensors' are"))
+    if base is not None:
+        base_reader = gguf.GGUFReader(base)
+        arch, base_arch = (str(_field_value(r.fields["general.architecture"])) for r in (reader, base_reader))
+        if arch != base_arch:
+            result.checks.append(Check("(base)", False, f"{base} is a {base_arch!r} model, the adapter is for a {arch!r} one"))
+        theirs = {t.name: t for t in base_reader.tensors}
+        for n, (a, b) in pairs.items():
+            experts = int(b.n_elements) // len(s)
+            if n not in theirs:
+                result.checks.append(Check(n, False, "not in the base"))
+            elif int(a.n_elements) * int(b.n_elements) != int(theirs[n].n_elements) * experts:
+                result.checks.append(Check(n, False, f"its factors do not fit the base's tensor {theirs[n].shape.tolist()}"))
+    if result.ok:
+        result.checks.append(
+            Check("(adapter)", True, f"{len(pairs)} tensors' factors along one unit direction" + (", fitting the base" if base else ""))
+        )
+    return result
+
+
+def _strength(meta: dict[str, str]) -> float:
+    try:
+        return float(meta.get("rosi.edit.strength", "nan"))
+    except ValueError:
+        return float("nan")
 
 
 def _sha(path: Path) -> str:

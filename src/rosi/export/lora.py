@@ -24,6 +24,7 @@ import torch
 
 from rosi.edit.record import EditRecord
 from rosi.errors import RosiError
+from rosi.export.verification import Check, Verification
 from rosi.model.writers import Layout, WriterKind
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -157,25 +158,39 @@ def _check_config(path: Path, rank: int) -> None:
         raise ExportError(f"{path}: PEFT wrote an unexpected configuration ({config.get('peft_type')}, r={config.get('r')})")
 
 
-def verify_adapter(folder: Path) -> list[str]:
-    """What is wrong with an adapter folder rosi wrote, against its edit record (empty: nothing):
-    each edited linear writer's ``lora_B`` must be ``s_hat`` and its ``lora_A`` the recorded ``r``."""
+def verify_adapter(folder: Path, base_config: Any = None, base: str | None = None) -> Verification:
+    """Check an adapter folder rosi wrote against its edit record: each edited linear writer's
+    ``lora_B`` must be ``s_hat`` and its ``lora_A`` the recorded ``r`` (the embedding's and fused
+    experts' factors are stored in PEFT's own layouts, and checked by loading with PEFT); given
+    the base's transformers configuration (``base_config``, of the model ``base``), that the edit
+    fits that base (:func:`check_fits`)."""
     from safetensors.torch import load_file
 
     record = EditRecord.load(folder / "rosi_edit.safetensors")
     tensors = load_file(folder / ADAPTER_WEIGHTS)
     factors = _factors(record)
-    problems = []
+    result = Verification(str(folder), "lora", record.method, record.strength, len(record.matrices), base=base)
+    if base_config is not None:
+        try:
+            check_fits(record, base_config, base or "?")
+            result.checks.append(
+                Check("(base)", True, "every matrix the adapter edits is a weight of the base, of the shape its factors fit")
+            )
+        except ExportError as e:
+            result.checks.append(Check("(base)", False, str(e)))
     for m in record.matrices:
         if m.kind in (WriterKind.EMBEDDING, WriterKind.EXPERT):
-            continue  # stored in PEFT's own layouts for these; checked by loading with PEFT
+            continue
         module = m.name.rsplit(".", 1)[0]
         a, b = tensors.get(f"base_model.model.{module}.lora_A.weight"), tensors.get(f"base_model.model.{module}.lora_B.weight")
         left, right, _ = factors[m.name]
         if a is None or b is None:
-            problems.append(f"{module}: no LoRA factors in {ADAPTER_WEIGHTS}")
+            result.checks.append(Check(module, False, f"no LoRA factors in {ADAPTER_WEIGHTS}"))
         elif a.shape != right.shape or b.shape != left.shape:
-            problems.append(f"{module}: the adapter's factors have shapes {tuple(b.shape)}, {tuple(a.shape)}, not the recorded edit's")
-        elif not (torch.allclose(a.float(), right, rtol=1e-5, atol=1e-7) and torch.allclose(b.float(), left, rtol=1e-5, atol=1e-7)):
-            problems.append(f"{module}: the adapter's factors are not the recorded edit")
-    return problems
+            result.checks.append(
+                Check(module, False, f"the adapter's factors have shapes {tuple(b.shape)}, {tuple(a.shape)}, not the recorded edit's")
+            )
+        else:
+            same = torch.allclose(a.float(), right, rtol=1e-5, atol=1e-7) and torch.allclose(b.float(), left, rtol=1e-5, atol=1e-7)
+            result.checks.append(Check(module, same, "lora_B, lora_A " + ("are" if same else "are not") + " the recorded edit's factors"))
+    return result

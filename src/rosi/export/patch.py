@@ -18,7 +18,7 @@ import re
 import shutil
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from rosi.edit.rank_one import rank_one_update
 from rosi.edit.record import RECORD_FILE, EditRecord, describe_file, wrong_kind
 from rosi.errors import RosiError, first_line
 from rosi.export.stream import INDEX, stream_edit, tensor_info, tensor_sha256, weight_files
+from rosi.export.verification import Check, Verification
 from rosi.model.writers import Layout
 
 PATCH_FORMAT = "rosi-patch/1"
@@ -265,36 +266,6 @@ def load_record(folder: Path) -> EditRecord:
     return record
 
 
-@dataclass
-class TensorCheck:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass
-class Verification:
-    model: str
-    method: str
-    strength: float
-    matrices: int
-    checks: list[TensorCheck] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "method": self.method,
-            "strength": self.strength,
-            "matrices_edited": self.matrices,
-            "ok": self.ok,
-            "checks": [c.__dict__ for c in self.checks],
-        }
-
-
 def verify(model: Path, base: Path | None = None, log: Callable[[str], None] | None = None) -> Verification:
     """Check a rosi output against its edit record: with ``base``, that every edited tensor is the
     base's plus ``outer(s_hat, r)`` within one rounding step and every other tensor byte-identical;
@@ -302,12 +273,14 @@ def verify(model: Path, base: Path | None = None, log: Callable[[str], None] | N
     that does not fit the model's shapes, or a base of another shape or architecture, is an error
     before anything is computed."""
     record = load_record(model)
-    result = Verification(str(model), record.method, record.strength, len(record.matrices))
+    result = Verification(
+        str(model), "checkpoint", record.method, record.strength, len(record.matrices), base=None if base is None else str(base)
+    )
     files = _weights(model)
     edited = {m.name: m for m in record.matrices}
     for m in record.matrices:
         if m.name not in files:
-            result.checks.append(TensorCheck(m.name, False, "the recorded matrix is not in the model's weights"))
+            result.checks.append(Check(m.name, False, "the recorded matrix is not in the model's weights"))
     present = {name: files[name] for name in edited if name in files}
     shapes = _shapes(model, present)
     fits(replace(record, matrices=tuple(m for m in record.matrices if m.name in present)), shapes, f"{model} (its own edit record)")
@@ -315,19 +288,39 @@ def verify(model: Path, base: Path | None = None, log: Callable[[str], None] | N
         base_files = _same_shapes(model, files, base)
         for name, file in sorted(files.items()):
             if name not in base_files:
-                result.checks.append(TensorCheck(name, False, "not in the base"))
+                result.checks.append(Check(name, False, "not in the base"))
             elif name in edited:
                 result.checks.append(_check_against_base(name, file, base_files[name], record))
             elif _read(file, tensor_sha256, name) != _read(base_files[name], tensor_sha256, name):
-                result.checks.append(TensorCheck(name, False, "not edited by the record, but differs from the base"))
+                result.checks.append(Check(name, False, "not edited by the record, but differs from the base"))
         if not any(c.ok is False for c in result.checks):
-            result.checks.append(
-                TensorCheck("(other tensors)", True, f"{len(files) - len(edited)} unedited tensors byte-identical to the base")
-            )
+            result.checks.append(Check("(other tensors)", True, f"{len(files) - len(edited)} unedited tensors byte-identical to the base"))
     else:
         for name, m in edited.items():
             if name in files:
                 result.checks.append(_check_structure(name, files[name], record, m.right))
+    return result
+
+
+def verify_patch(path: Path, base: Path | None = None) -> Verification:
+    """Check a patch file: every field of its edit record and base identity (:func:`read_patch`)
+    and, given its base checkpoint folder, that the base is the one it names (each tensor the
+    patch edits of the dtype, shape and sha256 it records, and of the shape the edit needs)."""
+    record, identity = read_patch(path)
+    result = Verification(
+        str(path), "patch", record.method, record.strength, len(record.matrices), base=None if base is None else str(base)
+    )
+    kind = identity.model_type or "a model of unrecorded type"
+    result.checks.append(
+        Check("(patch)", True, f"its edit record and the identity of {len(identity.tensors)} base tensors ({kind}) are whole")
+    )
+    if base is not None:
+        try:
+            check_base(base, identity)
+            check_fits(record, base, what="base")
+            result.checks.append(Check("(base)", True, "every tensor the patch edits is the one it was made for (sha256, dtype, shape)"))
+        except PatchError as e:
+            result.checks.append(Check("(base)", False, str(e)))
     return result
 
 
@@ -356,7 +349,7 @@ def _load(file: Path, name: str) -> torch.Tensor:
         return f.get_tensor(name)
 
 
-def _check_against_base(name: str, file: Path, base_file: Path, record: EditRecord) -> TensorCheck:
+def _check_against_base(name: str, file: Path, base_file: Path, record: EditRecord) -> Check:
     m = next(x for x in record.matrices if x.name == name)
     got = m.layout.as_out_in(_load(file, name))
     base = m.layout.as_out_in(_load(base_file, name))
@@ -366,12 +359,12 @@ def _check_against_base(name: str, file: Path, base_file: Path, record: EditReco
     # one rounding of the result, and the float32 arithmetic's own, both bounded by the operands' size
     step = torch.finfo(got.dtype).eps * (base.float().abs() + update.abs()) * 2 + torch.finfo(torch.float32).tiny
     ok = bool((error <= step).all())
-    return TensorCheck(
+    return Check(
         name, ok, f"max |model - (base + s r^T)| = {float(error.max()):.3g} ({'within' if ok else 'beyond'} one {got.dtype} rounding step)"
     )
 
 
-def _check_structure(name: str, file: Path, record: EditRecord, right: torch.Tensor) -> TensorCheck:
+def _check_structure(name: str, file: Path, record: EditRecord, right: torch.Tensor) -> Check:
     """What the weights alone say of the recorded factor: the method's ``recover`` (its registry
     entry) gives it back from the edited weights. A read-out method's factor was measured on
     prompts and cannot be checked this way."""
@@ -382,15 +375,15 @@ def _check_structure(name: str, file: Path, record: EditRecord, right: torch.Ten
     tol = max(10 * torch.finfo(stored.dtype).eps, 1e-4)  # the weights' own rounding bounds how well they predict the factor
     recover = get_method(record.method).recover
     if recover is None:
-        return TensorCheck(name, True, f"{record.method}: the factor was measured on prompts; not checkable from the weights")
+        return Check(name, True, f"{record.method}: the factor was measured on prompts; not checkable from the weights")
     return _agree(name, recover(w, s, record.strength, right), right, "the recorded factor", tol)
 
 
-def _agree(name: str, got: torch.Tensor, expected: torch.Tensor, what: str, tol: float) -> TensorCheck:
+def _agree(name: str, got: torch.Tensor, expected: torch.Tensor, what: str, tol: float) -> Check:
     scale = float(expected.abs().max()) + float(got.abs().max()) + 1e-12
     error = float((got - expected).abs().max()) / scale
     ok = error < tol
-    return TensorCheck(name, ok, f"{what} matches the weights to {error:.2g} (relative)")
+    return Check(name, ok, f"{what} matches the weights to {error:.2g} (relative)")
 
 
 def _weights(folder: Path) -> dict[str, Path]:
