@@ -18,9 +18,8 @@ import pytest
 import rosi
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-NOT_BENCHMARKS = {"results_pages.py"}  # scripts in benchmarks/ that measure nothing (it writes the docs' pages)
 MODEL_ID = re.compile(r"pypi:[a-z0-9][a-z0-9.-]*|(?i:qwen2\.5)")  # a model id typed into a script
-SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_") and p.name not in NOT_BENCHMARKS)
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 
 
 @pytest.fixture
@@ -167,23 +166,6 @@ def test_the_judge_option_is_checked_as_the_arguments_are_parsed(common):
         == "refusal markers (partial verdict beside), 64 new tokens, greedy, no system prompt"
     )
     assert common.judge_words("openai:http://h:8000/v1", 32) == "judge openai:http://h:8000/v1, 32 new tokens, greedy"
-
-
-def test_the_results_page_shows_how_a_result_was_made_compactly(common, monkeypatch):
-    """The fields every result records (command, commit, dirty, rosi_version) and its judge are
-    shown under the file's heading, not as rows of its field table."""
-    import results_pages
-
-    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "tune_eval.py"), "out", "--judge", "openai:http://h/v1", "--name", "tune_eval_x"])
-    path = common.write_results("tune_eval_x", {"judge": "judge openai:http://h/v1, 64 new tokens, greedy", "judge_spec": "x", "speed": 2})
-    data = json.loads(path.read_text())
-    page = results_pages.render_results_page(common.RESULTS, path.parent)
-    assert f"rosi {rosi.__version__}" in page and "Judge: judge openai:http://h/v1, 64 new tokens, greedy (`--judge x`)." in page
-    assert "Command: `python benchmarks/tune_eval.py out --judge openai:http://h/v1 --name tune_eval_x`" in page
-    if data["commit"]:
-        assert f"at {data['commit'][:10]}" in page and ("src/ modified" in page) == data["dirty"]
-    assert "| speed | 2 |" in page
-    assert not any(f"| {k} |" in page for k in ("command", "commit", "dirty", "rosi_version", "judge", "judge_spec"))
 
 
 def test_harmless_rank_scores_trials_on_one_half_and_reads_their_verdicts_on_the_other(monkeypatch):
