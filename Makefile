@@ -28,8 +28,8 @@ demo-realign: $(STAMP)
 	$(BIN)/python examples/realign_demo.py demo-output/realign
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks tools examples
+	$(BIN)/ruff format --check src tests benchmarks tools examples
 	$(BIN)/mypy
 
 check: lint
@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/edit_speed.py
 
 docs: $(STAMP)
-	$(BIN)/python benchmarks/results_pages.py
+	$(BIN)/python tools/results_pages.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache

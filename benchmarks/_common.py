@@ -158,32 +158,3 @@ def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
-
-
-def tune_edits(out: Path | None, trials: str | None, records: list[str]) -> list[tuple[str, Path, dict]]:
-    """The edits a tune benchmark measures, as (label, record file, what to add to its row): the
-    trials of a `rosi tune` output (``trials``: "0,1,7"; default the references and the chosen
-    one; none without ``out``), then each ``LABEL=FILE`` of ``records``."""
-    from rosi.workflows.tune.report import trial_record_path
-
-    report = json.loads((out / "tune_report.json").read_text()) if out is not None else {"trials": [], "chosen": None}
-    by_number = {t["number"]: t for t in report["trials"]}
-    if trials:
-        numbers = [int(x) for x in trials.split(",")]
-    else:
-        numbers = [t["number"] for t in report["trials"] if t["reference"]] + ([report["chosen"]] if out is not None else [])
-    edits = []
-    for number in dict.fromkeys(numbers):
-        trial = by_number[number]
-        label = (
-            f"trial {number}"
-            + (f" ({trial['reference']})" if trial["reference"] else "")
-            + (" (chosen)" if number == report["chosen"] else "")
-        )
-        extra = {"params": trial["params"], "validation": trial["confirmed"]}
-        assert out is not None  # trial numbers come from a tune output
-        edits.append((label, trial_record_path(out, number), extra))
-    for item in records:
-        label, _, file = item.partition("=")
-        edits.append((label, Path(file), {"record": file}))
-    return edits

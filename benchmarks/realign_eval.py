@@ -24,11 +24,10 @@ import sys
 import time
 
 from _common import DATA, DEFAULT_JUDGE, RESULTS, add_judge, add_name, judge_words, write_results
-from refusal_eval import held_out, measure
 from rosi import load
+from rosi.eval.heldout import coconot_contrast, describe_sets, held_out, refusal_row
+from rosi.eval.styles import harmful_styles
 from rosi.measure import judge_of
-from rosi.prompts import PromptSet, builtin, load_prompts
-from style_holdout import by_style
 
 
 def main() -> int:
@@ -42,12 +41,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the other labels' rows of an earlier run on the same sets")
     add_judge(parser)
     args = parser.parse_args()
-    sets = held_out(args.n)
-    coconot = load_prompts(str(DATA / "coconot" / "coconot_contrast_eval.jsonl")).take(min(args.n, 100), seed=0)
-    sets["contrast"] = [*sets["contrast"], ("coconot-contrast", coconot)]
+    sets = held_out(args.n, DATA)
+    sets["contrast"] = [*sets["contrast"], ("coconot-contrast", coconot_contrast(args.n, DATA))]
     sets["styles"] = harmful_styles()
     judge = judge_words(args.judge, args.max_new_tokens, "no system prompt")
-    described = {role: [{"source": s, "n": len(p)} for s, p in parts] for role, parts in sets.items()}
+    described = describe_sets(sets)
     labels = {item.partition("=")[0] for item in args.models}
     rows, seconds = [], {}
     if args.keep:
@@ -59,7 +57,7 @@ def main() -> int:
         label, _, spec = item.partition("=")
         loaded = load(spec, device="cpu", dtype=args.dtype)
         t = time.perf_counter()
-        row = measure(loaded, label, sets, args.max_new_tokens, args.batch_size, judged_by)
+        row = refusal_row(loaded, label, sets, args.max_new_tokens, args.batch_size, judged_by)
         row["model"] = spec
         rows.append(row)
         seconds[label] = round(time.perf_counter() - t, 1)
@@ -92,12 +90,6 @@ def main() -> int:
         print(f"{r['label']:28} " + " ".join(f"{k} {v['rate']:.0%}" for k, v in parts.items()) + f"; worst: {worst}")
     print(f"results: {path}")
     return 0
-
-
-def harmful_styles() -> list[tuple[str, PromptSet]]:
-    """rosi's harmful requests written as questions, multi-part requests, persuasive writing and
-    fiction (``builtin:harmful_styles:val``: prompts no fit sees), one part per style."""
-    return [(style, PromptSet(tuple(texts), name=style)) for style, texts in by_style(builtin("harmful_styles", "val")).items()]
 
 
 def kept_rows(name: str, judge: str, spec: str, dtype: str, sets: dict) -> dict:

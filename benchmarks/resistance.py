@@ -3,8 +3,8 @@
 ROSI is a last-mile safety edit, not a tamper-proof one. This benchmark plays the attacker with
 the standard recipe: extract the refusal direction from the *edited* model (rosi's own
 extraction and selection, the built-in prompts), project it out of every residual writer
-(attention, MLP, embedding), and measure held-out refusal (as benchmarks/refusal_eval.py, through
-rosi.measure: 64-token greedy replies, the marker judge or --judge SPEC, 95% Wilson intervals)
+(attention, MLP, embedding), and measure held-out refusal (rosi.eval.heldout, as
+benchmarks/refusal_eval.py does, through rosi.measure: 64-token greedy replies, the marker judge or --judge SPEC, 95% Wilson intervals)
 before and after.
 
 Run: .venv/bin/python benchmarks/resistance.py EDITED [--n 102] [--dtype bfloat16] [--layer L --position P] [--judge SPEC] [--name NAME]
@@ -17,9 +17,9 @@ import argparse
 import sys
 import time
 
-from _common import add_judge, add_name, judge_words, write_results
-from refusal_eval import held_out, measure
+from _common import DATA, add_judge, add_name, judge_words, write_results
 from rosi import apply_edit, load
+from rosi.eval.heldout import held_out, refusal_row
 from rosi.measure import judge_of
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import extract
@@ -38,12 +38,12 @@ def main() -> int:
     add_judge(parser)
     add_name(parser, __file__)
     args = parser.parse_args()
-    sets = held_out(args.n)
+    sets = held_out(args.n, DATA)
     judge = judge_of(args.judge)
     loaded = load(args.edited, device="cpu", dtype=args.dtype)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    rows = [measure(loaded, "rosi-edited", sets, args.max_new_tokens, args.batch_size, judge)]
+    rows = [refusal_row(loaded, "rosi-edited", sets, args.max_new_tokens, args.batch_size, judge)]
     seconds["edited"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     attack = extract(loaded, PromptSets.load(), ExtractOptions(batch_size=args.batch_size, layer=args.layer, position=args.position))
@@ -51,7 +51,7 @@ def main() -> int:
     d = attack.direction
     record = apply_edit(loaded.model, d, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
     t = time.perf_counter()
-    rows.append(measure(loaded, f"abliterated again (layer {d.layer})", sets, args.max_new_tokens, args.batch_size, judge))
+    rows.append(refusal_row(loaded, f"abliterated again (layer {d.layer})", sets, args.max_new_tokens, args.batch_size, judge))
     seconds["attacked"] = round(time.perf_counter() - t, 1)
     for r in rows:
         print(

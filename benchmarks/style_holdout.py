@@ -33,87 +33,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import replace
 
 from _common import DATA, add_name, judge_words, write_results
-from refusal_eval import held_out, instructions, rate_row
 from rosi import load
 from rosi.edit.apply import apply_edit, revert_edit
+from rosi.eval.heldout import held_out, instructions, rate_row
+from rosi.eval.styles import SIDES, left_out_summary, plan, style_sets, training_without
 from rosi.measure import RefusalMeter
-from rosi.prompts import PromptSet, builtin
 from rosi.workflows.options import REALIGN_HARMFUL, REALIGN_HARMLESS, RealignOptions
 from rosi.workflows.realign import extract_null, find_null, realign_prompts
-
-STYLED = "harmful_styles"  # the built-in set whose categories end in their style (HARM/STYLE)
-HARMLESS_STYLED = "harmless_styles"  # the built-in set whose categories are their style
-# categories of rosi's own harmless set that are a harmless_styles style by another name
-SAME_STYLE = {"coding": ("code",), "advice_math": ("advice", "maths")}
-SIDES = ("harmful", "harmless")
-
-
-def style_of(category: str | None) -> str:
-    """The style of a ``HARM/STYLE`` category (a prompt without one: ``imperative``, the style of rosi's harmful set)."""
-    return "imperative" if not category or "/" not in category else category.rsplit("/", 1)[1]
-
-
-def harmless_styles_of(category: str | None) -> tuple[str, ...]:
-    """The styles a harmless prompt's category is: the category itself, and the style it is by another name."""
-    return (category or "", *SAME_STYLE.get(category or "", ()))
-
-
-def harmful_styles_of(category: str | None) -> tuple[str, ...]:
-    return (style_of(category),)
-
-
-def leave_out(prompts: PromptSet, style: str | None, styles_of: Callable[[str | None], tuple[str, ...]] = harmful_styles_of) -> PromptSet:
-    """``prompts`` without those of ``style`` (None: all of them); ``styles_of`` names a category's styles."""
-    keep = [i for i, c in enumerate(prompts.categories or (None,) * len(prompts)) if style is None or style not in styles_of(c)]
-    if not keep:
-        raise ValueError(f"leaving out {style!r} leaves no prompts in {prompts.name!r}")
-    if style is not None and len(keep) == len(prompts):
-        raise ValueError(f"{prompts.name!r} has no prompts of style {style!r} to leave out")
-    return PromptSet(
-        tuple(prompts.instructions[i] for i in keep),
-        None if prompts.categories is None else tuple(prompts.categories[i] for i in keep),
-        name=f"{prompts.name} without {style}" if style else prompts.name,
-    )
-
-
-def by_style(prompts: PromptSet, key: Callable[[str | None], str] = style_of) -> dict[str, list[str]]:
-    """The prompts grouped by ``key`` of their category (default: the style of a ``HARM/STYLE`` category)."""
-    out: dict[str, list[str]] = {}
-    for text, category in zip(prompts.instructions, prompts.categories or (None,) * len(prompts), strict=True):
-        out.setdefault(key(category), []).append(text)
-    return dict(sorted(out.items()))
-
-
-def plain(category: str | None) -> str:
-    return category or ""
-
-
-def summary(rows: list[dict], side: str, worse: Callable[..., str]) -> dict:
-    """Each left-out style's refusal, its gap to the fit that saw it, and the worst one (``worse``: min or max)."""
-    full = rows[0]
-    left = [r for r in rows if r["side"] == side]
-    rates = {r["left_out"]: r[f"{side} style {r['left_out']}"]["rate"] for r in left}
-    gaps = {s: rates[s] - full[f"{side} style {s}"]["rate"] for s in rates}
-    return {"left_out_rate": rates, "left_out_minus_seen": gaps, "worst_left_out": worse(rates, key=lambda s: rates[s])}
-
-
-Run = tuple[str | None, str | None, dict[str, list[str]]]  # the side left out, its style (None: every style seen), the sets measured
-
-
-def plan(sides: list[str], styles: dict[str, list[str]], sets: dict[str, dict[str, list[str]]], left_out_only: bool = False) -> list[Run]:
-    """The fits to run: every style seen (measured on every side's sets), then each side's styles
-    left out in turn. A harmless fit is measured on the style it left out; a harmful one on every
-    harmful set (what leaving one style out does to the others), or on its own style with ``left_out_only``."""
-    runs: list[Run] = [(None, None, {n: t for side in sides for n, t in sets[side].items()})]
-    for side in sides:
-        for left in styles[side]:
-            name = f"{side} style {left}"
-            runs.append((side, left, sets[side] if side == "harmful" and not left_out_only else {name: sets[side][name]}))
-    return runs
 
 
 def main() -> int:
@@ -148,13 +76,7 @@ def main() -> int:
         parser.error(f"--sides: {args.sides!r} is not a list of {', '.join(SIDES)}")
     if not DATA.is_dir():
         sys.exit(f"the public held-out sets are not at {DATA}")
-    styles = {
-        "harmful": list(by_style(builtin(STYLED, "train"))),
-        "harmless": list(by_style(builtin(HARMLESS_STYLED, "train"), plain)),
-    }
-    sets = {"harmful": {f"harmful style {s}": texts for s, texts in by_style(builtin(STYLED, "val")).items()}}
-    sets["harmful"]["public held-out (AdvBench, JBB, MaliciousInstruct)"] = instructions(held_out(args.n)["harmful"])
-    sets["harmless"] = {f"harmless style {s}": texts for s, texts in by_style(builtin(HARMLESS_STYLED, "val"), plain).items()}
+    styles, sets = style_sets({"public held-out (AdvBench, JBB, MaliciousInstruct)": instructions(held_out(args.n, DATA)["harmful"])})
     options = RealignOptions()
     method, k = options.extract.form.method, args.strength
     loaded = load(args.model, device="cpu", dtype=args.dtype)
@@ -164,37 +86,16 @@ def main() -> int:
     meter = RefusalMeter(loaded, batch_size=args.batch_size, progress=True)
     rows, seconds = [], {}
     every = realign_prompts(harmful=args.harmful, harmless=args.harmless)
-    # the styles the harmless training prompts hold: a harmful style among them has a harmless namesake (--mirror)
-    harmless_kinds = {s for category in every.harmless.categories or () for s in harmless_styles_of(category)}
     for side, left, measured in plan(sides, styles, sets, args.left_out_only):
         label = "every style seen" if left is None else f"{side} {left} left out"
         t = time.perf_counter()
-        prompts = every
-        if side == "harmful":
-            prompts = replace(every, harmful=leave_out(every.harmful, left))
-            if args.mirror and left in harmless_kinds:
-                prompts = replace(prompts, harmless=leave_out(every.harmless, left, harmless_styles_of))
-        elif side == "harmless":
-            prompts = replace(every, harmless=leave_out(every.harmless, left, harmless_styles_of))
+        prompts = training_without(every, side, left, args.mirror)
         extraction = extract_null(loaded, prompts, options, ablation)
         choice = extraction.choose_writers(loaded, options.extract.form)
-        record = apply_edit(
-            loaded.model,
-            extraction.direction,
-            method,
-            k,
-            writers=choice.writers,
-            reads=choice.reads,
-            second=choice.second,
-            keep_originals=True,
-        )
-        row: dict = {
-            "label": label,
-            "side": side,
-            "left_out": left,
-            "n_harmful_train": len(prompts.harmful),
-            "n_harmless_train": len(prompts.harmless),
-        }
+        edit = {"writers": choice.writers, "reads": choice.reads, "second": choice.second}
+        record = apply_edit(loaded.model, extraction.direction, method, k, **edit, keep_originals=True)
+        row: dict = {"label": label, "side": side, "left_out": left}
+        row |= {"n_harmful_train": len(prompts.harmful), "n_harmless_train": len(prompts.harmless)}
         for name, texts in measured.items():
             rate = meter.rate(texts, args.max_new_tokens, desc=f"{label}: {name}")
             row[name] = rate_row(rate)
@@ -204,7 +105,7 @@ def main() -> int:
         print(f"{label:32} " + " ".join(f"{n.split(' (')[0]} {row[n]['rate']:.0%}" for n in measured), flush=True)
     results: dict = {}
     for side in sides:
-        results[side] = summary(rows, side, min if side == "harmful" else max)
+        results[side] = left_out_summary(rows, side, min if side == "harmful" else max)
         rates, gaps = results[side]["left_out_rate"], results[side]["left_out_minus_seen"]
         print(
             f"\n{side}: each style's refusal when left out of the fit, against when seen: "

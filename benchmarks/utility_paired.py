@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, add_model, add_name, tune_edits, write_results
+from _common import DATA, add_model, add_name, write_results
 from rosi import EditRecord, apply_record, load, revert_edit
 from rosi.eval.utility import per_question, prepare_local_tasks
 from rosi.metrics import PairedDifference, Rate
+from rosi.workflows.tune.report import TuneReport, record_edits
 
 
 def main() -> int:
@@ -37,7 +38,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
     out = Path(args.out)
-    edits = tune_edits(out, args.trials, args.record)
+    numbers = [int(x) for x in args.trials.split(",")] if args.trials else None
+    edits = TuneReport.load(out).edits(out, numbers) + record_edits(args.record)
     folder = Path(tempfile.mkdtemp(prefix="rosi-utility-"))
     configs = prepare_local_tasks({"mmlu": args.mmlu, "arc_challenge": args.arc}, DATA, folder)
     loaded = load(args.model, device="cpu", dtype=args.dtype)

@@ -1,11 +1,10 @@
 """The docs stay true: the README is a short front door that links every page, every relative link
 points to a file, and the generated parts (the results page, the README's results table, the
-methods table) are what benchmarks/results_pages.py would write now."""
+methods table) are what tools/results_pages.py would write now."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("results_pages", ROOT / "benchmarks" / "results_pages.py")
+    spec = importlib.util.spec_from_file_location("results_pages", ROOT / "tools" / "results_pages.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -72,35 +71,3 @@ def test_readme_results_table_names_both_models_and_links_its_files():
     assert "0.5B" in table and "1.5B" in table and "not measured" not in table
     for h in pages.HEADLINE:
         assert f"(benchmarks/results/{h.file})" in table
-
-
-def test_an_unknown_result_file_renders(tmp_path):
-    results = tmp_path / "results"
-    (results / "odd_run").mkdir(parents=True)
-    (results / "mystery.json").write_text(
-        json.dumps({"benchmark": "mystery", "date": "2030-01-01", "speed": 1.5, "nested": {"ok": True, "items": [1, 2]}, "rows": [3, {}]})
-    )
-    (results / "odd_run" / "report.json").write_text(json.dumps([1, 2, 3]))
-    (results / "broken.json").write_text("{not json")
-    (results / "rates.json").write_text(json.dumps({"rows": [{"label": "a", "x": {"rate": 0.5, "k": 1, "n": 2}}]}))
-    (results / "odd_tune.json").write_text(json.dumps({"trials": [{"confirmed": {"kl": "x"}}], "chosen": 0, "base": "?"}))
-    page = pages.render_results_page(results, tmp_path)
-    assert "### mystery.json" in page and "| speed | 1.5 |" in page and "| nested.ok | True |" in page
-    assert "### odd_run/report.json" in page and "### broken.json" in page
-    assert "| a | 50.0% (1/2) |" in page and "### odd_tune.json" in page
-
-
-def test_a_missing_headline_file_is_named_not_fatal(tmp_path):
-    table = pages.headline_table(tmp_path, tmp_path)
-    assert table.count("not measured") == len(pages.HEADLINE)
-
-
-def test_check_names_a_stale_page(tmp_path, monkeypatch, capsys):
-    stale = tmp_path / "results.md"
-    stale.write_text("old\n")
-    monkeypatch.setattr(pages, "expected", lambda: {stale: "new\n"})
-    monkeypatch.setattr(pages, "ROOT", tmp_path)
-    assert pages.main(["--check"]) == 1
-    assert "results.md is stale" in capsys.readouterr().err
-    assert stale.read_text() == "old\n"
-    assert pages.main([]) == 0 and stale.read_text() == "new\n"

@@ -118,6 +118,15 @@ class PairedDifference:
             len(a), sum(a), sum(b), sum(x and not y for x, y in zip(a, b, strict=True)), sum(y and not x for x, y in zip(a, b, strict=True))
         )
 
+    @classmethod
+    def of_verdicts(cls, a: Sequence[bool | None], b: Sequence[bool | None]) -> PairedDifference:
+        """``b - a`` on the items both have a verdict on (``None``: no verdict, e.g. a judge's
+        unparsed output), paired item by item."""
+        if len(a) != len(b):
+            raise ValueError(f"paired verdicts need the same items: {len(a)} vs {len(b)}")
+        both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+        return cls.of([x for x, _ in both], [y for _, y in both])
+
     @property
     def difference(self) -> float:
         return (self.b_only - self.a_only) / self.n if self.n else float("nan")
@@ -152,6 +161,31 @@ class PairedDifference:
             "b_only": self.b_only,
             "mcnemar_p": self.p_value,
         }
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of paired values (Pearson's on their ranks, ties sharing their
+    mean rank: :func:`scipy.stats.spearmanr`'s rho, computed with numpy); ``None`` with under three
+    pairs or a constant side, where no order can be measured."""
+    import numpy as np
+
+    if len(x) != len(y):
+        raise ValueError(f"a rank correlation needs paired values: {len(x)} vs {len(y)}")
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    sxx, syy = float(dx @ dx), float(dy @ dy)
+    return None if sxx == 0 or syy == 0 else float(dx @ dy) / math.sqrt(sxx * syy)
+
+
+def _ranks(values: Any) -> Any:
+    """1-based ranks of a 1-d array, ties sharing their mean rank."""
+    import numpy as np
+
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))  # ranks taken before each distinct value
+    return (first + (counts + 1) / 2)[inverse]
 
 
 def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float:

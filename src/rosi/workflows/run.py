@@ -8,7 +8,7 @@ The stages live in their folders (:mod:`rosi.direction`, :mod:`rosi.edit`, :mod:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, check_strength, revert_edit
 from rosi.edit.methods import EditForm, get_method
 from rosi.edit.record import EditRecord
-from rosi.edit.scope import WriterChoice
+from rosi.edit.scope import WriterChoice, WriterSignal
 from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, choose_strength
 from rosi.errors import RosiError
 from rosi.export.checkpoint import input_paths
@@ -32,6 +32,7 @@ from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction, extract
 from rosi.workflows.options import ExtractOptions, RunOptions
 
+REPORT_FILE = "rosi_report.json"  # what run and realign write beside the edit
 PAPER_METHOD = "rosi"  # the comparison row: the paper's form on every writer
 
 
@@ -101,6 +102,42 @@ class RunReport:
             "phases": [p.to_json() for p in self.phases],
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunReport:
+        """The inverse of :meth:`to_json` (what ``rosi_report.json`` holds, for ``rosi run`` and
+        ``rosi realign``). The JSON keeps each rate's share of partial replies, not which replies
+        were partial: they come back as that many partial verdicts, in no particular order."""
+        return cls(
+            model=data["model"],
+            method=data["method"],
+            strength=data["strength"],
+            direction=data["direction"],
+            writers={m: _writer_choice(c) for m, c in data["writers"].items()},
+            rates=[Rates(r["label"], {role: _refusal_rate(v) for role, v in r["verdicts"].items()}) for r in data["rates"]],
+            strength_searches=[
+                StrengthSearch(s["method"], s["strength"], s["chosen_by"], tuple(StrengthStep(**row) for row in s["rows"]), s["stopped_by"])
+                for s in data["strength_searches"]
+            ],
+            selection_cost=data["selection_cost"],
+            seconds=data["seconds"],
+            new_tokens=data["new_tokens"],
+            phases=[Phase(**p) for p in data.get("phases", [])],
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RunReport:
+        """The report of a `rosi run` or `rosi realign` output folder (its ``rosi_report.json``)."""
+        path = Path(folder) / REPORT_FILE
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RosiError(f"{path}: not a rosi run report this rosi can read ({type(e).__name__}: {e})") from None
+
+    @property
+    def search(self) -> dict[str, StrengthSearch]:
+        """Each strength search by the method it searched."""
+        return {s.method: s for s in self.strength_searches}
+
     def phase_table(self) -> str:
         return phase_table(self.phases)
 
@@ -115,6 +152,18 @@ class RunReport:
         if looks:
             lines.append("look-alikes: safe requests that only sound harmful (over-refusal); lower is better")
         return "\n".join(lines)
+
+
+def _writer_choice(data: Mapping[str, Any]) -> WriterChoice:
+    signals = tuple(WriterSignal(s["name"], s["layer"], s["harmful"], s["harmless"]) for s in data["signals"])
+    return WriterChoice(data["scope"], data["ratio"], data["writers"], signals, data["note"])
+
+
+def _refusal_rate(data: Mapping[str, Any]) -> RefusalRate:
+    refused = tuple(data["refused"])
+    share, n = data["partial"], len(refused)
+    partial = None if share is None else tuple(i < round(share * n) for i in range(n))
+    return RefusalRate(refused, partial, data["judge"], data["new_tokens"])
 
 
 def run(
@@ -290,7 +339,7 @@ def _lookalike(meter: RefusalMeter, label: str, prompts: PromptSets, options: Ru
 def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, options: RunOptions) -> None:
     def extras(folder: Path) -> None:
         extraction.direction.save(folder / "direction.safetensors")
-        (folder / "rosi_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2) + "\n")
         if extraction.selection is not None:
             (folder / "direction_scores.json").write_text(json.dumps(extraction.selection.table(), indent=2) + "\n")
 

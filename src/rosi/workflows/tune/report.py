@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rosi._version import __version__
+from rosi.errors import RosiError
 from rosi.workflows.options import TuneOptions
 from rosi.workflows.tune.pick import DIRECTIONS, OBJECTIVES, Guard, Scores, TrialResult
 from rosi.workflows.tune.space import describe
+
+REPORT_FILE = "tune_report.json"
+GUARD_REFERENCE = "default"  # the reference trial a guarded pick compares with (:func:`~rosi.workflows.tune.pick.guarded_pick`'s default)
 
 
 def trial_record_path(folder: Path, number: int) -> Path:
@@ -38,6 +43,68 @@ class TuneReport:
 
     def trial(self, number: int) -> TrialResult:
         return next(t for t in self.trials if t.number == number)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TuneReport:
+        """The inverse of :meth:`to_json` (what ``tune_report.json`` holds). The guards are
+        recomputed from the trials' per-prompt verdicts against the reference they were compared
+        with (rosi run's default edit), as the tune computed them."""
+        trials = [
+            TrialResult(
+                t["number"],
+                t["params"],
+                Scores(**t["cheap"]),
+                None if t["confirmed"] is None else Scores(**t["confirmed"]),
+                t["reference"],
+            )
+            for t in data["trials"]
+        ]
+        report = cls(
+            model=data["model"],
+            options=data["options"],
+            direction=data["direction"],
+            base_cheap=Scores(**data["base"]["cheap"]),
+            base_confirmed=Scores(**data["base"]["confirmed"]),
+            trials=trials,
+            front=list(data["front"]),
+            chosen=data["chosen"],
+            chosen_by=data["chosen_by"],
+            seconds=dict(data.get("seconds", {})),
+            samples_mib=data.get("samples_mib", 0.0),
+            pruned=data.get("pruned_trials", 0),
+        )
+        guarded = data.get("guarded", [])
+        if guarded:
+            reference = next(t for t in trials if t.reference == GUARD_REFERENCE and t.confirmed is not None)
+            report.guards = [Guard.of(report.trial(g["trial"]), reference, g["margin"]) for g in guarded]
+        return report
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TuneReport:
+        """The report of a `rosi tune` output folder (its ``tune_report.json``)."""
+        path = Path(folder) / REPORT_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RosiError(f"{path}: not a rosi tune report ({e}); give a folder written by rosi tune") from None
+        try:
+            return cls.from_json(data)
+        except (KeyError, TypeError, StopIteration) as e:
+            raise RosiError(f"{path}: not a rosi tune report this rosi can read ({type(e).__name__}: {e})") from None
+
+    def edits(self, folder: str | Path, numbers: Sequence[int] | None = None) -> list[TrialEdit]:
+        """The edits of trials ``numbers`` (default: the reference trials, then the chosen one),
+        each with its label ("trial 7 (default) (chosen)"), the record the tune saved in ``folder``
+        and what a results row adds about it: its ``params`` and confirmed ``validation`` figures."""
+        if numbers is None:
+            numbers = [t.number for t in self.trials if t.reference] + [self.chosen]
+        edits = []
+        for number in dict.fromkeys(numbers):
+            t = self.trial(number)
+            label = f"trial {number}" + (f" ({t.reference})" if t.reference else "") + (" (chosen)" if number == self.chosen else "")
+            validation = None if t.confirmed is None else asdict(t.confirmed)
+            edits.append(TrialEdit(label, trial_record_path(Path(folder), number), {"params": t.params, "validation": validation}))
+        return edits
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +147,23 @@ class TuneReport:
             chosen = "  <- chosen" if t.number == self.chosen else ""
             lines.append(f"{label:{width}} {s.harmful:>8.0%} {s.harmless:>9.0%} {s.lookalike:>11.0%} {s.kl:>7.3f}{chosen}")
         return "\n".join(lines)
+
+
+class TrialEdit(NamedTuple):
+    """An edit to measure: its row's label, its edit record file, and what its row records about it."""
+
+    label: str
+    record: Path
+    about: dict[str, Any]
+
+
+def record_edits(items: Sequence[str]) -> list[TrialEdit]:
+    """Edits given as ``LABEL=FILE`` (an edit record file, e.g. the one `rosi run` saved)."""
+    edits = []
+    for item in items:
+        label, _, file = item.partition("=")
+        edits.append(TrialEdit(label, Path(file), {"record": file}))
+    return edits
 
 
 def guard_json(guard: Guard) -> dict[str, Any]:
