@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rosi.edit.methods import EditForm
+from rosi.edit.methods import DEFAULT_METHOD, EditForm, searchable_methods
 from rosi.errors import RosiError
 from rosi.judges.markers import DEFAULT_NEW_TOKENS
 
@@ -183,7 +183,8 @@ class RealignOptions:
         return RunOptions(self.extract, self.strength, self.measure, self.output)
 
 
-TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical", "neurons")  # the forms rosi tune can search
+# the forms rosi tune can search: those with a strength grid, rosi run's default first
+TUNE_FORMS = (DEFAULT_METHOD, *(name for name in searchable_methods() if name != DEFAULT_METHOD))
 # searched by default: the fitted and probe read-outs. In three tunes of Qwen2.5-Coder-0.5B no
 # `rosi` trial reached the default edit's validation harmful refusal and the `scale` trials that
 # did refused more look-alikes than it (docs/tune.md); both stay in every tune as its references
