@@ -66,10 +66,9 @@ def apply_edit(
     second: Direction | None = None,
     progress: bool = False,
 ) -> EditRecord:
-    """Edit ``model`` in place and return the record of what changed. ``form`` is the method's
-    registry entry (e.g. ``METHODS["scale"]``, or a run's :class:`~rosi.edit.methods.EditForm`,
-    whose method it takes; a method name is looked up). ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for
-    ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
+    """Edit ``model`` in place and return the record of what changed. ``form``: the method's entry
+    (``METHODS["scale"]``; an :class:`~rosi.edit.methods.EditForm`'s method; a name is looked up).
+    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
     names, e.g. from :func:`rosi.edit.scope.select_writers`) narrows that choice to a subset.
     ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
     see :func:`rosi.edit.scope.probe_reads`); it edits exactly those writers unless ``writers``

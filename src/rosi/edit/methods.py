@@ -15,9 +15,13 @@ second term: the false-refusal direction ``f_hat`` (look-alike minus harmless, o
 A :class:`Method` holds everything rosi needs to know about one form: its right factor, the name
 of its strength, whether it needs measured read-outs, the grid ``rosi run`` searches, the
 strength at which direction selection tries it, and the read-out ``u`` with which it acts on a
-writer's output (``r . x = strength * u . (W x)``, for choosing writers). The CLI's choices, the
-strength search and the methods table of docs/method.md all come from :data:`METHODS`; adding a method is one
-entry here. (No torch import: the CLI lists the methods without loading it.)
+writer's output (``r . x = strength * u . (W x)``, for choosing writers); for a form fit on single
+prompts, its :class:`SampleFit` (the pure fit function, and what the fit offers); the writer kinds
+it edits. The CLI's choices, the strength search, the tune's search space and the methods table of
+docs/method.md all come from :data:`METHODS`, and every other module asks an entry's fields, never
+its name: adding a method is one entry here (and its fit function). The defaults the entries share
+(:data:`STRENGTH_GRID`, :data:`EFFECT_STRENGTH`) are stated once. (No torch import: the CLI lists
+the methods without loading it.)
 """
 
 from __future__ import annotations

@@ -79,9 +79,7 @@ def choose_strength(
     ``base`` gives the base model's rates when they are known already; ``meter`` measures the
     model it was made for, as it is while each strength is applied."""
     spec = method_of(form)
-    method = spec.name
     grid = grid or spec.grid
-
     if base is None:
         base = _rates(meter, 0.0, val_harmful, val_harmless, limit=None)
         _say(progress, "rosi: base model", base)
@@ -102,14 +100,14 @@ def choose_strength(
             step = _rates(meter, strength, val_harmful, val_harmless, limit=limit)
         finally:
             revert_edit(meter.loaded.model, record)
-        _say(progress, f"rosi: {method} {strength:g}", step)
+        _say(progress, f"rosi: {spec.name} {strength:g}", step)
         return step
 
     rows, best = walk_grid(grid, measure, base, limit, bisect=bisect)
     stopped = stop_reason(rows, best)
     if best is None:
         return StrengthSearch(
-            method,
+            spec.name,
             rows[-1].strength,
             f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried",
             tuple(rows),
@@ -119,7 +117,7 @@ def choose_strength(
         f"max refusal in {SEARCH_TOKENS}-token replies to {len(val_harmful)} harmful validation prompts with harmless refusal at most "
         f"{budget:.0%} above base on {len(val_harmless)} ({len(rows) - 1} strengths tried; stopped by {STOPS[stopped]})"
     )
-    return StrengthSearch(method, best.strength, how, tuple(rows), stopped)
+    return StrengthSearch(spec.name, best.strength, how, tuple(rows), stopped)
 
 
 STOPS = {
