@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from rosi import ExtractOptions, apply_edit, load
+from rosi import METHODS, ExtractOptions, apply_edit, load
 from rosi.audit import audit
 from rosi.export.checkpoint import save_checkpoint
 from rosi.measure import RefusalMeter
@@ -45,7 +45,7 @@ def main(out: Path) -> int:
     direction = extract(base, prompts, ExtractOptions(layer=14, position=-1)).direction
     del base
     full = load(MODEL)
-    record = apply_edit(full.model, direction, "ablate", 1.0, targets=("attention", "mlp", "embedding"))
+    record = apply_edit(full.model, direction, METHODS["ablate"], 1.0, targets=("attention", "mlp", "embedding"))
     abliterated = out / "abliterated"
     save_checkpoint(full, abliterated, record=record, overwrite=True)
     del full

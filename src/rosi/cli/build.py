@@ -67,27 +67,35 @@ def extract_options(args: argparse.Namespace, **extra: Any) -> Any:
     )
 
 
-def measure_output_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
-    """The measurement and output parts every workflow's options have."""
+def measure_output_options(args: argparse.Namespace, fmt: str, judge: Any = None) -> dict[str, Any]:
+    """The measurement and output parts every workflow's options have (``judge``: the judge
+    :func:`checked_judge` built, else the --judge spec)."""
     from rosi.workflows.options import MeasureOptions, OutputOptions
 
     return {
-        "measure": MeasureOptions(new_tokens=args.max_new_tokens, judge=args.judge),
+        "measure": MeasureOptions(new_tokens=args.max_new_tokens, judge=judge or args.judge),
         "output": OutputOptions(format=fmt, gguf_type=args.gguf_type, overwrite=args.overwrite),
     }
 
 
 def checked_output(args: argparse.Namespace, forms: Sequence[str] | None = None, option: str = "--method") -> str:
-    """The output format, after checking --out, the format against the model and the edit forms
-    (``forms`` given as ``option``; default: --method) and --judge (before any prompt or model is loaded)."""
+    """The output format, after checking --out and the format against the model and the edit forms
+    (``forms`` given as ``option``; default: --method), before any prompt or model is loaded."""
     from rosi.export.formats import check_format_output, check_format_source, default_format
-    from rosi.measure import check_judge
 
     fmt: str = args.format or default_format(args.model, Path(args.out))
     check_format_output(Path(args.out), fmt, args.overwrite, protect=inputs(args))
     check_format_source(fmt, args.model, [args.method] if forms is None else forms, option, args.gguf_type)
-    check_judge(args.judge)
     return fmt
+
+
+def checked_judge(args: argparse.Namespace) -> Any:
+    """The judge --judge names, built and checked once, before any prompt or model is loaded (a
+    judge server is asked here and nowhere else); the workflow takes it as it is. A local Llama
+    Guard stays its spec: its weights are loaded when the workflow starts."""
+    from rosi.measure import check_judge
+
+    return check_judge(args.judge) or args.judge
 
 
 def direction_args(p: argparse.ArgumentParser) -> None:
@@ -174,10 +182,10 @@ def _strength_options(args: argparse.Namespace) -> Any:
     return make(strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, bisect=args.bisect)
 
 
-def run_options(args: argparse.Namespace, fmt: str) -> Any:
+def run_options(args: argparse.Namespace, fmt: str, judge: Any = None) -> Any:
     from rosi.workflows.options import RunOptions
 
-    return RunOptions(extract=extract_options(args), strength=_strength_options(args), **measure_output_options(args, fmt))
+    return RunOptions(extract=extract_options(args), strength=_strength_options(args), **measure_output_options(args, fmt, judge))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -190,7 +198,7 @@ def _build(args: argparse.Namespace, options_of: Any, workflow: Any) -> int:
     """``rosi run`` and ``rosi realign``: everything checked, the prompts loaded, then the model,
     then the workflow; its validation table and phases printed."""
     fmt = checked_output(args)
-    options = options_of(args, fmt)
+    options = options_of(args, fmt, checked_judge(args))
     prompts = prompt_sets(args)
     loaded = load(args, compute=True)
     started = time.perf_counter()
@@ -254,14 +262,14 @@ def realign_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def realign_options(args: argparse.Namespace, fmt: str) -> Any:
+def realign_options(args: argparse.Namespace, fmt: str, judge: Any = None) -> Any:
     from rosi.workflows.options import RealignOptions
 
     return RealignOptions(
         extract=extract_options(args, score_with_system_prompt=args.score_with_system_prompt),
         strength=_strength_options(args),
         direction=args.direction,
-        **measure_output_options(args, fmt),
+        **measure_output_options(args, fmt, judge),
     )
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rosi.cli.build import checked_output, extract_options, measure_output_options, prompt_sets
+from rosi.cli.build import checked_judge, checked_output, extract_options, measure_output_options, prompt_sets
 from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
 from rosi.cli.sources import inputs, load
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
@@ -172,7 +172,7 @@ def _tune_constraint_args(c: Any, d: TuneOptions) -> None:
     )
 
 
-def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
+def _tune_options(args: argparse.Namespace, fmt: str, judge: Any = None) -> Any:
     return TuneOptions(
         extract=extract_options(args),
         trials=args.trials,
@@ -188,7 +188,7 @@ def _tune_options(args: argparse.Namespace, fmt: str) -> Any:
         guard=args.guard,
         rank_harmless=args.rank_harmless,
         journal=Path(args.journal) if args.journal else None,
-        **measure_output_options(args, fmt),
+        **measure_output_options(args, fmt, judge),
     )
 
 
@@ -221,7 +221,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rosi.workflows.tune import check_tune, tune
 
     fmt = checked_output(args, _forms(args), "--forms")
-    options = _tune_options(args, fmt)
+    options = _tune_options(args, fmt, checked_judge(args))
     check_tune(args.model, inputs(args), Path(args.out), options)  # the seed, the journal: before the model loads
     prompts, hard_train, hard_val, confirm_harmless = _tune_prompts(args)
     loaded = load(args, compute=True)

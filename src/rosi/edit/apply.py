@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rosi.direction.vector import Direction
-from rosi.edit.methods import Method, ablate_factor, get_method
+from rosi.edit.methods import METHODS, EditForm, Method, ablate_factor, method_of
 from rosi.edit.rank_one import add_in_place, edit_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError
@@ -33,9 +33,9 @@ class PostNormWarning(UserWarning):
     """An edited matrix's output is normalised before it joins the residual stream."""
 
 
-def check_strength(method: str, strength: float) -> float:
-    """The strength as a float, if ``method`` exists and the strength is finite and ``>= 0``."""
-    get_method(method)
+def check_strength(form: Method | EditForm | str, strength: float) -> float:
+    """The strength as a float, if the form's method exists and the strength is finite and ``>= 0``."""
+    method = method_of(form).name
     try:
         value = float(strength)
     except (TypeError, ValueError):
@@ -54,7 +54,7 @@ def check_strength(method: str, strength: float) -> float:
 def apply_edit(
     model: nn.Module,
     direction: Direction,
-    method: str = "rosi",
+    form: Method | EditForm | str = METHODS["rosi"],
     strength: float = 1.0,
     *,
     targets: tuple[str, ...] = DEFAULT_TARGETS,
@@ -66,8 +66,9 @@ def apply_edit(
     second: Direction | None = None,
     progress: bool = False,
 ) -> EditRecord:
-    """Edit ``model`` in place and return the record of what changed. ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for
-    ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
+    """Edit ``model`` in place and return the record of what changed. ``form``: the method's entry
+    (``METHODS["scale"]``; an :class:`~rosi.edit.methods.EditForm`'s method; a name is looked up).
+    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
     names, e.g. from :func:`rosi.edit.scope.select_writers`) narrows that choice to a subset.
     ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
     see :func:`rosi.edit.scope.probe_reads`); it edits exactly those writers unless ``writers``
@@ -78,8 +79,8 @@ def apply_edit(
     orthogonal to ``s_hat`` first, so the two terms do not interfere).
     ``keep_originals`` keeps copies of the edited weights (on the CPU) so that
     :func:`revert_edit` restores them bit for bit; without them a revert is arithmetic."""
-    strength = check_strength(method, strength)
-    spec = get_method(method)
+    spec = method_of(form)
+    strength = check_strength(spec, strength)
     arch = architecture_map(model)
     second, writers, chosen = _checked(arch, direction, spec, targets, layers, writers, reads, second)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -91,10 +92,10 @@ def apply_edit(
     hooks: dict[str, Any] = {}  # offloaded weights' edits, as hooks
     matrices = [
         _edit_writer(model, w, params[w.name], direction, spec, strength, reads, second, originals, hooks)
-        for w in tqdm(chosen, desc=f"rosi: {method} edit", unit="matrix", disable=not progress)
+        for w in tqdm(chosen, desc=f"rosi: {spec.name} edit", unit="matrix", disable=not progress)
     ]
     record = EditRecord(
-        method=method,
+        method=spec.name,
         strength=strength,
         direction=direction,
         targets=tuple(targets),

@@ -15,9 +15,13 @@ second term: the false-refusal direction ``f_hat`` (look-alike minus harmless, o
 A :class:`Method` holds everything rosi needs to know about one form: its right factor, the name
 of its strength, whether it needs measured read-outs, the grid ``rosi run`` searches, the
 strength at which direction selection tries it, and the read-out ``u`` with which it acts on a
-writer's output (``r . x = strength * u . (W x)``, for choosing writers). The CLI's choices, the
-strength search and the methods table of docs/method.md all come from :data:`METHODS`; adding a method is one
-entry here. (No torch import: the CLI lists the methods without loading it.)
+writer's output (``r . x = strength * u . (W x)``, for choosing writers); for a form fit on single
+prompts, its :class:`SampleFit` (the pure fit function, and what the fit offers); the writer kinds
+it edits. The CLI's choices, the strength search, the tune's search space and the methods table of
+docs/method.md all come from :data:`METHODS`, and every other module asks an entry's fields, never
+its name: adding a method is one entry here (and its fit function). The defaults the entries share
+(:data:`STRENGTH_GRID`, :data:`EFFECT_STRENGTH`) are stated once. (No torch import: the CLI lists
+the methods without loading it.)
 """
 
 from __future__ import annotations
@@ -77,6 +81,47 @@ def paper_recover(w: Tensor, s: Tensor, k: float, right: Tensor) -> Tensor:
     return k * (w.mean(dim=-2) - s.mean() * right)
 
 
+# The read-out forms' defaults, stated once: the strengths ``rosi run`` searches (``k`` in units
+# of the direction's harmful-minus-harmless gap) and the strength direction selection tries.
+STRENGTH_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+EFFECT_STRENGTH = 2.0
+
+# A fit's unit read-out of one writer from its single-prompt inputs: (harmful [n_h, in], benign
+# [n_b, in], ridge, null-space energy or None) -> [in].
+FitRead = Callable[["Tensor", "Tensor", float, "float | None"], "Tensor"]
+
+
+def gate_fit(harmful: Tensor, benign: Tensor, ridge: float, null_space: float | None) -> Tensor:
+    """:func:`rosi.edit.rank_one.gate_read`: a ridge fit over every input coordinate, about 1 on
+    harmful inputs and 0 on benign ones."""
+    from rosi.edit.rank_one import gate_read
+
+    return gate_read(harmful, benign, ridge=ridge, null_space=null_space)
+
+
+def neuron_fit(harmful: Tensor, benign: Tensor, ridge: float, null_space: float | None) -> Tensor:
+    """:func:`rosi.edit.rank_one.neuron_read`: non-negative weights on the harm-only MLP neurons
+    (it reads no benign subspace, so no null space)."""
+    from rosi.edit.rank_one import neuron_read
+
+    return neuron_read(harmful, benign, ridge=ridge)
+
+
+@dataclass(frozen=True)
+class SampleFit:
+    """How a form fit on single prompts' inputs gets each writer's read-out."""
+
+    name: str  # in messages; forms with the same fit share its read-outs (rosi tune fits once for both)
+    read: FitRead
+    null_space: bool = True  # the fit can keep its read-out off the benign inputs' subspace (--null-space)
+    tokens: bool = True  # a token-level fit is offered (--fit-tokens)
+    neurons: bool = False  # the read-outs are sparse over neurons: a run's note counts the neurons each reads
+
+
+GATE_FIT = SampleFit("gate", gate_fit)
+NEURON_FIT = SampleFit("neurons", neuron_fit, null_space=False, tokens=False, neurons=True)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -86,11 +131,12 @@ class Method:
     use: str  # one line: what the method is for
     factor: RightFactor | None  # None: the right factor is a read-out measured on prompts
     output_readout: Callable[[Tensor], Tensor] | None  # u(s_hat) with r . x = strength * u . (W x); None for read-out methods
-    grid: tuple[float, ...] = ()  # strengths rosi run searches, smallest first; () = not offered by rosi run
-    effect_strength: float | None = None  # strength at which direction selection tries the edit
+    grid: tuple[float, ...] = STRENGTH_GRID  # strengths rosi run searches, smallest first; () = not offered by rosi run
+    effect_strength: float | None = EFFECT_STRENGTH  # strength at which direction selection tries the edit; None: not tried
     default_strength: float | None = None  # rosi edit's strength when none is given
-    samples: bool = False  # the read-out is fit on single prompts' inputs (harmful, harmless, look-alike)
-    fit: str = ""  # how: "gate" (ridge over every input coordinate), "neurons" (non-negative, on harm-only MLP neurons)
+    # the read-out is fit on single prompts' inputs (harmful, harmless, look-alike), and how:
+    # GATE_FIT (ridge over every input coordinate), NEURON_FIT (non-negative, on harm-only MLP neurons)
+    fit: SampleFit | None = None
     writer_kinds: tuple[str, ...] = ()  # the writer kinds the method edits in its scope (empty: every measurable writer)
     rank: int = 1  # 2: a second term along the false-refusal direction (``surgical``)
     # re-adds a direction ablated from every writer (rosi realign): the right factor does not read
@@ -107,6 +153,18 @@ class Method:
     @property
     def searchable(self) -> bool:
         return bool(self.grid)
+
+    @property
+    def samples(self) -> bool:
+        """The read-out is fit on single prompts' inputs (collected after direction selection)."""
+        return self.fit is not None
+
+    @property
+    def tried_as(self) -> Method:
+        """The form direction selection tries in this one's place: a form fit on single prompts is
+        tried as ``probe``, its mean-input relative (its samples are taken at the chosen position
+        only, after selection); every other form as itself."""
+        return METHODS["probe"] if self.samples else self
 
 
 NEURON_QUANTILE = 0.95  # the neurons fit keeps a neuron whose mean harmful activation is above this quantile of its benign ones
@@ -137,7 +195,6 @@ METHODS: dict[str, Method] = {
             scale_factor,
             lambda s_hat: s_hat,
             grid=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
-            effect_strength=2.0,
             reference_strength=2.0,  # rosi run's default edit (beta 2 on the selected writers)
             recover=scale_recover,
         ),
@@ -149,6 +206,8 @@ METHODS: dict[str, Method] = {
             "abliteration (baselines, comparisons)",
             ablate_factor,
             lambda s_hat: -s_hat,
+            grid=(),  # not offered by rosi run
+            effect_strength=None,
             default_strength=1.0,
             recover=ablate_recover,
         ),
@@ -160,8 +219,6 @@ METHODS: dict[str, Method] = {
             "add the direction where the input looks harmful",
             None,
             None,
-            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
-            effect_strength=2.0,
             survives_ablation=True,
         ),
         Method(
@@ -172,10 +229,7 @@ METHODS: dict[str, Method] = {
             "add the direction where the input is harmful, not where it only sounds so",
             None,
             None,
-            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
-            effect_strength=2.0,
-            samples=True,
-            fit="gate",
+            fit=GATE_FIT,
             survives_ablation=True,
         ),
         Method(
@@ -186,10 +240,7 @@ METHODS: dict[str, Method] = {
             "`gate`, and remove what makes safe look-alikes refused (rank two)",
             None,
             None,
-            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
-            effect_strength=2.0,
-            samples=True,
-            fit="gate",
+            fit=GATE_FIT,
             rank=2,
             survives_ablation=True,
         ),
@@ -202,10 +253,7 @@ METHODS: dict[str, Method] = {
             "add the direction where harm-only neurons fire (MLP down projections only)",
             None,
             None,
-            grid=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
-            effect_strength=2.0,
-            samples=True,
-            fit="neurons",
+            fit=NEURON_FIT,
             writer_kinds=("mlp",),
             survives_ablation=True,
         ),
@@ -239,7 +287,7 @@ class EditForm:
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
-        if self.tokens and spec.fit != "gate":
+        if self.tokens and not (spec.fit is not None and spec.fit.tokens):
             raise EditError(f"a token-level fit is offered for the gate and surgical methods, not {self.method!r}")
         if self.read not in READS:
             raise EditError(f"unknown read position {self.read!r}; choose one of {', '.join(READS)}")
@@ -260,9 +308,20 @@ class EditForm:
 
 
 def get_method(name: str) -> Method:
+    """The registry's entry of a method name (where a name comes in: the CLI, a record, a journal)."""
     if name not in METHODS:
         raise EditError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def method_of(form: Method | EditForm | str) -> Method:
+    """The registry entry of an edit form: the entry itself, an :class:`EditForm`'s, or a
+    method name's (looked up once, as Python callers of the public API may pass one)."""
+    if isinstance(form, Method):
+        return form
+    if isinstance(form, EditForm):
+        return form.spec
+    return get_method(form)
 
 
 def searchable_methods() -> tuple[str, ...]:

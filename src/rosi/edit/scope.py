@@ -41,8 +41,8 @@ from torch import nn
 from rosi.direction.activations import ActivationPair, PromptSamples, layer_key
 from rosi.direction.tokens import TokenMoments
 from rosi.direction.vector import Direction
-from rosi.edit.methods import DEFAULT_RATIO, GATE_RIDGE, EditForm
-from rosi.edit.rank_one import false_refusal_direction, gate_read, gate_read_moments, neuron_read, probe_read
+from rosi.edit.methods import DEFAULT_RATIO, GATE_FIT, GATE_RIDGE, EditForm, SampleFit
+from rosi.edit.rank_one import false_refusal_direction, gate_read_moments, probe_read
 from rosi.errors import RosiError
 from rosi.model.architecture import ArchitectureMap
 from rosi.model.writers import ResidualWriter
@@ -138,25 +138,29 @@ def probe_reads(
 
 
 def gate_reads(
-    names: list[str], samples: PromptSamples, gap: float, *, ridge: float = GATE_RIDGE, null_space: float | None = None, fit: str = "gate"
+    names: list[str],
+    samples: PromptSamples,
+    gap: float,
+    *,
+    ridge: float = GATE_RIDGE,
+    null_space: float | None = None,
+    fit: SampleFit = GATE_FIT,
 ) -> dict[str, torch.Tensor]:
-    """Read-out vectors for the ``gate`` edit (``fit="gate"``: :func:`gate_read`) or the
-    ``neurons`` edit (``fit="neurons"``: :func:`neuron_read`) of the writers ``names``, fit on each
-    writer's single-prompt inputs (harmful against harmless and look-alike), times ``gap / n`` as
-    for ``probe``. A writer whose inputs the fit cannot separate is left out."""
+    """Read-out vectors for an edit fit on single prompts (``fit``: the method's
+    :class:`~rosi.edit.methods.SampleFit`, e.g. ``gate``'s :func:`~rosi.edit.rank_one.gate_read` or ``neurons``'
+    :func:`~rosi.edit.rank_one.neuron_read`) of the writers ``names``, fit on each writer's single-prompt inputs
+    (harmful against harmless and look-alike), times ``gap / n`` as for ``probe``. A writer whose
+    inputs the fit cannot separate is left out."""
     unit_reads = {}
     for name in names:
         harmful = samples.get("harmful", name)
         benign = torch.cat([samples.get("harmless", name), samples.get("lookalike", name)])
         try:
-            if fit == "neurons":
-                unit_reads[name] = neuron_read(harmful, benign, ridge=ridge)
-            else:
-                unit_reads[name] = gate_read(harmful, benign, ridge=ridge, null_space=null_space)
+            unit_reads[name] = fit.read(harmful, benign, ridge, null_space)
         except ValueError:
             continue
     if not unit_reads:
-        raise RosiError(f"the {fit} edit found no writer whose input tells harmful from benign prompts apart; use --method scale")
+        raise RosiError(f"the {fit.name} edit found no writer whose input tells harmful from benign prompts apart; use --method scale")
     return {name: u * (gap / len(unit_reads)) for name, u in unit_reads.items()}
 
 
@@ -303,10 +307,11 @@ def _gate_choice(
         counts = moments.counts()
         note += f"; fit on {counts['harmful']} harmful rows ({moments.read}) against {counts['benign_read']} + {counts['benign_tokens']} benign token rows"
     else:
+        assert spec.fit is not None  # a form with samples has a fit
         reads = gate_reads(names, samples, gap, ridge=form.ridge, null_space=form.null_space, fit=spec.fit)
     if len(reads) < len(names):
         note += f", {len(names) - len(reads)} left out (the fit does not separate their inputs)"
-    if spec.fit == "neurons":
+    if spec.fit is not None and spec.fit.neurons:
         note += "; neurons read: " + neuron_counts(reads)
     second = false_refusal(samples, direction) if spec.rank == 2 else None
     return WriterChoice(form.scope, None, list(reads), note=note, reads=reads, second=second)

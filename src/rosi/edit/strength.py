@@ -15,7 +15,7 @@ from typing import Any
 
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, revert_edit
-from rosi.edit.methods import get_method
+from rosi.edit.methods import EditForm, Method, method_of
 from rosi.edit.scope import WriterChoice
 from rosi.judges import SEARCH_TOKENS
 from rosi.measure import RefusalMeter
@@ -61,7 +61,7 @@ class StrengthSearch:
 def choose_strength(
     meter: RefusalMeter,
     direction: Direction,
-    method: str,
+    form: Method | EditForm | str,
     val_harmful: PromptSet,
     val_harmless: PromptSet,
     *,
@@ -72,14 +72,14 @@ def choose_strength(
     grid: tuple[float, ...] | None = None,
     bisect: int = 0,
 ) -> StrengthSearch:
-    """Walk up ``grid`` (default: ``method``'s own) with the writers of ``choice`` (every
+    """Walk up ``grid`` (default: the form's method's own) with the writers of ``choice`` (every
     writer without one), stopping past the budget; below the grid, halve the smallest strength
     while even it over-refuses; then try ``bisect`` midpoints between the best strength and the
     next one tried above it (a coarse grid's step can jump over the best strength).
     ``base`` gives the base model's rates when they are known already; ``meter`` measures the
     model it was made for, as it is while each strength is applied."""
-    grid = grid or get_method(method).grid
-
+    spec = method_of(form)
+    grid = grid or spec.grid
     if base is None:
         base = _rates(meter, 0.0, val_harmful, val_harmless, limit=None)
         _say(progress, "rosi: base model", base)
@@ -89,7 +89,7 @@ def choose_strength(
         record = apply_edit(
             meter.loaded.model,
             direction,
-            method,
+            spec,
             strength,
             writers=choice.writers if choice else None,
             reads=choice.reads if choice else None,
@@ -100,14 +100,14 @@ def choose_strength(
             step = _rates(meter, strength, val_harmful, val_harmless, limit=limit)
         finally:
             revert_edit(meter.loaded.model, record)
-        _say(progress, f"rosi: {method} {strength:g}", step)
+        _say(progress, f"rosi: {spec.name} {strength:g}", step)
         return step
 
     rows, best = walk_grid(grid, measure, base, limit, bisect=bisect)
     stopped = stop_reason(rows, best)
     if best is None:
         return StrengthSearch(
-            method,
+            spec.name,
             rows[-1].strength,
             f"no strength kept harmless refusal within {budget:.0%} of base; the smallest tried",
             tuple(rows),
@@ -117,7 +117,7 @@ def choose_strength(
         f"max refusal in {SEARCH_TOKENS}-token replies to {len(val_harmful)} harmful validation prompts with harmless refusal at most "
         f"{budget:.0%} above base on {len(val_harmless)} ({len(rows) - 1} strengths tried; stopped by {STOPS[stopped]})"
     )
-    return StrengthSearch(method, best.strength, how, tuple(rows), stopped)
+    return StrengthSearch(spec.name, best.strength, how, tuple(rows), stopped)
 
 
 STOPS = {

@@ -31,22 +31,25 @@ class EditTrial:
     model: nn.Module
     arch: ArchitectureMap
     activations: ActivationPair
-    form: EditForm
+    form: EditForm  # the run's form; the trial edits with :attr:`tried`
 
     def __post_init__(self) -> None:
         if self.form.spec.effect_strength is None:
             raise RosiError(f"direction selection cannot try method {self.form.method!r}; choose one rosi run offers")
-        if self.form.spec.samples:
-            object.__setattr__(self, "form", EditForm("probe", self.form.scope))
+
+    @property
+    def tried(self) -> EditForm:
+        """The form tried: the run's, or the one its method is tried as (:attr:`rosi.edit.methods.Method.tried_as`), in the same scope."""
+        spec = self.form.spec.tried_as
+        return self.form if spec is self.form.spec else EditForm(spec.name, self.form.scope)
 
     @contextmanager
     def __call__(self, direction: Direction) -> Iterator[None]:
-        choice = choose_writers(self.model, self.arch, direction, self.activations, self.form)
-        strength = self.form.spec.effect_strength
-        assert strength is not None  # checked in __post_init__
-        record = apply_edit(
-            self.model, direction, self.form.method, strength, writers=choice.writers, reads=choice.reads, keep_originals=True
-        )
+        form = self.tried
+        choice = choose_writers(self.model, self.arch, direction, self.activations, form)
+        strength = form.spec.effect_strength
+        assert strength is not None  # checked in __post_init__ (a form tried as another has the same)
+        record = apply_edit(self.model, direction, form.spec, strength, writers=choice.writers, reads=choice.reads, keep_originals=True)
         try:
             yield
         finally:

@@ -44,9 +44,11 @@ def check_judge(spec: str) -> Judge | None:
     return judge
 
 
-def judge_of(spec: str) -> Judge:
+def judge_of(spec: str | Judge) -> Judge:
     """The judge of ``spec`` (``markers``, ``llamaguard:PATH_OR_ID``, ``openai:URL[#MODEL]``, ...),
-    after :func:`check_judge`."""
+    after :func:`check_judge`; a judge already built (and checked: the CLI's) as it is."""
+    if isinstance(spec, Judge):
+        return spec
     return check_judge(spec) or make_judge(spec)
 
 

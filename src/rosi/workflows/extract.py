@@ -13,7 +13,7 @@ from rosi.direction.extraction import direction_metadata, extraction_activations
 from rosi.direction.selection import Selection, select_direction
 from rosi.direction.tokens import REPLY_TOKENS, TokenMoments, collect_token_moments
 from rosi.direction.vector import Direction
-from rosi.edit.methods import EditForm, get_method
+from rosi.edit.methods import EditForm
 from rosi.edit.scope import WriterChoice, choose_writers, probe_layer_range, probe_writers
 from rosi.edit.trial import EditTrial
 from rosi.errors import RosiError
@@ -164,7 +164,7 @@ def samples_for(
 
 
 def _check_pin(loaded: LoadedModel, options: ExtractOptions, n_pos: int) -> None:
-    if get_method(options.form.method).effect_strength is None:
+    if options.form.spec.effect_strength is None:
         raise RosiError(f"rosi selects directions for the methods rosi run offers, not {options.form.method!r}")
     n_layers = loaded.architecture.num_layers
     if options.layer is not None and not 0 <= options.layer < n_layers:

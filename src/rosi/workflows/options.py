@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rosi.edit.methods import EditForm
+from rosi.edit.methods import DEFAULT_METHOD, EditForm, searchable_methods
 from rosi.errors import RosiError
+from rosi.judges.base import Judge
 from rosi.judges.markers import DEFAULT_NEW_TOKENS
 
 DEFAULT_BUDGET = 0.10  # allowed rise of refusal on harmless validation prompts during the strength search
@@ -88,17 +89,24 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """How refusal is measured: greedy replies of ``new_tokens`` tokens, judged by ``judge`` (a
-    :mod:`rosi.judges` spec: ``markers``, ``llamaguard:PATH``, ``openai:URL``, ...)."""
+    """How refusal is measured: greedy replies of ``new_tokens`` tokens, judged by ``judge``: a
+    :class:`~rosi.judges.Judge` (the CLI builds and checks the one --judge names, once) or a
+    :mod:`rosi.judges` spec (``markers``, ``llamaguard:PATH``, ``openai:URL``, ...), built and
+    checked when the workflow starts."""
 
     new_tokens: int = DEFAULT_NEW_TOKENS
-    judge: str = "markers"
+    judge: str | Judge = "markers"
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:
             raise RosiError(f"--max-new-tokens must be at least 1, got {self.new_tokens}")
         if not self.judge:
             raise RosiError("--judge needs a judge spec, e.g. markers")
+
+    @property
+    def judge_spec(self) -> str:
+        """The judge as a spec (what a report records)."""
+        return self.judge if isinstance(self.judge, str) else self.judge.label
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,8 @@ class RealignOptions:
         return RunOptions(self.extract, self.strength, self.measure, self.output)
 
 
-TUNE_FORMS = ("scale", "rosi", "probe", "gate", "surgical", "neurons")  # the forms rosi tune can search
+# the forms rosi tune can search: those with a strength grid, rosi run's default first
+TUNE_FORMS = (DEFAULT_METHOD, *(name for name in searchable_methods() if name != DEFAULT_METHOD))
 # searched by default: the fitted and probe read-outs. In three tunes of Qwen2.5-Coder-0.5B no
 # `rosi` trial reached the default edit's validation harmful refusal and the `scale` trials that
 # did refused more look-alikes than it (docs/tune.md); both stay in every tune as its references

@@ -16,7 +16,7 @@ from typing import Any
 from rosi._fs import atomic_file
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, check_strength, revert_edit
-from rosi.edit.methods import EditForm, get_method
+from rosi.edit.methods import METHODS, EditForm
 from rosi.edit.record import EditRecord
 from rosi.edit.scope import WriterChoice, WriterSignal
 from rosi.edit.strength import SEARCH_TOKENS, StrengthSearch, StrengthStep, choose_strength
@@ -33,7 +33,7 @@ from rosi.workflows.extract import Extraction, extract
 from rosi.workflows.options import ExtractOptions, RunOptions
 
 REPORT_FILE = "rosi_report.json"  # what run and realign write beside the edit
-PAPER_METHOD = "rosi"  # the comparison row: the paper's form on every writer
+PAPER_METHOD = METHODS["rosi"]  # the comparison row: the paper's form on every writer
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def run(
     if not options.extract.form.spec.searchable:
         raise RosiError(f"rosi run supports the methods with a strength search, not {options.extract.form.method!r}")
     if options.strength.strength is not None:
-        check_strength(options.extract.form.method, options.strength.strength)
+        check_strength(options.extract.form, options.strength.strength)
     out = Path(out)
     check_format_output(out, options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
     method = options.extract.form.method
@@ -191,19 +191,18 @@ def run(
     clock.done("extract_and_select")
     direction = extraction.direction
     _say(options.extract, f"rosi: direction at layer {direction.layer}, position {direction.position} ({direction.metadata['token']!r})")
-    forms = [options.extract.form] + (
-        [EditForm(PAPER_METHOD, "all")] if options.strength.compare_paper and options.extract.form.method != PAPER_METHOD else []
-    )
+    paper = EditForm(PAPER_METHOD.name, "all")
+    forms = [options.extract.form] + ([paper] if options.strength.compare_paper and options.extract.form.spec is not PAPER_METHOD else [])
     choices = {f.method: extraction.choose_writers(loaded, f) for f in forms}
     chosen = choices[options.extract.form.method]
     if chosen.writers is not None:
         _say(options.extract, f"rosi: {options.extract.form.method} edits {len(chosen.writers)} writers ({chosen.note})")
     base_rates, base_step = _base(meter, prompts, options)
     clock.done("base_model")
-    searches = _search_strengths(meter, direction, choices, prompts, options, base_step)
+    searches = _search_strengths(meter, direction, forms, choices, prompts, options, base_step)
     strengths = {s.method: s.strength for s in searches}
     clock.done("strength_search")
-    rates, record = _measure(meter, direction, choices, strengths, prompts, options, base_rates)
+    rates, record = _measure(meter, direction, forms, choices, strengths, prompts, options, base_rates)
     clock.done("evaluation")
     report = RunReport(
         model=loaded.source.spec,
@@ -258,29 +257,32 @@ def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tupl
 def _search_strengths(
     meter: RefusalMeter,
     direction: Direction,
+    forms: list[EditForm],
     choices: dict[str, WriterChoice],
     prompts: PromptSets,
     options: RunOptions,
     base: StrengthStep,
 ) -> list[StrengthSearch]:
-    """The chosen method's strength (given, or searched) and the comparison's, from the same base."""
+    """The chosen form's strength (given, or searched) and the comparison's, from the same base
+    (``forms``: the chosen form first; ``choices``: their writers, by method name)."""
     searches = []
-    for method, choice in choices.items():
-        if method == options.extract.form.method and options.strength.strength is not None:
-            searches.append(StrengthSearch(method, options.strength.strength, "given"))
+    for form in forms:
+        chosen = form is options.extract.form
+        if chosen and options.strength.strength is not None:
+            searches.append(StrengthSearch(form.method, options.strength.strength, "given"))
             continue
         search = choose_strength(
             meter,
             direction,
-            method,
+            form,
             prompts.val_harmful,
             prompts.val_harmless,
             budget=options.strength.budget,
-            choice=choice,
+            choice=choices[form.method],
             base=base,
             progress=options.extract.progress,
-            grid=options.strength.grid if method == options.extract.form.method else None,
-            bisect=options.strength.bisect if method == options.extract.form.method else 0,
+            grid=options.strength.grid if chosen else None,
+            bisect=options.strength.bisect if chosen else 0,
         )
         searches.append(search)
     return searches
@@ -289,6 +291,7 @@ def _search_strengths(
 def _measure(
     meter: RefusalMeter,
     direction: Direction,
+    forms: list[EditForm],
     choices: dict[str, WriterChoice],
     strengths: dict[str, float],
     prompts: PromptSets,
@@ -299,22 +302,20 @@ def _measure(
     the comparison. The chosen edit is applied last and stays applied; its record is returned."""
     rates = [base]
     record = None
-    for method in reversed(list(choices)):  # the chosen method last, so that it stays applied
-        choice = choices[method]
-        paper = method != options.extract.form.method
+    for form in reversed(forms):  # the chosen form last, so that it stays applied
+        method, choice = form.method, choices[form.method]
+        paper = form is not options.extract.form
         record = apply_edit(
             meter.loaded.model,
             direction,
-            method,
+            form,
             strengths[method],
             writers=choice.writers,
             reads=choice.reads,
             second=choice.second,
             keep_originals=paper,
         )
-        label = f"{method} {get_method(method).symbol}={strengths[method]:g}, {len(record.matrices)} writers" + (
-            " (paper's form)" if paper else ""
-        )
+        label = f"{method} {form.spec.symbol}={strengths[method]:g}, {len(record.matrices)} writers" + (" (paper's form)" if paper else "")
         rates.insert(1, _rates(meter, label, prompts, options))
         if paper:
             revert_edit(meter.loaded.model, record)

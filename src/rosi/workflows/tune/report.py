@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -186,8 +186,10 @@ def guard_json(guard: Guard) -> dict[str, Any]:
 def options_json(options: TuneOptions) -> dict[str, Any]:
     """The options as the report records them: one flat table (the parts' fields side by side)."""
     parts = ("extract", "measure", "output")
-    out = {k: v for part in parts for k, v in asdict(getattr(options, part)).items()}
-    out.update({k: v for k, v in asdict(options).items() if k not in parts})
+    # a judge the CLI built is recorded by its spec (asdict would deep-copy it, model and all)
+    measure = {f.name: getattr(options.measure, f.name) for f in fields(options.measure)} | {"judge": options.measure.judge_spec}
+    out = {k: v for part in parts for k, v in (measure if part == "measure" else asdict(getattr(options, part))).items()}
+    out.update({f.name: getattr(options, f.name) for f in fields(options) if f.name not in parts})
     out = {k: v for k, v in out.items() if k not in ("form", "journal", "system_prompt")}
     out["journal"] = None if options.journal is None else str(options.journal)
     return json.loads(json.dumps(out, default=str))

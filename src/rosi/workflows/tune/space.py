@@ -7,7 +7,7 @@ from typing import Any
 
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit
-from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_SCOPE, METHODS, EditForm, get_method
+from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_SCOPE, METHODS, EditForm, Method, get_method
 from rosi.edit.scope import WriterChoice, false_refusal
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSet
@@ -38,10 +38,15 @@ def form_choices(forms: tuple[str, ...]) -> list[str]:
 RIDGES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)  # the fitted read-outs' ridge values searched (a grid: each fit is reused)
 
 
+def form_of(params: dict[str, Any]) -> Method:
+    """A trial's form: the registry entry of its ``form`` parameter (the sampler and the journal keep names)."""
+    return get_method(params["form"])
+
+
 def describe(params: dict[str, Any]) -> str:
     """A trial's settings in one line, e.g. ``gate k=2.1, layer 14, middle, ridge 0.05``."""
-    form = params["form"]
-    spec = get_method(form)
+    spec = form_of(params)
+    form = spec.name
     parts = [f"{form} {spec.symbol}={params[f'{form}.strength']:.3g}", f"layer {params['layer']}", params[f"{form}.scope"]]
     if spec.samples:
         parts.append(f"ridge {params[f'{form}.ridge']:.2g}")
@@ -65,15 +70,15 @@ class Space:
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         form = trial.suggest_categorical("form", form_choices(self.options.forms))
-        spec = get_method(form)
         params = {"form": form, "layer": trial.suggest_categorical("layer", self.layers)}
+        spec = form_of(params)
         scopes = ["middle", "all"] if spec.needs_reads else ["selective", "all"]
         params[f"{form}.scope"] = trial.suggest_categorical(f"{form}.scope", scopes)
         lo, hi = spec.grid[0] / 2, spec.grid[-1]
         params[f"{form}.strength"] = trial.suggest_float(f"{form}.strength", lo, hi, log=True)
-        if spec.samples:
+        if spec.fit is not None:
             params[f"{form}.ridge"] = trial.suggest_categorical(f"{form}.ridge", list(RIDGES))
-            if spec.fit == "gate":  # the neurons fit reads only harm-only neurons: no benign subspace to avoid
+            if spec.fit.null_space:  # e.g. the neurons fit reads only harm-only neurons: no benign subspace to avoid
                 params[f"{form}.null_space"] = trial.suggest_categorical(f"{form}.null_space", [0.0, 0.9, 0.99])
         return params
 
@@ -89,20 +94,20 @@ class Space:
         """The direction, writers (with read-outs) and strength of a trial's settings. Fitted
         read-outs depend on the layer only through their scale (the direction's length), so
         they are fit once per scope, ridge and null space and rescaled."""
-        form = params["form"]
-        spec = get_method(form)
+        spec = form_of(params)
+        form = spec.name
         scope = "all" if params[f"{form}.scope"] == "all" else "selective"
         direction = self.direction(params["layer"])
         strength = float(params[f"{form}.strength"])
-        if not spec.samples:
+        if spec.fit is None:
             key: tuple[Any, ...] = (form, params["layer"], scope)
             if key not in self._choices:
                 self._choices[key] = replace(self.extraction, direction=direction).choose_writers(self.loaded, EditForm(form, scope))
             return direction, self._choices[key], strength
         ridge, null_space = float(params[f"{form}.ridge"]), params.get(f"{form}.null_space") or None
-        key = ("fit", spec.fit, scope, ridge, null_space)
+        key = ("fit", spec.fit, scope, ridge, null_space)  # the forms with the same fit share its read-outs
         if key not in self._choices:
-            fit = EditForm(spec.fit, scope, ridge=ridge, null_space=null_space)
+            fit = EditForm(form, scope, ridge=ridge, null_space=null_space)
             self._choices[key] = self.extraction.choose_writers(self.loaded, fit)
         fitted = self._choices[key]
         assert fitted.reads is not None and self.extraction.samples is not None
@@ -116,7 +121,7 @@ class Space:
         return apply_edit(
             self.loaded.model,
             direction,
-            params["form"],
+            form_of(params),
             strength,
             writers=choice.writers,
             reads=choice.reads,
