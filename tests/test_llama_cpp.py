@@ -6,13 +6,17 @@ place (``rosi edit base.gguf --out edited.gguf``) and writes the same edit as a 
 from the safetensors checkpoint (``--format gguf-lora``). llama.cpp loads the edited file, and the
 base file with the adapter, and their next-token log-probabilities at every position of a few
 prompts (tokenized by llama.cpp) must equal the transformers edit's within the file's own rounding
-error, and differ from the base's by far more than that.
+error, and differ from the base's by far more than that. Measured (llama-cpp-python 0.3.36, CPU): the
+edit moves log-probabilities by up to 3.9; llama.cpp is within 2e-5 of transformers for an F32 file
+(base, edited and adapter alike) and within 3e-2 for F16, the F16 base's own 2e-2.
 
-Needs ``llama-cpp-python`` (``pip install -e '.[deploy]'``, built from source); skipped without it.
+Needs ``llama-cpp-python`` (``pip install -e '.[deploy]'``, built from source; ``make test`` installs it);
+skipped without it, except under CI (``CI=true``), where it fails.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +32,15 @@ from rosi.export.gguf import gguf_name
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[deploy]')")
+    """The binding; without it the test is skipped, except under CI (CI=true, whose make test installs it)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        reason = "llama-cpp-python is not installed (pip install -e '.[deploy]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: make test installs it for CI", pytrace=False)
+        pytest.skip(reason)
+    return llama_cpp
 
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "hello world"]
@@ -109,9 +121,18 @@ def write_gguf(model: T.LlamaForCausalLM, path: Path, dtype: type = np.float32) 
 
 
 def llama_cpp_logprobs(llama_cpp, model: Path, prompts: list[list[int]], lora: Path | None = None) -> list[np.ndarray]:
-    """Next-token log-probabilities at every position of each prompt, from llama.cpp."""
+    """Next-token log-probabilities at every position of each prompt, from llama.cpp (its KV cache in
+    float32: the default F16 cache alone puts 1e-2 between an F32 file and transformers)."""
     llm = llama_cpp.Llama(
-        model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=64, n_threads=1, logits_all=True, seed=0, verbose=False
+        model_path=str(model),
+        lora_path=str(lora) if lora else None,
+        n_ctx=64,
+        n_threads=1,
+        logits_all=True,
+        type_k=0,
+        type_v=0,
+        seed=0,
+        verbose=False,
     )
     out = []
     for ids in prompts:
