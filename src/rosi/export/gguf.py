@@ -92,8 +92,8 @@ def edit_gguf(source: Path, out: Path, record: EditRecord, *, fallback: str = "Q
         if t.name not in wanted:
             continue
         m = wanted[t.name]
-        # a copy: an F32 tensor dequantizes to a view of the read-only mapped file, which the edit would write into
-        weight = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+        # writable: an F32 tensor dequantizes to a read-only view of the source file's memory map (copied then)
+        weight = torch.from_numpy(np.require(gguf.quants.dequantize(t.data, t.tensor_type), np.float32, ["C", "W"]))
         view = m.layout.as_out_in(weight)
         edit_weight(view, s_hat, method, record.strength, None if method.factor else m.right)
         if not bool(torch.isfinite(weight).all()):
