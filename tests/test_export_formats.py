@@ -16,6 +16,7 @@ import torch
 from conftest import save_tiny
 from rosi import Direction, EditRecord, apply_edit, load
 from rosi.cli import main
+from rosi.edit.methods import METHODS
 from rosi.export import formats
 from rosi.export.verification import Verification
 
@@ -122,9 +123,9 @@ def test_verify_fails_where_an_output_is_not_its_record(world):
 def test_a_patch_is_made_from_files_applied_and_reverted_through_the_registry(world):
     tmp, loaded, record = world
     direction = Direction.load(tmp / "d.safetensors")
-    plan = formats.Planned(str(tmp / "base"), direction, "scale", 1.5, ("attention", "mlp"), None)
+    plan = formats.Planned(str(tmp / "base"), direction, METHODS["scale"], 1.5, ("attention", "mlp"), None)
     assert formats.edit_from_files("checkpoint", plan, tmp / "x") is None  # a checkpoint is saved from the loaded model
-    assert formats.edit_from_files("patch", replace(plan, method="probe"), tmp / "x") is None  # a read-out form needs the model
+    assert formats.edit_from_files("patch", replace(plan, method=METHODS["probe"]), tmp / "x") is None  # a read-out form needs the model
     done = formats.edit_from_files("patch", plan, tmp / "e.patch")
     assert done is not None and done.startswith("scale patch (strength 1.5)") and formats.verify(tmp / "e.patch", str(tmp / "base")).ok
     applied = formats.apply(tmp / "e.patch", str(tmp / "base"), tmp / "applied")

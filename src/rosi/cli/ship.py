@@ -42,18 +42,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from rosi.direction.vector import Direction
     from rosi.edit.apply import apply_edit, check_strength
 
-    strength = args.alpha if args.alpha is not None else METHODS[args.method].default_strength
+    method = METHODS[args.method]  # the registry's entry from here on
+    strength = args.alpha if args.alpha is not None else method.default_strength
     if strength is None:
-        raise RosiError(f"--alpha is required for method {args.method!r} (the paper's rosi form needs large values, e.g. 50-150)")
-    check_strength(args.method, strength)
+        raise RosiError(f"--alpha is required for method {method.name!r} (the paper's rosi form needs large values, e.g. 50-150)")
+    check_strength(method, strength)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     layers = parse_layers(args.layers)
     direction = Direction.load(args.direction)
     out = Path(args.out)
     fmt = args.format or formats.default_format(args.model, out)
     formats.check_format_output(out, fmt, args.overwrite, protect=inputs(args, args.direction))
-    formats.check_format_source(fmt, args.model, [args.method], gguf_type=args.gguf_type)
-    plan = formats.Planned(args.model, direction, args.method, strength, targets, layers, args.gguf_type, args.trust_remote_code)
+    formats.check_format_source(fmt, args.model, [method.name], gguf_type=args.gguf_type)
+    plan = formats.Planned(args.model, direction, method, strength, targets, layers, args.gguf_type, args.trust_remote_code)
     done = formats.edit_from_files(fmt, plan, out)  # a .gguf into a .gguf, a folder into a patch: no model loaded
     if done is not None:
         print(f"rosi: {done}")
@@ -61,12 +62,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     loaded = load(args)
     started = time.perf_counter()
     untie = args.untie_embeddings
-    record = apply_edit(
-        loaded.model, direction, args.method, strength, targets=targets, layers=layers, untie_embeddings=untie, progress=True
-    )
+    record = apply_edit(loaded.model, direction, method, strength, targets=targets, layers=layers, untie_embeddings=untie, progress=True)
     elapsed = time.perf_counter() - started
     formats.save(formats.Edited(loaded, record, gguf_type=args.gguf_type), out, fmt, args.overwrite)
-    print(f"rosi: {args.method} edit (strength {strength:g}) on {len(record.matrices)} matrices in {elapsed:.2f} s; saved {out} ({fmt})")
+    print(f"rosi: {method.name} edit (strength {strength:g}) on {len(record.matrices)} matrices in {elapsed:.2f} s; saved {out} ({fmt})")
     return 0
 
 

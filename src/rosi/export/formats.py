@@ -29,6 +29,7 @@ from rosi.errors import RosiError
 
 if TYPE_CHECKING:
     from rosi.direction.vector import Direction
+    from rosi.edit.methods import Method
     from rosi.edit.record import EditRecord
     from rosi.export.bases import Recorded
     from rosi.export.verification import Verification
@@ -57,7 +58,7 @@ class Planned:
 
     model: str  # the base's spec
     direction: Direction
-    method: str
+    method: Method
     strength: float
     targets: tuple[str, ...]
     layers: tuple[int, ...] | None
@@ -301,12 +302,12 @@ def _gguf_from_files(plan: Planned, out: Path) -> str | None:
 
     source = regular_file(Path(plan.model).expanduser(), "model file")
     started = time.perf_counter()
-    record = planned_record(source, plan.direction, plan.method, plan.strength, plan.targets, plan.layers)
+    record = planned_record(source, plan.direction, plan.method.name, plan.strength, plan.targets, plan.layers)
     with atomic_file(out) as tmp:
         done = edit_gguf(source, tmp, record, fallback=plan.gguf_type, base_sha256=hash_files([source]))
     changed = done.requantized()
     return (
-        f"{plan.method} edit (strength {plan.strength:g}) of {len(done.tensors)} tensors of {source.name} in {time.perf_counter() - started:.1f} s"
+        f"{plan.method.name} edit (strength {plan.strength:g}) of {len(done.tensors)} tensors of {source.name} in {time.perf_counter() - started:.1f} s"
         + (f" ({len(changed)} re-quantized to {plan.gguf_type}: their own type cannot be written)" if changed else "")
         + f"; {done.copied} tensors copied byte for byte; saved {out}"
     )
@@ -324,10 +325,10 @@ def _patch_from_files(plan: Planned, out: Path) -> str | None:
 
     started = time.perf_counter()
     config = T.AutoConfig.from_pretrained(str(base), trust_remote_code=plan.trust_remote_code)
-    record = plan_record(config, plan.direction, plan.method, plan.strength, plan.targets, plan.layers, factors_from=base)
+    record = plan_record(config, plan.direction, plan.method.name, plan.strength, plan.targets, plan.layers, factors_from=base)
     with atomic_file(out) as tmp:
         write_patch(record, base, tmp)
-    return f"{plan.method} patch (strength {plan.strength:g}) of {len(record.matrices)} matrices of {base} in {time.perf_counter() - started:.1f} s; saved {out}"
+    return f"{plan.method.name} patch (strength {plan.strength:g}) of {len(record.matrices)} matrices of {base} in {time.perf_counter() - started:.1f} s; saved {out}"
 
 
 # --- apply and revert ------------------------------------------------------------------------------
@@ -490,10 +491,8 @@ def edit_from_files(fmt: str, plan: Planned, out: Path) -> str | None:
     format can (``from_files``: a .gguf into a .gguf, a checkpoint folder into a patch) and the
     edit's factors come from the weights alone (not a read-out form): what was done, one line.
     None: load the model and :func:`save`. The output was checked with :func:`check_format_output`."""
-    from rosi.edit.methods import get_method
-
     from_files = FORMATS[fmt].from_files
-    if from_files is None or get_method(plan.method).needs_reads:
+    if from_files is None or plan.method.needs_reads:
         return None
     return from_files(plan, Path(out))
 
