@@ -100,6 +100,24 @@ HEADLINE = (
         (Row("abliterated", "abliterated"), Row(r"re-aligned \(default\)", "`rosi realign` of it (fit on many styles, the default)")),
     ),
 )
+# The same held-out replies under two judges (README, below the headline table): the marker judge's
+# rows as tune_eval measured them, and the llm: judge's verdicts on the very same replies
+# (benchmarks/rejudge.py), so a reader sees how much of each figure was the judge.
+JUDGED = (
+    Headline(
+        "0.5B",
+        "tune_eval_qwen0.5b_tokens.json",
+        (Row(r"base model", "base model, marker judge"), Row(r"scale \(default\)", "`rosi run`'s default, marker judge")),
+    ),
+    Headline(
+        "0.5B",
+        "rejudge_qwen0.5b_llm1.5b.json",
+        (
+            Row(r"base model", "base model, `llm:` judge (Qwen2.5-Coder-1.5B-Instruct)"),
+            Row(r"scale \(default\)", "`rosi run`'s default, `llm:` judge (Qwen2.5-Coder-1.5B-Instruct)"),
+        ),
+    ),
+)
 # Each headline column and where a row keeps it (the first path that holds a rate).
 COLUMNS = (
     ("harmful", (("harmful",),)),
@@ -466,9 +484,9 @@ def render_results_page(results: Path = RESULTS, page_dir: Path = DOCS) -> str:
 # ---- the README's headline table and the methods table ---------------------------------------
 
 
-def headline_table(results: Path = RESULTS, page_dir: Path = ROOT) -> str:
+def headline_table(results: Path = RESULTS, page_dir: Path = ROOT, headline: tuple[Headline, ...] = HEADLINE) -> str:
     body = []
-    for h in HEADLINE:
+    for h in headline:
         path = results / h.file
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
@@ -518,7 +536,12 @@ def expected() -> dict[Path, str]:
     """Each generated file and what it should hold now."""
     return {
         RESULTS_PAGE: render_results_page(),
-        README: between(README.read_text(encoding="utf-8"), "results", headline_table(), README),
+        README: between(
+            between(README.read_text(encoding="utf-8"), "results", headline_table(), README),
+            "judges",
+            headline_table(headline=JUDGED),
+            README,
+        ),
         METHOD_PAGE: between(METHOD_PAGE.read_text(encoding="utf-8"), "methods", methods_block(), METHOD_PAGE),
     }
 
