@@ -26,8 +26,8 @@ from rosi.export.formats import FORMATS, Edited, check_format_output, check_form
 from rosi.measure import RefusalMeter, RefusalRate, judge_of
 from rosi.model.chat import ChatFormat
 from rosi.model.context import check_fits
+from rosi.model.costs import Phase, PhaseClock, phase_table
 from rosi.model.loading import LoadedModel
-from rosi.model.meter import Phase, PhaseClock, phase_table
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction, extract
 from rosi.workflows.options import ExtractOptions, RunOptions
