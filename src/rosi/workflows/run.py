@@ -85,7 +85,7 @@ class RunReport:
     selection_cost: dict[str, Any] | None
     seconds: dict[str, float]
     new_tokens: int
-    phases: list[Phase] = field(default_factory=list)  # seconds, passes, tokens and peak memory per phase
+    phases: list[Phase] = field(default_factory=list)  # seconds, passes, tokens and the peak memory so far per phase
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +121,7 @@ class RunReport:
             selection_cost=data["selection_cost"],
             seconds=data["seconds"],
             new_tokens=data["new_tokens"],
-            phases=[Phase(**p) for p in data.get("phases", [])],
+            phases=[Phase.from_json(p) for p in data.get("phases", [])],
         )
 
     @classmethod
