@@ -17,7 +17,8 @@ SRC = Path(rosi.__file__).parent
 # What each part of the package may import from rosi (besides itself and the foundation). The
 # order is the pipeline: model <- direction <- edit <- export <- workflows <- cli; the refusal
 # meter measures any model for all of them, evaluation and audit measure a model beside it. The
-# package root (rosi/__init__.py, the lazy public API) is imported by no module.
+# package root (rosi/__init__.py, the lazy public API) is imported by no module. docs/development.md
+# draws this as a table of floors, row for row (test_the_development_page_draws_this_map).
 FOUNDATION = {"rosi._version", "rosi.errors", "rosi._fs", "rosi.metrics"}
 _BELOW_WORKFLOWS = {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.measure", "rosi.direction", "rosi.edit", "rosi.export"}
 ALLOWED = {
@@ -104,6 +105,44 @@ def test_every_module_has_a_part():
     for module in _modules():
         if module != "rosi":
             _part(module)
+
+
+def _floors() -> dict[str, int]:
+    """Each part's floor: one above the highest floor it may import (the foundation is floor 0)."""
+    floors = {"foundation": 0}
+    while len(floors) < len(ALLOWED):
+        for part, below in ALLOWED.items():
+            if part not in floors and below <= floors.keys():
+                floors[part] = 1 + max((floors[b] for b in below), default=0)
+    return floors
+
+
+def _doc_map() -> list[tuple[int, str, set[str]]]:
+    """The rows of the floor table under "## The map" in docs/development.md."""
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    section = text.split("## The map", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            part = "foundation" if cells[1].startswith("foundation") else "rosi." + cells[1].strip("`/")
+            imports = set() if cells[2] == "nothing" else {"rosi." + name.strip(" `") for name in cells[2].split(",")}
+            rows.append((int(cells[0]), part, imports))
+    return rows
+
+
+def test_the_development_page_draws_this_map():
+    """docs/development.md's map has a row for every folder of src/rosi and for the foundation, with
+    its floor and exactly what ALLOWED lets it import; the foundation row names every foundation module."""
+    rows = _doc_map()
+    folders = {f"rosi.{p.name}" for p in SRC.iterdir() if p.is_dir() and any(p.rglob("*.py"))}
+    assert sorted(part for _, part, _ in rows) == sorted(ALLOWED) == sorted(folders | {"foundation"})
+    floors = _floors()
+    assert {part: (floor, imports) for floor, part, imports in rows} == {part: (floors[part], ALLOWED[part]) for part in ALLOWED}
+    assert [floor for floor, _, _ in rows] == sorted(floor for floor, _, _ in rows), "the rows go up floor by floor"
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    named = next(line for line in text.splitlines() if "| foundation:" in line).split("|")[2].replace("foundation:", "").split()
+    assert {"rosi." + name.strip("`").removesuffix(".py") for name in named} == FOUNDATION
 
 
 def test_public_api():
