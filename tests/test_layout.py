@@ -223,10 +223,19 @@ def test_refusal_is_measured_in_one_place():
 
 MAX_FUNCTION_LINES = 60  # outside rosi.cli, whose command functions read top to bottom
 MAX_CLI_MODULE_LINES = 300
+# Functions that read straight through past the cap, each with its own cap and the reason: a
+# function cut to fit (a helper split off mid-thought, lines crammed) reads worse than one a little
+# longer. Keep the list short; an entry that no longer needs its room fails the test.
+LONG_FUNCTIONS = {
+    # check the inputs, edit each writer, record: one pass, and its docstring is the reference for
+    # every method's arguments (the checks were once split off into a helper only to fit)
+    "rosi.edit.apply.apply_edit": 70,
+}
 
 
 def test_functions_and_cli_modules_stay_small():
-    long = []
+    long: list[str] = []
+    exempt_used: dict[str, int] = {}
     for module, path in _modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         if module.startswith("rosi.cli"):
@@ -234,6 +243,13 @@ def test_functions_and_cli_modules_stay_small():
                 long.append(f"{module}: {MAX_CLI_MODULE_LINES}+ lines; split it by command family")
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
-                long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
-    assert not long, "\n".join(long)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                name, lines = f"{module}.{node.name}", node.end_lineno - node.lineno + 1
+                cap = LONG_FUNCTIONS.get(name, MAX_FUNCTION_LINES)
+                if lines > cap:
+                    long.append(f"{name}: {lines} lines (at most {cap})")
+                elif name in LONG_FUNCTIONS:
+                    exempt_used[name] = lines
+    unneeded = [f"{name}: {n} lines, within the cap" for name, n in exempt_used.items() if n <= MAX_FUNCTION_LINES]
+    missing = set(LONG_FUNCTIONS) - exempt_used.keys()
+    assert not long and not unneeded and not missing, "\n".join(long + unneeded + [f"{m}: no such function" for m in sorted(missing)])
