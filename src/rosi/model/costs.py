@@ -9,6 +9,8 @@ a reset through ``/proc/self/clear_refs`` also resets what the operating system 
 per-phase figures read after one were not to be trusted (one phase read several times the whole
 process's peak). So a phase's figure bounds its own peak from above, and equals it exactly for a
 phase that raised the peak (``raised_peak``); a phase that did not raise it peaked somewhere below.
+Linux carries the peak across ``exec``: a process started straight from a larger one (not through a
+shell, which forks it) begins at that one's peak, and ``raised_peak`` says which phases went past it.
 """
 
 from __future__ import annotations
