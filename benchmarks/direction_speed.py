@@ -29,9 +29,9 @@ from rosi.direction.activations import collect_activations
 from rosi.direction.score import last_logprobs
 from rosi.edit.methods import DEFAULT_METHOD, METHODS, EditForm, searchable_methods
 from rosi.model.chat import ChatFormat
+from rosi.model.costs import peak_rss_mb
 from rosi.model.hooks import forward
 from rosi.model.loading import compute_dtype
-from rosi.model.meter import peak_rss_mb
 from rosi.prompts import PromptSets, builtin
 from rosi.workflows.extract import extract
 from rosi.workflows.options import ExtractOptions

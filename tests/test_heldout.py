@@ -332,7 +332,7 @@ def test_a_run_report_reads_back_into_the_json_it_was(tmp_path):
     from rosi.edit.strength import StrengthSearch, StrengthStep
     from rosi.errors import RosiError
     from rosi.measure import RefusalRate
-    from rosi.model.meter import Phase
+    from rosi.model.costs import Phase
     from rosi.workflows.run import Rates, RunReport
 
     refused = (True, False, None, True)

@@ -17,7 +17,8 @@ SRC = Path(rosi.__file__).parent
 # What each part of the package may import from rosi (besides itself and the foundation). The
 # order is the pipeline: model <- direction <- edit <- export <- workflows <- cli; the refusal
 # meter measures any model for all of them, evaluation and audit measure a model beside it. The
-# package root (rosi/__init__.py, the lazy public API) is imported by no module.
+# package root (rosi/__init__.py, the lazy public API) is imported by no module. docs/development.md
+# draws this as a table of floors, row for row (test_the_development_page_draws_this_map).
 FOUNDATION = {"rosi._version", "rosi.errors", "rosi._fs", "rosi.metrics"}
 _BELOW_WORKFLOWS = {"rosi.model", "rosi.prompts", "rosi.judges", "rosi.measure", "rosi.direction", "rosi.edit", "rosi.export"}
 ALLOWED = {
@@ -106,6 +107,44 @@ def test_every_module_has_a_part():
             _part(module)
 
 
+def _floors() -> dict[str, int]:
+    """Each part's floor: one above the highest floor it may import (the foundation is floor 0)."""
+    floors = {"foundation": 0}
+    while len(floors) < len(ALLOWED):
+        for part, below in ALLOWED.items():
+            if part not in floors and below <= floors.keys():
+                floors[part] = 1 + max((floors[b] for b in below), default=0)
+    return floors
+
+
+def _doc_map() -> list[tuple[int, str, set[str]]]:
+    """The rows of the floor table under "## The map" in docs/development.md."""
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    section = text.split("## The map", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            part = "foundation" if cells[1].startswith("foundation") else "rosi." + cells[1].strip("`/")
+            imports = set() if cells[2] == "nothing" else {"rosi." + name.strip(" `") for name in cells[2].split(",")}
+            rows.append((int(cells[0]), part, imports))
+    return rows
+
+
+def test_the_development_page_draws_this_map():
+    """docs/development.md's map has a row for every folder of src/rosi and for the foundation, with
+    its floor and exactly what ALLOWED lets it import; the foundation row names every foundation module."""
+    rows = _doc_map()
+    folders = {f"rosi.{p.name}" for p in SRC.iterdir() if p.is_dir() and any(p.rglob("*.py"))}
+    assert sorted(part for _, part, _ in rows) == sorted(ALLOWED) == sorted(folders | {"foundation"})
+    floors = _floors()
+    assert {part: (floor, imports) for floor, part, imports in rows} == {part: (floors[part], ALLOWED[part]) for part in ALLOWED}
+    assert [floor for floor, _, _ in rows] == sorted(floor for floor, _, _ in rows), "the rows go up floor by floor"
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    named = next(line for line in text.splitlines() if "| foundation:" in line).split("|")[2].replace("foundation:", "").split()
+    assert {"rosi." + name.strip("`").removesuffix(".py") for name in named} == FOUNDATION
+
+
 def test_public_api():
     expected = {
         "load",
@@ -184,10 +223,19 @@ def test_refusal_is_measured_in_one_place():
 
 MAX_FUNCTION_LINES = 60  # outside rosi.cli, whose command functions read top to bottom
 MAX_CLI_MODULE_LINES = 300
+# Functions that read straight through past the cap, each with its own cap and the reason: a
+# function cut to fit (a helper split off mid-thought, lines crammed) reads worse than one a little
+# longer. Keep the list short; an entry that no longer needs its room fails the test.
+LONG_FUNCTIONS = {
+    # check the inputs, edit each writer, record: one pass, and its docstring is the reference for
+    # every method's arguments (the checks were once split off into a helper only to fit)
+    "rosi.edit.apply.apply_edit": 70,
+}
 
 
 def test_functions_and_cli_modules_stay_small():
-    long = []
+    long: list[str] = []
+    exempt_used: dict[str, int] = {}
     for module, path in _modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         if module.startswith("rosi.cli"):
@@ -195,6 +243,13 @@ def test_functions_and_cli_modules_stay_small():
                 long.append(f"{module}: {MAX_CLI_MODULE_LINES}+ lines; split it by command family")
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
-                long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
-    assert not long, "\n".join(long)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                name, lines = f"{module}.{node.name}", node.end_lineno - node.lineno + 1
+                cap = LONG_FUNCTIONS.get(name, MAX_FUNCTION_LINES)
+                if lines > cap:
+                    long.append(f"{name}: {lines} lines (at most {cap})")
+                elif name in LONG_FUNCTIONS:
+                    exempt_used[name] = lines
+    unneeded = [f"{name}: {n} lines, within the cap" for name, n in exempt_used.items() if n <= MAX_FUNCTION_LINES]
+    missing = set(LONG_FUNCTIONS) - exempt_used.keys()
+    assert not long and not unneeded and not missing, "\n".join(long + unneeded + [f"{m}: no such function" for m in sorted(missing)])

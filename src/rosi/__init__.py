@@ -1,11 +1,14 @@
 """rosi: Rank-One Safety Injection for open-weight chat LLMs.
 
-The package reads as the pipeline (see CONTRIBUTING.md for the map):
+The package reads as the pipeline (the map, by floor: docs/development.md):
 :mod:`rosi.model` (load a model, map its residual writers) -> :mod:`rosi.direction` (extract and
-select the refusal direction) -> :mod:`rosi.edit` (the methods, the rank-one edit, writers,
-strength, checkpoint) -> :mod:`rosi.workflows.run` (``extract``, ``run``); :mod:`rosi.eval` measures
-any model beside it. The names below are the public API; they are imported on first use, so
-``import rosi`` (and ``rosi --help``) does not load torch.
+select the refusal direction) -> :mod:`rosi.edit` (the methods, the rank-one edit and its record,
+writers, strength) -> :mod:`rosi.export` (the output formats: checkpoint, adapters, GGUF, patch)
+-> :mod:`rosi.workflows` (``extract``, ``run``, realign, tune) -> :mod:`rosi.cli`. Beside it,
+:mod:`rosi.prompts` holds the prompt sets, :mod:`rosi.judges` and :mod:`rosi.measure` the one
+refusal meter, and :mod:`rosi.eval` and :mod:`rosi.audit` measure any model. The names below are
+the public API; they are imported on first use, so ``import rosi`` (and ``rosi --help``) does not
+load torch.
 """
 
 from __future__ import annotations

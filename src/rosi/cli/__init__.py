@@ -1,6 +1,6 @@
 """The ``rosi`` command: a thin layer over the library.
 
-One module per command family (:mod:`~rosi.cli.build`: direction, run, tune, realign;
+One module per command family (:mod:`~rosi.cli.build`: direction, run, realign; :mod:`~rosi.cli.tune`: tune;
 :mod:`~rosi.cli.ship`: edit, export, patch, apply, verify, revert; :mod:`~rosi.cli.inspect`:
 info, audit, chat, fetch; :mod:`~rosi.cli.evaluate`: eval, compare), the argument groups they
 share in :mod:`~rosi.cli.common`. Here: the command table, the parser and :func:`main`, which

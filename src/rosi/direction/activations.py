@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat, check_suffix
+from rosi.model.costs import count_forward
 from rosi.model.hooks import Hook, device_of, forward, hooks, layer_output
-from rosi.model.meter import count_forward
 from rosi.model.writers import CausalLM
 
 

@@ -47,8 +47,8 @@ from rosi.direction.vector import Direction
 from rosi.metrics import kl_divergence
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat
+from rosi.model.costs import count_forward
 from rosi.model.hooks import device_of, forward, hooks, layer_output
-from rosi.model.meter import count_forward
 from rosi.model.writers import CausalLM
 
 SCREEN_BATCH = 8  # prompts per forward+backward batch of the first-order screen

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from rosi.direction.moments import Moments
 from rosi.model.chat import DECIDING, PAD, USER, ChatFormat, labelled_batch
+from rosi.model.costs import count_forward
 from rosi.model.hooks import device_of, forward, hooks
-from rosi.model.meter import count_forward
 from rosi.model.writers import CausalLM
 
 READS = ("decide", "instruction", "both")  # kept in step with rosi.edit.methods.READS (no torch there)

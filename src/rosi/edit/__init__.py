@@ -1,2 +1,3 @@
 """The edit: the methods registry, the rank-one math, apply/revert with the edit record, which
-writers to edit, how strongly, and the checkpoint that carries it."""
+writers to edit (and the read-outs' fits), how strongly (the strength search, with a refusal
+meter), and the firing probe. Saving it in any form is :mod:`rosi.export`'s."""

@@ -68,8 +68,9 @@ def apply_edit(
 ) -> EditRecord:
     """Edit ``model`` in place and return the record of what changed. ``form``: the method's entry
     (``METHODS["scale"]``; an :class:`~rosi.edit.methods.EditForm`'s method; a name is looked up).
-    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for ``probe``. ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter
-    names, e.g. from :func:`rosi.edit.scope.select_writers`) narrows that choice to a subset.
+    ``strength`` is ``alpha`` for ``rosi`` and ``ablate``, ``beta`` for ``scale`` and ``k`` for ``probe``.
+    ``targets`` and ``layers`` choose the residual writers; ``writers`` (parameter names, e.g. from
+    :func:`rosi.edit.scope.select_writers`) narrows that choice to a subset.
     ``probe`` needs ``reads``: a read-out vector per writer (parameter name -> ``[in]`` tensor,
     see :func:`rosi.edit.scope.probe_reads`); it edits exactly those writers unless ``writers``
     says otherwise, each by ``W + k * outer(s_hat, read)``.
@@ -82,10 +83,16 @@ def apply_edit(
     spec = method_of(form)
     strength = check_strength(spec, strength)
     arch = architecture_map(model)
-    second, writers, chosen = _checked(arch, direction, spec, targets, layers, writers, reads, second)
+    # checked before any weight changes: the direction's size, the second direction of a rank-two
+    # method, the read-outs of a read-out method (which choose its writers unless told) and their shapes
+    direction.check_size(arch.hidden_size)
+    second = _check_second(spec, direction, second, arch.hidden_size)
+    if spec.needs_reads:
+        writers = _check_reads_given(spec.name, writers, reads)
+    chosen = _chosen_writers(arch, targets, layers, writers)
     params = dict(model.named_parameters(remove_duplicate=False))
     if reads is not None and spec.needs_reads:
-        _check_read_shapes(chosen, params, reads)  # before anything changes
+        _check_read_shapes(chosen, params, reads)
     untied = _handle_tied_embedding(model, arch, chosen, untie_embeddings)
     _warn_post_norms(arch, chosen)
     originals: dict[str, torch.Tensor] | None = {} if keep_originals else None
@@ -111,25 +118,6 @@ def apply_edit(
     _check_finite(model, record, params)
     _count_edits(model, +1)
     return record
-
-
-def _checked(
-    arch: ArchitectureMap,
-    direction: Direction,
-    spec: Method,
-    targets: tuple[str, ...],
-    layers: tuple[int, ...] | None,
-    writers: Collection[str] | None,
-    reads: Reads | None,
-    second: Direction | None,
-) -> tuple[Direction | None, Collection[str] | None, list[ResidualWriter]]:
-    """What an edit needs, checked before any weight changes: the direction's size, the second
-    direction of a rank-two method, the read-outs of a read-out method; and the writers chosen."""
-    direction.check_size(arch.hidden_size)
-    second = _check_second(spec, direction, second, arch.hidden_size)
-    if spec.needs_reads:
-        writers = _check_reads_given(spec.name, writers, reads)
-    return second, writers, _chosen_writers(arch, targets, layers, writers)
 
 
 def _edit_writer(

@@ -194,36 +194,17 @@ def _plots(results: EvalResults, folder: Path) -> dict[str, Path]:
         fig.savefig(files[name], dpi=100)
         plt.close(fig)
 
-    def bars(ax: Any, labels: list[str], rate_of: Callable[[str, str], Rate | None]) -> None:
-        width = 0.8 / len(roles)
-        for i, role in enumerate(roles):
-            values: list[float] = []
-            errs: tuple[list[float], list[float]] = ([], [])
-            for label in labels:
-                r = rate_of(role, label)
-                v = r.value if r is not None else 0.0
-                lo, hi = (round(x, 4) for x in r.interval) if r is not None else (v, v)
-                values.append(v)
-                errs[0].append(v - lo)
-                errs[1].append(hi - v)
-            xs = [x + (i - (len(roles) - 1) / 2) * width for x in range(len(labels))]
-            ax.bar(xs, values, width, yerr=errs, capsize=3, label=role)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=20, ha="right")
-        ax.set_ylim(0, 1)
-        ax.legend()
-
     key_of_label = {label: k for k, label in HEADLINE if any(metrics[r].rate(k) for r in roles)}
     if key_of_label:
         fig, ax = plt.subplots(figsize=(8, 4))
-        bars(ax, list(key_of_label), lambda role, label: _headline(metrics[role], key_of_label[label]))
+        _bars(ax, roles, list(key_of_label), lambda role, label: _headline(metrics[role], key_of_label[label]))
         ax.set_ylabel("rate (95% Wilson interval)")
         ax.set_title("Before and after")
         save(fig, "rates")
     groups = sorted({g for r in roles for g in _groups(metrics[r], "harm_refusal", "groups")})
     if groups:
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 4))
-        bars(ax, groups, lambda role, g: _groups(metrics[role], "harm_refusal", "groups").get(g))
+        _bars(ax, roles, groups, lambda role, g: _groups(metrics[role], "harm_refusal", "groups").get(g))
         ax.set_ylabel("harm refusal")
         save(fig, "categories")
     if results.kl is not None and results.kl.values:
@@ -233,6 +214,27 @@ def _plots(results: EvalResults, folder: Path) -> dict[str, Path]:
         ax.set_ylabel("prompts")
         save(fig, "kl")
     return files
+
+
+def _bars(ax: Any, roles: list[str], labels: list[str], rate_of: Callable[[str, str], Rate | None]) -> None:
+    """One bar per role beside each label, the rate with its 95% interval as the error bar."""
+    width = 0.8 / len(roles)
+    for i, role in enumerate(roles):
+        values: list[float] = []
+        errs: tuple[list[float], list[float]] = ([], [])
+        for label in labels:
+            r = rate_of(role, label)
+            v = r.value if r is not None else 0.0
+            lo, hi = (round(x, 4) for x in r.interval) if r is not None else (v, v)
+            values.append(v)
+            errs[0].append(v - lo)
+            errs[1].append(hi - v)
+        xs = [x + (i - (len(roles) - 1) / 2) * width for x in range(len(labels))]
+        ax.bar(xs, values, width, yerr=errs, capsize=3, label=role)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend()
 
 
 def compare(a: EvalResults, b: EvalResults, names: tuple[str, str] = ("A", "B")) -> str:

@@ -323,38 +323,64 @@ def next_token_logits(
     Otherwise (or where the rows share under :data:`_MIN_PREFIX` tokens, or the model's cache
     cannot be repeated per row) each batch is the whole rows, left-padded. The same numbers up to
     rounding."""
+    p, cache = _prefix_cache(model, ids) if share_prefix and ids else (0, None)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield (
+            rows,
+            (_whole_rows_logits(model, ids, rows, pad_id) if cache is None else _logits_after_prefix(model, ids, rows, p, cache, pad_id)),
+        )
+
+
+def _prefix_cache(model: Any, ids: Sequence[Sequence[int]]) -> tuple[int, Any]:
+    """The length of the prefix every row shares and the model's key-value cache after it; ``(0,
+    None)`` where the prefix is under :data:`_MIN_PREFIX` tokens or the cache cannot be repeated per row."""
     import torch
 
-    from rosi.model.generation import _CACHE_KWARG, shared_prefix_length
+    from rosi.model.generation import shared_prefix_length
+    from rosi.model.hooks import device_of
+
+    p = shared_prefix_length(ids)
+    if p < _MIN_PREFIX:
+        return 0, None
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([list(ids[0][:p])], device=device_of(model)), use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return (p, cache) if hasattr(cache, "batch_repeat_interleave") else (0, None)
+
+
+def _whole_rows_logits(model: Any, ids: Sequence[Sequence[int]], rows: list[int], pad_id: int) -> Any:
+    """The next-token logits after each of ``rows``, run whole and left-padded."""
+    import torch
+
     from rosi.model.hooks import device_of, forward
 
-    device = device_of(model)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    p, cache = 0, None
-    if share_prefix and ids:
-        p = shared_prefix_length(ids)
-        if p >= _MIN_PREFIX:
-            with torch.no_grad():
-                out = model(input_ids=torch.tensor([list(ids[0][:p])], device=device), use_cache=True, logits_to_keep=1)
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            if not hasattr(cache, "batch_repeat_interleave"):
-                cache = None
+    device, width = device_of(model), max(len(ids[i]) for i in rows)
+    batch = {
+        "input_ids": torch.tensor([[pad_id] * (width - len(ids[i])) + list(ids[i]) for i in rows], device=device),
+        "attention_mask": torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows], device=device),
+    }
+    with torch.no_grad():
+        return forward(model, batch, logits_to_keep=1).logits[:, -1, :]
 
-    @torch.no_grad()
-    def run(rows: list[int]) -> Any:
-        if cache is None:
-            width = max(len(ids[i]) for i in rows)
-            batch = {
-                "input_ids": torch.tensor([[pad_id] * (width - len(ids[i])) + list(ids[i]) for i in rows], device=device),
-                "attention_mask": torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in rows], device=device),
-            }
-            return forward(model, batch, logits_to_keep=1).logits[:, -1, :]
-        own = [list(ids[i][p:]) for i in rows]
-        width = max(len(o) for o in own)
-        last = [len(o) - 1 for o in own]
-        keep = sorted(set(last))  # the positions whose logits are computed (for every row)
-        copy = deepcopy(cache)
-        copy.batch_repeat_interleave(len(rows))
+
+def _logits_after_prefix(model: Any, ids: Sequence[Sequence[int]], rows: list[int], p: int, cache: Any, pad_id: int) -> Any:
+    """The next-token logits after each of ``rows``, running only its tokens after the shared ``p``-token
+    prefix: right-padded, after a copy of ``cache`` repeated per row, read at each row's own last token."""
+    import torch
+
+    from rosi.model.generation import _CACHE_KWARG
+    from rosi.model.hooks import device_of
+
+    device = device_of(model)
+    own = [list(ids[i][p:]) for i in rows]
+    width = max(len(o) for o in own)
+    last = [len(o) - 1 for o in own]
+    keep = sorted(set(last))  # the positions whose logits are computed (for every row)
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(len(rows))
+    with torch.no_grad():
         out = model(
             input_ids=torch.tensor([o + [pad_id] * (width - len(o)) for o in own], device=device),
             attention_mask=torch.tensor([[1] * (p + len(o)) + [0] * (width - len(o)) for o in own], device=device),
@@ -363,9 +389,5 @@ def next_token_logits(
             logits_to_keep=torch.tensor(keep, device=device),
             **{_CACHE_KWARG: copy},
         )
-        at = torch.tensor([keep.index(n) for n in last], device=device)
-        return out.logits[torch.arange(len(rows), device=device), at]
-
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, run(rows)
+    at = torch.tensor([keep.index(n) for n in last], device=device)
+    return out.logits[torch.arange(len(rows), device=device), at]

@@ -12,9 +12,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rosi.model.chat import ChatFormat, chat_messages, reply_ids
+from rosi.model.costs import count_forward, count_generated
 from rosi.model.endpoint import Endpoint
 from rosi.model.hooks import device_of, forward
-from rosi.model.meter import count_forward, count_generated
 from rosi.model.writers import CausalLM
 
 

@@ -1,4 +1,5 @@
-"""Prompt sets: rosi's own built-in sets (``data/``), files in every common layout, hub datasets."""
+"""Prompt sets: rosi's own built-in sets (``data/``), files in every common layout, hub datasets;
+the safety system prompts (:mod:`.system`)."""
 
 from rosi.prompts.sets import (
     DEFAULT_N_VAL,

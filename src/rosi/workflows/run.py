@@ -26,8 +26,8 @@ from rosi.export.formats import FORMATS, Edited, check_format_output, check_form
 from rosi.measure import RefusalMeter, RefusalRate, judge_of
 from rosi.model.chat import ChatFormat
 from rosi.model.context import check_fits
+from rosi.model.costs import Phase, PhaseClock, phase_table
 from rosi.model.loading import LoadedModel
-from rosi.model.meter import Phase, PhaseClock, phase_table
 from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction, extract
 from rosi.workflows.options import ExtractOptions, RunOptions
@@ -85,7 +85,7 @@ class RunReport:
     selection_cost: dict[str, Any] | None
     seconds: dict[str, float]
     new_tokens: int
-    phases: list[Phase] = field(default_factory=list)  # seconds, passes, tokens and peak memory per phase
+    phases: list[Phase] = field(default_factory=list)  # seconds, passes, tokens and the peak memory so far per phase
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +121,7 @@ class RunReport:
             selection_cost=data["selection_cost"],
             seconds=data["seconds"],
             new_tokens=data["new_tokens"],
-            phases=[Phase(**p) for p in data.get("phases", [])],
+            phases=[Phase.from_json(p) for p in data.get("phases", [])],
         )
 
     @classmethod
