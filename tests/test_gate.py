@@ -185,7 +185,7 @@ def test_a_surgical_edit_ships_as_a_rank_two_lora_that_peft_loads(tmp_path):
     ids = torch.tensor([[1, 5, 9, 20, 3, 7]])
     with torch.no_grad():
         torch.testing.assert_close(peft(input_ids=ids).logits, base(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
-    assert verify_adapter(tmp_path / "lora") == []
+    assert verify_adapter(tmp_path / "lora").ok
 
 
 def test_a_rank_two_edit_is_refused_by_single_factor_formats(tmp_path):
