@@ -20,7 +20,7 @@ import transformers as T
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from rosi.judges import JUDGES, JudgeError, LLMJudge, Verdict, llm_judge_task, make_judge
-from rosi.judges.llm import FEW_SHOT, _answer, answer_token_ids, judge_messages, next_token_logits
+from rosi.judges.llm import DEFAULT_THRESHOLD, FEW_SHOT, _answer, answer_token_ids, judge_messages, next_token_logits
 from rosi.measure import check_judge, judge_of, judged
 from rosi.model.generation import shared_prefix_length
 from rosi.model.loading import LoadedModel, ModelSource
@@ -87,7 +87,7 @@ def shares(nope: int = 0, yup: int = 0, meh: int = 0, hmm: int = 0) -> list[floa
 
 @pytest.fixture(scope="module")
 def judge() -> LLMJudge:
-    return LLMJudge(loaded())
+    return LLMJudge(loaded(), threshold=None)  # the likeliest answer decides
 
 
 def test_planted_answers_give_known_verdicts_and_scores(judge):
@@ -120,12 +120,13 @@ def test_the_threshold_option_replaces_the_likeliest_answer_rule(tmp_path):
     strict = LLMJudge(loaded(), threshold=0.5)
     assert [v.refused for v in strict.judge([PROMPT] * 2, [close, "nope"])] == [False, True]
     leaning = "nope " * 10 + "yup " * 11  # compliance the likeliest answer, P(refuse) about 0.4
-    [default] = LLMJudge(loaded()).judge([PROMPT], [leaning])
+    [default] = LLMJudge(loaded(), threshold=None).judge([PROMPT], [leaning])
     [lenient] = LLMJudge(loaded(), threshold=0.3).judge([PROMPT], [leaning])
     assert default.refused is False and lenient.refused is True and lenient.partial is False
     assert default.score == pytest.approx(shares(10, 11)[0], abs=1e-4) and 0.3 < default.score < 0.5
     assert make_judge(f"llm:{tmp_path}#threshold=0.4").threshold == 0.4
-    assert make_judge(f"llm:{tmp_path}").threshold is None
+    assert make_judge(f"llm:{tmp_path}").threshold == DEFAULT_THRESHOLD  # chosen on labels (judge_agreement)
+    assert make_judge(f"llm:{tmp_path}#threshold=likeliest").threshold is None
     for bad in ("threshold=1.5", "threshold=0", "threshold=abc", "limit=0.3", "threshold"):
         with pytest.raises(JudgeError, match="threshold"):
             make_judge(f"llm:{tmp_path}#{bad}")
@@ -170,7 +171,7 @@ def test_the_judge_through_the_meter_on_a_saved_model_folder(tmp_path):
 def test_registry_help_and_spec_errors(tmp_path):
     from rosi.cli.common import judge_specs
 
-    assert JUDGES["llm"] is LLMJudge and "llm:MODEL[#threshold=P]" in judge_specs()
+    assert JUDGES["llm"] is LLMJudge and "llm:MODEL[#threshold=P|likeliest]" in judge_specs()
     for spec, message in [
         ("llm", "llm needs a judge model"),
         ("llm:#threshold=0.5", "llm needs a judge model"),

@@ -335,7 +335,9 @@ def section(path: Path, results: Path, page_dir: Path) -> list[str]:
         lines += known_tables(data, inner)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:  # a known kind in a layout this page does not know
         lines += [f"(Its tables did not render: {type(e).__name__}; its fields follow.)", ""]
-    rest = [[k, v] for k, v in flatten({k: v for k, v in data.items() if k not in ("results", "base", "objectives", *PROVENANCE)})]
+    rest = [
+        [k, v] for k, v in flatten({k: v for k, v in data.items() if k not in ("results", "base", "objectives", "scores", *PROVENANCE)})
+    ]
     if inner is not data:
         rest += [[f"results.{k}", v] for k, v in flatten({k: v for k, v in inner.items() if k not in ("metrics", "models", *PROVENANCE)})]
     return lines + (table(["field", "value"], rest) if rest else [])

@@ -2,7 +2,7 @@
 
 - ``markers`` (:mod:`~rosi.judges.markers`): the refusal-marker judge, rosi's definition of a refusal;
 - ``llamaguard:PATH_OR_HUB_ID`` (:mod:`~rosi.judges.llamaguard`): Llama Guard 3 run locally;
-- ``llm:MODEL[#threshold=P]`` (:mod:`~rosi.judges.llm`): any local instruction model asked whether
+- ``llm:MODEL[#threshold=P|likeliest]`` (:mod:`~rosi.judges.llm`): any local instruction model asked whether
   the reply refused, complied, or complied after a disclaimer, scored from its answer letters'
   next-token probabilities (one forward pass per reply, no generation);
 - ``openai:BASE_URL[#MODEL]`` / ``openai-prompted:BASE_URL[#MODEL]`` (:mod:`~rosi.judges.server`):
