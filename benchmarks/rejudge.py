@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _common import add_judge, add_name, judge_words, write_results
+from rosi.eval.heldout import rate_row
 from rosi.measure import judge_of, judged
 from rosi.metrics import PairedDifference
 
@@ -57,19 +58,14 @@ def main() -> int:
         for role in sets:
             items = replies[(label, role)]
             rate = judged(judge, [x["prompt"] for x in items], [x["reply"] for x in items], new_tokens=64)
-            old = by_label[label][role]["refused"]
-            new = list(rate.refused)
+            old, new = by_label[label][role]["refused"], list(rate.refused)
             both = [(o, n) for o, n in zip(old, new, strict=True) if o is not None and n is not None]
-            interval = rate.interval
             row[role] = {
-                "rate": rate.judged.value,
-                "k": rate.judged.k,
-                "n": rate.judged.n,
-                "wilson95": [round(x, 4) for x in interval],
+                **rate_row(rate),
                 "partial": rate.partial_rate,
                 "refused": new,
                 "agrees_with_source": sum(o == n for o, n in both) / len(both) if both else None,
-                "minus_source": PairedDifference.of([o for o, _ in both], [n for _, n in both]).to_json(),
+                "minus_source": PairedDifference.of_verdicts(old, new).to_json(),
             }
             print(f"{label:34} {role:18} {rate.judged.value:6.1%} (source {by_label[label][role]['rate']:6.1%})", flush=True)
         seconds[label] = round(time.perf_counter() - started, 1)
