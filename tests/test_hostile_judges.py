@@ -29,15 +29,19 @@ from test_hostile_commands import _check, tiny_variant
 
 
 class _Server(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-compatible server that answers every chat request with ``body`` (raw bytes)."""
+    """An OpenAI-compatible server that answers every chat request with ``body`` (raw bytes), and
+    logs what it is asked in order (``asked``: "GET" for a reachability check, "POST" for a chat)."""
 
     body: bytes = b""
+    asked: list[str] = []
 
     def do_GET(self):  # noqa: N802 - the reachability check
+        type(self).asked.append("GET")
         self._send(b'{"data": []}')
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).asked.append("POST")
         self._send(type(self).body)
 
     def _send(self, payload: bytes) -> None:
@@ -57,6 +61,7 @@ def _content(text: object) -> bytes:
 
 @pytest.fixture
 def server() -> Iterator[str]:
+    _Server.asked = []
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"

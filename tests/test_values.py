@@ -5,9 +5,6 @@ once per command before any work."""
 from __future__ import annotations
 
 import ast
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,7 @@ from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, revert_edit
 from rosi.edit.methods import EFFECT_STRENGTH, METHODS, STRENGTH_GRID, EditForm, Method, method_of
 from rosi.errors import EditError
-from test_hostile import World, make_world
-from test_hostile_judges import _content
+from test_hostile_judges import _content, _Server, server, world  # noqa: F401 - fixtures, shared with the hostile judge tests
 from test_hostile_judges import run as run_argv
 
 SRC = Path(rosi.__file__).parent
@@ -125,52 +121,11 @@ def test_apply_edit_refuses_an_unknown_name_as_before():
     assert isinstance(METHODS["gate"], Method)
 
 
-class _Counting(http.server.BaseHTTPRequestHandler):
-    """A judge server that counts what it is asked: reachability checks (GET) and chat requests
-    (POST), in order. Its answer is no verdict, so the command stops at the first judged reply."""
-
-    asked: list[str] = []
-
-    def do_GET(self):  # noqa: N802 - the reachability check
-        type(self).asked.append("GET")
-        self._send(b'{"data": []}')
-
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).asked.append("POST")
-        self._send(_content("I think so."))
-
-    def _send(self, payload: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def counting() -> Iterator[str]:
-    _Counting.asked = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-
-
-@pytest.fixture
-def world(tmp_path, tokenizer_dir, monkeypatch) -> World:
-    monkeypatch.setenv("ROSI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("ROSI_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return make_world(tmp_path / "w", tokenizer_dir)
-
-
-def test_rosi_run_asks_the_judge_server_once_before_any_work(world, counting, capsys):
+def test_rosi_run_asks_the_judge_server_once_before_any_work(world, server, capsys):  # noqa: F811 - the imported fixtures
     """The CLI builds the judge of --judge once and hands it down: the server is checked once,
-    before the model loads, and the workflow does not check it again."""
-    assert main(run_argv(world, f"openai:{counting}")) != 0
+    before the model loads, and the workflow does not check it again. (The server answers no
+    verdict, so the command stops at the first judged reply.)"""
+    _Server.body = _content("I think so.")
+    assert main(run_argv(world, f"openai:{server}")) != 0
     assert "gave no verdict" in capsys.readouterr().err
-    assert _Counting.asked[0] == "GET" and _Counting.asked.count("GET") == 1 and "POST" in _Counting.asked
+    assert _Server.asked[0] == "GET" and _Server.asked.count("GET") == 1 and "POST" in _Server.asked
