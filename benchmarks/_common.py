@@ -152,9 +152,3 @@ def write_results(name: str, payload: dict[str, object], path: Path | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**head, **payload}, indent=2) + "\n")
     return path
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from _common import add_model, add_name, timed, write_results
+from _common import add_model, add_name, write_results
 from rosi import load
 from rosi.direction.activations import collect_activations
 from rosi.direction.score import last_logprobs
@@ -35,6 +35,9 @@ from rosi.model.loading import compute_dtype
 from rosi.prompts import PromptSets, builtin
 from rosi.workflows.extract import extract
 from rosi.workflows.options import ExtractOptions
+from rosi.workflows.speed import timed
+
+CPU = torch.device("cpu")  # every timing here is on the CPU
 
 
 @torch.no_grad()
@@ -63,9 +66,9 @@ def main() -> int:
     read_inputs = METHODS[args.method].needs_reads
     bare, extraction = [], []
     for _ in range(args.repeats):  # interleaved, so drift on this shared machine hits both alike
-        bare.append(timed(bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
+        bare.append(timed(CPU, bare_forward, loaded.model, fmt, prompts, args.batch_size)[1])
         kw = dict(writers=writers, read_inputs=read_inputs, batch_size=args.batch_size)
-        extraction.append(timed(collect_activations, loaded.model, fmt, prompts, n_pos, **kw)[1])
+        extraction.append(timed(CPU, collect_activations, loaded.model, fmt, prompts, n_pos, **kw)[1])
     bare_s, extract_s = statistics.median(bare), statistics.median(extraction)
     print(f"extraction over {len(prompts)} prompts: {extract_s:.1f} s; bare forward passes {bare_s:.1f} s; ratio {extract_s / bare_s:.3f}")
 

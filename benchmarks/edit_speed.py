@@ -21,9 +21,12 @@ from pathlib import Path
 import torch
 import transformers as T
 
-from _common import add_model, add_name, timed, write_results
+from _common import add_model, add_name, write_results
 from rosi import Direction, apply_edit, load
 from rosi.model.writers import DEFAULT_TARGETS
+from rosi.workflows.speed import timed
+
+CPU = torch.device("cpu")  # every timing here is on the CPU
 
 ALL_TARGETS = ("attention", "mlp", "embedding")
 
@@ -45,7 +48,7 @@ LLAMA_3_2_1B = dict(
 
 
 def measure(spec: str, label: str, repeats: int) -> dict[str, object]:
-    loaded, load_s = timed(load, spec, device="cpu")
+    loaded, load_s = timed(CPU, load, spec, device="cpu")
     model = loaded.model
     arch = loaded.architecture
     direction = Direction(torch.randn(arch.hidden_size, generator=torch.Generator().manual_seed(0)), model=label)
@@ -53,7 +56,7 @@ def measure(spec: str, label: str, repeats: int) -> dict[str, object]:
     def edit_times(targets: tuple[str, ...]) -> tuple[int, list[float]]:
         times, count = [], 0
         for _ in range(repeats):
-            record, seconds = timed(apply_edit, model, direction, "rosi", 50.0, targets=targets, untie_embeddings=True)
+            record, seconds = timed(CPU, apply_edit, model, direction, "rosi", 50.0, targets=targets, untie_embeddings=True)
             times.append(seconds)
             count = len(record.matrices)
         return count, times
@@ -61,7 +64,7 @@ def measure(spec: str, label: str, repeats: int) -> dict[str, object]:
     default_n, default_t = edit_times(DEFAULT_TARGETS)
     untie_s = 0.0
     if arch.tied_embeddings:  # a one-off copy of the embedding for the head, timed on its own
-        _, untie_s = timed(apply_edit, model, direction, "rosi", 0.0, targets=("embedding",), untie_embeddings=True)
+        _, untie_s = timed(CPU, apply_edit, model, direction, "rosi", 0.0, targets=("embedding",), untie_embeddings=True)
     all_n, all_t = edit_times(ALL_TARGETS)
     row = {
         "model": label,

@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import argparse
 
-from _common import add_model, add_name, timed, write_results
+import torch
+
+from _common import add_model, add_name, write_results
 from rosi import load
 from rosi.measure import RefusalMeter
 from rosi.metrics import kl_divergence
 from rosi.model.chat import ChatFormat
 from rosi.model.generation import generate, generate_with_logprobs, next_token_logprobs, shared_prefix_length
 from rosi.prompts import builtin
+from rosi.workflows.speed import timed
+
+CPU = torch.device("cpu")  # every timing here is on the CPU
 
 
 def main() -> int:
@@ -61,11 +66,11 @@ def main() -> int:
 
     generate(model, fmt, prompts["harmless"][:8], max_new_tokens=2, batch_size=bs)  # warm-up, not timed
     seconds: dict[str, float] = {}
-    two, seconds["8 tokens, two passes"] = timed(two_passes, 8)
-    plain, seconds["8 tokens, one pass"] = timed(one_pass, 8, False)
-    shared, seconds["8 tokens, one pass, shared prefix"] = timed(one_pass, 8, True)
-    plain64, seconds["64 tokens, one pass"] = timed(one_pass, 64, False)
-    shared64, seconds["64 tokens, one pass, shared prefix"] = timed(one_pass, 64, True)
+    two, seconds["8 tokens, two passes"] = timed(CPU, two_passes, 8)
+    plain, seconds["8 tokens, one pass"] = timed(CPU, one_pass, 8, False)
+    shared, seconds["8 tokens, one pass, shared prefix"] = timed(CPU, one_pass, 8, True)
+    plain64, seconds["64 tokens, one pass"] = timed(CPU, one_pass, 64, False)
+    shared64, seconds["64 tokens, one pass, shared prefix"] = timed(CPU, one_pass, 64, True)
 
     def agreement(a, b) -> dict[str, object]:
         rows = {}
