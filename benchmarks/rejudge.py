@@ -21,19 +21,9 @@ import time
 from pathlib import Path
 
 from _common import add_judge, add_name, judge_words, write_results
-from rosi.eval.heldout import rate_row
+from rosi.eval.heldout import rate_row, read_replies
 from rosi.measure import judge_of, judged
 from rosi.metrics import PairedDifference
-
-
-def read_source(path: Path) -> tuple[dict, dict[tuple[str, str], list[dict]]]:
-    """The tune_eval result file and its replies, grouped by (row label, prompt set) in file order."""
-    result = json.loads(path.read_text(encoding="utf-8"))
-    replies: dict[tuple[str, str], list[dict]] = {}
-    for line in path.with_suffix(".replies.jsonl").read_text(encoding="utf-8").splitlines():
-        item = json.loads(line)
-        replies.setdefault((item["edit"], item["set"]), []).append(item)
-    return result, replies
 
 
 def main() -> int:
@@ -43,7 +33,8 @@ def main() -> int:
     add_judge(parser)
     parser.add_argument("--rows", default=None, help="comma-separated row labels to judge again (default: every row)")
     args = parser.parse_args()
-    source, replies = read_source(args.source)
+    source = json.loads(args.source.read_text(encoding="utf-8"))  # a tune_eval result file, not a rosi report
+    replies = read_replies(args.source.with_suffix(".replies.jsonl"))
     wanted = args.rows.split(",") if args.rows else [r["label"] for r in source["rows"]]
     by_label = {r["label"]: r for r in source["rows"]}
     missing = [w for w in wanted if w not in by_label]

@@ -413,3 +413,18 @@ def test_training_without_a_style_mirrors_it_on_the_harmless_side_when_asked():
     mirrored = training_without(every, "harmful", "multipart", mirror=True)
     assert len(mirrored.harmless) < len(every.harmless) and "multipart" not in (mirrored.harmless.categories or ())
     assert training_without(every, "harmless", "code").harmful == every.harmful
+
+
+def test_replies_written_are_read_back_by_row_and_set_in_order(tmp_path):
+    from rosi.eval.heldout import read_replies, write_replies
+
+    sets = {"harmful": ["a", "b"], "harmless": ["c"]}
+    rows = [
+        {"label": "base model", "_replies": {"harmful": ["ra", "rb"], "harmless": ["rc"]}},
+        {"label": "edit", "_replies": {"harmful": ["ea", "eb"], "harmless": ["ec"]}},
+    ]
+    write_replies(tmp_path / "x.replies.jsonl", "m", rows, sets)
+    back = read_replies(tmp_path / "x.replies.jsonl")
+    assert list(back) == [("base model", "harmful"), ("base model", "harmless"), ("edit", "harmful"), ("edit", "harmless")]
+    assert [(x["prompt"], x["reply"]) for x in back[("edit", "harmful")]] == [("a", "ea"), ("b", "eb")]
+    assert back[("base model", "harmless")][0]["model"] == "m"

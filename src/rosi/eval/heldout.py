@@ -10,7 +10,7 @@ never trains on, sampled the same way every time, and the rows a results file ke
   through :class:`rosi.measure.RefusalMeter`, with a few replies;
   :func:`verdict_row` keeps every prompt's verdict (for :meth:`PairedDifference.of_verdicts`) and
   the first-token KL against the base model on the harmless prompts; :func:`write_replies` and
-  :func:`plot_lookalikes` write its replies and its figure.
+  :func:`plot_lookalikes` write its replies and its figure, :func:`read_replies` reads the replies back.
 
 Every refusal figure comes from :mod:`rosi.measure` (the marker judge unless a judge is given).
 """
@@ -150,6 +150,16 @@ def write_replies(path: Path, model: str, rows: list[dict[str, Any]], sets: dict
             for role, replies in r["_replies"].items():
                 for prompt, reply in zip(sets[role], replies, strict=True):
                     f.write(json.dumps({"model": model, "edit": r["label"], "set": role, "prompt": prompt, "reply": reply}) + "\n")
+
+
+def read_replies(path: Path) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """The replies :func:`write_replies` wrote, grouped by (row label, prompt set), each group in
+    the file's order (the order of the row's verdicts)."""
+    replies: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        replies.setdefault((item["edit"], item["set"]), []).append(item)
+    return replies
 
 
 def legend(row: dict[str, Any]) -> str:
