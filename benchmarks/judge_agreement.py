@@ -31,9 +31,7 @@ from rosi.metrics import Agreement, cohen_kappa
 
 def calibrated(spec: str, verdicts: list, items: list, seconds: float) -> list[dict]:
     """For a judge with scores: the default and a threshold chosen on the calibration half, both
-    scored on the report half (no row for a judge without scores)."""
-    if not any(v.score is not None for v in verdicts):
-        return []
+    scored on the report half."""
     by_id = dict(zip((x.id for x in items), verdicts, strict=True))
     calibrate, report = calibration_split(items)
     threshold = choose_threshold([by_id[x.id].score for x in calibrate], [x.refused for x in calibrate])
@@ -63,8 +61,8 @@ def main() -> int:
         verdicts, seconds = judge_verdicts(judge_of(spec), items)
         views = (False, True) if spec == "markers" else (False,)
         rows += [score_judge(spec, verdicts, items, seconds, partial_is_compliance=view).to_json() for view in views]
-        rows += calibrated(spec, verdicts, items, seconds)
         if any(v.score is not None for v in verdicts):
+            rows += calibrated(spec, verdicts, items, seconds)
             scores[spec] = {x.id: v.score for x, v in zip(items, verdicts, strict=True)}
     first = {x.id: x for x in items}
     second = [x for x in second_pass(args.second) if x.id in first]
