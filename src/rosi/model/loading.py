@@ -34,6 +34,7 @@ from rosi.errors import (
 from rosi.model import packaged
 from rosi.model.architecture import ArchitectureMap, architecture_map
 from rosi.model.gguf import convert_gguf
+from rosi.model.private import own_memory
 from rosi.model.writers import CausalLM
 
 Log = Callable[[str], None]
@@ -480,7 +481,7 @@ def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> Cau
     if target.device_map is None and target.device.type != "cuda":
         model = model.to(target.device)
     if target.device_map is None and target.device.type == "cpu":
-        _own_writer_memory(model)
+        own_memory(model, _checkpoint_files(where, target.revision))
     return model.eval()
 
 
@@ -500,20 +501,18 @@ def _check_loading_info(spec: str, info: dict[str, Any]) -> None:
             )
 
 
-@torch.no_grad()
-def _own_writer_memory(model: nn.Module) -> None:
-    """Copy the residual writers out of the memory-mapped checkpoint into private memory.
+def _checkpoint_files(where: str, revision: str | None) -> list[Path]:
+    """The safetensors files a model was loaded from: a local folder's, or the hub cache's
+    snapshot's (none where they cannot be found: the mapped weights are then copied)."""
+    folder = Path(where)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
 
-    transformers maps safetensors files into memory on the CPU; rosi edits the writers in place,
-    and each first write to a mapped page would fault and copy it (seconds for a 0.5B model).
-    """
-    try:
-        writers = architecture_map(model).writers
-    except RosiError:
-        return  # the map's error is raised when the model is inspected or edited
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for w in writers:
-        params[w.name].data = params[w.name].data.clone()
+        try:
+            folder = Path(snapshot_download(where, revision=revision, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the local cache (any reason)
+            return []
+    return sorted(folder.glob("*.safetensors"))
 
 
 def _tokenizer(where: str, trust_remote_code: bool, revision: str | None):

@@ -1,0 +1,68 @@
+"""Loaded weights live in private memory, read from the checkpoint, not in its memory mapping
+(whose pages would stay resident beside any copy of them)."""
+
+import pytest
+import torch
+import transformers as T
+
+from conftest import save_tiny
+from rosi import load
+from rosi.model.private import mapped, own_memory, stored_tensors
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+def test_a_cpu_load_leaves_no_weight_in_the_mapped_file(tmp_path, arch):
+    original = save_tiny(arch, tmp_path / "m")
+    loaded = load(tmp_path / "m", device="cpu", dtype="float32")
+    tensors = _tensors(loaded.model)
+    assert not [name for name, t in tensors.items() if mapped(t)]
+    for name, t in _tensors(original).items():
+        assert torch.equal(tensors[name], t), name
+
+
+def test_the_file_is_read_where_names_match_and_copied_elsewhere(tmp_path):
+    save_tiny("qwen2", tmp_path / "m")
+    files = [tmp_path / "m" / "model.safetensors"]
+    for given in (files, []):  # [] : no checkpoint tensor to read, every mapped one is copied
+        model = T.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+        before = {name: t.clone() for name, t in _tensors(model).items()}
+        assert any(mapped(t) for t in _tensors(model).values())  # transformers maps the file
+        own_memory(model, given)
+        after = _tensors(model)
+        assert not [name for name, t in after.items() if mapped(t)]
+        assert all(torch.equal(after[name], t) for name, t in before.items())
+
+
+def test_tied_weights_stay_one_tensor(tmp_path):
+    model = T.AutoModelForCausalLM.from_config(
+        T.Qwen2Config(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+        )
+    )
+    model.save_pretrained(tmp_path / "m")
+    loaded = load(tmp_path / "m", device="cpu", dtype="float32").model
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert not mapped(loaded.lm_head.weight)
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_stored_tensors_read_back_what_was_saved(tmp_path):
+    from safetensors.torch import save_file
+
+    saved = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2).to(torch.bfloat16)}
+    save_file(saved, tmp_path / "x.safetensors")
+    stored = stored_tensors([tmp_path / "x.safetensors"])
+    with open(tmp_path / "x.safetensors", "rb") as f:
+        for name, t in saved.items():
+            assert stored[name].matches(t)
+            assert torch.equal(stored[name].read(f), t)
