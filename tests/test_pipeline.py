@@ -20,7 +20,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel, ModelSource
 from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import extract
-from rosi.workflows.options import DEFAULT_BUDGET, ExtractOptions, MeasureOptions, RunOptions
+from rosi.workflows.options import DEFAULT_BUDGET, ExtractOptions, MeasureOptions, RunOptions, StrengthOptions
 from rosi.workflows.run import run
 
 
@@ -107,7 +107,8 @@ def test_run_with_the_probe_method_saves_its_reads(loaded, tmp_path):
     )
     saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())
     assert saved["method"] == "probe" and saved["writers"]["probe"]["writers"] == ["model.layers.0.self_attn.o_proj.weight"]
-    assert [r["label"].split()[0] for r in saved["rates"]] == ["base", "probe", "rosi"]
+    assert [r["label"].split()[0] for r in saved["rates"]] == ["base", "probe"]  # the paper's form only on request
+    assert list(saved["writers"]) == ["probe"] and [s["method"] for s in saved["strength_searches"]] == ["probe"]
     record = EditRecord.load(tmp_path / "out" / "rosi_edit.safetensors")
     assert (record.method, record.strength) == ("probe", report.strength)
     reads = report.writers["probe"].reads
@@ -128,7 +129,8 @@ def test_strength_search_respects_the_harmless_budget(loaded):
 def test_run_writes_checkpoint_direction_and_report(loaded, tmp_path):
     model, u = loaded
     before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
-    report = run(model, tmp_path / "out", sets(), RunOptions(ExtractOptions(progress=False), measure=MeasureOptions(new_tokens=4)))
+    options = RunOptions(ExtractOptions(progress=False), StrengthOptions(compare_paper=True), measure=MeasureOptions(new_tokens=4))
+    report = run(model, tmp_path / "out", sets(), options)
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {
         "model.safetensors",
@@ -256,7 +258,7 @@ def test_run_measures_lookalikes_beside_harmful_and_harmless_when_it_has_them(lo
     s = PromptSets(harmful=s.harmful, harmless=s.harmless, val_harmful=s.val_harmful, val_harmless=s.val_harmless, val_lookalike=looks)
     base_rate = RefusalMeter(model).rate(looks, 4).value
     report = run(model, tmp_path / "out", s, RunOptions(ExtractOptions(progress=False), measure=MeasureOptions(new_tokens=4)))
-    assert [r.lookalike.n for r in report.rates] == [3, 3, 3]
+    assert [r.lookalike.n for r in report.rates] == [3, 3]
     assert report.rates[0].lookalike.value == base_rate
     assert "look-alikes refused" in report.table()
     saved = json.loads((tmp_path / "out" / "rosi_report.json").read_text())

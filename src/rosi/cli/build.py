@@ -10,7 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rosi.cli.common import edit_form_args, float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
+from rosi.cli.common import (
+    edit_form_args,
+    float_in,
+    format_args,
+    generation_batch_arg,
+    int_at_least,
+    judge_arg,
+    judge_note,
+    model_args,
+    prompt_args,
+)
 from rosi.cli.sources import inputs, load, text_or_file
 from rosi.judges import DEFAULT_NEW_TOKENS
 from rosi.workflows.options import DEFAULT_BUDGET, REALIGN_BUDGET, REALIGN_FORM
@@ -73,7 +83,7 @@ def measure_output_options(args: argparse.Namespace, fmt: str, judge: Any = None
     from rosi.workflows.options import MeasureOptions, OutputOptions
 
     return {
-        "measure": MeasureOptions(new_tokens=args.max_new_tokens, judge=judge or args.judge),
+        "measure": MeasureOptions(new_tokens=args.max_new_tokens, judge=judge or args.judge, generation_batch=args.generation_batch),
         "output": OutputOptions(format=fmt, gguf_type=args.gguf_type, overwrite=args.overwrite),
     }
 
@@ -111,7 +121,12 @@ def run_args(p: argparse.ArgumentParser, method_note: str = "the best measured t
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (must not exist)")
     edit_form_args(p, method_note=method_note)
     p.add_argument("--alpha", type=float_in(0), default=None, help="strength (default: chosen on the validation prompts)")
-    p.add_argument("--no-compare", action="store_true", help="do not also measure the paper's rosi form")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also search and measure the paper's rosi form (every writer) beside the edit, as a reference row (about a third more time)",
+    )
+    p.add_argument("--no-compare", action="store_true", help=argparse.SUPPRESS)  # the default since the paper's form became opt-in
     p.add_argument(
         "--budget",
         type=float_in(0, 1),
@@ -132,6 +147,7 @@ def run_args(p: argparse.ArgumentParser, method_note: str = "the best measured t
         default=DEFAULT_NEW_TOKENS,
         help="tokens generated per reply when measuring refusal (default: %(default)s)",
     )
+    generation_batch_arg(p)
     judge_arg(p, "every refusal measured (the strength search and the validation table)")
     prompt_args(p)
     format_args(p)
@@ -179,7 +195,7 @@ def _strength_options(args: argparse.Namespace) -> Any:
     from rosi.workflows.options import StrengthOptions, realign_strength
 
     make = realign_strength if args.command == "realign" else StrengthOptions
-    return make(strength=args.alpha, compare_paper=not args.no_compare, budget=args.budget, bisect=args.bisect)
+    return make(strength=args.alpha, compare_paper=args.compare, budget=args.budget, bisect=args.bisect)
 
 
 def run_options(args: argparse.Namespace, fmt: str, judge: Any = None) -> Any:

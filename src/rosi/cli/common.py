@@ -13,7 +13,7 @@ from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, DEFAULT_SCOPE, GATE
 from rosi.errors import RosiError
 from rosi.judges import JUDGES
 from rosi.prompts import DEFAULT_N_VAL
-from rosi.workflows.options import DEFAULT_BATCH_SIZE
+from rosi.workflows.options import DEFAULT_BATCH_SIZE, GENERATION_BATCH
 
 DEFAULT_JUDGE = "markers"  # the judge every refusal is measured with unless --judge says otherwise
 
@@ -239,6 +239,17 @@ def prompt_args(p: argparse.ArgumentParser) -> None:
         type=int_at_least(1),
         default=DEFAULT_BATCH_SIZE,
         help="prompts per forward pass or generation batch (default: %(default)s)",
+    )
+
+
+def generation_batch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--generation-batch",
+        type=int_at_least(1),
+        default=GENERATION_BATCH,
+        metavar="N",
+        help="prompts whose replies are generated at once when measuring refusal: each decoding step reads the weights once "
+        "for the whole batch, so larger is faster until memory runs short (default: %(default)s)",
     )
 
 

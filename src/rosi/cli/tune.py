@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rosi.cli.build import checked_judge, checked_output, extract_options, measure_output_options, prompt_sets
-from rosi.cli.common import float_in, format_args, int_at_least, judge_arg, judge_note, model_args, prompt_args
+from rosi.cli.common import float_in, format_args, generation_batch_arg, int_at_least, judge_arg, judge_note, model_args, prompt_args
 from rosi.cli.sources import inputs, load
 from rosi.edit.methods import DEFAULT_METHOD, DEFAULT_RATIO, GATE_RIDGE
 from rosi.judges import SEARCH_TOKENS
@@ -83,6 +83,7 @@ def tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-new-tokens", type=int_at_least(1), default=d.measure.new_tokens, help="reply length when confirming (default: %(default)s)"
     )
+    generation_batch_arg(p)
     judge_arg(p, "every refusal measured (the trials' cheap scores with --score replies, the confirmed front)")
     prompt_args(p)
     g = p.add_argument_group("harder harmful prompts (added to --harmful and --val-harmful; 'none' leaves them out)")

@@ -90,7 +90,7 @@ def refusal_row(
     """A row: each role's refusal (and each source's, for a role of several) measured by
     :class:`~rosi.measure.RefusalMeter` with ``judge`` (default the marker judge) on greedy
     replies of ``new_tokens`` tokens, and each role's first four replies (``samples``)."""
-    meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True)
+    meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True, share_prefix=False)  # as the stored rows were measured
     row: dict[str, Any] = {"label": label}
     samples = {}
     for role, parts in sets.items():
@@ -122,7 +122,7 @@ def verdict_row(
     (``replies``); the harmless prompts' first-token log-probabilities come from the generation of
     their replies (no shared prefix) and are returned beside, with the mean
     ``kl_harmless_first_token`` against ``base_logprobs`` when given."""
-    meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True)
+    meter = RefusalMeter(loaded, judge, batch_size=batch_size, progress=True, share_prefix=False)  # as the stored rows were measured
     row: dict[str, Any] = {"label": label, "samples": {}, "replies": {}}
     logprobs = None
     for role, prompts in sets.items():

@@ -13,11 +13,12 @@
 from rosi.judges.base import JUDGES, Judge, JudgeError, Verdict, make_judge, register
 from rosi.judges.llamaguard import LLAMA_GUARD_CATEGORIES, LlamaGuardJudge, llama_guard_prompt, llama_guard_task, parse_llama_guard
 from rosi.judges.llm import LLMJudge, llm_judge_task
-from rosi.judges.markers import DEFAULT_NEW_TOKENS, REFUSAL_MARKERS, SEARCH_TOKENS, MarkerJudge, is_refusal, refusal_rate
+from rosi.judges.markers import DEFAULT_NEW_TOKENS, GENERATION_BATCH, REFUSAL_MARKERS, SEARCH_TOKENS, MarkerJudge, is_refusal, refusal_rate
 from rosi.judges.server import JUDGE_KEY_ENV, OpenAIJudge, PromptedOpenAIJudge
 
 __all__ = [
     "DEFAULT_NEW_TOKENS",
+    "GENERATION_BATCH",
     "SEARCH_TOKENS",
     "JUDGES",
     "JUDGE_KEY_ENV",

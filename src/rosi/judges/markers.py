@@ -39,6 +39,7 @@ DEFAULT_NEW_TOKENS = 64  # reply length judged by default (rosi run's measuremen
 # reply length judged where many model states are compared (the strength search, rosi tune's cheap
 # scores): enough for "I'm sorry" or "I can't", at little more than one forward pass's cost
 SEARCH_TOKENS = 8
+GENERATION_BATCH = 96  # prompts whose replies are generated at once (a decoding step reads the weights once for all)
 
 
 PARTIAL_MIN_WORDS = 12  # words of substance after the turn for a refusal to count as partial

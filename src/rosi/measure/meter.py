@@ -7,13 +7,13 @@ registered judge (:mod:`rosi.judges`; the marker judge by default).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from rosi.errors import RosiError
-from rosi.judges import Judge, MarkerJudge, make_judge
+from rosi.judges import GENERATION_BATCH, Judge, MarkerJudge, make_judge
 from rosi.judges.base import check_verdicts
 from rosi.measure.rate import RefusalRate
 from rosi.model.chat import ChatFormat
@@ -70,11 +70,24 @@ def _instructions(prompts: Prompts) -> list[str]:
 class RefusalMeter:
     """Measures the model in memory as it is now (edits applied or not) on any prompts.
 
-    ``judge``: any :class:`~rosi.judges.Judge` (default: the marker judge)."""
+    ``judge``: any :class:`~rosi.judges.Judge` (default: the marker judge). ``batch_size``: prompts
+    generated for at once (:data:`GENERATION_BATCH`: a decoding step reads every weight once for
+    the whole batch, so on a CPU 96 rows cost about twice what 32 do). ``share_prefix``: the
+    tokens every prompt starts with (the chat template's system turn) are computed once
+    (:func:`~rosi.model.generation.generate_ids`; equal up to rounding), for replies and rates;
+    :meth:`replies_and_logprobs` says its own."""
 
-    def __init__(self, loaded: LoadedModel, judge: Judge | None = None, *, batch_size: int = 32, progress: bool = False) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        judge: Judge | None = None,
+        *,
+        batch_size: int = GENERATION_BATCH,
+        progress: bool = False,
+        share_prefix: bool = True,
+    ) -> None:
         self.loaded, self.judge = loaded, judge or MarkerJudge()
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.progress, self.share_prefix = batch_size, progress, share_prefix
         self.fmt = ChatFormat(loaded.tokenizer)
 
     def judged(self, prompts: Prompts, replies: Sequence[str], *, new_tokens: int = 0) -> RefusalRate:
@@ -95,6 +108,7 @@ class RefusalMeter:
             batch_size=self.batch_size,
             progress=self.progress and bool(desc),
             desc=desc,
+            share_prefix=self.share_prefix,
         )
         decode = self.loaded.tokenizer.batch_decode
         return {n: list(decode([row[:n] for row in ids], skip_special_tokens=True)) for n in lengths}
@@ -107,6 +121,18 @@ class RefusalMeter:
         """Refusal at each reply length, from one generation (:meth:`replies_at`)."""
         replies = self.replies_at(prompts, lengths, desc=desc)
         return {n: self.judged(prompts, r, new_tokens=n) for n, r in replies.items()}
+
+    def rates_of(self, sets: Mapping[str, Prompts], lengths: Sequence[int], *, desc: str = "") -> dict[str, dict[int, RefusalRate]]:
+        """Each set's refusal at each reply length (:meth:`rates`), the replies of all the sets'
+        prompts generated together: one model state's sets fill a batch, not one batch each."""
+        parts = {name: _instructions(prompts) for name, prompts in sets.items()}
+        replies = self.replies_at([i for part in parts.values() for i in part], lengths, desc=desc)
+        out, start = {}, 0
+        for name, part in parts.items():
+            stop = start + len(part)
+            out[name] = {n: self.judged(part, r[start:stop], new_tokens=n) for n, r in replies.items()}
+            start = stop
+        return out
 
     def rate_and_logprobs(self, prompts: Prompts, new_tokens: int, *, share_prefix: bool = False) -> tuple[RefusalRate, torch.Tensor]:
         """Refusal in ``new_tokens``-token replies and the first reply token's log-probabilities

@@ -42,9 +42,11 @@ def generate_ids(
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "generating",
+    share_prefix: bool = False,
 ) -> list[list[int]]:
-    """The new token ids of greedy completions (padding after a row's EOS included)."""
-    ids, _ = _greedy(model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=False)
+    """The new token ids of greedy completions (padding after a row's EOS included).
+    ``share_prefix``: as :func:`generate_with_logprobs` has it."""
+    ids, _ = _greedy(model, fmt, instructions, max_new_tokens, batch_size, progress, desc, first_logprobs=False, share_prefix=share_prefix)
     return ids
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from rosi.edit.methods import DEFAULT_METHOD, EditForm, searchable_methods
 from rosi.errors import RosiError
 from rosi.judges.base import Judge
-from rosi.judges.markers import DEFAULT_NEW_TOKENS
+from rosi.judges.markers import DEFAULT_NEW_TOKENS, GENERATION_BATCH
 
 DEFAULT_BUDGET = 0.10  # allowed rise of refusal on harmless validation prompts during the strength search
 DEFAULT_BATCH_SIZE = 32
@@ -59,13 +59,14 @@ class ExtractOptions:
 class StrengthOptions:
     """How :func:`rosi.run` chooses the strength: given (``strength``), or searched up the
     method's grid (or ``grid``) on the validation prompts within ``budget``, with ``bisect``
-    midpoints; ``compare_paper``: also measure the paper's form beside the chosen edit."""
+    midpoints; ``compare_paper``: also measure the paper's form beside the chosen edit (its own
+    strength search and validation replies: about a third more time, so on request)."""
 
     strength: float | None = None
     budget: float = DEFAULT_BUDGET
     grid: tuple[float, ...] | None = None  # strengths searched (default: the method's own grid)
     bisect: int = 0  # midpoints tried between the best strength and the next one tried above it
-    compare_paper: bool = True
+    compare_paper: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.budget) and 0 <= self.budget <= 1):
@@ -92,14 +93,18 @@ class MeasureOptions:
     """How refusal is measured: greedy replies of ``new_tokens`` tokens, judged by ``judge``: a
     :class:`~rosi.judges.Judge` (the CLI builds and checks the one --judge names, once) or a
     :mod:`rosi.judges` spec (``markers``, ``llamaguard:PATH``, ``openai:URL``, ...), built and
-    checked when the workflow starts."""
+    checked when the workflow starts. ``generation_batch``: prompts generated for at once
+    (:class:`~rosi.measure.RefusalMeter`'s ``batch_size``)."""
 
     new_tokens: int = DEFAULT_NEW_TOKENS
     judge: str | Judge = "markers"
+    generation_batch: int = GENERATION_BATCH
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:
             raise RosiError(f"--max-new-tokens must be at least 1, got {self.new_tokens}")
+        if self.generation_batch < 1:
+            raise RosiError(f"--generation-batch must be at least 1, got {self.generation_batch}")
         if not self.judge:
             raise RosiError("--judge needs a judge spec, e.g. markers")
 

@@ -28,7 +28,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.context import check_fits
 from rosi.model.costs import Phase, PhaseClock, phase_table
 from rosi.model.loading import LoadedModel
-from rosi.prompts import PromptSets
+from rosi.prompts import PromptSet, PromptSets
 from rosi.workflows.extract import Extraction, extract
 from rosi.workflows.options import ExtractOptions, RunOptions
 
@@ -184,7 +184,9 @@ def run(
     check_format_output(out, options.output.format, options.output.overwrite, protect=input_paths(loaded.source))
     method = options.extract.form.method
     check_format_source(options.output.format, loaded.source.spec, [method], gguf_type=options.output.gguf_type)
-    meter = RefusalMeter(loaded, judge_of(options.measure.judge), batch_size=options.extract.batch_size, progress=options.extract.progress)
+    meter = RefusalMeter(
+        loaded, judge_of(options.measure.judge), batch_size=options.measure.generation_batch, progress=options.extract.progress
+    )
     check_prompts_fit(loaded, prompts, options.extract.system_prompt, options.measure.new_tokens)
     clock = PhaseClock()
     extraction = extractor() if extractor is not None else extract(loaded, prompts, options.extract)
@@ -241,12 +243,10 @@ def check_prompts_fit(loaded: LoadedModel, prompts: PromptSets, system_prompt: s
 def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tuple[Rates, StrengthStep]:
     """The base model's replies, generated once: its measured rates, and (from their first tokens)
     its rates in the strength search."""
-    lengths = (options.measure.new_tokens, SEARCH_TOKENS)
-    harmful = meter.rates(prompts.val_harmful, lengths, desc="rosi: base model, harmful")
-    harmless = meter.rates(prompts.val_harmless, lengths, desc="rosi: base model, harmless")
-    measured = {"harmful": harmful[options.measure.new_tokens], "harmless": harmless[options.measure.new_tokens]}
-    rates = Rates("base model", measured | _lookalike(meter, "base model", prompts, options))
-    step = StrengthStep(0.0, harmful[SEARCH_TOKENS].value, harmless[SEARCH_TOKENS].value)
+    n = options.measure.new_tokens
+    found = meter.rates_of(_validation(prompts), (n, SEARCH_TOKENS), desc="rosi: base model")
+    rates = Rates("base model", {role: at[n] for role, at in found.items()})
+    step = StrengthStep(0.0, found["harmful"][SEARCH_TOKENS].value, found["harmless"][SEARCH_TOKENS].value)
     _say(
         options.extract,
         f"rosi: base model: refusal in {SEARCH_TOKENS}-token replies: harmful {step.harmful:.0%}, harmless {step.harmless:.0%}",
@@ -325,16 +325,15 @@ def _measure(
 
 def _rates(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> Rates:
     n = options.measure.new_tokens
-    harmful = meter.rate(prompts.val_harmful, n, desc=f"rosi: {label}, harmful")
-    harmless = meter.rate(prompts.val_harmless, n, desc=f"rosi: {label}, harmless")
-    return Rates(label, {"harmful": harmful, "harmless": harmless} | _lookalike(meter, label, prompts, options))
+    found = meter.rates_of(_validation(prompts), (n,), desc=f"rosi: {label}")
+    return Rates(label, {role: at[n] for role, at in found.items()})
 
 
-def _lookalike(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> dict[str, RefusalRate]:
-    """Refusal of the look-alike validation prompts, where the run has them (none: an empty dict)."""
-    if prompts.val_lookalike is None:
-        return {}
-    return {"lookalike": meter.rate(prompts.val_lookalike, options.measure.new_tokens, desc=f"rosi: {label}, look-alikes")}
+def _validation(prompts: PromptSets) -> dict[str, PromptSet]:
+    """The validation sets measured for every model state: harmful, harmless, and the look-alikes
+    where the run has them."""
+    sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless}
+    return sets | ({"lookalike": prompts.val_lookalike} if prompts.val_lookalike is not None else {})
 
 
 def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, options: RunOptions) -> None:

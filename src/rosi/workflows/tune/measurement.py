@@ -67,7 +67,7 @@ class Measure:
             if ranking is not None:
                 self.rank_sets["harmless"] = self.rank_sets["harmless"] + ranking
             self.sets["harmless"] = self.sets["harmless"] + confirming
-        self.meter = RefusalMeter(loaded, judge, batch_size=options.extract.batch_size)
+        self.meter = RefusalMeter(loaded, judge, batch_size=options.measure.generation_batch)
         self.ids = refusal_token_ids(loaded.tokenizer)
         # the plain generation path's first step is the forward pass's next-token distribution
         self.base_plain = self._logprobs(self.sets["harmless"])  # confirmation: the plain path
