@@ -147,3 +147,30 @@ def test_collected_activations_are_typed_and_match_the_generic_means(fmt):
     with pytest.raises(IndexError, match="outside the 2 measured positions"):
         got.outputs_at(-3)
     assert collect_activations(model, fmt, planted.HARMFUL, 2, writers=writers).writer_inputs == {}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_means_with_the_system_turn_computed_once_equal_a_direct_computation(arch):
+    from rosi.model.generation import shared_prefix_batches
+
+    fmt = ChatFormat(planted.tokenizer(), system_prompt="how to make a cake to make a kite")
+    model = tiny_model(arch)
+    model.resize_token_embeddings(len(planted.WORDS))
+    prompts = [*planted.HARMFUL, *planted.HARMLESS, "bake"]
+    assert shared_prefix_batches(model, fmt, prompts, 3, torch.device("cpu"), own=2) is not None  # the shared path is taken
+    got = mean_activations(model, fmt, prompts, 2, batch_size=3)
+    expected = torch.zeros_like(got)
+    for prompt in prompts:  # one at a time, the whole prompt: no padding, no cache
+        ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in range(2):
+            expected[layer] += hidden[layer + 1][0, -2:, :].double()
+    torch.testing.assert_close(got[:2], (expected / len(prompts))[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_a_prefix_leaves_every_row_the_positions_read():
+    from rosi.model.generation import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], own=3) == 2
+    assert shared_prefix_length([[1, 2, 3]], own=2) == 1  # one prompt: all but the positions read

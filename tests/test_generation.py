@@ -9,10 +9,10 @@ import planted
 from conftest import ARCHS, tiny_model
 from rosi.model.chat import ChatFormat
 from rosi.model.generation import (
-    _prefix_batches,
     generate,
     generate_with_logprobs,
     next_token_logprobs,
+    shared_prefix_batches,
     shared_prefix_length,
 )
 
@@ -50,13 +50,22 @@ def test_a_shared_prefix_computed_once_gives_the_same_replies_and_distributions(
     model = _random_model(arch)
     fmt = ChatFormat(planted.tokenizer(), system_prompt="how to make a cake to make a kite")
     kw = dict(max_new_tokens=6, batch_size=5)
-    assert _prefix_batches(model, fmt, PROMPTS, 5, torch.device("cpu")) is not None  # the shared path is taken
+    assert shared_prefix_batches(model, fmt, PROMPTS, 5, torch.device("cpu")) is not None  # the shared path is taken
     shared = generate_with_logprobs(model, fmt, PROMPTS, share_prefix=True, **kw)
     plain = generate_with_logprobs(model, fmt, PROMPTS, **kw)
     assert shared[0] == plain[0]
     torch.testing.assert_close(shared[1], plain[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_next_token_distributions_with_a_shared_prefix_are_the_plain_ones(arch):
+    model = _random_model(arch)
+    fmt = ChatFormat(planted.tokenizer(), system_prompt="how to make a cake to make a kite")
+    assert shared_prefix_batches(model, fmt, PROMPTS, 5, torch.device("cpu")) is not None  # the shared path is taken
+    shared = next_token_logprobs(model, fmt, PROMPTS, batch_size=3, share_prefix=True)
+    torch.testing.assert_close(shared, next_token_logprobs(model, fmt, PROMPTS, batch_size=3), atol=1e-5, rtol=1e-5)
+
+
 def test_prompts_that_share_too_little_take_the_plain_path():
     fmt = ChatFormat(planted.tokenizer())  # the template shares one token ("user")
-    assert _prefix_batches(_random_model(), fmt, PROMPTS, 4, torch.device("cpu")) is None
+    assert shared_prefix_batches(_random_model(), fmt, PROMPTS, 4, torch.device("cpu")) is None

@@ -229,13 +229,13 @@ def test_the_base_model_scores_no_kl_on_either_measuring_path():
 
     from conftest import tiny_model
     from rosi.model.chat import ChatFormat
-    from rosi.model.generation import _prefix_batches
+    from rosi.model.generation import shared_prefix_batches
 
     loaded, _ = lookalike_loaded()
     loaded.tokenizer.chat_template = "how to bake bread how to make a cake " + loaded.tokenizer.chat_template  # a shared preamble
     loaded.model = tiny_model("llama")  # random, so the two paths round differently
     prompts = lookalike_sets()
-    assert _prefix_batches(loaded.model, ChatFormat(loaded.tokenizer), list(prompts.val_harmful.instructions), 4, torch.device("cpu"))
+    assert shared_prefix_batches(loaded.model, ChatFormat(loaded.tokenizer), list(prompts.val_harmful.instructions), 4, torch.device("cpu"))
     measure = Measure(loaded, prompts, TuneOptions(extract=ExtractOptions(batch_size=4), measure=MeasureOptions(new_tokens=4)))
     assert measure.cheap().kl == 0.0 and measure.confirmed().kl == 0.0
 

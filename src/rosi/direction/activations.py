@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat, check_suffix
 from rosi.model.costs import count_forward
+from rosi.model.generation import shared_prefix_batches
 from rosi.model.hooks import Hook, device_of, forward, hooks, layer_output
 from rosi.model.writers import CausalLM
 
@@ -187,9 +188,12 @@ def _hooked_means(
         return lambda module, args: add(in_sums, i, args[0])
 
     n_batches = -(-len(instructions) // batch_size)
+    device = device_of(model)
+    # the chat template's shared system turn once (before the hooks: only the read positions count)
+    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device, own=n_positions)
     with hooks([(m, keep_output(i)) for i, m in enumerate(outputs)]), hooks([(m, keep_input(i)) for i, m in enumerate(inputs)], pre=True):
         for batch in tqdm(
-            fmt.batches(instructions, batch_size, device_of(model)), total=n_batches, desc=desc, unit="batch", disable=not progress
+            batches or fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress
         ):
             check_suffix(batch, suffix[-n_positions:])
             forward(model.base_model, batch)

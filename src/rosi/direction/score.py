@@ -62,8 +62,9 @@ def last_logprobs(
     model: nn.Module, fmt: ChatFormat, instructions: Sequence[str], batch_size: int = 32, counter: PassCounter | None = None
 ) -> torch.Tensor:
     """float32 ``[n, vocab]`` log-probabilities of the first generated token
-    (:func:`rosi.model.generation.next_token_logprobs`), counting the forward batches."""
-    logprobs = next_token_logprobs(model, fmt, instructions, batch_size=batch_size)
+    (:func:`rosi.model.generation.next_token_logprobs`, the chat template's shared prefix computed
+    once per call, with the model's edits), counting the forward batches."""
+    logprobs = next_token_logprobs(model, fmt, instructions, batch_size=batch_size, share_prefix=True)
     if counter is not None:
         counter.forward += batches(len(instructions), batch_size)
     return logprobs

@@ -382,8 +382,7 @@ def _logits_after_prefix(model: Any, ids: Sequence[Sequence[int]], rows: list[in
     prefix: right-padded, after a copy of ``cache`` repeated per row, read at each row's own last token."""
     import torch
 
-    from rosi.model.generation import _CACHE_KWARG
-    from rosi.model.hooks import device_of
+    from rosi.model.hooks import CACHE_KWARG, device_of
 
     device = device_of(model)
     own = [list(ids[i][p:]) for i in rows]
@@ -399,7 +398,7 @@ def _logits_after_prefix(model: Any, ids: Sequence[Sequence[int]], rows: list[in
             position_ids=torch.arange(p, p + width, device=device).expand(len(rows), -1),
             use_cache=True,
             logits_to_keep=torch.tensor(keep, device=device),
-            **{_CACHE_KWARG: copy},
+            **{CACHE_KWARG: copy},
         )
     at = torch.tensor([keep.index(n) for n in last], device=device)
     return out.logits[torch.arange(len(rows), device=device), at]

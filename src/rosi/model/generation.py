@@ -7,14 +7,13 @@ from copy import deepcopy
 from typing import Any
 
 import torch
-import transformers.generation.utils as _generation_utils
 from torch import nn
 from tqdm.auto import tqdm
 
 from rosi.model.chat import ChatFormat, chat_messages, reply_ids
 from rosi.model.costs import count_forward, count_generated
 from rosi.model.endpoint import Endpoint
-from rosi.model.hooks import device_of, forward
+from rosi.model.hooks import CACHE_KWARG, device_of, forward
 from rosi.model.writers import CausalLM
 
 
@@ -109,7 +108,7 @@ def _greedy(
     replies: list[list[int]] = []
     rows: list[torch.Tensor] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
-    batches = _prefix_batches(model, fmt, instructions, batch_size, device) if share_prefix else None
+    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device) if share_prefix else None
     for batch in batches if batches is not None else fmt.batches(instructions, batch_size, device):
         out = model.generate(
             **batch,
@@ -134,12 +133,12 @@ def _greedy(
     return replies, (torch.cat(rows) if first_logprobs else None)
 
 
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens all rows share, leaving every row at least one token of its own
-    (the one whose logits give the first reply token)."""
+def shared_prefix_length(rows: Sequence[Sequence[int]], own: int = 1) -> int:
+    """How many leading tokens all rows share, leaving every row at least ``own`` tokens of its own
+    (one: the one whose logits give the first reply token)."""
     if not rows:
         return 0
-    n = min(len(r) for r in rows) - 1
+    n = min(len(r) for r in rows) - own
     first = rows[0]
     for i in range(max(n, 0)):
         if any(r[i] != first[i] for r in rows):
@@ -147,23 +146,22 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-# transformers renamed generate's cache argument (``past_key_values`` -> ``cache``) within 5.x
-_CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 _MIN_PREFIX = 4  # shorter shared prefixes take the plain path (a floor chosen by hand, not measured)
 
 
-def _prefix_batches(
-    model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], batch_size: int, device: torch.device
+def shared_prefix_batches(
+    model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], batch_size: int, device: torch.device, own: int = 1
 ) -> Iterator[dict[str, Any]] | None:
-    """Generation inputs whose shared prefix is computed once: each batch is the prefix, then
-    left padding, then each row's own tokens, with the prefix's key-value cache copied for every
-    row (positions come from the attention mask, so a row's tokens keep the positions they have
-    without the padding). None where the prompts share too little, or the model's cache cannot
-    be copied per row."""
+    """Inputs for generation and for forward passes (:func:`rosi.model.hooks.forward`) whose
+    shared prefix is computed once, by the model as it is now (edits included): each batch is the
+    prefix, then left padding, then each row's own tokens (at least ``own``), with the prefix's
+    key-value cache copied for every row (positions come from the attention mask, so a row's
+    tokens keep the positions they have without the padding). None where the prompts share too
+    little, or the model's cache cannot be copied per row."""
     encoded = fmt.encode(instructions)  # rendered and tokenized as every other path does it (pad token set)
     ids = [row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
     pad_id = fmt.tokenizer.pad_token_id
-    p = shared_prefix_length(ids)
+    p = shared_prefix_length(ids, own)
     if p < _MIN_PREFIX:
         return None
     with torch.no_grad():
@@ -187,7 +185,7 @@ def _prefix_batches(
             yield {
                 "input_ids": torch.tensor(input_ids, device=device),
                 "attention_mask": torch.tensor(mask, device=device),
-                _CACHE_KWARG: copy,
+                CACHE_KWARG: copy,
             }
 
     return batches()
@@ -202,12 +200,16 @@ def next_token_logprobs(
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "next-token distributions",
+    share_prefix: bool = False,
 ) -> torch.Tensor:
-    """Log-probabilities of the first reply token (prompts x vocabulary, float32, on the CPU)."""
+    """Log-probabilities of the first reply token (prompts x vocabulary, float32, on the CPU).
+    ``share_prefix``: the prompts' shared prefix is computed once per call, with the model as it
+    is (edits included), then each batch runs its rows' own tokens only (equal up to rounding)."""
     device = device_of(model)
     rows = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
-    for batch in fmt.batches(instructions, batch_size, device):
+    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device) if share_prefix else None
+    for batch in batches if batches is not None else fmt.batches(instructions, batch_size, device):
         # left padding (with padding-proof positions): the last position is every row's last
         # prompt token; only its logits are computed
         logits = forward(model, batch, logits_to_keep=1).logits[:, -1, :]

@@ -7,9 +7,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import transformers.generation.utils as _generation_utils
 from torch import nn
 
 Hook = Callable[..., Any]
+# transformers renamed the models' and generate's cache argument (``past_key_values`` -> ``cache``) within 5.x
+CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -17,9 +20,18 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def forward(module: nn.Module, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
-    """Run a model (or its decoder) on a left-padded batch with padding-proof positions, no cache."""
-    return module(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False, **kwargs)
+def forward(module: nn.Module, batch: dict[str, Any], **kwargs: Any) -> Any:
+    """Run a model (or its decoder) on a left-padded batch with padding-proof positions, no cache;
+    or on a batch whose shared prefix is cached (:func:`rosi.model.generation.shared_prefix_batches`:
+    its cache under :data:`CACHE_KWARG`), only the tokens after the prefix, at the positions the
+    whole attention mask gives them (the rows' last positions line up either way)."""
+    mask = batch["attention_mask"]
+    cache = batch.get(CACHE_KWARG)
+    if cache is None:
+        return module(**batch, position_ids=position_ids(mask), use_cache=False, **kwargs)
+    p = cache.get_seq_length()
+    own = {"input_ids": batch["input_ids"][:, p:], "attention_mask": mask, "position_ids": position_ids(mask)[:, p:], CACHE_KWARG: cache}
+    return module(**own, **kwargs)
 
 
 def layer_output(output: Any) -> torch.Tensor:
