@@ -51,3 +51,26 @@ def test_command_cost_reads_the_peak_of_a_known_allocation():
     assert cost["peak_rss_mb"] >= 286 and cost["seconds"] > 0  # 300 MB touched: at least that much resident
     with pytest.raises(RuntimeError, match="failed"):
         command_cost([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_a_phase_is_measured_against_its_passes_and_tokens_at_its_reply_length():
+    from rosi.model.costs import Phase
+    from rosi.workflows.speed import phase_limits
+
+    costs = {"forward_batch_s": 2.0, "tokens_per_s_at_8": 50.0, "tokens_per_s_at_64": 100.0}
+    phases = [Phase("extract", 30.0, 5, 0), Phase("search", 20.0, 0, 500), Phase("evaluate", 10.0, 1, 1000), Phase("save", 3.0, 0, 0)]
+    rows = phase_limits(phases, costs, {"search": 8}, 64)
+    assert [r["limit_s"] for r in rows] == [10.0, 10.0, 12.0, 0.0]
+    assert [r["times_the_limit"] for r in rows] == [3.0, 2.0, 0.83, None]
+    assert [r["target_met"] for r in rows] == [True, True, True, None]
+
+
+def test_pass_costs_and_weights_of_a_random_model():
+    from rosi.workflows.speed import pass_costs, weights_bytes
+
+    loaded = random_model("tiny", torch.device("cpu"), torch.float32)
+    costs = pass_costs(loaded, random_prompts(6, seed=0), batch_size=3, generation_batch=4, lengths=(2, 3))
+    assert costs["batch_size"] == 3 and costs["generation_batch"] == 4 and costs["forward_batch_s"] > 0
+    assert costs["tokens_per_s_at_2"] > 0 and costs["tokens_per_s_at_3"] > 0
+    params = {id(p): p for p in loaded.model.parameters()}  # tied weights once
+    assert weights_bytes(loaded.model) >= sum(p.numel() * p.element_size() for p in params.values())

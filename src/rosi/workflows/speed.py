@@ -7,7 +7,11 @@
 - :func:`pinned_run`: a whole :func:`rosi.run` with layer and strength pinned, with its phases;
 - :func:`generation_throughput`: greedy tokens per second with the dynamic and the static KV cache;
 - :func:`command_cost`: wall time and peak resident memory of a command in its own process
-  (``/usr/bin/time -v``), for the figures of ``rosi apply`` and ``rosi edit``.
+  (``/usr/bin/time -v``), for the figures of ``rosi apply`` and ``rosi edit``;
+- :func:`pass_costs` and :func:`phase_limits`: what one forward batch and one generated token
+  cost on this machine, and each phase of a run against the passes and tokens it needed (target:
+  within :data:`PHASE_TARGET` times); :func:`weights_bytes` for the peak-memory bound
+  (:data:`MEMORY_TARGET` times the weights).
 
 Each returns a JSON-ready dict (seconds rounded as the result files keep them). The models can be
 :func:`rosi.model.synthetic.random_model`: cost does not depend on the weights.
@@ -30,7 +34,9 @@ from rosi.direction.activations import collect_activations
 from rosi.direction.vector import Direction
 from rosi.edit.apply import apply_edit, revert_edit
 from rosi.model.chat import ChatFormat
-from rosi.model.hooks import forward
+from rosi.model.costs import Phase
+from rosi.model.generation import generate_ids, next_token_logprobs
+from rosi.model.hooks import device_of, forward
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
 from rosi.workflows.options import ExtractOptions, MeasureOptions, RunOptions, StrengthOptions
@@ -39,6 +45,8 @@ from rosi.workflows.run import run
 EXTRACTION_TARGET = 1.10  # extraction's time over bare forward passes
 EDIT_TARGET = 3.0  # the edit's time over the memory-bandwidth limit
 RUN_TARGET_S = 120.0  # a whole pinned run of the 8B shape
+PHASE_TARGET = 3.0  # a run's phase over the cost of the forward passes and tokens it needed
+MEMORY_TARGET = 1.5  # a run's peak resident memory over its weights in the compute dtype
 
 
 def sync(device: torch.device) -> None:
@@ -166,3 +174,59 @@ def command_cost(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> di
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(peak.group(1)) / 1024, 1) if peak else -1.0}
+
+
+def pass_costs(
+    loaded: LoadedModel, texts: Sequence[str], *, batch_size: int, generation_batch: int, lengths: Sequence[int]
+) -> dict[str, Any]:
+    """What the passes a run is made of cost here, after a warm-up: seconds per forward batch of
+    ``batch_size`` of ``texts`` (next-token scores, the shared prefix once: how rosi's passes run),
+    and greedy tokens per second for ``generation_batch`` of them at each reply length of
+    ``lengths`` (rosi's generation path: short replies pay their prompts' prefill more per token)."""
+    device = device_of(loaded.model)
+    fmt = ChatFormat(loaded.tokenizer)
+    forward_texts, generation_texts = list(texts[:batch_size]), list(texts[:generation_batch])
+    next_token_logprobs(loaded.model, fmt, forward_texts, batch_size=batch_size, share_prefix=True)  # warm-up
+    _, forward_s = timed(device, next_token_logprobs, loaded.model, fmt, forward_texts, batch_size=batch_size, share_prefix=True)
+    out: dict[str, Any] = {
+        "batch_size": len(forward_texts),
+        "forward_batch_s": round(forward_s, 3),
+        "generation_batch": len(generation_texts),
+    }
+    for n in lengths:
+        ids, seconds = timed(
+            device, generate_ids, loaded.model, fmt, generation_texts, max_new_tokens=n, batch_size=generation_batch, share_prefix=True
+        )
+        out[f"tokens_per_s_at_{n}"] = round(sum(len(row) for row in ids) / seconds, 2)
+    return out
+
+
+def phase_limits(
+    phases: Sequence[Phase], costs: Mapping[str, Any], reply_tokens: Mapping[str, int], default_tokens: int
+) -> list[dict[str, Any]]:
+    """Each phase's seconds against its limit: its forward batches at ``costs``' seconds per batch
+    plus its generated tokens at ``costs``' tokens per second for the reply length the phase
+    generates (``reply_tokens`` by phase name, else ``default_tokens``)."""
+    rows = []
+    for p in phases:
+        n = reply_tokens.get(p.name, default_tokens)
+        limit = p.forward_batches * costs["forward_batch_s"] + p.generated_tokens / costs[f"tokens_per_s_at_{n}"]
+        ratio = p.seconds / limit if limit > 0 else None
+        rows.append(
+            {
+                "phase": p.name,
+                "seconds": p.seconds,
+                "limit_s": round(limit, 1),
+                "times_the_limit": None if ratio is None else round(ratio, 2),
+                "target_met": None if ratio is None else ratio <= PHASE_TARGET,
+            }
+        )
+    return rows
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """The bytes of a model's parameters and buffers (each shared tensor once)."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
