@@ -65,7 +65,7 @@ def test_phases_count_passes_and_tokens_between_them():
     assert (first.forward_batches, first.generated_tokens, second.forward_batches, second.generated_tokens) == (3, 40, 1, 0)
     assert COUNTS.forward_batches >= 4 and second.peak_so_far_mb is not None and second.peak_so_far_mb >= first.peak_so_far_mb
     table = phase_table([Phase("first", 1.0, 3, 40, 2048.0, True), Phase("second", 0.5, 1, 0, 2048.0, False)])
-    assert "peak memory so far" in table and "2.00 GB *" in table and "raised the process's peak" in table
+    assert "peak memory so far" in table and "2.00 GiB *" in table and "raised the process's peak" in table
 
 
 def test_a_phase_reads_back_and_an_old_report_loses_its_untrustworthy_peak():

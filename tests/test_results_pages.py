@@ -95,3 +95,26 @@ def test_the_committed_index_names_every_result_file():
     index = page[page.index("## Index") :].split("\n## ")[0]
     missing = [p.name for p in sorted(pages.RESULTS.glob("*.json")) if f"[{p.name}](" not in index]
     assert not missing, f"docs/results.md's index lacks {missing}; run `make docs`"
+
+
+def test_the_cost_table_shows_each_run_limits_file_and_names_a_missing_one(tmp_path):
+    data = {
+        "model": "m",
+        "cpu": "Some CPU",
+        "native_bf16": False,
+        "dtype": "float32",
+        "run_s": 250.4,
+        "machine": {"threads": 2},
+        "phases": [
+            {"phase": "extract_and_select", "seconds": 90.2, "times_the_limit": 0.95},
+            {"phase": "save", "seconds": 7.0, "times_the_limit": None},
+        ],
+        "memory": {"peak_rss_gb": 4.1, "times_the_weights": 1.63},
+    }
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    text = pages.cost_table(tmp_path, tmp_path, ("a.json", "gone.json"))
+    assert (
+        "| m | Some CPU, 2 threads, no native bf16 | float32 | 250 s | extract_and_select 90 s (0.95x), save 7 s | 4.10 GB (1.63x the weights) |"
+        in text
+    )
+    assert "not measured: `gone.json` is missing or unreadable" in text

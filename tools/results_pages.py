@@ -118,6 +118,8 @@ JUDGED = (
         ),
     ),
 )
+# What `rosi run` costs (README, beside the demo): benchmarks/run_limits.py's files, one per CPU and dtype.
+COST = ("run_limits_qwen0.5b_bfloat16.json", "run_limits_qwen0.5b_float32.json")
 # Each headline column and where a row keeps it (the first path that holds a rate).
 COLUMNS = (
     ("harmful", (("harmful",),)),
@@ -508,6 +510,27 @@ def headline_table(results: Path = RESULTS, page_dir: Path = ROOT, headline: tup
     return "\n".join(table(header, body)).rstrip("\n")
 
 
+def cost_table(results: Path = RESULTS, page_dir: Path = ROOT, files: tuple[str, ...] = COST) -> str:
+    """`rosi run`'s wall time, each phase against the cost of its passes and tokens, and its peak
+    memory against its weights, one row per benchmarks/run_limits.py file."""
+    body = []
+    for name in files:
+        path = results / name
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            cpu = f"{d['cpu']}, {d['machine']['threads']} threads, {'native' if d['native_bf16'] else 'no native'} bf16"
+            phases = ", ".join(
+                f"{p['phase']} {p['seconds']:.0f} s" + ("" if p["times_the_limit"] is None else f" ({p['times_the_limit']:.2f}x)")
+                for p in d["phases"]
+            )
+            memory = f"{d['memory']['peak_rss_gb']:.2f} GB ({d['memory']['times_the_weights']:.2f}x the weights)"
+            body.append([d["model"], cpu, d["dtype"], f"{d['run_s']:.0f} s", phases, memory, link(path, page_dir)])
+        except (OSError, ValueError, KeyError, TypeError):
+            body.append([f"not measured: `{name}` is missing or unreadable", "", "", "", "", "", ""])
+    header = ["model", "CPU", "dtype", "`rosi run`", "phases (times the cost of their forward passes and tokens)", "peak memory", "from"]
+    return "\n".join(table(header, body)).rstrip("\n")
+
+
 def headline_rate(row: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any] | None:
     for keys in paths:
         value: Any = row
@@ -539,9 +562,14 @@ def expected() -> dict[Path, str]:
     return {
         RESULTS_PAGE: render_results_page(),
         README: between(
-            between(README.read_text(encoding="utf-8"), "results", headline_table(), README),
-            "judges",
-            headline_table(headline=JUDGED),
+            between(
+                between(README.read_text(encoding="utf-8"), "results", headline_table(), README),
+                "judges",
+                headline_table(headline=JUDGED),
+                README,
+            ),
+            "cost",
+            cost_table(),
             README,
         ),
         METHOD_PAGE: between(METHOD_PAGE.read_text(encoding="utf-8"), "methods", methods_block(), METHOD_PAGE),

@@ -76,7 +76,7 @@ def release_memory() -> None:
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (MB): ``ru_maxrss``, in KiB on Linux, bytes on macOS."""
+    """The process's peak resident memory so far in MiB (2**20 bytes): ``ru_maxrss``, in KiB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
@@ -112,7 +112,7 @@ def phase_table(phases: list[Phase]) -> str:
     each phase, as aligned text; ``*`` marks a phase that raised the peak (its own peak is that figure)."""
     rows = [f"{'phase':<20} {'seconds':>8} {'forward batches':>16} {'tokens generated':>17} {'peak memory so far':>19}"]
     for p in phases:
-        peak = "n/a" if p.peak_so_far_mb is None else f"{p.peak_so_far_mb / 1024:.2f} GB{' *' if p.raised_peak else '  '}"
+        peak = "n/a" if p.peak_so_far_mb is None else f"{p.peak_so_far_mb / 1024:.2f} GiB{' *' if p.raised_peak else '  '}"
         rows.append(f"{p.name:<20} {p.seconds:>8.1f} {p.forward_batches:>16} {p.generated_tokens:>17} {peak:>19}")
     total = (sum(p.seconds for p in phases), sum(p.forward_batches for p in phases), sum(p.generated_tokens for p in phases))
     rows.append(f"{'total':<20} {total[0]:>8.1f} {total[1]:>16} {total[2]:>17}")
