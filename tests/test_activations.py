@@ -174,3 +174,29 @@ def test_a_prefix_leaves_every_row_the_positions_read():
 
     assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], own=3) == 2
     assert shared_prefix_length([[1, 2, 3]], own=2) == 1  # one prompt: all but the positions read
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_samples_with_the_system_turn_computed_once_equal_a_direct_computation(arch):
+    from rosi.direction.activations import collect_samples, layer_key
+
+    fmt = ChatFormat(planted.tokenizer(), system_prompt="how to make a cake to make a kite")
+    model = tiny_model(arch)
+    model.resize_token_embeddings(len(planted.WORDS))
+    prompts = [*planted.HARMFUL, "bake"]
+    samples = collect_samples(model, fmt, {"harmful": prompts, "harmless": ["bake"], "lookalike": ["bake"]}, -2, {}, batch_size=3)
+    for i, prompt in enumerate(prompts):  # one at a time, the whole prompt: no padding, no cache
+        ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(samples.get("harmful", layer_key(0))[i], hidden[1][0, -2, :], rtol=1e-5, atol=1e-5)
+
+
+def test_a_float32_sample_is_a_copy_not_a_view_that_keeps_the_batch_alive():
+    from rosi.direction.activations import _at
+
+    batch = torch.randn(4, 50, 16)  # what a hook sees: [batch, tokens, hidden]
+    row = _at(batch, -2)
+    torch.testing.assert_close(row, batch[:, -2, :])
+    assert row.untyped_storage().nbytes() == row.numel() * row.element_size()  # not the batch's 4 x 50 x 16
+    assert _at(batch.to(torch.bfloat16), -1).dtype == torch.float32

@@ -207,6 +207,12 @@ def _means(sums: list[torch.Tensor | None], n: int) -> list[torch.Tensor]:
     return [(s / n).cpu() for s in sums if s is not None]
 
 
+def _at(value: torch.Tensor, position: int) -> torch.Tensor:
+    """float32 ``[batch, dim]`` on the CPU: ``value`` at ``position``, always a copy (a float32 CPU
+    slice would be a view that keeps the whole batch's activations alive with it)."""
+    return value[:, position, :].to("cpu", torch.float32, copy=True)
+
+
 @torch.no_grad()
 def activations_at(
     model: CausalLM, fmt: ChatFormat, instructions: Sequence[str], layer: int, position: int, *, batch_size: int = 32
@@ -216,7 +222,7 @@ def activations_at(
     rows: list[torch.Tensor] = []
 
     def keep(m: nn.Module, args: object, output: object) -> None:
-        rows.append(layer_output(output)[:, position, :].float().cpu())
+        rows.append(_at(layer_output(output), position))
 
     with hooks([(module, keep)]):
         for batch in fmt.batches(instructions, batch_size, device_of(model)):
@@ -300,7 +306,7 @@ def _samples_of(
     rows: dict[str, list[torch.Tensor]] = {}
 
     def keep(key: str, value: torch.Tensor) -> None:
-        rows.setdefault(key, []).append(value[:, position, :].to(torch.float32).cpu())
+        rows.setdefault(key, []).append(_at(value, position))
 
     def keep_output(key: str) -> Hook:
         return lambda module, args, output: keep(key, layer_output(output))
@@ -311,9 +317,12 @@ def _samples_of(
     layer_hooks = [(m, keep_output(layer_key(i))) for i, m in enumerate(layer_modules)]
     input_hooks = [(m, keep_input(name)) for name, m in writers.items()]
     n_batches = -(-len(instructions) // batch_size)
+    device = device_of(model)
+    # the chat template's shared system turn once (before the hooks: only the read position counts)
+    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device, own=-position)
     with hooks(layer_hooks), hooks(input_hooks, pre=True):
         for batch in tqdm(
-            fmt.batches(instructions, batch_size, device_of(model)), total=n_batches, desc=desc, unit="batch", disable=not progress
+            batches or fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress
         ):
             check_suffix(batch, suffix[position:])
             forward(model.base_model, batch)
