@@ -7,7 +7,7 @@ import transformers as T
 
 from conftest import save_tiny
 from rosi import load
-from rosi.model.private import mapped, own_memory, stored_tensors
+from rosi.model.private import Unconvertible, mapped, own_memory, stored_tensors
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -66,3 +66,27 @@ def test_stored_tensors_read_back_what_was_saved(tmp_path):
         for name, t in saved.items():
             assert stored[name].matches(t)
             assert torch.equal(stored[name].read(f), t)
+
+
+def test_a_tensor_made_by_more_than_a_read_is_not_converted_afterwards(tmp_path):
+    save_tiny("qwen2", tmp_path / "m")
+    model = T.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    model.model.norm.weight.data = model.model.norm.weight.data * 2  # as a weight converter's output would be: not a view
+    before = {name: t.clone() for name, t in _tensors(model).items()}
+    with pytest.raises(Unconvertible):
+        own_memory(model, [tmp_path / "m" / "model.safetensors"], dict.fromkeys(before, torch.bfloat16))
+    assert all(torch.equal(_tensors(model)[name], t) for name, t in before.items())  # untouched
+
+
+def test_stored_tensors_are_converted_a_buffer_at_a_time(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import rosi.model.private as private
+
+    saved = torch.randn(1000) * 1e3
+    save_file({"a": saved}, tmp_path / "x.safetensors")
+    monkeypatch.setattr(private, "READ_CHUNK", 4 * 37 + 2)  # not a whole number of elements
+    (entry,) = stored_tensors([tmp_path / "x.safetensors"]).values()
+    with open(tmp_path / "x.safetensors", "rb") as f:
+        for dtype in (torch.bfloat16, torch.float16, torch.float64, torch.float32):
+            assert torch.equal(entry.read(f, dtype).view(torch.uint8), saved.to(dtype).view(torch.uint8))
