@@ -10,6 +10,12 @@ the mapped pages resident: a second copy of every writer (about 1 GB for a 0.5B 
 So every parameter and buffer that is a view of the file gets its own memory, filled with
 ordinary reads of the file (which go through the page cache, not the process's resident memory),
 and once none is left the mapping is unmapped: the weights are resident once.
+
+A load in another dtype than the file's is the same, converted as read: transformers converting
+each tensor while it loads reads every mapped page, and they all stay resident beside the
+converted weights (a peak of 4.18 GB for a 0.5B model in bfloat16 from float32, 1.26 GB of
+weights); loaded in the file's dtype the weights are views of the mapping, untouched, and
+:func:`own_memory` converts each one a buffer at a time while reading it (a peak of 1.84 GB).
 """
 
 from __future__ import annotations
