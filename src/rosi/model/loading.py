@@ -7,6 +7,7 @@ becomes one :class:`~rosi.errors.RosiError` line that says what is wrong and wha
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -34,7 +35,7 @@ from rosi.errors import (
 from rosi.model import packaged
 from rosi.model.architecture import ArchitectureMap, architecture_map
 from rosi.model.gguf import convert_gguf
-from rosi.model.private import own_memory
+from rosi.model.private import Unconvertible, own_memory, stored_tensors
 from rosi.model.writers import CausalLM
 
 Log = Callable[[str], None]
@@ -450,7 +451,6 @@ def _config(where: str, trust_remote_code: bool, revision: str | None):
 
 
 def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> CausalLM:
-    from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
@@ -459,6 +459,29 @@ def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> Cau
             f"{spec} is a {config.model_type!r} model ({', '.join(getattr(config, 'architectures', None) or ['no architectures listed'])}), "
             "not a causal language model; rosi edits decoder-only chat models"
         )
+    on_cpu = target.device_map is None and target.device.type == "cpu"
+    conversion = _conversion(config, target, _checkpoint_files(where, target.revision)) if on_cpu else None
+    if conversion is not None:
+        model = _load_weights(where, config, replace(target, dtype=conversion.stored), spec)
+        try:
+            _take_buffers(model, conversion.buffers)
+            own_memory(model, _checkpoint_files(where, target.revision), conversion.dtypes)
+            _set_dtype(model.config, conversion.wanted)
+            return model.eval()
+        except Unconvertible:
+            del model  # loaded the ordinary way below
+    model = _load_weights(where, config, target, spec)
+    if target.device_map is None and target.device.type != "cuda":
+        model = model.to(target.device)
+    if on_cpu:
+        own_memory(model, _checkpoint_files(where, target.revision))
+    return model.eval()
+
+
+def _load_weights(where: str, config: Any, target: _Target, spec: str) -> Any:
+    """transformers' ``from_pretrained``, its failures as rosi's errors."""
+    from transformers import AutoModelForCausalLM
+
     kwargs: dict[str, Any] = {"dtype": target.dtype, "trust_remote_code": target.trust_remote_code, "revision": target.revision}
     if not target.allow_pickle:
         kwargs["use_safetensors"] = True
@@ -478,11 +501,88 @@ def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> Cau
             raise CorruptWeightsError(f"{spec}: its weights are unreadable or truncated ({first_line(str(e))})") from None
         raise
     _check_loading_info(spec, info)
-    if target.device_map is None and target.device.type != "cuda":
-        model = model.to(target.device)
-    if target.device_map is None and target.device.type == "cpu":
-        own_memory(model, _checkpoint_files(where, target.revision))
-    return model.eval()
+    return model
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """A CPU load in another dtype than the checkpoint's, made without the file's pages resident:
+    transformers loads the model in the file's dtype (the weights stay views of the mapped file,
+    untouched), then each weight is converted as it is read from the file (:func:`own_memory`)."""
+
+    wanted: torch.dtype  # the dtype asked for
+    stored: torch.dtype  # the file's (floating) dtype
+    dtypes: dict[str, torch.dtype]  # each parameter's and buffer's dtype in a load in the dtype asked for
+    buffers: dict[str, torch.Tensor]  # the buffers not in the file, as a load in the dtype asked for makes them
+
+
+def _conversion(config: Any, target: _Target, files: list[Path]) -> _Conversion | None:
+    """How a CPU load in ``target.dtype`` gives exactly what transformers' own load in it gives: a
+    model built in that dtype (a tensor made in another keeps it), the file's tensors cast to it
+    except those its model class keeps in float32 (``_keep_in_fp32_modules``,
+    ``_keep_in_fp32_modules_strict``), and the buffers not in the file (rotary frequencies, an
+    embedding scale) computed by its initialisation for a model built in it. Learnt from that
+    model built on the meta device (no memory), its buffers initialised by transformers' own
+    steps of a load. None: load in ``target.dtype`` directly (the checkpoint is already in it,
+    mixes dtypes, or its tensors are not the model's own, one for one by name and shape:
+    transformers renames or converts them)."""
+    from transformers import AutoModelForCausalLM
+
+    if not files or not isinstance(target.dtype, torch.dtype) or "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return None
+    stored = stored_tensors(files)
+    dtypes = {e.dtype for e in stored.values()}
+    floating = {d for d in dtypes if d is not None and d.is_floating_point}
+    if None in dtypes or len(floating) != 1 or target.dtype in floating:
+        return None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=target.dtype)
+        # what from_pretrained does after reading the file: buffers not in it placed and initialised
+        skeleton._move_missing_keys_from_meta_to_device(set(), None, None, None)
+        skeleton._initialize_missing_keys(False)
+        plan = skeleton._get_dtype_plan(target.dtype)  # module patterns kept in another dtype (float32)
+    except Exception:  # noqa: BLE001 - a model or transformers version this does not know: load directly
+        return None
+    tensors = {**dict(skeleton.named_parameters(remove_duplicate=False)), **dict(skeleton.named_buffers(remove_duplicate=False))}
+    buffers = dict(skeleton.named_non_persistent_buffers(remove_duplicate=False))
+    if any(name not in tensors or tuple(tensors[name].shape) != entry.shape for name, entry in stored.items()):
+        return None
+    if any(b.device.type == "meta" for b in buffers.values()):
+        return None
+    # the plan's patterns matched against the file's tensors' names, as transformers does
+    groups = {f"g{i}": (glob.replace("*", ".*"), dtype) for i, (glob, dtype) in enumerate(plan.items())}
+    pattern = re.compile("|".join(f"(?P<{group}>{body})" for group, (body, _) in groups.items())) if groups else None
+    out = {}
+    for name, tensor in tensors.items():
+        found = pattern.search(name) if pattern is not None and name in stored else None
+        out[name] = groups[found.lastgroup][1] if found is not None and found.lastgroup else tensor.dtype
+    return _Conversion(target.dtype, floating.pop(), out, buffers)
+
+
+def _take_buffers(model: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Put ``buffers`` (by full name) in place of ``model``'s buffers that are not in its state dict."""
+    own = {
+        name
+        for name, _ in model.named_buffers(remove_duplicate=False)
+        if name.rpartition(".")[2] in _owner(model, name)._non_persistent_buffers_set
+    }
+    if own != buffers.keys():
+        raise Unconvertible(f"the model's buffers not in its checkpoint are {sorted(own)}, not {sorted(buffers)}")
+    for name, buffer in buffers.items():
+        _owner(model, name)._buffers[name.rpartition(".")[2]] = buffer
+
+
+def _owner(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name.rpartition(".")[0])
+
+
+def _set_dtype(config: Any, dtype: torch.dtype) -> None:
+    """What a load in ``dtype`` records in the model's config (and its sub-configs)."""
+    config.dtype = dtype
+    for key in getattr(config, "sub_configs", None) or {}:
+        if (sub := getattr(config, key, None)) is not None:
+            sub.dtype = dtype
 
 
 def _check_loading_info(spec: str, info: dict[str, Any]) -> None:
