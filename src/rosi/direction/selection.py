@@ -152,6 +152,7 @@ class _Scorer:
     token_ids: list[int]
     batch_size: int
     counter: PassCounter = field(default_factory=PassCounter)
+    progress: bool = False
 
     def logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
         return last_logprobs(self.model, self.fmt, prompts, self.batch_size, self.counter)
@@ -179,7 +180,7 @@ def select_direction(
     none passes, choose by ``trial``'s effect (see the module docstring) among the last-token
     candidates of layers ``[min_layer_fraction, max_layer_fraction)`` of the depth."""
     started = time.perf_counter()
-    scorer = _Scorer(model, fmt, tuple(val_harmful), tuple(val_harmless), refusal_token_ids(fmt.tokenizer), batch_size)
+    scorer = _Scorer(model, fmt, tuple(val_harmful), tuple(val_harmless), refusal_token_ids(fmt.tokenizer), batch_size, progress=progress)
     diffs = candidates.to(torch.float32)
     base_harmful_lp = scorer.logprobs(scorer.val_harmful)
     base_harmless_lp = scorer.logprobs(scorer.val_harmless)
@@ -216,8 +217,8 @@ def _screened(
 ) -> list[CandidateScore]:
     """Every candidate with its first-order bypass and induce estimates (one forward and backward
     pass over each validation set)."""
-    M, _ = _screen(scorer, scorer.val_harmful)
-    _, G = _screen(scorer, scorer.val_harmless)
+    M, _ = _screen(scorer, scorer.val_harmful, "harmful")
+    _, G = _screen(scorer, scorer.val_harmless, "harmless")
     M, G = M.to(torch.float32), G.to(torch.float32)
     n_layers, n_pos, _ = diffs.shape
     suffix = scorer.fmt.post_instruction_ids()[-n_pos:]
@@ -241,7 +242,7 @@ def _screened(
     return scores
 
 
-def _screen(scorer: _Scorer, instructions: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _screen(scorer: _Scorer, instructions: tuple[str, ...], role: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward+backward pass over the prompts. Returns
     ``M`` [hidden, hidden] = mean over prompts of sum over layers and tokens of ``g_l d_l^T``
     (``g_l`` the gradient of the refusal score at layer l's output, ``d_l`` the layer's write)
@@ -263,7 +264,14 @@ def _screen(scorer: _Scorer, instructions: tuple[str, ...]) -> tuple[torch.Tenso
 
     # the backward pass holds every layer's activations: smaller batches bound its memory (the
     # total work is the same)
-    for batch in scorer.fmt.batches(instructions, min(scorer.batch_size, SCREEN_BATCH), device_of(model)):
+    size = min(scorer.batch_size, SCREEN_BATCH)
+    for batch in tqdm(
+        scorer.fmt.batches(instructions, size, device_of(model)),
+        total=batches(len(instructions), size),
+        desc=f"rosi: gradient screen, {role} prompts",
+        unit="batch",
+        disable=not scorer.progress,
+    ):
         states.clear()
         mask = batch["attention_mask"].unsqueeze(-1).to(torch.float64)
         with torch.enable_grad(), frozen(model), hooks([(model.get_input_embeddings(), keep)] + [(layer, keep) for layer in layers]):
