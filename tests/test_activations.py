@@ -35,20 +35,26 @@ def test_no_chat_template_is_a_clear_error():
     assert ChatFormat(tok).render("hi") == "hi assistant"
 
 
-def test_mean_activations_equal_a_direct_computation(fmt):
-    model = tiny_model("llama")
-    model.resize_token_embeddings(len(planted.WORDS))
-    prompts = planted.HARMFUL + planted.HARMLESS
-    got = mean_activations(model, fmt, prompts, 2, batch_size=len(prompts))
-    expected = torch.zeros_like(got)
-    for prompt in prompts:  # one at a time: no padding at all
+def _direct_means(model: torch.nn.Module, fmt: ChatFormat, prompts: list[str]) -> torch.Tensor:
+    """Layers 0-1's mean outputs at the last two tokens, one whole prompt at a time (no padding,
+    no cache)."""
+    expected = torch.zeros(2, 2, model.config.hidden_size, dtype=torch.float64)
+    for prompt in prompts:
         ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
         with torch.no_grad():
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
         for layer in range(2):
             expected[layer] += hidden[layer + 1][0, -2:, :].double()
+    return expected / len(prompts)
+
+
+def test_mean_activations_equal_a_direct_computation(fmt):
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(planted.WORDS))
+    prompts = planted.HARMFUL + planted.HARMLESS
+    got = mean_activations(model, fmt, prompts, 2, batch_size=len(prompts))
     # hidden_states' last entry is after the final norm, so layers 0-1 are compared here (layer 2 below)
-    torch.testing.assert_close(got[:2], (expected / len(prompts))[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[:2], _direct_means(model, fmt, prompts), rtol=1e-5, atol=1e-5)
     for batch_size in (1, 3, 5):
         torch.testing.assert_close(mean_activations(model, fmt, prompts, 2, batch_size=batch_size), got, rtol=1e-6, atol=1e-6)
 
@@ -159,14 +165,7 @@ def test_means_with_the_system_turn_computed_once_equal_a_direct_computation(arc
     prompts = [*planted.HARMFUL, *planted.HARMLESS, "bake"]
     assert shared_prefix_batches(model, fmt, prompts, 3, torch.device("cpu"), own=2) is not None  # the shared path is taken
     got = mean_activations(model, fmt, prompts, 2, batch_size=3)
-    expected = torch.zeros_like(got)
-    for prompt in prompts:  # one at a time, the whole prompt: no padding, no cache
-        ids = fmt.tokenizer(fmt.render(prompt), return_tensors="pt", add_special_tokens=False).input_ids
-        with torch.no_grad():
-            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
-        for layer in range(2):
-            expected[layer] += hidden[layer + 1][0, -2:, :].double()
-    torch.testing.assert_close(got[:2], (expected / len(prompts))[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[:2], _direct_means(model, fmt, prompts), rtol=1e-5, atol=1e-5)
 
 
 def test_a_prefix_leaves_every_row_the_positions_read():
