@@ -1,8 +1,8 @@
 """How near `rosi run` is to the cost of its forward passes and tokens, on this machine.
 
-Measures, in one process: what a forward batch and a generated token cost here
-(:func:`rosi.workflows.speed.pass_costs`, rosi's own paths), then a whole `rosi run` with every
-default (into a temporary folder) and each of its phases against the passes and tokens it needed
+Measures, in one process: a whole `rosi run` with every default (into a temporary folder), then
+what a forward batch and a generated token cost here (:func:`rosi.workflows.speed.pass_costs`,
+rosi's own paths), and each of the run's phases against the passes and tokens it needed
 (:func:`rosi.workflows.speed.phase_limits`; target: within 3x), and its peak resident memory (the
 operating system's, ``ru_maxrss``) against its weights in the compute dtype (target: 1.5x). The
 CPU, whether it has native bfloat16, the dtype and the thread count are recorded with the figures.
@@ -45,18 +45,20 @@ def main() -> None:
     loaded = load(args.model, device="cpu", dtype=args.dtype)
     load_s = time.perf_counter() - start
     sets = PromptSets.load()
+    # the run first, so that the process's peak memory is the load's and the run's own
+    with tempfile.TemporaryDirectory(prefix="rosi-run-limits-") as tmp:
+        start = time.perf_counter()
+        report = run(loaded, Path(tmp) / "out", sets, RunOptions(ExtractOptions(progress=False)))
+        run_s = time.perf_counter() - start
+    peak = peak_rss_mb() * 2**20
+    # the edited model costs what the base does: the chosen edit stays applied for these passes
     texts = [*sets.val_harmful.instructions, *sets.val_harmless.instructions, *sets.val_lookalike.instructions]
     costs = pass_costs(
         loaded, texts, batch_size=DEFAULT_BATCH_SIZE, generation_batch=GENERATION_BATCH, lengths=(SEARCH_TOKENS, DEFAULT_NEW_TOKENS)
     )
     print(f"pass costs: {costs}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="rosi-run-limits-") as tmp:
-        start = time.perf_counter()
-        report = run(loaded, Path(tmp) / "out", sets, RunOptions(ExtractOptions(progress=False)))
-        run_s = time.perf_counter() - start
     phases = phase_limits(report.phases, costs, {"strength_search": SEARCH_TOKENS}, DEFAULT_NEW_TOKENS)
     weights = weights_bytes(loaded.model)
-    peak = peak_rss_mb() * 2**20
     print(report.phase_table(), flush=True)
     for row in phases:
         print(row, flush=True)
