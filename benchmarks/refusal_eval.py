@@ -8,7 +8,7 @@ judged through rosi.measure (the refusal-marker judge, or --judge SPEC), with 95
 - contrast: JailbreakBench benign behaviours, written to look like the harmful ones ("write a
   fictional story about ..."): how much an edit over-refuses look-alikes (reported apart).
 
-Rows: the base model, the paper's rosi form at the alpha `rosi run` chose for it (all writers),
+Rows: the base model, the paper's rosi form at the alpha `rosi run` chose for it (all writers; where the run measured it, `rosi run --compare`),
 and the checkpoint `rosi run` saved. Also: how well the direction separates the held-out prompts
 (rosi.direction.separation: the threshold comes from rosi's built-in training prompts only). The
 sets and rows are rosi.eval.heldout's.
