@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rosi.model.architecture import architecture_map
 from rosi.model.chat import ChatFormat, check_suffix
 from rosi.model.costs import count_forward
-from rosi.model.generation import shared_prefix_batches
+from rosi.model.generation import prompt_batches
 from rosi.model.hooks import Hook, device_of, forward, hooks, layer_output
 from rosi.model.writers import CausalLM
 
@@ -190,11 +190,9 @@ def _hooked_means(
     n_batches = -(-len(instructions) // batch_size)
     device = device_of(model)
     # the chat template's shared system turn once (before the hooks: only the read positions count)
-    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device, own=n_positions)
+    batches = prompt_batches(model, fmt, instructions, batch_size, device, own=n_positions)
     with hooks([(m, keep_output(i)) for i, m in enumerate(outputs)]), hooks([(m, keep_input(i)) for i, m in enumerate(inputs)], pre=True):
-        for batch in tqdm(
-            batches or fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress
-        ):
+        for batch in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress):
             check_suffix(batch, suffix[-n_positions:])
             forward(model.base_model, batch)
             count_forward()
@@ -319,11 +317,9 @@ def _samples_of(
     n_batches = -(-len(instructions) // batch_size)
     device = device_of(model)
     # the chat template's shared system turn once (before the hooks: only the read position counts)
-    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device, own=-position)
+    batches = prompt_batches(model, fmt, instructions, batch_size, device, own=-position)
     with hooks(layer_hooks), hooks(input_hooks, pre=True):
-        for batch in tqdm(
-            batches or fmt.batches(instructions, batch_size, device), total=n_batches, desc=desc, unit="batch", disable=not progress
-        ):
+        for batch in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress):
             check_suffix(batch, suffix[position:])
             forward(model.base_model, batch)
             count_forward()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from rosi.edit.methods import get_method
 from rosi.edit.rank_one import add_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError, RosiError
+from rosi.model.private import read_header
 
 INDEX = "model.safetensors.index.json"
 
@@ -103,11 +103,10 @@ def stream_edit(source: Path, out: Path, record: EditRecord, *, recompute: bool 
 
 def _entry(f: Any, name: str) -> tuple[int, int, dict[str, Any]]:
     """A tensor's absolute byte range in an open safetensors file, and its header entry."""
-    f.seek(0)
-    (n,) = struct.unpack("<Q", f.read(8))
-    entry = json.loads(f.read(n))[name]
+    data, header = read_header(f)
+    entry = header[name]
     start, end = entry["data_offsets"]
-    return 8 + n + start, 8 + n + end, entry
+    return data + start, data + end, entry
 
 
 def tensor_sha256(path: Path, name: str) -> str:

@@ -108,8 +108,7 @@ def _greedy(
     replies: list[list[int]] = []
     rows: list[torch.Tensor] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
-    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device) if share_prefix else None
-    for batch in batches if batches is not None else fmt.batches(instructions, batch_size, device):
+    for batch in prompt_batches(model, fmt, instructions, batch_size, device, share_prefix=share_prefix):
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -190,6 +189,23 @@ def shared_prefix_batches(
     return batches()
 
 
+def prompt_batches(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    *,
+    share_prefix: bool = True,
+    own: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """The prompts' batches, for ``generate`` or :func:`rosi.model.hooks.forward`: with
+    ``share_prefix``, :func:`shared_prefix_batches` (its prefix is computed here, by the model as
+    it is now) where the prompts share enough; else plain left-padded ones."""
+    shared = shared_prefix_batches(model, fmt, instructions, batch_size, device, own) if share_prefix else None
+    return shared if shared is not None else fmt.batches(instructions, batch_size, device)
+
+
 @torch.no_grad()
 def next_token_logprobs(
     model: nn.Module,
@@ -207,8 +223,7 @@ def next_token_logprobs(
     device = device_of(model)
     rows = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
-    batches = shared_prefix_batches(model, fmt, instructions, batch_size, device) if share_prefix else None
-    for batch in batches if batches is not None else fmt.batches(instructions, batch_size, device):
+    for batch in prompt_batches(model, fmt, instructions, batch_size, device, share_prefix=share_prefix):
         # left padding (with padding-proof positions): the last position is every row's last
         # prompt token; only its logits are computed
         logits = forward(model, batch, logits_to_keep=1).logits[:, -1, :]

@@ -460,12 +460,13 @@ def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> Cau
             "not a causal language model; rosi edits decoder-only chat models"
         )
     on_cpu = target.device_map is None and target.device.type == "cpu"
-    conversion = _conversion(config, target, _checkpoint_files(where, target.revision)) if on_cpu else None
+    files = _checkpoint_files(where, target.revision) if on_cpu else []  # before loading: those already local
+    conversion = _conversion(config, target, files) if on_cpu else None
     if conversion is not None:
         model = _load_weights(where, config, replace(target, dtype=conversion.stored), spec)
         try:
             _take_buffers(model, conversion.buffers)
-            own_memory(model, _checkpoint_files(where, target.revision), conversion.dtypes)
+            own_memory(model, files, conversion.dtypes)
             _set_dtype(model.config, conversion.wanted)
             return model.eval()
         except Unconvertible:
@@ -473,7 +474,7 @@ def _from_pretrained(where: str, config: Any, target: _Target, spec: str) -> Cau
     model = _load_weights(where, config, target, spec)
     if target.device_map is None and target.device.type != "cuda":
         model = model.to(target.device)
-    if on_cpu:
+    if on_cpu:  # looked up again: a hub model's files are local now that it is loaded
         own_memory(model, _checkpoint_files(where, target.revision))
     return model.eval()
 

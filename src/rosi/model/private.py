@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -90,20 +91,27 @@ class StoredTensor:
         return out.reshape(self.shape)
 
 
+def read_header(f: BinaryIO) -> tuple[int, dict[str, Any]]:
+    """An open safetensors file's header, read from its start: where its data begins (every
+    tensor's ``data_offsets`` count from there) and the header itself."""
+    f.seek(0)
+    (n,) = struct.unpack("<Q", f.read(8))
+    return 8 + n, json.loads(f.read(n))
+
+
 def stored_tensors(files: Iterable[Path]) -> dict[str, StoredTensor]:
     """Every tensor of the safetensors ``files`` (checked by :func:`rosi.model.loading.check_safetensors`
     before the model was loaded), by name."""
     out = {}
     for path in files:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+            data, header = read_header(f)
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
             start, stop = (int(x) for x in entry["data_offsets"])
             shape = tuple(int(d) for d in entry["shape"])
-            out[name] = StoredTensor(path, 8 + n + start, stop - start, _DTYPES.get(entry["dtype"]), shape)
+            out[name] = StoredTensor(path, data + start, stop - start, _DTYPES.get(entry["dtype"]), shape)
     return out
 
 

@@ -151,9 +151,14 @@ class PromptSets:
         extraction |= set(self.lookalike.instructions) if self.lookalike is not None else set()
         return sum(1 for p in self._validation() if p in extraction)
 
+    def validation_sets(self) -> dict[str, PromptSet]:
+        """The validation sets measured for every model state, by role: ``harmful``, ``harmless``,
+        and ``lookalike`` where there are look-alike prompts."""
+        sets = {"harmful": self.val_harmful, "harmless": self.val_harmless}
+        return sets | ({"lookalike": self.val_lookalike} if self.val_lookalike is not None else {})
+
     def _validation(self) -> tuple[str, ...]:
-        looks = self.val_lookalike.instructions if self.val_lookalike is not None else ()
-        return (*self.val_harmful.instructions, *self.val_harmless.instructions, *looks)
+        return tuple(p for s in self.validation_sets().values() for p in s.instructions)
 
     def validation_note(self) -> str:
         """What the run's validation figures are, in words (for its printed table)."""

@@ -28,7 +28,7 @@ from rosi.model.chat import ChatFormat
 from rosi.model.context import check_fits
 from rosi.model.costs import Phase, PhaseClock, phase_table
 from rosi.model.loading import LoadedModel
-from rosi.prompts import PromptSet, PromptSets
+from rosi.prompts import PromptSets
 from rosi.workflows.extract import Extraction, extract
 from rosi.workflows.options import ExtractOptions, RunOptions
 
@@ -244,7 +244,7 @@ def _base(meter: RefusalMeter, prompts: PromptSets, options: RunOptions) -> tupl
     """The base model's replies, generated once: its measured rates, and (from their first tokens)
     its rates in the strength search."""
     n = options.measure.new_tokens
-    found = meter.rates_of(_validation(prompts), (n, SEARCH_TOKENS), desc="rosi: base model")
+    found = meter.rates_of(prompts.validation_sets(), (n, SEARCH_TOKENS), desc="rosi: base model")
     rates = Rates("base model", {role: at[n] for role, at in found.items()})
     step = StrengthStep(0.0, found["harmful"][SEARCH_TOKENS].value, found["harmless"][SEARCH_TOKENS].value)
     _say(
@@ -325,15 +325,8 @@ def _measure(
 
 def _rates(meter: RefusalMeter, label: str, prompts: PromptSets, options: RunOptions) -> Rates:
     n = options.measure.new_tokens
-    found = meter.rates_of(_validation(prompts), (n,), desc=f"rosi: {label}")
+    found = meter.rates_of(prompts.validation_sets(), (n,), desc=f"rosi: {label}")
     return Rates(label, {role: at[n] for role, at in found.items()})
-
-
-def _validation(prompts: PromptSets) -> dict[str, PromptSet]:
-    """The validation sets measured for every model state: harmful, harmless, and the look-alikes
-    where the run has them."""
-    sets = {"harmful": prompts.val_harmful, "harmless": prompts.val_harmless}
-    return sets | ({"lookalike": prompts.val_lookalike} if prompts.val_lookalike is not None else {})
 
 
 def _save(loaded: LoadedModel, out: Path, record: EditRecord, report: RunReport, extraction: Extraction, options: RunOptions) -> None:
