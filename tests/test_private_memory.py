@@ -7,6 +7,7 @@ import transformers as T
 
 from conftest import ARCHS, CONFIGS, save_tiny
 from rosi import load
+from rosi.model.finite import all_finite
 from rosi.model.loading import _conversion, _set_dtype, _take_buffers, _Target, checkpoint_dtype
 from rosi.model.private import Unconvertible, mapped, own_memory, stored_tensors
 
@@ -181,3 +182,19 @@ def test_stored_tensors_are_converted_a_buffer_at_a_time(tmp_path, monkeypatch):
     with open(tmp_path / "x.safetensors", "rb") as f:
         for dtype in (torch.bfloat16, torch.float16, torch.float64, torch.float32):
             assert torch.equal(entry.read(f, dtype).view(torch.uint8), saved.to(dtype).view(torch.uint8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [0, 17, 99])
+def test_all_finite_finds_a_bad_value_in_any_chunk(bad: float, where: int) -> None:
+    tensor = torch.randn(10, 10)
+    assert all_finite(tensor, chunk=7)
+    tensor.view(-1)[where] = bad
+    assert not all_finite(tensor, chunk=7)
+    assert not all_finite(tensor.T, chunk=7)  # not contiguous
+    assert not all_finite(tensor.to(torch.bfloat16), chunk=7)
+
+
+def test_all_finite_passes_integer_tensors() -> None:
+    assert all_finite(torch.arange(10))
+    assert all_finite(torch.zeros(0))

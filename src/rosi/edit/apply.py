@@ -23,6 +23,7 @@ from rosi.edit.rank_one import add_in_place, edit_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError
 from rosi.model.architecture import ArchitectureMap, architecture_map
+from rosi.model.finite import all_finite
 from rosi.model.hooks import offloaded, stored_weight
 from rosi.model.writers import DEFAULT_TARGETS, CausalLM, ResidualWriter, WriterKind
 
@@ -174,7 +175,7 @@ def _edit_as_hook(
     weight = writer.layout.as_out_in(stored).to(torch.float32).clone()
     right_given = None if method.factor else strength * reads[writer.name].to(torch.float32) if reads else None
     right = edit_weight(weight, s_hat, method, strength, right_given)
-    if not bool(torch.isfinite(weight).all()):
+    if not all_finite(weight):
         raise EditError(f"{method.name} at strength {strength:g} makes {writer.name} NaN or infinite; use a smaller strength")
     s32 = s_hat.to(torch.float32)
     embedding = writer.kind is WriterKind.EMBEDDING
@@ -192,7 +193,7 @@ def _check_finite(model: nn.Module, record: EditRecord, params: dict[str, nn.Par
     """An edit that made a weight NaN or infinite (a strength too large for the dtype) is undone
     and refused: bit for bit with kept originals, else by the arithmetic revert (which cannot
     restore overflowed entries: reload the model then)."""
-    bad = next((m.name for m in record.matrices if m.name not in record.hooks and not bool(torch.isfinite(params[m.name]).all())), None)
+    bad = next((m.name for m in record.matrices if m.name not in record.hooks and not all_finite(params[m.name])), None)
     if bad is None:
         return
     exact = record.originals is not None

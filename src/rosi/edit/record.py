@@ -22,6 +22,7 @@ from rosi._fs import atomic_file, regular_file, with_article
 from rosi.direction.vector import FORMAT as DIRECTION_FORMAT
 from rosi.direction.vector import MAX_SIZE, TENSOR_NAME, Direction
 from rosi.errors import DirectionError, RecordError, RosiError, first_line
+from rosi.model.finite import all_finite
 from rosi.model.writers import Layout, WriterKind
 
 RECORD_FORMAT = "rosi-edit/1"
@@ -232,7 +233,7 @@ def _vector(f: Any, name: str, *, ndim: int, size: int | None = None) -> torch.T
         want = f"{ndim} dimension(s)" + (f" of {size} values" if size is not None else "")
         raise _Bad(f"tensor {name!r} has shape {shape}, not {want}")
     tensor: torch.Tensor = f.get_tensor(name).to(torch.float32)
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         raise _Bad(f"tensor {name!r} holds NaN or infinite values")
     return tensor
 

@@ -24,6 +24,7 @@ from rosi.edit.record import EditRecord
 from rosi.errors import EditError, ManifestError, RosiError, first_line
 from rosi.export.stream import stream_edit, streamable
 from rosi.model.architecture import model_type_of
+from rosi.model.finite import all_finite
 from rosi.model.hooks import offloaded
 from rosi.model.loading import LoadedModel, ModelSource, checkpoint_dtype, local_folder
 from rosi.model.writers import CausalLM
@@ -176,7 +177,7 @@ def check_finite(model: CausalLM) -> None:
     for name, tensor in model.state_dict().items():
         if tensor.device.type == "meta":
             continue  # offloaded: written from the checkpoint on disk, checked there
-        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise EditError(f"{name} holds NaN or infinite values; nothing was saved (a smaller strength keeps the weights finite)")
 
 

@@ -28,6 +28,7 @@ from rosi.edit.methods import get_method
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import RosiError
 from rosi.export.verification import Check, Verification
+from rosi.model.finite import all_finite
 from rosi.model.writers import WriterKind
 
 REQUANTIZABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -96,7 +97,7 @@ def edit_gguf(source: Path, out: Path, record: EditRecord, *, fallback: str = "Q
         weight = torch.from_numpy(np.require(gguf.quants.dequantize(t.data, t.tensor_type), np.float32, ["C", "W"]))
         view = m.layout.as_out_in(weight)
         edit_weight(view, s_hat, method, record.strength, None if method.factor else m.right)
-        if not bool(torch.isfinite(weight).all()):
+        if not all_finite(weight):
             raise GGUFError(f"{record.method} at strength {record.strength:g} makes {t.name} NaN or infinite; use a smaller strength")
         own = t.tensor_type.name
         target = getattr(gguf.GGMLQuantizationType, own if own in REQUANTIZABLE else fallback)

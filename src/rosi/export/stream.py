@@ -29,6 +29,7 @@ from rosi.edit.methods import get_method
 from rosi.edit.rank_one import add_in_place
 from rosi.edit.record import EditRecord, MatrixEdit
 from rosi.errors import EditError, RosiError
+from rosi.model.finite import all_finite
 from rosi.model.private import read_header
 
 INDEX = "model.safetensors.index.json"
@@ -94,7 +95,7 @@ def stream_edit(source: Path, out: Path, record: EditRecord, *, recompute: bool 
             right = edit_weight(view, s_hat, method, record.strength, None if (method.factor and recompute) else m.right)
             if m.right2 is not None and record.second is not None:
                 add_in_place(view, record.second.unit, m.right2)
-        if not bool(torch.isfinite(result).all()):
+        if not all_finite(result):
             raise EditError(f"{record.method} at strength {record.strength:g} makes {m.name} NaN or infinite; use a smaller strength")
         _overwrite_tensor(out / file.name, m.name, result)
         applied.append(MatrixEdit(m.name, m.kind, m.layout, m.layer, right.to(torch.float32).cpu(), m.right2))
