@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from rosi.model.chat import ChatFormat, chat_messages, reply_ids
 from rosi.model.costs import count_forward, count_generated
 from rosi.model.endpoint import Endpoint
-from rosi.model.hooks import CACHE_KWARG, device_of, forward
+from rosi.model.hooks import CACHE_KWARG, device_of, forward, hooks
 from rosi.model.writers import CausalLM
 
 
@@ -108,23 +108,27 @@ def _greedy(
     replies: list[list[int]] = []
     rows: list[torch.Tensor] = []
     bar = tqdm(total=len(instructions), desc=desc, unit="prompt", disable=not progress)
+
+    def keep_first(module: nn.Module, args: Any, output: Any) -> None:
+        # the first forward call of a generation is the prompt's: its last logits are the first
+        # reply token's distribution (generate's own ``output_logits`` would keep every step's,
+        # steps x rows x vocabulary floats: 3.7 GB for 64 tokens of 96 rows of a 150k vocabulary)
+        if len(rows) == batches_done:
+            rows.append(torch.log_softmax(output.logits[:, -1, :].float(), dim=-1).cpu())
+
+    batches_done = 0
     for batch in prompt_batches(model, fmt, instructions, batch_size, device, share_prefix=share_prefix):
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tok.pad_token_id,
-            # the raw (unprocessed) logits of each step; only the first is kept
-            output_logits=first_logprobs,
-            return_dict_in_generate=first_logprobs,
-        )
-        sequences = out.sequences if first_logprobs else out
-        if first_logprobs:
-            rows.append(torch.log_softmax(out.logits[0].float(), dim=-1).cpu())
-        new = sequences[:, batch["input_ids"].shape[1] :]
+        with hooks([(model, keep_first)] if first_logprobs else []):
+            new = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+            )[:, batch["input_ids"].shape[1] :]
+        batches_done += 1
         count_generated(int(new.numel()))
         replies.extend(new.tolist())
         bar.update(len(new))
