@@ -199,3 +199,28 @@ def test_a_float32_sample_is_a_copy_not_a_view_that_keeps_the_batch_alive():
     torch.testing.assert_close(row, batch[:, -2, :])
     assert row.untyped_storage().nbytes() == row.numel() * row.element_size()  # not the batch's 4 x 50 x 16
     assert _at(batch.to(torch.bfloat16), -1).dtype == torch.float32
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_means_and_samples_from_one_read_equal_the_two_reads(arch):
+    from rosi.direction.activations import collect_activations, collect_means_and_samples, collect_sample_rows
+    from rosi.model.architecture import architecture_map
+
+    fmt = ChatFormat(planted.tokenizer(), system_prompt="how to make a cake to make a kite")
+    model = tiny_model(arch)
+    model.resize_token_embeddings(len(planted.WORDS))
+    writers = architecture_map(model).measurable_modules(model)
+    sampled = dict(list(writers.items())[:2])
+    prompts = [*planted.HARMFUL, "bake"]
+    means, rows = collect_means_and_samples(model, fmt, prompts, 2, -1, writers=writers, sampled=sampled, read_inputs=True, batch_size=3)
+    alone = collect_activations(model, fmt, prompts, 2, writers=writers, read_inputs=True, batch_size=3)
+    samples = collect_sample_rows(model, fmt, {"harmful": prompts}, -1, sampled, batch_size=3)["harmful"]
+    torch.testing.assert_close(means.layers, alone.layers, rtol=1e-5, atol=1e-6)
+    for name in writers:
+        torch.testing.assert_close(means.writer_outputs[name], alone.writer_outputs[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(means.writer_inputs[name], alone.writer_inputs[name], rtol=1e-5, atol=1e-6)
+    assert set(rows) == set(samples) and all(rows[k].shape == (len(prompts), samples[k].shape[1]) for k in rows)
+    for key in rows:
+        torch.testing.assert_close(rows[key], samples[key], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the 2 measured positions"):
+        collect_means_and_samples(model, fmt, prompts, 2, -3, writers=writers, sampled=sampled)

@@ -19,7 +19,7 @@ bytes (:meth:`PromptSamples.nbytes`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -157,7 +157,6 @@ def mean_activations(
     return collect_activations(model, fmt, instructions, n_positions, batch_size=batch_size, progress=progress).layers
 
 
-@torch.no_grad()
 def _hooked_means(
     model: CausalLM,
     fmt: ChatFormat,
@@ -172,37 +171,87 @@ def _hooked_means(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean outputs of ``outputs`` and mean inputs of ``inputs`` (float64 ``[n_positions, dim]``,
     on the CPU), in the order given."""
+    out_sums, in_sums = [_Sums(n_positions) for _ in outputs], [_Sums(n_positions) for _ in inputs]
+    taps = [*(_Tap(m, False, s.add) for m, s in zip(outputs, out_sums, strict=True))]
+    taps += [_Tap(m, True, s.add) for m, s in zip(inputs, in_sums, strict=True)]
+    _hooked_pass(model, fmt, instructions, n_positions, taps, batch_size=batch_size, progress=progress, desc=desc)
+    n = len(instructions)
+    return [s.mean(n) for s in out_sums], [s.mean(n) for s in in_sums]
+
+
+@dataclass(frozen=True)
+class _Tap:
+    """What a hooked pass keeps of one module: its output, or (``reads``) its input, handed to ``keep``."""
+
+    module: nn.Module
+    reads: bool
+    keep: Callable[[torch.Tensor], None]
+
+
+class _Sums:
+    """A float64 running sum over prompts of the last ``n_positions`` tokens of what a tap sees."""
+
+    def __init__(self, n_positions: int) -> None:
+        self.n_positions = n_positions
+        self.total: torch.Tensor | None = None
+
+    def add(self, value: torch.Tensor) -> None:
+        part = value[:, -self.n_positions :, :].to(torch.float64).sum(dim=0)
+        self.total = part if self.total is None else self.total + part
+
+    def mean(self, n: int) -> torch.Tensor:
+        if self.total is None:
+            raise RuntimeError("a hooked module never ran in the forward pass")
+        return (self.total / n).cpu()
+
+
+class _Rows:
+    """Each prompt's value at one (negative) position, float32 on the CPU."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, value: torch.Tensor) -> None:
+        self.parts.append(_at(value, self.position))
+
+    def rows(self) -> torch.Tensor:
+        return torch.cat(self.parts)
+
+
+@torch.no_grad()
+def _hooked_pass(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    own: int,
+    taps: Sequence[_Tap],
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    """One forward pass over ``instructions`` that hands every tap what its module writes (or
+    reads), batch by batch; the last ``own`` tokens (the positions read) are every row's own."""
     suffix = fmt.post_instruction_ids()
-    out_sums: list[torch.Tensor | None] = [None] * len(outputs)
-    in_sums: list[torch.Tensor | None] = [None] * len(inputs)
-
-    def add(sums: list[torch.Tensor | None], i: int, value: torch.Tensor) -> None:
-        part = value[:, -n_positions:, :].to(torch.float64).sum(dim=0)
-        previous = sums[i]
-        sums[i] = part if previous is None else previous + part
-
-    def keep_output(i: int) -> Hook:
-        return lambda module, args, output: add(out_sums, i, layer_output(output))
-
-    def keep_input(i: int) -> Hook:
-        return lambda module, args: add(in_sums, i, args[0])
-
     n_batches = -(-len(instructions) // batch_size)
-    device = device_of(model)
     # the chat template's shared system turn once (before the hooks: only the read positions count)
-    batches = prompt_batches(model, fmt, instructions, batch_size, device, own=n_positions)
-    with hooks([(m, keep_output(i)) for i, m in enumerate(outputs)]), hooks([(m, keep_input(i)) for i, m in enumerate(inputs)], pre=True):
+    batches = prompt_batches(model, fmt, instructions, batch_size, device_of(model), own=own)
+    outputs = [(t.module, _output_hook(t.keep)) for t in taps if not t.reads]
+    inputs = [(t.module, _input_hook(t.keep)) for t in taps if t.reads]
+    with hooks(outputs), hooks(inputs, pre=True):
         for batch in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress):
-            check_suffix(batch, suffix[-n_positions:])
+            check_suffix(batch, suffix[-own:])
             forward(model.base_model, batch)
             count_forward()
-    return _means(out_sums, len(instructions)), _means(in_sums, len(instructions))
 
 
-def _means(sums: list[torch.Tensor | None], n: int) -> list[torch.Tensor]:
-    if any(s is None for s in sums):
-        raise RuntimeError("a hooked module never ran in the forward pass")
-    return [(s / n).cpu() for s in sums if s is not None]
+def _output_hook(keep: Callable[[torch.Tensor], None]) -> Hook:
+    return lambda module, args, output: keep(layer_output(output))
+
+
+def _input_hook(keep: Callable[[torch.Tensor], None]) -> Hook:
+    return lambda module, args: keep(args[0])
 
 
 def _at(value: torch.Tensor, position: int) -> torch.Tensor:
@@ -264,7 +313,6 @@ class PromptSamples:
         return sum(t.numel() * t.element_size() for values in self.roles.values() for t in values.values())
 
 
-@torch.no_grad()
 def collect_samples(
     model: CausalLM,
     fmt: ChatFormat,
@@ -275,8 +323,23 @@ def collect_samples(
     batch_size: int = 32,
     progress: bool = False,
 ) -> PromptSamples:
-    """Per prompt of each role in ``sets``: the inputs of ``writers`` (parameter name -> module)
-    and every decoder layer's output, at ``position`` (negative, among the post-instruction tokens)."""
+    """Per prompt of each role in ``sets`` (every one of :data:`SAMPLE_ROLES`): the inputs of
+    ``writers`` (parameter name -> module) and every decoder layer's output, at ``position``
+    (negative, among the post-instruction tokens)."""
+    return PromptSamples(position, collect_sample_rows(model, fmt, sets, position, writers, batch_size=batch_size, progress=progress))
+
+
+def collect_sample_rows(
+    model: CausalLM,
+    fmt: ChatFormat,
+    sets: Mapping[str, Sequence[str]],
+    position: int,
+    writers: Mapping[str, nn.Module],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """What :func:`collect_samples` keeps, for any roles: role -> key -> float32 ``[n, dim]``."""
     suffix = fmt.post_instruction_ids()
     if not -len(suffix) <= position < 0:
         raise ValueError(f"position {position} is outside the post-instruction positions -{len(suffix)}..-1")
@@ -286,7 +349,7 @@ def collect_samples(
         if not instructions:
             raise ValueError(f"no {role} prompts to take samples of")
         roles[role] = _samples_of(model, fmt, instructions, position, layer_modules, writers, batch_size, progress, f"rosi: {role} samples")
-    return PromptSamples(position, roles)
+    return roles
 
 
 def _samples_of(
@@ -300,27 +363,57 @@ def _samples_of(
     progress: bool,
     desc: str,
 ) -> dict[str, torch.Tensor]:
-    suffix = fmt.post_instruction_ids()
-    rows: dict[str, list[torch.Tensor]] = {}
+    rows = _sample_rows(layer_modules, writers, position)
+    taps = _sample_taps(layer_modules, writers, rows)
+    _hooked_pass(model, fmt, instructions, -position, taps, batch_size=batch_size, progress=progress, desc=desc)
+    return {key: r.rows() for key, r in rows.items()}
 
-    def keep(key: str, value: torch.Tensor) -> None:
-        rows.setdefault(key, []).append(_at(value, position))
 
-    def keep_output(key: str) -> Hook:
-        return lambda module, args, output: keep(key, layer_output(output))
+def _sample_rows(layer_modules: Sequence[nn.Module], writers: Mapping[str, nn.Module], position: int) -> dict[str, _Rows]:
+    return {key: _Rows(position) for key in [*(layer_key(i) for i in range(len(layer_modules))), *writers]}
 
-    def keep_input(key: str) -> Hook:
-        return lambda module, args: keep(key, args[0])
 
-    layer_hooks = [(m, keep_output(layer_key(i))) for i, m in enumerate(layer_modules)]
-    input_hooks = [(m, keep_input(name)) for name, m in writers.items()]
-    n_batches = -(-len(instructions) // batch_size)
-    device = device_of(model)
-    # the chat template's shared system turn once (before the hooks: only the read position counts)
-    batches = prompt_batches(model, fmt, instructions, batch_size, device, own=-position)
-    with hooks(layer_hooks), hooks(input_hooks, pre=True):
-        for batch in tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress):
-            check_suffix(batch, suffix[position:])
-            forward(model.base_model, batch)
-            count_forward()
-    return {key: torch.cat(parts) for key, parts in rows.items()}
+def _sample_taps(layer_modules: Sequence[nn.Module], writers: Mapping[str, nn.Module], rows: Mapping[str, _Rows]) -> list[_Tap]:
+    """Every decoder layer's output and each writer's input, into ``rows``."""
+    taps = [_Tap(m, False, rows[layer_key(i)].add) for i, m in enumerate(layer_modules)]
+    return taps + [_Tap(m, True, rows[name].add) for name, m in writers.items()]
+
+
+@torch.no_grad()
+def collect_means_and_samples(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    n_positions: int,
+    position: int,
+    *,
+    writers: Mapping[str, nn.Module],
+    sampled: Mapping[str, nn.Module],
+    read_inputs: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "activations",
+) -> tuple[Activations, dict[str, torch.Tensor]]:
+    """:func:`collect_activations` and, in the same pass, what :func:`collect_samples` keeps of
+    each prompt (every layer's output and the inputs of ``sampled`` at ``position``): one read of
+    the prompts where a workflow needs both and knows the position before it starts."""
+    if not -n_positions <= position < 0:
+        raise ValueError(f"position {position} is outside the {n_positions} measured positions (-{n_positions}..-1)")
+    layer_modules = list(architecture_map(model).layer_modules(model))
+    modules = [*layer_modules, *writers.values()]
+    means = [_Sums(n_positions) for _ in modules]
+    reads = [_Sums(n_positions) for _ in writers] if read_inputs else []
+    taps = [_Tap(m, False, s.add) for m, s in zip(modules, means, strict=True)]
+    taps += [_Tap(m, True, s.add) for m, s in zip(writers.values(), reads, strict=True)]
+    rows = _sample_rows(layer_modules, sampled, position)
+    taps += _sample_taps(layer_modules, sampled, rows)
+    _hooked_pass(model, fmt, instructions, n_positions, taps, batch_size=batch_size, progress=progress, desc=desc)
+    n, n_layers = len(instructions), len(layer_modules)
+    outputs = [s.mean(n) for s in means]
+    activations = Activations(
+        n_prompts=n,
+        layers=torch.stack(outputs[:n_layers]),
+        writer_outputs=dict(zip(writers, outputs[n_layers:], strict=True)),
+        writer_inputs=dict(zip(writers, (s.mean(n) for s in reads), strict=True)) if read_inputs else {},
+    )
+    return activations, {key: r.rows() for key, r in rows.items()}

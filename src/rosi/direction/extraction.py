@@ -12,7 +12,14 @@ from typing import Any
 from torch import nn
 
 from rosi._version import __version__
-from rosi.direction.activations import ActivationPair, PromptSamples, collect_activations, collect_samples
+from rosi.direction.activations import (
+    ActivationPair,
+    PromptSamples,
+    collect_activations,
+    collect_means_and_samples,
+    collect_sample_rows,
+    collect_samples,
+)
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
@@ -55,10 +62,53 @@ def prompt_samples(
     lookalike, _ = prompts.need_lookalikes(need)
     sets = {"harmful": prompts.harmful.instructions, "harmless": prompts.harmless.instructions, "lookalike": lookalike.instructions}
     samples = collect_samples(loaded.model, fmt, sets, position, modules, batch_size=batch_size, progress=progress)
-    if progress:
-        n = sum(len(v) for v in sets.values())
-        print(f"rosi: kept {n} prompts' activations at {len(modules)} writers ({samples.nbytes() / 2**20:.0f} MiB)", flush=True)
+    _say_kept(samples, len(modules), progress)
     return samples
+
+
+def activations_and_samples(
+    loaded: LoadedModel,
+    fmt: ChatFormat,
+    prompts: PromptSets,
+    n_pos: int,
+    position: int,
+    modules: Mapping[str, nn.Module],
+    *,
+    read_inputs: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+    need: str = "this method",
+) -> tuple[ActivationPair, PromptSamples]:
+    """:func:`extraction_activations` and :func:`prompt_samples` at a ``position`` known before
+    the prompts are read: the extraction sets are read once for both (the look-alike prompts,
+    which only the samples need, on their own)."""
+    lookalike, _ = prompts.need_lookalikes(need)
+    writers = loaded.architecture.measurable_modules(loaded.model)
+    kw: dict[str, Any] = {
+        "writers": writers,
+        "sampled": modules,
+        "read_inputs": read_inputs,
+        "batch_size": batch_size,
+        "progress": progress,
+    }
+    harmful, harmful_rows = collect_means_and_samples(
+        loaded.model, fmt, prompts.harmful.instructions, n_pos, position, desc="rosi: harmful activations", **kw
+    )
+    harmless, harmless_rows = collect_means_and_samples(
+        loaded.model, fmt, prompts.harmless.instructions, n_pos, position, desc="rosi: harmless activations", **kw
+    )
+    rows = collect_sample_rows(
+        loaded.model, fmt, {"lookalike": lookalike.instructions}, position, modules, batch_size=batch_size, progress=progress
+    )
+    samples = PromptSamples(position, {"harmful": harmful_rows, "harmless": harmless_rows, **rows})
+    _say_kept(samples, len(modules), progress)
+    return ActivationPair(harmful, harmless), samples
+
+
+def _say_kept(samples: PromptSamples, n_modules: int, progress: bool) -> None:
+    if progress:
+        n = sum(samples.count(role) for role in samples.roles)
+        print(f"rosi: kept {n} prompts' activations at {n_modules} writers ({samples.nbytes() / 2**20:.0f} MiB)", flush=True)
 
 
 def direction_metadata(

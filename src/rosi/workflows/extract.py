@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from rosi.direction.activations import ActivationPair, PromptSamples
-from rosi.direction.extraction import direction_metadata, extraction_activations, prompt_samples
+from rosi.direction.extraction import activations_and_samples, direction_metadata, extraction_activations, prompt_samples
 from rosi.direction.selection import Selection, select_direction
 from rosi.direction.tokens import REPLY_TOKENS, TokenMoments, collect_token_moments
 from rosi.direction.vector import Direction
@@ -100,6 +100,25 @@ def activations_for(
         read_inputs=options.form.spec.needs_reads,
         batch_size=options.batch_size,
         progress=options.progress,
+    )
+
+
+def activations_and_samples_for(
+    loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, n_pos: int, position: int, options: ExtractOptions
+) -> tuple[ActivationPair, PromptSamples]:
+    """:func:`activations_for` and :func:`samples_for` from one read of the extraction prompts,
+    where the position is known before they are read (a pinned one, or realign's)."""
+    return activations_and_samples(
+        loaded,
+        fmt,
+        prompts,
+        n_pos,
+        position,
+        fit_modules(loaded, options.form.scope),
+        read_inputs=options.form.spec.needs_reads,
+        batch_size=options.batch_size,
+        progress=options.progress,
+        need=f"method {options.form.method!r}",
     )
 
 

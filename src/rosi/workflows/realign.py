@@ -36,7 +36,7 @@ from rosi.export.formats import check_format_output, check_format_source
 from rosi.model.chat import ChatFormat
 from rosi.model.loading import LoadedModel
 from rosi.prompts import PromptSets
-from rosi.workflows.extract import Extraction, activations_for, samples_for
+from rosi.workflows.extract import Extraction, activations_and_samples_for, activations_for
 from rosi.workflows.options import REALIGN_HARMFUL, REALIGN_HARMLESS, REALIGN_N_VAL, RealignOptions
 from rosi.workflows.run import RunReport, run
 
@@ -90,9 +90,14 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     started = time.perf_counter()
     fmt = ChatFormat(loaded.tokenizer)
     n_pos = len(fmt.post_instruction_ids())
-    activations = activations_for(loaded, fmt, prompts, n_pos, options.extract)
     layer = options.extract.layer if options.extract.layer is not None else int(GAP_DEPTH * loaded.architecture.num_layers)
     position = options.extract.position if options.extract.position is not None else -1
+    # the position is known before the prompts are read: one read gives the means and the samples
+    samples = None
+    if options.extract.form.spec.samples:
+        activations, samples = activations_and_samples_for(loaded, fmt, prompts, n_pos, position, options.extract)
+    else:
+        activations = activations_for(loaded, fmt, prompts, n_pos, options.extract)
     gap = float(activations.direction_at(layer, position).norm())
     if not gap > 0:
         raise RosiError(f"harmful and harmless prompts do not differ at layer {layer}: pin another --layer")
@@ -112,11 +117,6 @@ def extract_null(loaded: LoadedModel, prompts: PromptSets, options: RealignOptio
     sign = max(scores, key=lambda s: scores[s])
     metadata["sign_log_odds_gap"] = f"{scores[sign]:.3f} (other sign {scores[-sign]:.3f})"
     direction = Direction(sign * gap * ablation.vector, layer=layer, position=position, model=loaded.source.spec, metadata=metadata)
-    samples = (
-        samples_for(loaded, fmt, prompts, position, options.extract.form.scope, options.extract)
-        if options.extract.form.spec.samples
-        else None
-    )
     return Extraction(direction, None, round(time.perf_counter() - started, 2), activations, samples)
 
 
