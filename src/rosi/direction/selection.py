@@ -51,7 +51,7 @@ from rosi.model.costs import count_forward
 from rosi.model.hooks import device_of, forward, hooks, layer_output
 from rosi.model.writers import CausalLM
 
-SCREEN_BATCH = 2  # prompts per forward+backward batch of the first-order screen (its activations, kept for the backward pass, are the run's peak memory: about 0.15 GB a prompt for a 0.5B model in float32)
+SCREEN_BATCH = 2  # prompts per forward+backward batch of the first-order screen (its activations, kept for the backward pass, set extraction's peak memory: about 0.15 GB a prompt for a 0.5B model in float32; 4 raised a float32 run's peak by 0.2 GiB, 2 costs about 6 s more)
 EditTrial = Callable[[Direction], AbstractContextManager[object]]
 """``trial(direction)``: a context in which the model carries the edit of that direction."""
 
