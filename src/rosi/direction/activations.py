@@ -94,7 +94,22 @@ def collect_activations(
     """The mean output of every decoder layer and of each of ``writers`` (parameter name ->
     module), and with ``read_inputs`` the writers' mean inputs, at the last ``n_positions``
     prompt tokens."""
-    writers = dict(writers or {})
+    return _collect_activations(model, fmt, instructions, n_positions, dict(writers or {}), read_inputs, batch_size, progress, desc, ())
+
+
+def _collect_activations(
+    model: CausalLM,
+    fmt: ChatFormat,
+    instructions: Sequence[str],
+    n_positions: int,
+    writers: Mapping[str, nn.Module],
+    read_inputs: bool,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    extra: Sequence[_Tap],
+) -> Activations:
+    """:func:`collect_activations`, with ``extra`` taps served by the same pass."""
     layer_modules = list(architecture_map(model).layer_modules(model))
     outputs, inputs = _hooked_means(
         model,
@@ -106,6 +121,7 @@ def collect_activations(
         batch_size=batch_size,
         progress=progress,
         desc=desc,
+        extra=extra,
     )
     n_layers = len(layer_modules)
     return Activations(
@@ -168,12 +184,14 @@ def _hooked_means(
     batch_size: int,
     progress: bool,
     desc: str,
+    extra: Sequence[_Tap] = (),
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean outputs of ``outputs`` and mean inputs of ``inputs`` (float64 ``[n_positions, dim]``,
-    on the CPU), in the order given."""
+    on the CPU), in the order given; the ``extra`` taps served by the same pass."""
     out_sums, in_sums = [_Sums(n_positions) for _ in outputs], [_Sums(n_positions) for _ in inputs]
-    taps = [*(_Tap(m, False, s.add) for m, s in zip(outputs, out_sums, strict=True))]
+    taps = [_Tap(m, False, s.add) for m, s in zip(outputs, out_sums, strict=True)]
     taps += [_Tap(m, True, s.add) for m, s in zip(inputs, in_sums, strict=True)]
+    taps += extra
     _hooked_pass(model, fmt, instructions, n_positions, taps, batch_size=batch_size, progress=progress, desc=desc)
     n = len(instructions)
     return [s.mean(n) for s in out_sums], [s.mean(n) for s in in_sums]
@@ -408,20 +426,7 @@ def collect_means_and_samples(
     if not -n_positions <= position < 0:
         raise ValueError(f"position {position} is outside the {n_positions} measured positions (-{n_positions}..-1)")
     layer_modules = list(architecture_map(model).layer_modules(model))
-    modules = [*layer_modules, *writers.values()]
-    means = [_Sums(n_positions) for _ in modules]
-    reads = [_Sums(n_positions) for _ in writers] if read_inputs else []
-    taps = [_Tap(m, False, s.add) for m, s in zip(modules, means, strict=True)]
-    taps += [_Tap(m, True, s.add) for m, s in zip(writers.values(), reads, strict=True)]
     rows = _sample_rows(layer_modules, sampled, position, len(instructions))
-    taps += _sample_taps(layer_modules, sampled, rows)
-    _hooked_pass(model, fmt, instructions, n_positions, taps, batch_size=batch_size, progress=progress, desc=desc)
-    n, n_layers = len(instructions), len(layer_modules)
-    outputs = [s.mean(n) for s in means]
-    activations = Activations(
-        n_prompts=n,
-        layers=torch.stack(outputs[:n_layers]),
-        writer_outputs=dict(zip(writers, outputs[n_layers:], strict=True)),
-        writer_inputs=dict(zip(writers, (s.mean(n) for s in reads), strict=True)) if read_inputs else {},
-    )
+    taps = _sample_taps(layer_modules, sampled, rows)
+    activations = _collect_activations(model, fmt, instructions, n_positions, writers, read_inputs, batch_size, progress, desc, taps)
     return activations, {key: r.rows() for key, r in rows.items()}
