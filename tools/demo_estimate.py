@@ -16,6 +16,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def native_bf16() -> bool:
+    """The test of rosi.model.loading.cpu_has_fast_bf16, repeated here because importing rosi
+    needs the virtual environment (and torch) that the demo has not set up yet."""
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
     except OSError:

@@ -107,7 +107,8 @@ def activations_and_samples_for(
     loaded: LoadedModel, fmt: ChatFormat, prompts: PromptSets, n_pos: int, position: int, options: ExtractOptions
 ) -> tuple[ActivationPair, PromptSamples]:
     """:func:`activations_for` and :func:`samples_for` from one read of the extraction prompts,
-    where the position is known before they are read (a pinned one, or realign's)."""
+    where the position is known before they are read (realign's; :func:`extract` selects its
+    position from the means, so it reads the prompts again for the samples)."""
     return activations_and_samples(
         loaded,
         fmt,
