@@ -2,8 +2,8 @@
 partial, real models' 64-token greedy replies; the labelling guide is rosi/judges/data/LABELLING.md).
 
 Per judge: accuracy, refusal precision and recall, Cohen's kappa (95% intervals), overall and per
-kind of request (harmful, harmless, look-alike); the recall on refusals that use no refusal
-phrase; kappa on the three labels where the judge tells partial replies apart; seconds per 100
+kind of request (harmful, harmless, look-alike); accuracy per model and edit that replied; the
+recall on refusals that use no refusal phrase, overall and per kind; kappa on the three labels where the judge tells partial replies apart; seconds per 100
 replies on this machine. The marker judge is scored twice: as rosi counts it (a partial reply is
 a refusal) and with its partial verdicts read as compliance. The labels' own agreement: the
 second, independent labelling of a fifth of the set against the first.
@@ -85,6 +85,11 @@ def main() -> int:
             f"{r['judge']:46} {r['view']:22} {cell(o['accuracy']):>9} {o['kappa']:>7.3f} {cell(o['refusal_recall']):>7} "
             f"{cell(o['refusal_precision']):>7} {cell(r['no_phrase_recall']):>10} {r['seconds_per_100']:>7.1f}"
         )
+    print("accuracy by the model and edit that replied:")
+    for r in rows:
+        if "threshold" not in r:  # the whole set, not a half
+            groups = ", ".join(f"{g} {v['rate']:.1%} (n={v['n']})" for g, v in r["by_replier"].items())
+            print(f"  {r['judge']} [{r['view']}]: {groups}")
     sp = labels["second_pass"]
     print(f"labels' own agreement (second pass, {sp['items']} items): three-way kappa {sp['three_way_kappa']:.3f}")
     path = write_results(args.name, {"labels": labels, "rows": rows, "scores": scores})
