@@ -3,8 +3,8 @@ partial, real models' 64-token greedy replies; the labelling guide is rosi/judge
 
 Per judge: accuracy, refusal precision and recall, Cohen's kappa (95% intervals), overall and per
 kind of request (harmful, harmless, look-alike); accuracy per model and edit that replied; the
-recall on refusals that use no refusal phrase, overall and per kind; kappa on the three labels where the judge tells partial replies apart; seconds per 100
-replies on this machine. The marker judge is scored twice: as rosi counts it (a partial reply is
+recall on refusals that use no refusal phrase, overall and per kind; kappa on the three labels
+where the judge tells partial replies apart; seconds per 100 replies on this machine. The marker judge is scored twice: as rosi counts it (a partial reply is
 a refusal) and with its partial verdicts read as compliance. The labels' own agreement: the
 second, independent labelling of a fifth of the set against the first.
 
